@@ -1,0 +1,538 @@
+//! Granting and releasing MIG slices.
+//!
+//! A grant is one locked read-modify-write of the ledger. The warm path (an idle instance of
+//! the profile is in the pool) opens no NVML: the ledger holds everything a grant needs and the
+//! driver's capability file proves the instance still exists. Only the cold path (make an
+//! instance, or reclaim idle ones to make room) opens NVML.
+
+use crate::config::Config;
+use crate::driver::{self, Driver, DriverError};
+use crate::fsutil::now_unix;
+use crate::ledger::{GpuRecord, InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
+use crate::nvml::{self, Backend, BackendError, GpuInfo};
+use crate::placement::{self, Occupied, Profile, Slot};
+use crate::policy::node::Victims;
+use crate::request::DeviceSelector;
+use crate::spec::{Edit, Hook};
+use std::time::Duration;
+
+/// Leases younger than this are never reaped by the existence check: the runtime may not
+/// have written its state for a container whose `create` is still running.
+const REAP_GRACE_S: u64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("NVML reports no GPU on this node")]
+    NoGpu,
+    #[error("gpu.device={selector}: no such GPU; this node has {count} GPU(s): {known}")]
+    NoSuchDevice {
+        selector: String,
+        count: usize,
+        known: String,
+    },
+    #[error("gpu.profile={profile} is not allowed by this node's policy; allowed: {allowed}")]
+    NotAllowed { profile: String, allowed: String },
+    #[error("gpu.profile={profile}: MIG mode is disabled on {gpus}; an operator enables it with `nvidia-smi -i <index> -mig 1` (the GPU must be idle; some GPUs also need a reset), or ask for the whole GPU instead")]
+    MigDisabled { profile: String, gpus: String },
+    #[error("gpu.profile={profile}: {gpu} has no such MIG profile; accepted: {accepted}")]
+    UnknownProfile {
+        profile: String,
+        gpu: String,
+        accepted: String,
+    },
+    #[error("no free {profile} slice on {gpus} (free: {free})")]
+    NoRoom {
+        profile: String,
+        gpus: String,
+        free: String,
+    },
+}
+
+/// A slice granted to a container: what its spec needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub gpu_minor: u32,
+    pub profile: String,
+    pub gi: u32,
+    pub ci: u32,
+    pub mig_uuid: String,
+    pub gi_cap_minor: u32,
+    pub ci_cap_minor: u32,
+    /// Served from the idle pool (no NVML).
+    pub warm: bool,
+}
+
+impl Grant {
+    fn from_record(r: &InstanceRecord, m: &Made, warm: bool) -> Grant {
+        Grant {
+            gpu_index: r.gpu_index,
+            gpu_uuid: r.gpu_uuid.clone(),
+            gpu_minor: r.gpu_minor,
+            profile: r.profile.clone(),
+            gi: m.gi,
+            ci: m.ci,
+            mig_uuid: m.mig_uuid.clone(),
+            gi_cap_minor: m.gi_cap_minor,
+            ci_cap_minor: m.ci_cap_minor,
+            warm,
+        }
+    }
+
+    /// The spec edit for this grant: the GPU's shared nodes, its own two capability nodes and
+    /// no other, the MIG UUID in env, and the release hook.
+    pub fn edit(&self, majors: &driver::Majors, poststop: Option<Hook>) -> Edit {
+        let mut devices = driver::gpu_nodes(majors, self.gpu_minor);
+        devices.extend(driver::cap_nodes(
+            majors,
+            self.gi_cap_minor,
+            self.ci_cap_minor,
+        ));
+        Edit {
+            devices,
+            env: vec![
+                ("CUDA_VISIBLE_DEVICES".into(), self.mig_uuid.clone()),
+                ("NVIDIA_VISIBLE_DEVICES".into(), self.mig_uuid.clone()),
+            ],
+            poststop,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct Claimant<'a> {
+    pub container_id: &'a str,
+    pub runtime_root: Option<&'a str>,
+}
+
+pub fn allocate(
+    cfg: &Config,
+    profile: &str,
+    device: Option<&DeviceSelector>,
+    who: &Claimant<'_>,
+) -> Result<Grant, AllocError> {
+    if !cfg.profile_allowed(profile) {
+        return Err(AllocError::NotAllowed {
+            profile: profile.into(),
+            allowed: cfg.policy.allowed_profiles.join(", "),
+        });
+    }
+    let ledger = Ledger::new(&cfg.state_dir);
+    let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
+    let mut st = locked.load()?;
+    let driver = Driver::new(cfg);
+    let before = st.clone();
+    prune_vanished(&mut st, &driver);
+
+    if let Some(i) = st.lease_of(who.container_id) {
+        // The same container asking again (an engine retrying create) keeps its slice.
+        if let Some(m) = st.instances[i].made.clone() {
+            let grant = Grant::from_record(&st.instances[i], &m, true);
+            save_if_changed(&locked, &before, &st)?;
+            return Ok(grant);
+        }
+    }
+    let lease = Lease {
+        container_id: who.container_id.to_string(),
+        since: now_unix(),
+        runtime_root: who.runtime_root.map(str::to_string),
+    };
+
+    let since = lease.since;
+    if let Some(i) = pick_idle(cfg, &st, profile, device) {
+        let rec = &mut st.instances[i];
+        rec.lease = Some(lease);
+        rec.idle_since = None;
+        let grant =
+            Grant::from_record(rec, rec.made.as_ref().expect("idle records are made"), true);
+        st.stats.grants_warm += 1;
+        st.history
+            .arrive(profile, since, true, cfg.placement.history);
+        locked.save(&st)?;
+        return Ok(grant);
+    }
+
+    reap_gone(&mut st);
+    let result = cold(cfg, &driver, &locked, &mut st, profile, device, lease);
+    if matches!(result, Err(AllocError::NoRoom { .. })) {
+        st.stats.refused_no_room += 1;
+    }
+    if matches!(result, Ok(_) | Err(AllocError::NoRoom { .. })) {
+        st.history
+            .arrive(profile, since, result.is_ok(), cfg.placement.history);
+    }
+    save_if_changed(&locked, &before, &st)?;
+    result
+}
+
+/// Release `container_id`'s slice into the idle pool; true if it held one. Idempotent.
+pub fn release(cfg: &Config, container_id: &str, timeout: Duration) -> Result<bool, AllocError> {
+    let ledger = Ledger::new(&cfg.state_dir);
+    let locked = ledger.lock(timeout)?;
+    let mut st = locked.load()?;
+    let released = st.release(container_id);
+    if released {
+        locked.save(&st)?;
+    }
+    Ok(released)
+}
+
+fn save_if_changed(
+    locked: &crate::ledger::Locked,
+    before: &LedgerState,
+    st: &LedgerState,
+) -> Result<(), LedgerError> {
+    if before != st {
+        locked.save(st)?;
+    }
+    Ok(())
+}
+
+/// Drop records of instances the driver no longer has (destroyed by someone else, or a
+/// driver reload); their ids may already belong to another instance.
+fn prune_vanished(st: &mut LedgerState, driver: &Driver<'_>) {
+    st.instances.retain(|r| match &r.made {
+        Some(m) => driver.instance_exists(r.gpu_minor, m.gi, m.ci),
+        None => true,
+    });
+}
+
+/// Release leases whose container the runtime no longer has.
+fn reap_gone(st: &mut LedgerState) {
+    let now = now_unix();
+    let gone: Vec<String> = st
+        .instances
+        .iter()
+        .filter_map(|r| r.lease.as_ref())
+        .filter(|l| now.saturating_sub(l.since) > REAP_GRACE_S)
+        .filter(|l| {
+            l.runtime_root
+                .as_ref()
+                .is_some_and(|root| !std::path::Path::new(root).join(&l.container_id).exists())
+        })
+        .map(|l| l.container_id.clone())
+        .collect();
+    for id in gone {
+        tracing::warn!(container = %id, "releasing the slice of a container the runtime no longer has");
+        st.release(&id);
+    }
+}
+
+fn selects(device: Option<&DeviceSelector>, index: u32, uuid: &str) -> bool {
+    match device {
+        None => true,
+        Some(DeviceSelector::Index(i)) => *i == index,
+        Some(DeviceSelector::Uuid(u)) => u.eq_ignore_ascii_case(uuid),
+    }
+}
+
+/// Pool-aware: an idle instance is reused only where it sits at a best placement for its GPU's
+/// busy occupancy (from the ledger and the cached policy table; no NVML, no solving).
+fn pick_idle(
+    cfg: &Config,
+    st: &LedgerState,
+    profile: &str,
+    device: Option<&DeviceSelector>,
+) -> Option<usize> {
+    crate::policy::node::warm_pick(cfg, st, profile, |r| {
+        selects(device, r.gpu_index, &r.gpu_uuid)
+    })
+}
+
+fn gpu_label(g: &GpuInfo) -> String {
+    format!("GPU {} ({})", g.index, g.name)
+}
+
+/// Why a GPU could not serve the request, kept to explain a refusal.
+enum Miss {
+    MigDisabled(String),
+    Unknown { gpu: String, accepted: String },
+    NoRoom { gpu: String, free: String },
+}
+
+fn cold(
+    cfg: &Config,
+    driver: &Driver<'_>,
+    locked: &crate::ledger::Locked,
+    st: &mut LedgerState,
+    profile: &str,
+    device: Option<&DeviceSelector>,
+    lease: Lease,
+) -> Result<Grant, AllocError> {
+    let be = Backend::open(cfg)?;
+    let gpus = be.gpus()?;
+    if gpus.is_empty() {
+        return Err(AllocError::NoGpu);
+    }
+    let targets: Vec<&GpuInfo> = gpus
+        .iter()
+        .filter(|g| selects(device, g.index, &g.uuid))
+        .collect();
+    if targets.is_empty() {
+        return Err(AllocError::NoSuchDevice {
+            selector: device.map(|d| d.to_string()).unwrap_or_default(),
+            count: gpus.len(),
+            known: gpus
+                .iter()
+                .map(|g| format!("{} {}", g.index, g.uuid))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let mut misses = Vec::new();
+    for gpu in targets {
+        let profiles = gpu_profiles(&be, st, gpu)?;
+        if gpu.mig_mode.is_none_or(|(current, _)| !current) {
+            misses.push(Miss::MigDisabled(gpu_label(gpu)));
+            continue;
+        }
+        let Some(p) = profiles.iter().find(|p| p.name == profile) else {
+            let accepted = profiles
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            misses.push(Miss::Unknown {
+                gpu: gpu_label(gpu),
+                accepted,
+            });
+            continue;
+        };
+        let existing = be.gpu_instances(gpu.index, &profiles)?;
+        let occupied = nvml::occupancy(&existing);
+        let choice = crate::policy::node::cold_place(cfg, st, &gpu.uuid, p, &profiles, &existing)
+            .or_else(|| reclaim(st, gpu, p, &existing));
+        let slot = match choice {
+            Some((slot, victims)) => {
+                destroy_idle(&be, st, gpu, victims)?;
+                Some(slot)
+            }
+            None => None,
+        };
+        let Some(slot) = slot else {
+            misses.push(Miss::NoRoom {
+                gpu: gpu_label(gpu),
+                free: free_summary(&profiles, &occupied, st, gpu),
+            });
+            continue;
+        };
+        // Recorded before the instance exists: a crash from here on leaves a record that
+        // marks whatever NVML then shows at this placement as gpushare's.
+        st.instances.push(InstanceRecord {
+            gpu_uuid: gpu.uuid.clone(),
+            gpu_index: gpu.index,
+            gpu_minor: gpu.minor,
+            profile: p.name.clone(),
+            profile_id: p.id,
+            slot,
+            made: None,
+            created_at: now_unix(),
+            lease: Some(lease),
+            idle_since: None,
+        });
+        let at = st.instances.len() - 1;
+        locked.save(st)?;
+        let made = be
+            .create(gpu.index, p, slot)
+            .map_err(AllocError::from)
+            .and_then(|c| {
+                let (gi_cap_minor, ci_cap_minor) = driver.cap_minors(gpu.minor, c.gi, c.ci)?;
+                Ok(Made {
+                    gi: c.gi,
+                    ci: c.ci,
+                    mig_uuid: c.mig_uuid,
+                    gi_cap_minor,
+                    ci_cap_minor,
+                })
+            });
+        return match made {
+            Ok(m) => {
+                st.instances[at].made = Some(m.clone());
+                st.stats.grants_cold += 1;
+                Ok(Grant::from_record(&st.instances[at], &m, false))
+            }
+            Err(e) => {
+                st.instances.remove(at);
+                Err(e)
+            }
+        };
+    }
+    Err(refusal(profile, misses))
+}
+
+fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {
+    let profile = profile.to_string();
+    let room: Vec<(String, String)> = misses
+        .iter()
+        .filter_map(|m| match m {
+            Miss::NoRoom { gpu, free } => Some((gpu.clone(), free.clone())),
+            _ => None,
+        })
+        .collect();
+    if !room.is_empty() {
+        let gpus = room
+            .iter()
+            .map(|(g, _)| g.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let free = room
+            .iter()
+            .map(|(_, f)| f.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return AllocError::NoRoom {
+            profile,
+            gpus,
+            free,
+        };
+    }
+    for m in &misses {
+        if let Miss::Unknown { gpu, accepted } = m {
+            return AllocError::UnknownProfile {
+                profile,
+                gpu: gpu.clone(),
+                accepted: accepted.clone(),
+            };
+        }
+    }
+    let gpus = misses
+        .iter()
+        .filter_map(|m| match m {
+            Miss::MigDisabled(g) => Some(g.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    AllocError::MigDisabled { profile, gpus }
+}
+
+/// The GPU's profile table, from the ledger's cache when the GPU is the same one.
+fn gpu_profiles(
+    be: &Backend,
+    st: &mut LedgerState,
+    gpu: &GpuInfo,
+) -> Result<Vec<Profile>, AllocError> {
+    if let Some(r) = st
+        .gpus
+        .iter()
+        .find(|r| r.uuid == gpu.uuid && r.index == gpu.index)
+    {
+        if !r.profiles.is_empty() {
+            return Ok(r.profiles.clone());
+        }
+    }
+    let profiles = be.profiles(gpu.index)?;
+    st.gpus
+        .retain(|r| r.index != gpu.index && r.uuid != gpu.uuid);
+    st.gpus.push(GpuRecord {
+        index: gpu.index,
+        uuid: gpu.uuid.clone(),
+        name: gpu.name.clone(),
+        minor: gpu.minor,
+        profiles: profiles.clone(),
+    });
+    st.gpus.sort_by_key(|r| r.index);
+    Ok(profiles)
+}
+
+/// Make room by destroying idle instances gpushare made: the placement needing the fewest
+/// destroyed (ties: lowest start). Foreign and busy instances are never touched.
+fn reclaim(
+    st: &LedgerState,
+    gpu: &GpuInfo,
+    p: &Profile,
+    existing: &[nvml::GpuInstance],
+) -> Option<(Slot, Victims)> {
+    let idle_ours = |gi: &nvml::GpuInstance| {
+        st.instances.iter().any(|r| {
+            r.gpu_uuid == gpu.uuid
+                && r.lease.is_none()
+                && r.made.as_ref().is_some_and(|m| m.gi == gi.id)
+                && r.slot == gi.slot
+        })
+    };
+    let mut best: Option<(usize, Slot, Victims)> = None;
+    for &slot in &p.placements {
+        let overlapping: Vec<&nvml::GpuInstance> =
+            existing.iter().filter(|g| g.slot.overlaps(&slot)).collect();
+        if !overlapping.iter().all(|g| idle_ours(g)) {
+            continue;
+        }
+        let remaining: Vec<Occupied> = existing
+            .iter()
+            .filter(|g| !g.slot.overlaps(&slot))
+            .map(|g| Occupied {
+                profile_id: g.profile_id,
+                slot: g.slot,
+            })
+            .collect();
+        if !placement::free_placements(p, &remaining).contains(&slot) {
+            continue;
+        }
+        let n = overlapping.len();
+        if best.as_ref().is_none_or(|(bn, _, _)| n < *bn) {
+            let victims = overlapping
+                .iter()
+                .map(|g| (g.id, g.compute_instances.clone()))
+                .collect();
+            best = Some((n, slot, victims));
+        }
+    }
+    best.map(|(_, slot, victims)| (slot, victims))
+}
+
+/// Destroy idle instances of gpushare's (compute instances first) and forget them.
+fn destroy_idle(
+    be: &Backend,
+    st: &mut LedgerState,
+    gpu: &GpuInfo,
+    victims: Victims,
+) -> Result<(), AllocError> {
+    for (gi, cis) in victims {
+        be.destroy(gpu.index, gi, &cis)?;
+        st.instances
+            .retain(|r| !(r.gpu_uuid == gpu.uuid && r.made.as_ref().is_some_and(|m| m.gi == gi)));
+        tracing::info!(
+            gpu = gpu.index,
+            gi,
+            "destroyed an idle instance to make room"
+        );
+    }
+    Ok(())
+}
+
+fn free_summary(
+    profiles: &[Profile],
+    occupied: &[Occupied],
+    st: &LedgerState,
+    gpu: &GpuInfo,
+) -> String {
+    let mut parts: Vec<String> = profiles
+        .iter()
+        .filter_map(|p| {
+            let n = placement::capacity(p, occupied);
+            (n > 0).then(|| format!("{} x{n}", p.name))
+        })
+        .collect();
+    let idle = st
+        .instances
+        .iter()
+        .filter(|r| r.gpu_uuid == gpu.uuid && r.lease.is_none() && r.made.is_some())
+        .count();
+    if idle > 0 {
+        parts.push(format!("{idle} idle instance(s) of other profiles"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}

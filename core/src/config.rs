@@ -1,0 +1,238 @@
+//! gpushare's configuration: `/etc/gpushare/config.toml`, or the file `GPUSHARE_CONFIG` names.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/gpushare/config.toml";
+pub const ENV_CONFIG: &str = "GPUSHARE_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no low-level OCI runtime found: set `runtime` in {path} or install runc or crun")]
+    NoRuntime { path: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The low-level runtime gpushare hands every command to. Default: runc, else crun, on PATH.
+    pub runtime: Option<PathBuf>,
+    /// Ledger and lock live here; root-only.
+    pub state_dir: PathBuf,
+    /// NVML library, opened only on cold paths (instance create/destroy, status, gc).
+    pub nvml_library: PathBuf,
+    /// Every driver file (/proc/devices, /proc/driver/nvidia*, /dev/nvidia*) is read below this.
+    pub driver_root: PathBuf,
+    /// The poststop hook added to specs. Default: `gpushare-hook` next to the running binary.
+    pub hook_path: Option<PathBuf>,
+    pub pool: PoolConfig,
+    /// Where MIG instances go and when idle ones are reused (docs/placement.md).
+    pub placement: crate::policy::PlacementConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+    /// Where this config was read from (not a config key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle MIG instances older than this are destroyed by `gpusharectl gc`; 0 keeps them.
+    pub idle_timeout_s: u64,
+    /// How long `create` waits for the ledger lock before failing.
+    pub lock_timeout_ms: u64,
+    /// How long the poststop hook waits for the ledger lock (the shim's `delete` and `gc`
+    /// release anything a timed-out hook left).
+    pub hook_lock_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Honour `GPUSHARE_*` variables from the container's env (for Docker < 24).
+    pub allow_env: bool,
+    /// MIG profiles tenants may ask for; empty allows every profile the GPU offers.
+    pub allowed_profiles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+    /// A file to append gpushare's own log to (besides the engine's `--log`).
+    pub file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            runtime: None,
+            state_dir: PathBuf::from("/var/lib/gpushare"),
+            nvml_library: PathBuf::from("libnvidia-ml.so.1"),
+            driver_root: PathBuf::from("/"),
+            hook_path: None,
+            pool: PoolConfig::default(),
+            placement: crate::policy::PlacementConfig::default(),
+            policy: PolicyConfig::default(),
+            log: LogConfig::default(),
+            source: None,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle_timeout_s: 0,
+            lock_timeout_ms: 30_000,
+            hook_lock_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            allow_env: true,
+            allowed_profiles: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "warn".into(),
+            file: None,
+        }
+    }
+}
+
+impl Config {
+    /// The config named by `explicit`, else `GPUSHARE_CONFIG`, else the default file; a
+    /// missing default file means defaults, a missing named file is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = std::env::var_os(ENV_CONFIG)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        match explicit.map(Path::to_path_buf).or(env) {
+            Some(path) => Self::from_file(&path),
+            None => match Self::from_file(Path::new(DEFAULT_PATH)) {
+                Err(ConfigError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(Config::default())
+                }
+                other => other,
+            },
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        cfg.source = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// A path of the driver's, read below `driver_root` ("/proc/devices" -> ROOT/proc/devices).
+    pub fn driver_path(&self, abs: &str) -> PathBuf {
+        self.driver_root.join(abs.trim_start_matches('/'))
+    }
+
+    /// The low-level runtime's absolute path.
+    pub fn runtime_path(&self) -> Result<PathBuf, ConfigError> {
+        let source = || {
+            self.source
+                .as_ref()
+                .map_or(DEFAULT_PATH.to_string(), |p| p.display().to_string())
+        };
+        match &self.runtime {
+            Some(p) if p.is_absolute() => Ok(p.clone()),
+            Some(p) => find_in_path(p).ok_or_else(|| ConfigError::NoRuntime { path: source() }),
+            None => find_in_path(Path::new("runc"))
+                .or_else(|| find_in_path(Path::new("crun")))
+                .ok_or_else(|| ConfigError::NoRuntime { path: source() }),
+        }
+    }
+
+    /// The hook binary gpushare adds to specs.
+    pub fn hook_path(&self) -> PathBuf {
+        if let Some(p) = &self.hook_path {
+            return p.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("gpushare-hook")))
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/gpushare-hook"))
+    }
+
+    pub fn profile_allowed(&self, profile: &str) -> bool {
+        self.policy.allowed_profiles.is_empty()
+            || self.policy.allowed_profiles.iter().any(|p| p == profile)
+    }
+}
+
+fn find_in_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_means_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/gpushare"));
+        assert!(c.policy.allow_env);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::parse("stat_dir = \"/x\"").unwrap_err();
+        assert!(err.contains("stat_dir"), "{err}");
+    }
+
+    #[test]
+    fn driver_paths_are_below_the_root() {
+        let c = Config::parse("driver_root = \"/sim\"").unwrap();
+        assert_eq!(
+            c.driver_path("/proc/devices"),
+            PathBuf::from("/sim/proc/devices")
+        );
+    }
+}

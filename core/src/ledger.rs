@@ -1,0 +1,312 @@
+//! The ledger: gpushare's durable record of the MIG instances it made and who holds them.
+//! One JSON file in the state directory, changed only under an exclusive lock and written
+//! atomically, so every process (shim, hook, ctl) sees one consistent ledger and a crash
+//! leaves the old or the new one, never half of each.
+
+use crate::fsutil::{now_unix, write_atomic};
+use crate::placement::{Profile, Slot};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const LEDGER_FILE: &str = "ledger.json";
+const LOCK_FILE: &str = "ledger.lock";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot use state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ledger {path} is busy: another gpushare process held its lock for {waited_ms} ms")]
+    Busy { path: PathBuf, waited_ms: u64 },
+    #[error("cannot read ledger {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ledger {path} is corrupt ({source}); move it aside and run `gpusharectl gc`")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write ledger {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerState {
+    pub format: u32,
+    /// What the cold path learnt of each GPU, so warm grants need no NVML.
+    #[serde(default)]
+    pub gpus: Vec<GpuRecord>,
+    #[serde(default)]
+    pub instances: Vec<InstanceRecord>,
+    #[serde(default)]
+    pub stats: Stats,
+    /// Recent requests (profile, arrival, hold), to learn the node's demand from.
+    #[serde(default)]
+    pub history: crate::policy::history::History,
+    /// For each GPU model (profile-table fingerprint), the demand key of the placement table
+    /// the cold path chose; the table itself is cached in the state directory.
+    #[serde(default)]
+    pub placement: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub minor: u32,
+    pub profiles: Vec<Profile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub gpu_uuid: String,
+    pub gpu_index: u32,
+    pub gpu_minor: u32,
+    pub profile: String,
+    pub profile_id: u32,
+    pub slot: Slot,
+    /// None while the instance is being made: a crash then leaves a record that says the
+    /// instance at this placement is gpushare's, for `gc` to reclaim.
+    pub made: Option<Made>,
+    pub created_at: u64,
+    pub lease: Option<Lease>,
+    pub idle_since: Option<u64>,
+}
+
+/// Ids NVML gave the instance. Ids are reused after a destroy, so the MIG UUID is what
+/// identifies an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    pub gi: u32,
+    pub ci: u32,
+    pub mig_uuid: String,
+    pub gi_cap_minor: u32,
+    pub ci_cap_minor: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub container_id: String,
+    pub since: u64,
+    /// The low-level runtime's state root the container was created under, so `gc` can ask
+    /// whether it still exists.
+    pub runtime_root: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub grants_warm: u64,
+    pub grants_cold: u64,
+    pub refused_no_room: u64,
+}
+
+impl LedgerState {
+    pub fn lease_of(&self, container_id: &str) -> Option<usize> {
+        self.instances.iter().position(|i| {
+            i.lease
+                .as_ref()
+                .is_some_and(|l| l.container_id == container_id)
+        })
+    }
+
+    /// Release `container_id`'s slice into the idle pool. Returns whether it held one.
+    pub fn release(&mut self, container_id: &str) -> bool {
+        match self.lease_of(container_id) {
+            Some(i) => {
+                let now = now_unix();
+                if let Some(l) = self.instances[i].lease.take() {
+                    self.history
+                        .depart(&self.instances[i].profile, l.since, now);
+                }
+                self.instances[i].idle_since = Some(now);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The state directory and its lock. `lock` gives a [`Locked`] guard; reading and writing the
+/// ledger happen only through it.
+pub struct Ledger {
+    dir: PathBuf,
+}
+
+pub struct Locked {
+    _lock: File,
+    path: PathBuf,
+}
+
+impl Ledger {
+    pub fn new(dir: &Path) -> Ledger {
+        Ledger {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(LEDGER_FILE)
+    }
+
+    /// Take the exclusive lock, waiting at most `timeout`.
+    pub fn lock(&self, timeout: Duration) -> Result<Locked, LedgerError> {
+        let dir_err = |source| LedgerError::Dir {
+            path: self.dir.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(dir_err)?;
+        let lock_path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(dir_err)?;
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Locked {
+                    _lock: file,
+                    path: self.path(),
+                });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
+                && err.raw_os_error() != Some(libc::EINTR)
+            {
+                return Err(dir_err(err));
+            }
+            if start.elapsed() >= timeout {
+                return Err(LedgerError::Busy {
+                    path: self.path(),
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Locked {
+    pub fn load(&self) -> Result<LedgerState, LedgerError> {
+        match std::fs::read(&self.path) {
+            Ok(raw) => serde_json::from_slice(&raw).map_err(|source| LedgerError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LedgerState {
+                format: FORMAT,
+                ..Default::default()
+            }),
+            Err(source) => Err(LedgerError::Read {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    pub fn save(&self, state: &LedgerState) -> Result<(), LedgerError> {
+        let mut state = state.clone();
+        state.format = FORMAT;
+        let data = serde_json::to_vec_pretty(&state).expect("ledger always serializes");
+        write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Read the ledger without taking the lock (a consistent snapshot thanks to atomic writes);
+/// for read-only views like `status`.
+pub fn snapshot(dir: &Path) -> Result<LedgerState, LedgerError> {
+    let path = dir.join(LEDGER_FILE);
+    match std::fs::read(&path) {
+        Ok(raw) => {
+            serde_json::from_slice(&raw).map_err(|source| LedgerError::Corrupt { path, source })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LedgerState::default()),
+        Err(source) => Err(LedgerError::Read { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gpushare-ledger-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_root_only_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp("rt");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.stats.grants_cold = 3;
+        locked.save(&st).unwrap();
+        assert_eq!(locked.load().unwrap().stats.grants_cold, 3);
+        let mode = std::fs::metadata(ledger.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lock_times_out_while_held() {
+        let dir = tmp("busy");
+        let ledger = Ledger::new(&dir);
+        let _held = ledger.lock(Duration::from_secs(1)).unwrap();
+        // flock locks belong to the open file description, so a second open conflicts.
+        let err = ledger
+            .lock(Duration::from_millis(30))
+            .err()
+            .expect("second lock must wait");
+        assert!(matches!(err, LedgerError::Busy { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_ledger_is_reported_not_replaced() {
+        let dir = tmp("corrupt");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        std::fs::write(ledger.path(), b"{not json").unwrap();
+        let err = locked.load().unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("gpusharectl gc"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,23 @@
+//! gpushare's library: everything the thin binaries (`gpushare`, `gpushare-hook`,
+//! `gpusharectl`) decide lives here.
+//!
+//! The path of one container: [`runc_args`] reads the engine's command line, [`request`]
+//! finds what the container asks for in its `config.json`, [`allocator`] grants a MIG slice
+//! (from the [`ledger`]'s idle pool, or through [`nvml`] on the cold path), [`spec`] writes the
+//! grant into the spec, and [`runc_log`] reports failures the way engines read them.
+
+pub mod allocator;
+pub mod config;
+pub mod driver;
+pub mod fsutil;
+pub mod hook;
+pub mod ledger;
+pub mod nvml;
+pub mod placement;
+pub mod policy;
+pub mod request;
+pub mod runc_args;
+pub mod runc_log;
+pub mod shim;
+pub mod spec;
+pub mod status;

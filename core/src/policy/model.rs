@@ -1,0 +1,136 @@
+//! GPU models for placement: the profile table in the simulator's model files (`sim/models/`,
+//! the fixture format NVML probes recorded), and a fingerprint that keys cached policy tables.
+
+use super::PolicyError;
+use crate::placement::{Profile, Slot};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct File {
+    gpus: Vec<Gpu>,
+}
+
+#[derive(Deserialize)]
+struct Gpu {
+    gi_profiles: Vec<RawProfile>,
+}
+
+#[derive(Deserialize)]
+#[allow(non_snake_case)]
+struct RawProfile {
+    profile_index: u32,
+    error: Option<String>,
+    id: Option<u32>,
+    sliceCount: Option<u32>,
+    instanceCount: Option<u32>,
+    memorySizeMB: Option<u64>,
+    multiprocessorCount: Option<u32>,
+    name: Option<String>,
+    placements: Option<Vec<(u32, u32)>>,
+}
+
+/// The supported GPU-instance profiles of a model file, as the allocator's [`Profile`]s.
+pub fn profiles_from_json(text: &str) -> Result<Vec<Profile>, PolicyError> {
+    let f: File = serde_json::from_str(text).map_err(|e| PolicyError::Model(e.to_string()))?;
+    let gpu = f
+        .gpus
+        .into_iter()
+        .next()
+        .ok_or_else(|| PolicyError::Model("no GPU in the file".into()))?;
+    let mut out = Vec::new();
+    for p in gpu.gi_profiles.into_iter().filter(|p| p.error.is_none()) {
+        let missing = |what: &str| {
+            PolicyError::Model(format!("profile index {} lacks {what}", p.profile_index))
+        };
+        let name = p.name.as_deref().ok_or_else(|| missing("name"))?;
+        out.push(Profile {
+            name: name.strip_prefix("MIG ").unwrap_or(name).to_string(),
+            id: p.id.ok_or_else(|| missing("id"))?,
+            index: p.profile_index,
+            slice_count: p.sliceCount.ok_or_else(|| missing("sliceCount"))?,
+            instance_count: p.instanceCount.ok_or_else(|| missing("instanceCount"))?,
+            memory_mb: p.memorySizeMB.unwrap_or(0),
+            multiprocessors: p.multiprocessorCount.unwrap_or(0),
+            placements: p
+                .placements
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(start, size)| Slot { start, size })
+                .collect(),
+        });
+    }
+    if out.is_empty() {
+        return Err(PolicyError::Model("no supported profile".into()));
+    }
+    Ok(out)
+}
+
+/// What placement depends on in a profile table (names, ids, counts, placements), hashed:
+/// GPUs with the same fingerprint share policy tables whatever their marketing name.
+pub fn fingerprint(profiles: &[Profile]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for p in profiles {
+        eat(p.name.as_bytes());
+        for v in [p.id, p.slice_count, p.instance_count] {
+            eat(&v.to_le_bytes());
+        }
+        for s in &p.placements {
+            eat(&s.start.to_le_bytes());
+            eat(&s.size.to_le_bytes());
+        }
+        eat(b";");
+    }
+    format!("{h:016x}")
+}
+
+/// The simulator's models, compiled in for tests.
+#[cfg(test)]
+pub(crate) fn all_models() -> Vec<(&'static str, Vec<Profile>)> {
+    [
+        (
+            "h100-80gb",
+            include_str!("../../../sim/models/h100-80gb.json"),
+        ),
+        (
+            "h200-141gb",
+            include_str!("../../../sim/models/h200-141gb.json"),
+        ),
+        (
+            "a100-40gb",
+            include_str!("../../../sim/models/a100-40gb.json"),
+        ),
+        (
+            "a100-80gb",
+            include_str!("../../../sim/models/a100-80gb.json"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, t)| (k, profiles_from_json(t).expect("model files parse")))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h100_model_file_equals_the_recorded_table() {
+        let models = all_models();
+        let h100 = &models[0].1;
+        let fixture = crate::placement::tests::h100();
+        let pick = |ps: &[Profile]| {
+            ps.iter()
+                .map(|p| (p.name.clone(), p.id, p.instance_count, p.placements.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(h100), pick(&fixture));
+        assert_eq!(fingerprint(h100), fingerprint(&fixture));
+        assert_ne!(fingerprint(h100), fingerprint(&models[1].1));
+    }
+}

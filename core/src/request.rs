@@ -1,0 +1,357 @@
+//! What a container asks for, read from its OCI spec: annotations first, then (for Docker
+//! engines older than 24, which cannot pass annotations) `GPUSHARE_*` variables in its env.
+//!
+//! Requests are untrusted input: everything is bounded and checked here, before anything is
+//! allocated. Whether a well-formed profile exists on the GPU is the allocator's question.
+
+use serde_json::Value;
+
+pub const ANN_PROFILE: &str = "gpu.profile";
+pub const ANN_DEVICE: &str = "gpu.device";
+pub const ANN_MPS: &str = "gpu.mps";
+pub const ANN_MPS_MEMORY: &str = "gpu.mps.memory";
+pub const ANN_SHARE: &str = "gpu.share";
+
+/// (annotation, env fallback) pairs, in the order they are read.
+const KEYS: [(&str, &str); 5] = [
+    (ANN_PROFILE, "GPUSHARE_PROFILE"),
+    (ANN_DEVICE, "GPUSHARE_DEVICE"),
+    (ANN_MPS, "GPUSHARE_MPS"),
+    (ANN_MPS_MEMORY, "GPUSHARE_MPS_MEMORY"),
+    (ANN_SHARE, "GPUSHARE_SHARE"),
+];
+
+const MAX_VALUE_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A MIG slice of this profile (NVML's name without the "MIG " prefix, e.g. "2g.20gb").
+    Mig {
+        profile: String,
+        device: Option<DeviceSelector>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSelector {
+    Index(u32),
+    Uuid(String),
+}
+
+impl std::fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSelector::Index(i) => write!(f, "{i}"),
+            DeviceSelector::Uuid(u) => f.write_str(u),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("{key}={value} is not valid: {why}; accepted: {accepted}")]
+    Invalid {
+        key: String,
+        value: String,
+        why: String,
+        accepted: String,
+    },
+    #[error("{key}={value} is not supported by this gpushare build yet; accepted: {ANN_PROFILE}=<MIG profile>")]
+    Unsupported { key: String, value: String },
+    #[error("{key} given without {needs}")]
+    Incomplete { key: String, needs: String },
+    #[error("{key}={value} is not allowed by the node's policy; allowed profiles: {allowed}")]
+    NotAllowed {
+        key: String,
+        value: String,
+        allowed: String,
+    },
+}
+
+/// Where a request value came from, so messages name what the user actually wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Annotation,
+    Env,
+}
+
+struct Found<'a> {
+    source: Source,
+    name: &'a str,
+    value: &'a str,
+}
+
+impl Found<'_> {
+    fn label(&self) -> String {
+        match self.source {
+            Source::Annotation => format!("annotation {}", self.name),
+            Source::Env => format!("env {}", self.name),
+        }
+    }
+}
+
+/// The request in `spec`, if any. `allow_env` is the trust policy for `GPUSHARE_*` variables.
+pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, RequestError> {
+    let annotations = spec.get("annotations").and_then(Value::as_object);
+    let env: Vec<&str> = if allow_env {
+        spec.pointer("/process/env")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let lookup = |ann: &'static str, var: &'static str| -> Option<Found<'_>> {
+        if let Some(v) = annotations.and_then(|a| a.get(ann)).and_then(Value::as_str) {
+            return Some(Found {
+                source: Source::Annotation,
+                name: ann,
+                value: v,
+            });
+        }
+        // Later entries win in an OCI env list, as they do for execve.
+        env.iter().rev().find_map(|e| {
+            e.strip_prefix(var)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(|v| Found {
+                    source: Source::Env,
+                    name: var,
+                    value: v,
+                })
+        })
+    };
+    let [profile, device, mps, mps_memory, share] = KEYS.map(|(a, v)| lookup(a, v));
+
+    if let Some(found) = [&mps, &mps_memory, &share].into_iter().flatten().next() {
+        check_bounded(found)?;
+        return Err(RequestError::Unsupported {
+            key: found.label(),
+            value: found.value.into(),
+        });
+    }
+    let Some(profile) = profile else {
+        if let Some(d) = device {
+            return Err(RequestError::Incomplete {
+                key: d.label(),
+                needs: format!("{ANN_PROFILE} (the slice to take on that GPU)"),
+            });
+        }
+        return Ok(None);
+    };
+    let profile_name = parse_profile(&profile)?;
+    let device = device.map(|d| parse_device(&d)).transpose()?;
+    Ok(Some(Request::Mig {
+        profile: profile_name,
+        device,
+    }))
+}
+
+/// Quick test used by the no-request path to skip JSON parsing: a spec that mentions neither
+/// an annotation prefix nor an env fallback cannot hold a request.
+pub fn may_contain_request(raw: &[u8]) -> bool {
+    contains(raw, b"\"gpu.") || contains(raw, b"GPUSHARE_")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Values shown in messages: control characters escaped, long values cut.
+fn shown(value: &str) -> String {
+    let mut s: String = value.chars().take(40).collect::<String>();
+    if s.len() < value.len() {
+        s = format!("{s}... ({} bytes)", value.len());
+    }
+    format!("{s:?}")
+}
+
+fn invalid(f: &Found<'_>, why: &str, accepted: &str) -> RequestError {
+    RequestError::Invalid {
+        key: f.label(),
+        value: shown(f.value),
+        why: why.into(),
+        accepted: accepted.into(),
+    }
+}
+
+const PROFILE_ACCEPTED: &str =
+    "a MIG profile name as `nvidia-smi mig -lgip` prints it, e.g. 1g.10gb, 2g.20gb, 3g.40gb, 7g.80gb";
+
+fn check_bounded(f: &Found<'_>) -> Result<(), RequestError> {
+    if f.value.len() > MAX_VALUE_LEN {
+        return Err(invalid(
+            f,
+            &format!("longer than {MAX_VALUE_LEN} bytes"),
+            "short values",
+        ));
+    }
+    if f.value.chars().any(char::is_control) {
+        return Err(invalid(
+            f,
+            "contains control characters",
+            "printable values",
+        ));
+    }
+    Ok(())
+}
+
+/// `<slices>g.<memory>gb` with an optional `+me`/`+gfx`-style suffix, as NVML names profiles.
+fn parse_profile(f: &Found<'_>) -> Result<String, RequestError> {
+    check_bounded(f)?;
+    let v = f.value.trim();
+    if v.is_empty() {
+        return Err(invalid(f, "empty", PROFILE_ACCEPTED));
+    }
+    let v = v.strip_prefix("MIG ").unwrap_or(v);
+    let (base, suffix) = match v.split_once('+') {
+        Some((b, s)) => (b, Some(s)),
+        None => (v, None),
+    };
+    let ok_suffix = suffix
+        .is_none_or(|s| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_lowercase()));
+    let parsed = base.split_once("g.").and_then(|(slices, mem)| {
+        let slices: u32 = digits(slices)?;
+        let mem: u32 = digits(mem.strip_suffix("gb")?)?;
+        Some((slices, mem))
+    });
+    match parsed {
+        Some((slices, mem)) if ok_suffix && (1..=8).contains(&slices) && mem >= 1 => {
+            Ok(v.to_string())
+        }
+        Some((0, _)) => Err(invalid(
+            f,
+            "a slice has at least 1 compute slice",
+            PROFILE_ACCEPTED,
+        )),
+        _ => Err(invalid(f, "not a MIG profile name", PROFILE_ACCEPTED)),
+    }
+}
+
+fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_device(f: &Found<'_>) -> Result<DeviceSelector, RequestError> {
+    check_bounded(f)?;
+    const ACCEPTED: &str = "a GPU index (0, 1, ...) or a GPU UUID (GPU-xxxxxxxx-...)";
+    let v = f.value.trim();
+    if let Some(i) = digits(v) {
+        return Ok(DeviceSelector::Index(i));
+    }
+    if let Some(rest) = v.strip_prefix("GPU-") {
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Ok(DeviceSelector::Uuid(v.to_string()));
+        }
+    }
+    Err(invalid(f, "not a GPU index or UUID", ACCEPTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec_with(ann: &[(&str, &str)], env: &[&str]) -> Value {
+        let a: serde_json::Map<String, Value> =
+            ann.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        json!({"ociVersion": "1.0.2", "process": {"env": env}, "annotations": a})
+    }
+
+    #[test]
+    fn no_request_is_none() {
+        assert_eq!(from_spec(&spec_with(&[], &["PATH=/bin"]), true), Ok(None));
+        assert_eq!(from_spec(&json!({}), true), Ok(None));
+    }
+
+    #[test]
+    fn annotation_profile_and_device() {
+        let s = spec_with(&[("gpu.profile", "2g.20gb"), ("gpu.device", "1")], &[]);
+        assert_eq!(
+            from_spec(&s, true),
+            Ok(Some(Request::Mig {
+                profile: "2g.20gb".into(),
+                device: Some(DeviceSelector::Index(1))
+            }))
+        );
+    }
+
+    #[test]
+    fn annotation_wins_over_env_and_env_obeys_policy() {
+        let s = spec_with(&[("gpu.profile", "1g.10gb")], &["GPUSHARE_PROFILE=3g.40gb"]);
+        assert!(
+            matches!(from_spec(&s, true), Ok(Some(Request::Mig { profile, .. })) if profile == "1g.10gb")
+        );
+        let s = spec_with(&[], &["GPUSHARE_PROFILE=3g.40gb"]);
+        assert!(
+            matches!(from_spec(&s, true), Ok(Some(Request::Mig { profile, .. })) if profile == "3g.40gb")
+        );
+        assert_eq!(from_spec(&s, false), Ok(None));
+    }
+
+    #[test]
+    fn profile_suffixes_and_prefix() {
+        for ok in ["1g.10gb+me", "MIG 1g.10gb", "7g.141gb", "1g.18gb"] {
+            let s = spec_with(&[("gpu.profile", ok)], &[]);
+            assert!(from_spec(&s, true).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_key_value_and_what_is_accepted() {
+        let long = "a".repeat(10 * 1024);
+        for bad in [
+            "",
+            "0g.1gb",
+            "2g",
+            "foo",
+            "1g.10gb\n",
+            "9g.10gb",
+            "1g.10gb+",
+            long.as_str(),
+        ] {
+            let s = spec_with(&[("gpu.profile", bad)], &[]);
+            let err = from_spec(&s, true).unwrap_err().to_string();
+            assert!(err.contains("annotation gpu.profile"), "{err}");
+            assert!(err.contains("accepted:"), "{err}");
+            assert!(err.len() < 400, "message stays short: {err}");
+        }
+        let s = spec_with(&[("gpu.profile", "1g.10gb"), ("gpu.device", "first")], &[]);
+        let err = from_spec(&s, true).unwrap_err().to_string();
+        assert!(
+            err.contains("gpu.device") && err.contains("GPU index"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let s = spec_with(&[], &["GPUSHARE_PROFILE=huge"]);
+        let err = from_spec(&s, true).unwrap_err().to_string();
+        assert!(err.contains("env GPUSHARE_PROFILE"), "{err}");
+    }
+
+    #[test]
+    fn device_without_profile_is_refused() {
+        let s = spec_with(&[("gpu.device", "0")], &[]);
+        assert!(matches!(
+            from_spec(&s, true),
+            Err(RequestError::Incomplete { .. })
+        ));
+    }
+
+    #[test]
+    fn quick_scan_matches_parser() {
+        assert!(!may_contain_request(
+            br#"{"annotations":{"org.x":"1"},"process":{"env":["A=1"]}}"#
+        ));
+        assert!(may_contain_request(
+            br#"{"annotations":{"gpu.profile":"1g.10gb"}}"#
+        ));
+        assert!(may_contain_request(
+            br#"{"process":{"env":["GPUSHARE_PROFILE=1g.10gb"]}}"#
+        ));
+    }
+}
