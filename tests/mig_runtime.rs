@@ -1,0 +1,279 @@
+//! MIG slices end to end through gpushare in front of real runc and crun, on a simulated H100.
+
+mod common;
+use common::*;
+
+/// Hex "major:minor" as busybox `stat -c %t:%T` prints it.
+fn hex(major: u32, minor: u32) -> String {
+    format!("{major:x}:{minor:x}")
+}
+
+fn one_slice_sees_exactly_its_nodes(rt: Runtime) {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, rt);
+    let bundle = Bundle::new(SHOW_GPU, &[("gpu.profile", "1g.10gb")], &[]);
+    let id = unique("mig1g");
+    let out = engine.create(&bundle, &id);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+
+    // While the container exists, the ledger and the simulated driver agree on its slice.
+    let ledger = node.ledger();
+    let rec = ledger
+        .instances
+        .iter()
+        .find(|r| r.lease.as_ref().is_some_and(|l| l.container_id == id));
+    let rec = rec.expect("a lease for the container");
+    let made = rec.made.clone().expect("instance made");
+    let printed = engine.start_and_wait(&bundle, &id);
+
+    assert_eq!(
+        env_seen(&printed, "CUDA_VISIBLE_DEVICES"),
+        made.mig_uuid,
+        "{printed}"
+    );
+    assert!(made.mig_uuid.starts_with("MIG-"), "{}", made.mig_uuid);
+    let seen = nodes_seen(&printed);
+    let paths: Vec<&str> = seen.iter().map(|(p, _, _)| p.as_str()).collect();
+    let gi_node = format!("/dev/nvidia-caps/nvidia-cap{}", made.gi_cap_minor);
+    let ci_node = format!("/dev/nvidia-caps/nvidia-cap{}", made.ci_cap_minor);
+    let mut expected = vec![
+        "/dev/nvidia-uvm",
+        "/dev/nvidia-uvm-tools",
+        "/dev/nvidia0",
+        "/dev/nvidiactl",
+        &gi_node,
+        &ci_node,
+    ];
+    expected.sort();
+    let mut got = paths.clone();
+    got.sort();
+    assert_eq!(got, expected, "exactly the slice's nodes:\n{printed}");
+    for (path, dev, result) in &seen {
+        assert!(
+            result.contains("No such device or address"),
+            "{path} must open as allowed (ENXIO), got {result:?}"
+        );
+        assert!(
+            !result.contains("Operation not permitted"),
+            "{path}: {result}"
+        );
+        let want = match path.as_str() {
+            "/dev/nvidiactl" => hex(195, 255),
+            "/dev/nvidia0" => hex(195, 0),
+            "/dev/nvidia-uvm" => hex(238, 0),
+            "/dev/nvidia-uvm-tools" => hex(238, 1),
+            p if p == gi_node => hex(241, made.gi_cap_minor),
+            p if p == ci_node => hex(241, made.ci_cap_minor),
+            p => panic!("unexpected node {p}"),
+        };
+        assert_eq!(dev, &want, "{path}");
+    }
+    // mig-minors says which minors belong to this instance.
+    let minors =
+        std::fs::read_to_string(node.root().join("proc/driver/nvidia-caps/mig-minors")).unwrap();
+    assert!(minors
+        .lines()
+        .any(|l| l == format!("gpu0/gi{}/access {}", made.gi, made.gi_cap_minor)));
+    assert!(minors.lines().any(|l| l
+        == format!(
+            "gpu0/gi{}/ci{}/access {}",
+            made.gi, made.ci, made.ci_cap_minor
+        )));
+
+    let del = engine.delete(&id);
+    assert!(del.status.success(), "delete: {}", text(&del.stderr));
+    assert!(
+        node.ledger().lease_of(&id).is_none(),
+        "released after delete"
+    );
+    let status = node.status_json();
+    assert_eq!(status["leases"].as_array().unwrap().len(), 0, "{status:#}");
+}
+
+#[test]
+fn runc_one_slice_sees_exactly_its_nodes() {
+    one_slice_sees_exactly_its_nodes(Runtime::Runc);
+}
+
+#[test]
+fn crun_one_slice_sees_exactly_its_nodes() {
+    one_slice_sees_exactly_its_nodes(Runtime::Crun);
+}
+
+/// A node the device cgroup does not allow opens with EPERM: the check above can fail.
+#[test]
+fn runc_unallowed_node_is_denied() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new(SHOW_GPU, &[], &[]);
+    let mut spec = bundle.config();
+    spec["linux"]["devices"] = serde_json::json!([{"path": "/dev/nvidia-caps/nvidia-cap99", "type": "c", "major": 241, "minor": 99, "fileMode": 438}]);
+    std::fs::write(
+        bundle.path().join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let id = unique("denied");
+    let printed = engine.run_to_end(&bundle, &id);
+    let seen = nodes_seen(&printed);
+    assert_eq!(seen.len(), 1, "{printed}");
+    assert!(seen[0].2.contains("Operation not permitted"), "{printed}");
+}
+
+fn three_slices_then_refusal(rt: Runtime) {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, rt);
+    let ids: Vec<String> = (0..3).map(|_| unique("mig2g")).collect();
+    let bundles: Vec<Bundle> = (0..3)
+        .map(|_| Bundle::new(SHOW_GPU, &[("gpu.profile", "2g.20gb")], &[]))
+        .collect();
+    // Three creates at once.
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .zip(&bundles)
+            .map(|(id, b)| s.spawn(|| engine.create(b, id)))
+            .collect();
+        for h in handles {
+            let out = h.join().unwrap();
+            assert!(out.status.success(), "create: {}", text(&out.stderr));
+        }
+    });
+    let mut uuids: Vec<String> = ids
+        .iter()
+        .zip(&bundles)
+        .map(|(id, b)| env_seen(&engine.start_and_wait(b, id), "CUDA_VISIBLE_DEVICES"))
+        .collect();
+    uuids.sort();
+    uuids.dedup();
+    assert_eq!(uuids.len(), 3, "three different instances: {uuids:?}");
+
+    let fourth = Bundle::new(SHOW_GPU, &[("gpu.profile", "2g.20gb")], &[]);
+    let before = fourth.config_bytes();
+    let id4 = unique("mig2g-4th");
+    let out = engine.create(&fourth, &id4);
+    assert!(!out.status.success(), "a fourth 2g.20gb cannot fit");
+    let err = text(&out.stderr);
+    assert!(err.contains("no free 2g.20gb slice on GPU 0"), "{err}");
+    let log = std::fs::read_to_string(fourth.path().join("runtime-log.json")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert!(
+        last["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("gpushare: no free 2g.20gb slice"),
+        "{log}"
+    );
+    assert_eq!(
+        fourth.config_bytes(),
+        before,
+        "config.json untouched on refusal"
+    );
+    assert!(engine.state(&id4).is_none(), "no container was created");
+
+    for id in &ids {
+        assert!(engine.delete(id).status.success());
+    }
+    let status = node.status_json();
+    assert_eq!(status["leases"].as_array().unwrap().len(), 0, "{status:#}");
+    let idle = status["gpus"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "idle")
+        .count();
+    assert_eq!(idle, 3, "released slices stay warm in the pool: {status:#}");
+}
+
+#[test]
+fn runc_three_slices_then_refusal() {
+    three_slices_then_refusal(Runtime::Runc);
+}
+
+#[test]
+fn crun_three_slices_then_refusal() {
+    three_slices_then_refusal(Runtime::Crun);
+}
+
+/// A released slice is granted again from the pool, without making a new instance.
+#[test]
+fn runc_warm_pool_reuses_the_released_instance() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let first = Bundle::new(SHOW_GPU, &[("gpu.profile", "1g.10gb")], &[]);
+    let a = env_seen(
+        &engine.run_to_end(&first, &unique("warm-a")),
+        "CUDA_VISIBLE_DEVICES",
+    );
+    let second = Bundle::new(SHOW_GPU, &[("gpu.profile", "1g.10gb")], &[]);
+    let b = env_seen(
+        &engine.run_to_end(&second, &unique("warm-b")),
+        "CUDA_VISIBLE_DEVICES",
+    );
+    assert_eq!(a, b, "the idle instance is reused");
+    let stats = node.ledger().stats;
+    assert_eq!((stats.grants_cold, stats.grants_warm), (1, 1));
+}
+
+fn no_request_is_byte_identical(rt: Runtime) {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, rt);
+    let bundle = Bundle::new("echo hello", &[("org.example/other", "x")], &[]);
+    let before = bundle.config_bytes();
+    let id = unique("plain");
+    let out = engine.create(&bundle, &id);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(bundle.config_bytes(), before, "config.json byte-identical");
+    assert_eq!(engine.start_and_wait(&bundle, &id).trim(), "hello");
+    assert!(engine.delete(&id).status.success());
+    assert!(node.ledger().instances.is_empty(), "nothing allocated");
+}
+
+#[test]
+fn runc_no_request_is_byte_identical() {
+    no_request_is_byte_identical(Runtime::Runc);
+}
+
+#[test]
+fn crun_no_request_is_byte_identical() {
+    no_request_is_byte_identical(Runtime::Crun);
+}
+
+/// Old Docker engines cannot pass annotations: the env fallback asks instead.
+#[test]
+fn runc_env_fallback_requests_a_slice() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new(SHOW_GPU, &[], &["GPUSHARE_PROFILE=1g.10gb"]);
+    let printed = engine.run_to_end(&bundle, &unique("envreq"));
+    assert!(
+        env_seen(&printed, "CUDA_VISIBLE_DEVICES").starts_with("MIG-"),
+        "{printed}"
+    );
+}
+
+/// The poststop hook alone releases the slice (e.g. when the engine's delete never reaches us).
+#[test]
+fn runc_poststop_hook_releases() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let id = unique("hook");
+    assert!(engine.create(&bundle, &id).status.success());
+    engine.start_and_wait(&bundle, &id);
+    assert!(node.ledger().lease_of(&id).is_some());
+    // Bare runc's delete runs the poststop hook; gpushare's delete is not involved.
+    let out = run(&mut engine.bare(&["delete", &id]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        node.ledger().lease_of(&id).is_none(),
+        "the hook released the slice"
+    );
+}
