@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use gpushare_core::config::Config;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -20,33 +21,100 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// GPUs, MIG instances (busy, idle, foreign), leases and free capacity per profile.
+    /// GPUs, MIG instances (busy, idle, foreign), leases, free capacity per profile, and per GPU
+    /// the warm-pool hit rate and the requests refused for lack of room.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Reconcile the ledger with the runtime's state and with NVML: release slices of containers
+    /// that no longer exist, destroy what a crashed allocation left, destroy idle instances past
+    /// pool.idle_timeout_s, and report instances gpushare did not make (never touched).
+    Gc {
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Release leases of missing containers only when older than this many seconds
+        /// (default: pool.gc_grace_s). 0 is safe only when no `create` is running.
+        #[arg(long)]
+        grace: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the driver, NVML, MIG mode, the low-level runtime, the config, the hook, the
+    /// engines' configs and the cgroup version; exits 1 if anything must be fixed.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters and gauges in Prometheus' text format (for a textfile collector or a scrape).
+    Metrics,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let result = Config::load(cli.config.as_deref())
-        .map_err(|e| e.to_string())
-        .and_then(|cfg| match cli.command {
-            Cmd::Status { json } => {
-                let s = gpushare_core::status::collect(&cfg).map_err(|e| e.to_string())?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&s).expect("status serializes")
-                    );
-                } else {
-                    print!("{}", gpushare_core::status::render(&s));
-                }
-                Ok(())
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("reports serialize")
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let cfg = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    match cli.command {
+        Cmd::Status { json: as_json } => {
+            let s = gpushare_core::status::collect(&cfg).map_err(|e| e.to_string())?;
+            if as_json {
+                println!("{}", json(&s));
+            } else {
+                print!("{}", gpushare_core::status::render(&s));
             }
-        });
-    if let Err(e) = result {
-        eprintln!("gpusharectl: {e}");
-        std::process::exit(1);
+        }
+        Cmd::Gc {
+            dry_run,
+            grace,
+            json: as_json,
+        } => {
+            let mut opts = gpushare_core::gc::GcOptions::from_config(&cfg);
+            opts.dry_run = dry_run;
+            if let Some(g) = grace {
+                opts.grace_s = g;
+            }
+            let report = gpushare_core::gc::run(&cfg, &opts).map_err(|e| e.to_string())?;
+            if as_json {
+                println!("{}", json(&report));
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.failed.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Doctor { json: as_json } => {
+            let checks = gpushare_core::doctor::run(&cfg);
+            if as_json {
+                println!("{}", json(&checks));
+            } else {
+                print!("{}", gpushare_core::doctor::render(&checks));
+            }
+            if checks
+                .iter()
+                .any(|c| c.level == gpushare_core::doctor::Level::Fail)
+            {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Metrics => {
+            let st = gpushare_core::ledger::snapshot(&cfg.state_dir).map_err(|e| e.to_string())?;
+            let live = gpushare_core::status::collect(&cfg).ok();
+            print!("{}", gpushare_core::metrics::render(&st, live.as_ref()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gpusharectl: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -102,6 +102,7 @@ impl Grant {
                 ("NVIDIA_VISIBLE_DEVICES".into(), self.mig_uuid.clone()),
             ],
             poststop,
+            ..Edit::default()
         }
     }
 }
@@ -125,12 +126,14 @@ pub fn allocate(
             allowed: cfg.policy.allowed_profiles.join(", "),
         });
     }
+    let started = std::time::Instant::now();
     let ledger = Ledger::new(&cfg.state_dir);
     let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
+    crate::failpoint!("alloc.locked");
     let driver = Driver::new(cfg);
     let before = st.clone();
-    prune_vanished(&mut st, &driver);
+    crate::gc::prune_vanished(&mut st, cfg);
 
     if let Some(i) = st.lease_of(who.container_id) {
         // The same container asking again (an engine retrying create) keeps its slice.
@@ -153,10 +156,13 @@ pub fn allocate(
         rec.idle_since = None;
         let grant =
             Grant::from_record(rec, rec.made.as_ref().expect("idle records are made"), true);
-        st.stats.grants_warm += 1;
+        st.stats.grant(&grant.gpu_uuid, true);
         st.history
             .arrive(profile, since, true, cfg.placement.history);
+        st.stats.alloc_latency.observe(started.elapsed());
+        crate::failpoint!("alloc.warm.before_save");
         locked.save(&st)?;
+        crate::failpoint!("alloc.warm.saved");
         return Ok(grant);
     }
 
@@ -169,7 +175,12 @@ pub fn allocate(
         st.history
             .arrive(profile, since, result.is_ok(), cfg.placement.history);
     }
+    if let Err(e) = &result {
+        st.stats.error(e);
+    }
+    st.stats.alloc_latency.observe(started.elapsed());
     save_if_changed(&locked, &before, &st)?;
+    crate::failpoint!("alloc.cold.saved");
     result
 }
 
@@ -178,10 +189,13 @@ pub fn release(cfg: &Config, container_id: &str, timeout: Duration) -> Result<bo
     let ledger = Ledger::new(&cfg.state_dir);
     let locked = ledger.lock(timeout)?;
     let mut st = locked.load()?;
-    let released = st.release(container_id);
+    crate::failpoint!("release.locked");
+    let released =
+        st.release(container_id) | crate::mps::release_client(cfg, &mut st, container_id);
     if released {
         locked.save(&st)?;
     }
+    crate::failpoint!("release.saved");
     Ok(released)
 }
 
@@ -194,15 +208,6 @@ fn save_if_changed(
         locked.save(st)?;
     }
     Ok(())
-}
-
-/// Drop records of instances the driver no longer has (destroyed by someone else, or a
-/// driver reload); their ids may already belong to another instance.
-fn prune_vanished(st: &mut LedgerState, driver: &Driver<'_>) {
-    st.instances.retain(|r| match &r.made {
-        Some(m) => driver.instance_exists(r.gpu_minor, m.gi, m.ci),
-        None => true,
-    });
 }
 
 /// Release leases whose container the runtime no longer has.
@@ -268,6 +273,7 @@ fn cold(
     lease: Lease,
 ) -> Result<Grant, AllocError> {
     let be = Backend::open(cfg)?;
+    crate::gc::repair_intents(&be, st)?;
     let gpus = be.gpus()?;
     if gpus.is_empty() {
         return Err(AllocError::NoGpu);
@@ -287,9 +293,15 @@ fn cold(
                 .join(", "),
         });
     }
+    refresh_gpus(&be, st, &gpus)?;
     let mut misses = Vec::new();
     for gpu in targets {
-        let profiles = gpu_profiles(&be, st, gpu)?;
+        let profiles = st
+            .gpus
+            .iter()
+            .find(|r| r.uuid == gpu.uuid)
+            .map(|r| r.profiles.clone())
+            .unwrap_or_default();
         if gpu.mig_mode.is_none_or(|(current, _)| !current) {
             misses.push(Miss::MigDisabled(gpu_label(gpu)));
             continue;
@@ -313,11 +325,13 @@ fn cold(
         let slot = match choice {
             Some((slot, victims)) => {
                 destroy_idle(&be, st, gpu, victims)?;
+                crate::failpoint!("alloc.cold.victims_destroyed");
                 Some(slot)
             }
             None => None,
         };
         let Some(slot) = slot else {
+            st.stats.refused(&gpu.uuid);
             misses.push(Miss::NoRoom {
                 gpu: gpu_label(gpu),
                 free: free_summary(&profiles, &occupied, st, gpu),
@@ -340,6 +354,7 @@ fn cold(
         });
         let at = st.instances.len() - 1;
         locked.save(st)?;
+        crate::failpoint!("alloc.cold.intent_saved");
         let made = be
             .create(gpu.index, p, slot)
             .map_err(AllocError::from)
@@ -353,10 +368,11 @@ fn cold(
                     ci_cap_minor,
                 })
             });
+        crate::failpoint!("alloc.cold.made");
         return match made {
             Ok(m) => {
                 st.instances[at].made = Some(m.clone());
-                st.stats.grants_cold += 1;
+                st.stats.grant(&gpu.uuid, false);
                 Ok(Grant::from_record(&st.instances[at], &m, false))
             }
             Err(e) => {
@@ -414,33 +430,35 @@ fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {
     AllocError::MigDisabled { profile, gpus }
 }
 
-/// The GPU's profile table, from the ledger's cache when the GPU is the same one.
-fn gpu_profiles(
+/// Record what NVML says of every GPU in the ledger's cache, so later grants need no NVML.
+/// A GPU's profile table is kept from the cache while it is the same GPU.
+pub(crate) fn refresh_gpus(
     be: &Backend,
     st: &mut LedgerState,
-    gpu: &GpuInfo,
-) -> Result<Vec<Profile>, AllocError> {
-    if let Some(r) = st
-        .gpus
-        .iter()
-        .find(|r| r.uuid == gpu.uuid && r.index == gpu.index)
-    {
-        if !r.profiles.is_empty() {
-            return Ok(r.profiles.clone());
-        }
+    gpus: &[GpuInfo],
+) -> Result<(), BackendError> {
+    let mut fresh = Vec::with_capacity(gpus.len());
+    for g in gpus {
+        let cached = st
+            .gpus
+            .iter()
+            .find(|r| r.uuid == g.uuid && !r.profiles.is_empty());
+        let profiles = match cached {
+            Some(r) => r.profiles.clone(),
+            None => be.profiles(g.index)?,
+        };
+        fresh.push(GpuRecord {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            name: g.name.clone(),
+            minor: g.minor,
+            profiles,
+            memory_total: g.memory_total,
+            mig_enabled: g.mig_mode.is_some_and(|(current, _)| current),
+        });
     }
-    let profiles = be.profiles(gpu.index)?;
-    st.gpus
-        .retain(|r| r.index != gpu.index && r.uuid != gpu.uuid);
-    st.gpus.push(GpuRecord {
-        index: gpu.index,
-        uuid: gpu.uuid.clone(),
-        name: gpu.name.clone(),
-        minor: gpu.minor,
-        profiles: profiles.clone(),
-    });
-    st.gpus.sort_by_key(|r| r.index);
-    Ok(profiles)
+    st.gpus = fresh;
+    Ok(())
 }
 
 /// Make room by destroying idle instances gpushare made: the placement needing the fewest

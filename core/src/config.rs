@@ -37,6 +37,8 @@ pub struct Config {
     pub placement: crate::policy::PlacementConfig,
     pub policy: PolicyConfig,
     pub log: LogConfig,
+    pub mps: MpsConfig,
+    pub inject: InjectConfig,
     /// Where this config was read from (not a config key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -52,6 +54,9 @@ pub struct PoolConfig {
     /// How long the poststop hook waits for the ledger lock (the shim's `delete` and `gc`
     /// release anything a timed-out hook left).
     pub hook_lock_timeout_ms: u64,
+    /// `gpusharectl gc` leaves leases younger than this alone even when the runtime has no
+    /// such container: its `create` may still be running.
+    pub gc_grace_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +66,14 @@ pub struct PolicyConfig {
     pub allow_env: bool,
     /// MIG profiles tenants may ask for; empty allows every profile the GPU offers.
     pub allowed_profiles: Vec<String>,
+    /// Refuse GPU requests from privileged containers (all devices allowed, or CAP_SYS_ADMIN):
+    /// such a container can open every slice's nodes, so a slice isolates nothing.
+    pub refuse_privileged: bool,
+    /// The largest MPS active-thread percentage a container may ask for (1-100).
+    pub max_mps_percent: u8,
+    /// The largest MPS pinned-memory limit a container may ask for, as `gpu.mps.memory` is
+    /// written (e.g. "16G"); none: no ceiling beyond the GPU's memory.
+    pub max_mps_memory: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,7 +97,91 @@ impl Default for Config {
             placement: crate::policy::PlacementConfig::default(),
             policy: PolicyConfig::default(),
             log: LogConfig::default(),
+            mps: MpsConfig::default(),
+            inject: InjectConfig::default(),
             source: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MpsConfig {
+    /// The MPS control program (found on PATH, then under the driver root's bin folders).
+    pub control: PathBuf,
+    /// `strict`: one share size per GPU, enforced by the daemon's defaults (a container cannot
+    /// lift it). `cooperative`: sizes may differ; each container's env carries its own share,
+    /// which a container can drop.
+    pub policy: MpsPolicy,
+    /// Let pinned-memory limits on one GPU add up to more than it has.
+    pub allow_overcommit: bool,
+    /// Start the daemon in multi-user mode (`-M`): clients of every uid share one server and
+    /// one ceiling.
+    pub multi_user: bool,
+    /// Where the daemon's pipe directory appears inside containers.
+    pub mount_path: String,
+    /// How long to wait for a new daemon's control socket.
+    pub start_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MpsPolicy {
+    Strict,
+    Cooperative,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectConfig {
+    /// `gpushare`: mount the host's driver libraries and tools read-only into GPU containers;
+    /// `nvidia-container-runtime`: hand GPU containers to NVIDIA's runtime instead, which does
+    /// its own injection from NVIDIA_VISIBLE_DEVICES; `none`: the image brings its own.
+    pub mode: InjectMode,
+    /// Folders (below the driver root) searched for the driver's libraries before the host's
+    /// ld cache.
+    pub lib_dirs: Vec<PathBuf>,
+    /// Folders (below the driver root) searched for nvidia-smi and the MPS programs.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectMode {
+    Gpushare,
+    NvidiaContainerRuntime,
+    None,
+}
+
+impl Default for MpsConfig {
+    fn default() -> Self {
+        MpsConfig {
+            control: PathBuf::from("nvidia-cuda-mps-control"),
+            policy: MpsPolicy::Strict,
+            allow_overcommit: false,
+            multi_user: true,
+            mount_path: "/tmp/nvidia-mps".into(),
+            start_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            mode: InjectMode::Gpushare,
+            lib_dirs: [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib64",
+                "/usr/local/nvidia/lib64",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+            bin_dirs: ["/usr/bin", "/usr/local/nvidia/bin"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -95,6 +192,7 @@ impl Default for PoolConfig {
             idle_timeout_s: 0,
             lock_timeout_ms: 30_000,
             hook_lock_timeout_ms: 5_000,
+            gc_grace_s: 60,
         }
     }
 }
@@ -104,6 +202,9 @@ impl Default for PolicyConfig {
         PolicyConfig {
             allow_env: true,
             allowed_profiles: Vec::new(),
+            refuse_privileged: false,
+            max_mps_percent: 100,
+            max_mps_memory: None,
         }
     }
 }
@@ -192,7 +293,7 @@ impl Config {
     }
 }
 
-fn find_in_path(name: &Path) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &Path) -> Option<PathBuf> {
     if name.components().count() > 1 {
         return name.is_file().then(|| name.to_path_buf());
     }

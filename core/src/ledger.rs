@@ -59,6 +59,45 @@ pub struct LedgerState {
     /// the cold path chose; the table itself is cached in the state directory.
     #[serde(default)]
     pub placement: std::collections::BTreeMap<String, String>,
+    /// Whole-GPU, time-sliced leases.
+    #[serde(default)]
+    pub shares: Vec<ShareLease>,
+    /// MPS control daemons gpushare started, with their clients.
+    #[serde(default)]
+    pub mps: Vec<MpsDaemon>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareLease {
+    pub gpu_uuid: String,
+    pub gpu_index: u32,
+    pub gpu_minor: u32,
+    pub lease: Lease,
+}
+
+/// One MPS control daemon per GPU, shared by that GPU's MPS containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpsDaemon {
+    pub gpu_uuid: String,
+    pub gpu_index: u32,
+    pub gpu_minor: u32,
+    /// The daemon's pid, as its pid file says.
+    pub pid: Option<u32>,
+    pub pipe_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// The daemon's default active-thread percentage: a ceiling no client can lift.
+    pub percent: u8,
+    /// The daemon's default pinned-memory limit per client process, in bytes.
+    pub memory: Option<u64>,
+    pub started_at: u64,
+    pub clients: Vec<MpsClient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpsClient {
+    pub lease: Lease,
+    pub percent: u8,
+    pub memory: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +107,11 @@ pub struct GpuRecord {
     pub name: String,
     pub minor: u32,
     pub profiles: Vec<Profile>,
+    #[serde(default)]
+    pub memory_total: u64,
+    /// MIG mode as NVML last said (refreshed whenever NVML is opened).
+    #[serde(default)]
+    pub mig_enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +155,15 @@ pub struct Stats {
     pub grants_warm: u64,
     pub grants_cold: u64,
     pub refused_no_room: u64,
+    /// The same counters per GPU (by UUID), so an operator sees what sharing costs where.
+    #[serde(default)]
+    pub per_gpu: std::collections::BTreeMap<String, crate::metrics::GpuCounters>,
+    /// How long allocations took, lock wait included.
+    #[serde(default)]
+    pub alloc_latency: crate::metrics::Histogram,
+    /// Allocation failures by kind (`no_room`, `nvml`, ...).
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, u64>,
 }
 
 impl LedgerState {
@@ -122,8 +175,14 @@ impl LedgerState {
         })
     }
 
-    /// Release `container_id`'s slice into the idle pool. Returns whether it held one.
+    /// Release `container_id`'s slice into the idle pool, or drop its time-slice lease.
+    /// Returns whether it held one. MPS clients are released by [`crate::mps`].
     pub fn release(&mut self, container_id: &str) -> bool {
+        let shares = self.shares.len();
+        self.shares.retain(|s| s.lease.container_id != container_id);
+        if self.shares.len() != shares {
+            return true;
+        }
         match self.lease_of(container_id) {
             Some(i) => {
                 let now = now_unix();
@@ -231,6 +290,7 @@ impl Locked {
         let mut state = state.clone();
         state.format = FORMAT;
         let data = serde_json::to_vec_pretty(&state).expect("ledger always serializes");
+        crate::failpoint!("ledger.save.before_write");
         write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
             path: self.path.clone(),
             source,

@@ -8,16 +8,26 @@
 
 pub mod allocator;
 pub mod config;
+pub mod doctor;
 pub mod driver;
+pub mod failpoint;
 pub mod fsutil;
+pub mod gc;
+pub mod grant;
 pub mod hook;
+pub mod inject;
+pub mod kube;
 pub mod ledger;
+pub mod metrics;
+pub mod mps;
 pub mod nvml;
 pub mod placement;
 pub mod policy;
 pub mod request;
 pub mod runc_args;
 pub mod runc_log;
+pub mod share;
 pub mod shim;
 pub mod spec;
 pub mod status;
+pub mod trust;

@@ -268,6 +268,7 @@ impl Backend {
         // SAFETY: valid device handle, placement and out-pointer.
         nvml_try(unsafe { create_gi(h, profile.id, &placement, &mut gi) })
             .map_err(Self::call("nvmlDeviceCreateGpuInstanceWithPlacement", gpu))?;
+        crate::failpoint!("nvml.create.gi_made");
         // SAFETY: zeroed plain C struct; gi was just created.
         let mut info: sys::nvmlGpuInstanceInfo_t = unsafe { MaybeUninit::zeroed().assume_init() };
         let gi_id = nvml_try(unsafe { gi_info(gi, &mut info) }).map(|_| info.id);
@@ -377,6 +378,7 @@ impl Backend {
                 Err(e) => return Err(Self::call("nvmlGpuInstanceGetComputeInstanceById", gpu)(e)),
             }
         }
+        crate::failpoint!("nvml.destroy.cis_gone");
         // SAFETY: gi_h is valid and its compute instances are gone.
         nvml_try(unsafe { destroy_gi(gi_h) }).map_err(Self::call("nvmlGpuInstanceDestroy", gpu))
     }

@@ -30,6 +30,15 @@ pub enum Request {
         profile: String,
         device: Option<DeviceSelector>,
     },
+    /// An MPS share: at most `percent` of the SMs and (if given) `memory` bytes of pinned
+    /// device memory per client process.
+    Mps {
+        percent: u8,
+        memory: Option<u64>,
+        device: Option<DeviceSelector>,
+    },
+    /// The whole GPU, time-sliced with whoever else asked for it.
+    TimeSlice { device: Option<DeviceSelector> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +65,8 @@ pub enum RequestError {
         why: String,
         accepted: String,
     },
-    #[error("{key}={value} is not supported by this gpushare build yet; accepted: {ANN_PROFILE}=<MIG profile>")]
-    Unsupported { key: String, value: String },
+    #[error("{keys}: ask for one way of sharing a GPU, not several")]
+    Conflict { keys: String },
     #[error("{key} given without {needs}")]
     Incomplete { key: String, needs: String },
     #[error("{key}={value} is not allowed by the node's policy; allowed profiles: {allowed}")]
@@ -120,30 +129,100 @@ pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, Reque
                 })
         })
     };
-    let [profile, device, mps, mps_memory, share] = KEYS.map(|(a, v)| lookup(a, v));
-
-    if let Some(found) = [&mps, &mps_memory, &share].into_iter().flatten().next() {
+    let [profile, device, mps, mps_memory, share]: [Option<Found<'_>>; 5] =
+        KEYS.map(|(a, v)| lookup(a, v));
+    for found in [&profile, &device, &mps, &mps_memory, &share]
+        .into_iter()
+        .flatten()
+    {
         check_bounded(found)?;
-        return Err(RequestError::Unsupported {
-            key: found.label(),
-            value: found.value.into(),
+    }
+    let device_found = device;
+    let device = device_found.as_ref().map(parse_device).transpose()?;
+    let asked: Vec<&Found<'_>> = [&profile, &mps, &share].into_iter().flatten().collect();
+    if asked.len() > 1 {
+        return Err(RequestError::Conflict {
+            keys: asked
+                .iter()
+                .map(|f| f.label())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
-    let Some(profile) = profile else {
-        if let Some(d) = device {
-            return Err(RequestError::Incomplete {
-                key: d.label(),
-                needs: format!("{ANN_PROFILE} (the slice to take on that GPU)"),
-            });
-        }
-        return Ok(None);
+    if let Some(p) = &profile {
+        return Ok(Some(Request::Mig {
+            profile: parse_profile(p)?,
+            device,
+        }));
+    }
+    if let Some(m) = &mps {
+        let percent = parse_percent(m)?;
+        let memory = mps_memory.as_ref().map(parse_size).transpose()?;
+        return Ok(Some(Request::Mps {
+            percent,
+            memory,
+            device,
+        }));
+    }
+    if let Some(m) = &mps_memory {
+        return Err(RequestError::Incomplete {
+            key: m.label(),
+            needs: format!("{ANN_MPS} (the share of the GPU's SMs, 1-100)"),
+        });
+    }
+    if let Some(s) = &share {
+        return match s.value.trim() {
+            "timeslice" => Ok(Some(Request::TimeSlice { device })),
+            _ => Err(invalid(s, "unknown sharing mode", "timeslice")),
+        };
+    }
+    match device_found {
+        Some(d) => Err(RequestError::Incomplete {
+            key: d.label(),
+            needs: format!("{ANN_PROFILE}, {ANN_MPS} or {ANN_SHARE} (what to take on that GPU)"),
+        }),
+        None => Ok(None),
+    }
+}
+
+const PERCENT_ACCEPTED: &str = "a whole number of percent of the GPU's SMs, 1 to 100";
+const SIZE_ACCEPTED: &str = "a size like 4G, 512M or 16GiB (binary units: K, M, G, T), at least 1M";
+
+fn parse_percent(f: &Found<'_>) -> Result<u8, RequestError> {
+    let v = f.value.trim().trim_end_matches('%');
+    match digits(v) {
+        Some(n @ 1..=100) => Ok(n as u8),
+        Some(_) => Err(invalid(f, "out of range", PERCENT_ACCEPTED)),
+        None => Err(invalid(f, "not a number", PERCENT_ACCEPTED)),
+    }
+}
+
+/// Sizes as MPS takes them ("4G"), read in binary units; returned in bytes.
+fn parse_size(f: &Found<'_>) -> Result<u64, RequestError> {
+    let v = f.value.trim();
+    let v = v
+        .strip_suffix("iB")
+        .or_else(|| v.strip_suffix('B'))
+        .unwrap_or(v);
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(invalid(f, "unknown unit", SIZE_ACCEPTED)),
     };
-    let profile_name = parse_profile(&profile)?;
-    let device = device.map(|d| parse_device(&d)).transpose()?;
-    Ok(Some(Request::Mig {
-        profile: profile_name,
-        device,
-    }))
+    let n: u64 = match num.parse() {
+        Ok(n) if num.len() <= 12 => n,
+        _ => return Err(invalid(f, "not a size", SIZE_ACCEPTED)),
+    };
+    match n.checked_mul(1u64 << shift) {
+        Some(bytes) if bytes >= 1 << 20 => Ok(bytes),
+        Some(_) => Err(invalid(f, "smaller than 1M", SIZE_ACCEPTED)),
+        None => Err(invalid(f, "too large", SIZE_ACCEPTED)),
+    }
 }
 
 /// Quick test used by the no-request path to skip JSON parsing: a spec that mentions neither
@@ -340,6 +419,69 @@ mod tests {
             from_spec(&s, true),
             Err(RequestError::Incomplete { .. })
         ));
+    }
+
+    #[test]
+    fn mps_and_timeslice_requests() {
+        let s = spec_with(&[("gpu.mps", "25"), ("gpu.mps.memory", "4G")], &[]);
+        assert_eq!(
+            from_spec(&s, true),
+            Ok(Some(Request::Mps {
+                percent: 25,
+                memory: Some(4 << 30),
+                device: None
+            }))
+        );
+        let s = spec_with(&[], &["GPUSHARE_MPS=50", "GPUSHARE_MPS_MEMORY=512MiB"]);
+        assert_eq!(
+            from_spec(&s, true),
+            Ok(Some(Request::Mps {
+                percent: 50,
+                memory: Some(512 << 20),
+                device: None
+            }))
+        );
+        let s = spec_with(&[("gpu.share", "timeslice"), ("gpu.device", "1")], &[]);
+        assert_eq!(
+            from_spec(&s, true),
+            Ok(Some(Request::TimeSlice {
+                device: Some(DeviceSelector::Index(1))
+            }))
+        );
+    }
+
+    #[test]
+    fn bad_mps_and_share_values() {
+        for (k, v, want) in [
+            ("gpu.mps", "0", "out of range"),
+            ("gpu.mps", "101", "out of range"),
+            ("gpu.mps", "half", "not a number"),
+            ("gpu.share", "mig", "unknown sharing mode"),
+        ] {
+            let err = from_spec(&spec_with(&[(k, v)], &[]), true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(want) && err.contains(k) && err.contains("accepted:"),
+                "{err}"
+            );
+        }
+        for v in ["4X", "1K", "", "99999999999999G"] {
+            let s = spec_with(&[("gpu.mps", "10"), ("gpu.mps.memory", v)], &[]);
+            let err = from_spec(&s, true).unwrap_err().to_string();
+            assert!(
+                err.contains("gpu.mps.memory") && err.contains("accepted:"),
+                "{v}: {err}"
+            );
+        }
+        let s = spec_with(&[("gpu.mps.memory", "4G")], &[]);
+        assert!(matches!(
+            from_spec(&s, true),
+            Err(RequestError::Incomplete { .. })
+        ));
+        let s = spec_with(&[("gpu.mps", "10"), ("gpu.profile", "1g.10gb")], &[]);
+        let err = from_spec(&s, true).unwrap_err().to_string();
+        assert!(err.contains("not several"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// gpushare's own global flag, `--gpushare-config=PATH`: how an engine that passes extra
+/// runtime arguments but not its environment (Docker's `runtimeArgs`, Podman's
+/// `--runtime-flag`) names a config other than the default. It never reaches the runtime,
+/// which would refuse a flag it does not know.
+pub const CONFIG_FLAG: &str = "gpushare-config";
+
 /// Global flags of runc (and crun) that take a value.
 const GLOBAL_WITH_VALUE: &[&str] = &[
     "root",
@@ -38,6 +44,36 @@ fn flag_name(arg: &str) -> Option<(&str, Option<&str>)> {
         Some((n, v)) => (n, Some(v)),
         None => (body, None),
     })
+}
+
+/// Split gpushare's own global flags off `argv`: the argv for the runtime (everything else, in
+/// order, byte for byte) and the config path the flags named (the last one wins).
+pub fn take_own(argv: &[OsString]) -> (Vec<OsString>, Option<PathBuf>) {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut config = None;
+    let mut it = argv.iter();
+    out.extend(it.next().cloned());
+    while let Some(arg) = it.next() {
+        let text = arg.to_string_lossy();
+        let Some((name, inline)) = flag_name(&text) else {
+            // The subcommand: everything from here on is the runtime's.
+            out.push(arg.clone());
+            out.extend(it.cloned());
+            break;
+        };
+        if name == CONFIG_FLAG {
+            config = match inline {
+                Some(v) => Some(PathBuf::from(v)),
+                None => it.next().map(PathBuf::from),
+            };
+            continue;
+        }
+        out.push(arg.clone());
+        if GLOBAL_WITH_VALUE.contains(&name) && inline.is_none() {
+            out.extend(it.next().cloned());
+        }
+    }
+    (out, config)
 }
 
 pub fn parse(argv: &[OsString]) -> RuncArgs {
@@ -129,6 +165,37 @@ mod tests {
         assert_eq!(a.root.as_deref(), Some("/r"));
         assert_eq!(a.bundle, Some(PathBuf::from("/b")));
         assert_eq!(a.container_id.as_deref(), Some("id2"));
+    }
+
+    fn os(s: &str) -> Vec<OsString> {
+        std::iter::once("gpushare")
+            .chain(s.split_whitespace())
+            .map(OsString::from)
+            .collect()
+    }
+
+    #[test]
+    fn own_config_flag_is_taken_off_in_both_forms() {
+        let (argv, cfg) = take_own(&os(
+            "--gpushare-config=/etc/g.toml --root /r --log /l create --bundle /b c1",
+        ));
+        assert_eq!(cfg, Some(PathBuf::from("/etc/g.toml")));
+        assert_eq!(argv, os("--root /r --log /l create --bundle /b c1"));
+        let (argv, cfg) = take_own(&os("--root /r -gpushare-config /x.toml --debug state c1"));
+        assert_eq!(cfg, Some(PathBuf::from("/x.toml")));
+        assert_eq!(argv, os("--root /r --debug state c1"));
+    }
+
+    #[test]
+    fn own_flag_is_only_a_global_flag() {
+        // After the subcommand it belongs to the runtime (and to the container's args).
+        let s = "--root /r exec c1 sh --gpushare-config=/x";
+        assert_eq!(take_own(&os(s)), (os(s), None));
+        // A value that merely looks like the flag stays the runtime's.
+        let s = "--log --gpushare-config=/x delete c1";
+        assert_eq!(take_own(&os(s)), (os(s), None));
+        assert_eq!(take_own(&os("--version")), (os("--version"), None));
+        assert_eq!(take_own(&os("")), (os(""), None));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use crate::allocator::{self, Claimant};
 use crate::config::Config;
-use crate::driver::Driver;
-use crate::request::{self, Request};
+use crate::config::InjectMode;
+use crate::grant;
+use crate::request;
 use crate::runc_args::{self, RuncArgs};
 use crate::runc_log;
 use crate::spec::{self, Hook};
@@ -15,12 +16,13 @@ use std::time::Duration;
 
 /// Run the wrapper; returns the exit code (the runtime's own, when it ran).
 pub fn run(argv: Vec<OsString>) -> i32 {
+    let (argv, own_config) = runc_args::take_own(&argv);
     let args = runc_args::parse(&argv);
     let fail = |msg: &str| {
         runc_log::error(args.log.as_deref(), args.log_format_json, msg);
         1
     };
-    let cfg = match Config::load(None) {
+    let cfg = match Config::load(own_config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
@@ -53,10 +55,14 @@ fn spawn(runtime: &Path, argv: &[OsString]) -> Result<i32, std::io::Error> {
 fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i32 {
     let bundle = args.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
     let config_path = bundle.join("config.json");
-    let raw = match std::fs::read(&config_path) {
+    let raw = match crate::trust::read_spec(&config_path) {
         Ok(r) => r,
-        // The runtime reports a missing or unreadable bundle in its own words.
-        Err(_) => return exec(runtime, argv),
+        // The runtime reports a missing bundle in its own words.
+        Err(crate::trust::SpecFileError::Missing(_)) => return exec(runtime, argv),
+        Err(e) => {
+            runc_log::error(args.log.as_deref(), args.log_format_json, &e.to_string());
+            return 1;
+        }
     };
     if !request::may_contain_request(&raw) {
         return exec(runtime, argv);
@@ -69,10 +75,14 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         Ok(v) => v,
         Err(_) => return exec(runtime, argv),
     };
-    let req = match request::from_spec(&spec, cfg.policy.allow_env) {
+    if crate::hook::granted_by_precreate(cfg, &spec) {
+        // Podman's precreate hook already granted the slice and edited this very spec.
+        return exec(runtime, argv);
+    }
+    let req = match wanted(cfg, &spec) {
         Ok(None) => return exec(runtime, argv),
         Ok(Some(r)) => r,
-        Err(e) => return fail(&e.to_string()),
+        Err(msg) => return fail(&msg),
     };
     let Some(id) = args.container_id.as_deref() else {
         return fail("create without a container id");
@@ -82,27 +92,37 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         container_id: id,
         runtime_root: Some(root.as_str()),
     };
-    let Request::Mig { profile, device } = &req;
-    let grant = match allocator::allocate(cfg, profile, device.as_ref(), &who) {
-        Ok(g) => g,
-        Err(e) => return fail(&e.to_string()),
+    // With NVIDIA's runtime chosen for injection, GPU containers go to it instead.
+    let runtime = match cfg.inject.mode {
+        InjectMode::NvidiaContainerRuntime => {
+            match crate::config::find_in_path(Path::new("nvidia-container-runtime")) {
+                Some(p) => p,
+                None => {
+                    return fail("inject.mode is nvidia-container-runtime, but it is not on PATH")
+                }
+            }
+        }
+        _ => runtime.to_path_buf(),
     };
-    let patched = Driver::new(cfg)
-        .majors()
-        .map_err(|e| e.to_string())
-        .and_then(|majors| {
-            let edit = grant.edit(&majors, Some(poststop_hook(cfg)));
-            spec::apply(&mut spec, &edit, &config_path).map_err(|e| e.to_string())?;
-            spec::write(&config_path, &spec).map_err(|e| e.to_string())
-        });
-    if let Err(msg) = patched {
+    let runtime = runtime.as_path();
+    let granted = match grant_into(cfg, &mut spec, &config_path, &req, &who) {
+        Ok(g) => g,
+        Err(msg) => return fail(&msg),
+    };
+    crate::failpoint!("shim.granted");
+    if let Err(e) = spec::write(&config_path, &spec) {
         release_quietly(cfg, id);
-        return fail(&msg);
+        return fail(&e.to_string());
     }
-    tracing::info!(container = id, mig = %grant.mig_uuid, warm = grant.warm, "granted");
-    match spawn(runtime, argv) {
+    crate::failpoint!("shim.spec_written");
+    tracing::info!(container = id, uuid = %granted.uuid, warm = granted.warm, "granted");
+    let ran = spawn(runtime, argv);
+    // Only the ledger is left to touch, which root reaches as its owner.
+    let _ = crate::trust::drop_all_caps();
+    match ran {
         Ok(0) => 0,
         Ok(code) => {
+            crate::failpoint!("shim.runtime_failed");
             // The runtime refused the container: it never ran, so its slice goes back now.
             release_quietly(cfg, id);
             code
@@ -114,6 +134,48 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
     }
 }
 
+/// What the spec asks for, if anything, and whether this node serves it. Shared by the
+/// wrapper's `create` and the Podman precreate hook so that both read a spec the same way.
+pub fn wanted(cfg: &Config, spec: &serde_json::Value) -> Result<Option<request::Request>, String> {
+    if crate::kube::is_sandbox(spec) {
+        return Ok(None);
+    }
+    let req = request::from_spec(spec, cfg.policy.allow_env).map_err(|e| e.to_string())?;
+    if req.is_some() {
+        if let Some(why) = cfg
+            .policy
+            .refuse_privileged
+            .then(|| crate::trust::privileged(spec))
+            .flatten()
+        {
+            return Err(format!("this node refuses GPU requests from privileged containers (policy.refuse_privileged), and this one is privileged: {why}"));
+        }
+    }
+    Ok(req)
+}
+
+/// Grant `req` to `who` and write the grant (nodes, allow rules, env, mounts, release hook)
+/// into `spec` in memory. On an error nothing stays held and `spec` must not be used. Shared
+/// by the wrapper's `create` and the Podman precreate hook.
+pub fn grant_into(
+    cfg: &Config,
+    spec: &mut serde_json::Value,
+    spec_path: &Path,
+    req: &request::Request,
+    who: &Claimant<'_>,
+) -> Result<grant::Granted, String> {
+    let granted = grant::grant(cfg, req, who, poststop_hook(cfg)).map_err(|e| e.to_string())?;
+    if let Err(e) = spec::apply(spec, &granted.edit, spec_path) {
+        release_quietly(cfg, who.container_id);
+        return Err(e.to_string());
+    }
+    // Only a precreate grant's own claim may name the lease the release hook frees.
+    if let Some(ann) = spec.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+        ann.remove(crate::hook::LEASE_ANNOTATION);
+    }
+    Ok(granted)
+}
+
 fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i32 {
     let code = match spawn(runtime, argv) {
         Ok(c) => c,
@@ -122,8 +184,14 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
             return 127;
         }
     };
+    let _ = crate::trust::drop_all_caps();
     if code == 0 {
-        if let Some(id) = args.container_id.as_deref() {
+        crate::failpoint!("shim.deleted");
+        if let Some(id) = args
+            .container_id
+            .as_deref()
+            .filter(|id| crate::gc::may_hold(cfg, id))
+        {
             // poststop is best effort (runc skips it when its state is gone): release here too.
             release_quietly(cfg, id);
         }
@@ -131,7 +199,7 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
     code
 }
 
-fn release_quietly(cfg: &Config, id: &str) {
+pub(crate) fn release_quietly(cfg: &Config, id: &str) {
     if let Err(e) = allocator::release(cfg, id, Duration::from_millis(cfg.pool.lock_timeout_ms)) {
         tracing::warn!(
             container = id,

@@ -36,7 +36,41 @@ pub enum SpecError {
 pub struct Edit {
     pub devices: Vec<DeviceNode>,
     pub env: Vec<(String, String)>,
+    /// Directories put in front of (or behind) a `:`-separated variable such as PATH.
+    pub env_paths: Vec<PathEnv>,
+    pub mounts: Vec<Mount>,
     pub poststop: Option<Hook>,
+}
+
+impl Edit {
+    /// Add another edit's parts (devices, env, mounts) to this one.
+    pub fn extend(&mut self, other: Edit) {
+        self.devices.extend(other.devices);
+        self.env.extend(other.env);
+        self.env_paths.extend(other.env_paths);
+        self.mounts.extend(other.mounts);
+        if other.poststop.is_some() {
+            self.poststop = other.poststop;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEnv {
+    pub name: String,
+    pub dir: String,
+    pub prepend: bool,
+    /// The value when the container's env has no such variable.
+    pub default: String,
+}
+
+/// An OCI mount; edits replace any mount at the same destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub destination: String,
+    pub source: String,
+    pub kind: String,
+    pub options: Vec<String>,
 }
 
 /// An OCI hook. `env` is always explicit: a hook without one would inherit the container's
@@ -108,18 +142,78 @@ pub fn apply(spec: &mut Value, edit: &Edit, path: &Path) -> Result<(), SpecError
     if !edit.env.is_empty() {
         let process = object_at(root, "process").ok_or_else(|| shape("process", "an object"))?;
         let env = array_at(process, "env").ok_or_else(|| shape("process.env", "an array"))?;
-        env.retain(|e| {
-            let name = e
-                .as_str()
+        let name_of = |e: &Value| {
+            e.as_str()
                 .and_then(|s| s.split_once('='))
-                .map_or("", |(n, _)| n);
-            !OWNED_ENV.contains(&name) && !edit.env.iter().any(|(k, _)| k == name)
+                .map(|(n, _)| n.to_string())
+        };
+        // Variables gpushare owns but this grant does not set are dropped; the grant's own
+        // replace an earlier value where it stands, so a second edit changes nothing.
+        env.retain(|e| {
+            let name = name_of(e).unwrap_or_default();
+            !OWNED_ENV.contains(&name.as_str()) || edit.env.iter().any(|(k, _)| *k == name)
         });
-        env.extend(
-            edit.env
+        for (k, v) in &edit.env {
+            let value = Value::String(format!("{k}={v}"));
+            let mut seen = false;
+            env.retain_mut(|e| {
+                if name_of(e).as_deref() != Some(k.as_str()) {
+                    return true;
+                }
+                if seen {
+                    return false;
+                }
+                seen = true;
+                *e = value.clone();
+                true
+            });
+            if !seen {
+                env.push(value);
+            }
+        }
+    }
+
+    if !edit.env_paths.is_empty() {
+        let process = object_at(root, "process").ok_or_else(|| shape("process", "an object"))?;
+        let env = array_at(process, "env").ok_or_else(|| shape("process.env", "an array"))?;
+        for p in &edit.env_paths {
+            let prefix = format!("{}=", p.name);
+            let at = env
                 .iter()
-                .map(|(k, v)| Value::String(format!("{k}={v}"))),
-        );
+                .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)));
+            let current = match at {
+                Some(i) => env[i].as_str().unwrap_or_default()[prefix.len()..].to_string(),
+                None => p.default.clone(),
+            };
+            let mut dirs: Vec<&str> = current
+                .split(':')
+                .filter(|d| !d.is_empty() && *d != p.dir)
+                .collect();
+            if p.prepend {
+                dirs.insert(0, &p.dir);
+            } else {
+                dirs.push(&p.dir);
+            }
+            let value = Value::String(format!("{prefix}{}", dirs.join(":")));
+            match at {
+                Some(i) => env[i] = value,
+                None => env.push(value),
+            }
+        }
+    }
+
+    if !edit.mounts.is_empty() {
+        let mounts = array_at(root, "mounts").ok_or_else(|| shape("mounts", "an array"))?;
+        mounts.retain(|m| {
+            let d = m.get("destination").and_then(Value::as_str);
+            !edit
+                .mounts
+                .iter()
+                .any(|n| Some(n.destination.as_str()) == d)
+        });
+        mounts.extend(edit.mounts.iter().map(|m| {
+            json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options})
+        }));
     }
 
     if let Some(hook) = &edit.poststop {
@@ -165,6 +259,18 @@ mod tests {
                 file_mode: 0o666,
             }],
             env: vec![("CUDA_VISIBLE_DEVICES".into(), "MIG-abc".into())],
+            env_paths: vec![PathEnv {
+                name: "LD_LIBRARY_PATH".into(),
+                dir: "/usr/local/gpushare/lib".into(),
+                prepend: true,
+                default: String::new(),
+            }],
+            mounts: vec![Mount {
+                destination: "/run/mps".into(),
+                source: "/var/lib/gpushare/mps/x".into(),
+                kind: "bind".into(),
+                options: vec!["rbind".into(), "rw".into()],
+            }],
             poststop: Some(Hook {
                 path: "/usr/bin/gpushare-hook".into(),
                 args: vec!["gpushare-hook".into(), "poststop".into()],
@@ -201,9 +307,39 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert_eq!(env, ["PATH=/bin", "CUDA_VISIBLE_DEVICES=MIG-abc"]);
+        assert_eq!(
+            env,
+            [
+                "PATH=/bin",
+                "CUDA_VISIBLE_DEVICES=MIG-abc",
+                "LD_LIBRARY_PATH=/usr/local/gpushare/lib"
+            ]
+        );
+        assert_eq!(s["mounts"][0]["destination"], "/run/mps");
         assert_eq!(s["hooks"]["poststop"].as_array().unwrap().len(), 2);
         assert_eq!(s["hooks"]["poststop"][1]["env"][0], "PATH=/usr/bin:/bin");
+    }
+
+    #[test]
+    fn path_variables_keep_the_images_entries() {
+        let mut s = base();
+        s["process"]["env"] = json!([
+            "LD_LIBRARY_PATH=/opt/lib:/usr/local/gpushare/lib",
+            "PATH=/bin"
+        ]);
+        let mut e = edit();
+        e.env_paths.push(PathEnv {
+            name: "PATH".into(),
+            dir: "/usr/local/gpushare/bin".into(),
+            prepend: false,
+            default: "/usr/bin:/bin".into(),
+        });
+        apply(&mut s, &e, Path::new("c")).unwrap();
+        assert_eq!(
+            s["process"]["env"][0],
+            "LD_LIBRARY_PATH=/usr/local/gpushare/lib:/opt/lib"
+        );
+        assert_eq!(s["process"]["env"][1], "PATH=/bin:/usr/local/gpushare/bin");
     }
 
     #[test]

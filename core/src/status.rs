@@ -24,6 +24,24 @@ pub struct GpuStatus {
     pub instances: Vec<InstanceStatus>,
     /// How many more instances of each profile could be made now.
     pub free: Vec<(String, u32)>,
+    /// Grants (warm: from the idle pool) and refusals for lack of room on this GPU.
+    pub counters: crate::metrics::GpuCounters,
+    /// NVML's MIG profile table (answered even while MIG is disabled).
+    pub profiles: Vec<placement::Profile>,
+    /// MPS daemon and time-slice users on this GPU.
+    pub mps: Option<MpsStatus>,
+    pub timeslice_containers: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MpsStatus {
+    pub pid: Option<u32>,
+    pub running: bool,
+    /// The daemon's defaults: enforced on every client, which can only go lower.
+    pub enforced_percent: u8,
+    pub enforced_memory_mib: Option<u64>,
+    /// (container, percent, memory MiB): what each container's env asks for.
+    pub clients: Vec<(String, u8, Option<u64>)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,7 +114,39 @@ pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
         } else {
             Vec::new()
         };
+        let counters = st.stats.per_gpu.get(&g.uuid).cloned().unwrap_or_default();
+        let mps = st
+            .mps
+            .iter()
+            .find(|d| d.gpu_uuid == g.uuid)
+            .map(|d| MpsStatus {
+                pid: d.pid,
+                running: crate::mps::alive(d),
+                enforced_percent: d.percent,
+                enforced_memory_mib: d.memory.map(|m| m >> 20),
+                clients: d
+                    .clients
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.lease.container_id.clone(),
+                            c.percent,
+                            c.memory.map(|m| m >> 20),
+                        )
+                    })
+                    .collect(),
+            });
+        let timeslice_containers = st
+            .shares
+            .iter()
+            .filter(|s| s.gpu_uuid == g.uuid)
+            .map(|s| s.lease.container_id.clone())
+            .collect();
         gpus.push(GpuStatus {
+            profiles: profiles.clone(),
+            mps,
+            timeslice_containers,
+            counters,
             index: g.index,
             uuid: g.uuid,
             name: g.name,
@@ -176,7 +226,45 @@ pub fn render(s: &Status) -> String {
         if g.mig_enabled {
             let free: Vec<String> = g.free.iter().map(|(p, n)| format!("{p} x{n}")).collect();
             let _ = writeln!(out, "  free: {}", free.join(", "));
+        } else if !g.profiles.is_empty() {
+            let names: Vec<&str> = g.profiles.iter().map(|p| p.name.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "  MIG profiles (once MIG is enabled): {}",
+                names.join(", ")
+            );
         }
+        if let Some(m) = &g.mps {
+            let _ = writeln!(
+                out,
+                "  MPS daemon pid {} {}: enforced on every client: {}% of SMs, {} pinned memory per process",
+                m.pid.map_or("-".into(), |p| p.to_string()),
+                if m.running { "running" } else { "NOT RUNNING" },
+                m.enforced_percent,
+                m.enforced_memory_mib.map_or("no limit on".into(), |v| format!("{v} MiB"))
+            );
+            for (id, pct, mem) in &m.clients {
+                let mem = mem.map_or(String::new(), |v| format!(", {v} MiB"));
+                let _ = writeln!(out, "    {id}: asks {pct}%{mem} (its own env: cooperative below the enforced ceiling)");
+            }
+        }
+        if !g.timeslice_containers.is_empty() {
+            let _ = writeln!(
+                out,
+                "  time-sliced (no isolation): {}",
+                g.timeslice_containers.join(", ")
+            );
+        }
+        let c = &g.counters;
+        let _ = writeln!(
+            out,
+            "  grants: {} warm, {} cold (warm-pool hit rate {}); refused for lack of room: {}",
+            c.grants_warm,
+            c.grants_cold,
+            c.warm_hit_rate()
+                .map_or_else(|| "-".to_string(), |r| format!("{:.0}%", r * 100.0)),
+            c.refused_no_room
+        );
     }
     let _ = writeln!(out, "\nleases: {}", s.leases.len());
     for l in &s.leases {

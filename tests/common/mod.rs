@@ -2,6 +2,8 @@
 //! runtimes (runc, crun) driven through the gpushare binaries.
 #![allow(dead_code)]
 
+pub mod engines;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

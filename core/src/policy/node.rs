@@ -271,6 +271,8 @@ mod tests {
                 name: "H100".into(),
                 minor: 0,
                 profiles: ps.clone(),
+                memory_total: 80 << 30,
+                mig_enabled: true,
             }],
             instances: vec![
                 record(&ps[0], 6, 1, true),

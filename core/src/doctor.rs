@@ -1,0 +1,235 @@
+//! `gpusharectl doctor`: is this node ready to share GPUs, and if not, what to fix.
+
+use crate::config::Config;
+use crate::driver::Driver;
+use serde::Serialize;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub level: Level,
+    pub detail: String,
+}
+
+fn check(out: &mut Vec<Check>, name: &str, level: Level, detail: impl Into<String>) {
+    out.push(Check {
+        name: name.into(),
+        level,
+        detail: detail.into(),
+    });
+}
+
+/// Engine configuration files that name gpushare when it is installed for that engine.
+const ENGINE_FILES: &[(&str, &[&str])] = &[
+    ("docker", &["/etc/docker/daemon.json"]),
+    (
+        "containerd",
+        &["/etc/containerd/config.toml", "/etc/containerd/conf.d"],
+    ),
+    ("cri-o", &["/etc/crio/crio.conf", "/etc/crio/crio.conf.d"]),
+    (
+        "podman",
+        &[
+            "/etc/containers/containers.conf",
+            "/etc/containers/containers.conf.d",
+            "/usr/share/containers/oci/hooks.d",
+            "/etc/containers/oci/hooks.d",
+        ],
+    ),
+];
+
+fn mentions_gpushare(path: &Path) -> bool {
+    let file = |p: &Path| std::fs::read(p).is_ok_and(|b| b.windows(8).any(|w| w == b"gpushare"));
+    if path.is_dir() {
+        std::fs::read_dir(path).is_ok_and(|rd| rd.flatten().any(|e| file(&e.path())))
+    } else {
+        file(path)
+    }
+}
+
+pub fn run(cfg: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    check(
+        &mut out,
+        "config",
+        Level::Ok,
+        match &cfg.source {
+            Some(p) => format!("{} is valid", p.display()),
+            None => format!("{} absent: defaults", crate::config::DEFAULT_PATH),
+        },
+    );
+
+    let dir = &cfg.state_dir;
+    match std::fs::metadata(dir) {
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if m.uid() != 0 || mode & 0o077 != 0 {
+                check(&mut out, "state dir", Level::Fail, format!(
+                    "{} is uid {} mode {mode:o}: it must be root's and 0700 (chown root: {0}; chmod 700 {0})",
+                    dir.display(), m.uid()));
+            } else {
+                match crate::ledger::snapshot(dir) {
+                    Ok(st) => check(
+                        &mut out,
+                        "state dir",
+                        Level::Ok,
+                        format!(
+                            "{} (root, {mode:o}); ledger: {} instance record(s)",
+                            dir.display(),
+                            st.instances.len()
+                        ),
+                    ),
+                    Err(e) => check(&mut out, "state dir", Level::Fail, e.to_string()),
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => check(
+            &mut out,
+            "state dir",
+            Level::Ok,
+            format!("{} not made yet (the first grant makes it)", dir.display()),
+        ),
+        Err(e) => check(
+            &mut out,
+            "state dir",
+            Level::Fail,
+            format!("{}: {e}", dir.display()),
+        ),
+    }
+
+    let driver = Driver::new(cfg);
+    match driver.majors() {
+        Ok(m) => check(
+            &mut out,
+            "driver",
+            Level::Ok,
+            format!(
+                "device majors: nvidia {}, nvidia-uvm {}, nvidia-caps {} (below {})",
+                m.nvidia,
+                m.uvm,
+                m.caps,
+                cfg.driver_root.display()
+            ),
+        ),
+        Err(e) => check(&mut out, "driver", Level::Fail, e.to_string()),
+    }
+
+    match crate::status::collect(cfg) {
+        Ok(s) => {
+            check(
+                &mut out,
+                "nvml",
+                Level::Ok,
+                format!(
+                    "{} loaded; driver {}; {} GPU(s)",
+                    cfg.nvml_library.display(),
+                    s.driver_version.as_deref().unwrap_or("unknown"),
+                    s.gpus.len()
+                ),
+            );
+            for g in &s.gpus {
+                let foreign = g.instances.iter().filter(|i| i.state == "foreign").count();
+                let (level, mig) = if g.mig_enabled {
+                    (Level::Ok, "MIG enabled".to_string())
+                } else {
+                    (Level::Warn, format!(
+                        "MIG disabled: MIG requests are refused; enable with `nvidia-smi -i {} -mig 1`",
+                        g.index))
+                };
+                let mut detail = format!("{} {}: {mig}", g.name, g.uuid);
+                let level = if foreign > 0 {
+                    detail.push_str(&format!(
+                        "; {foreign} instance(s) made by someone else (mig-parted, nvidia-smi?): gpushare leaves them alone, but another manager may clear gpushare's"));
+                    Level::Warn
+                } else {
+                    level
+                };
+                check(&mut out, &format!("GPU {}", g.index), level, detail);
+            }
+        }
+        Err(e) => check(&mut out, "nvml", Level::Fail, e.to_string()),
+    }
+
+    match cfg.runtime_path() {
+        Ok(rt) => {
+            let version = std::process::Command::new(&rt)
+                .arg("--version")
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .and_then(|s| s.lines().next().map(str::to_string));
+            match version {
+                Some(v) => check(
+                    &mut out,
+                    "runtime",
+                    Level::Ok,
+                    format!("{}: {v}", rt.display()),
+                ),
+                None => check(
+                    &mut out,
+                    "runtime",
+                    Level::Fail,
+                    format!("{} does not answer --version", rt.display()),
+                ),
+            }
+        }
+        Err(e) => check(&mut out, "runtime", Level::Fail, e.to_string()),
+    }
+
+    let hook = cfg.hook_path();
+    let exec_ok =
+        std::fs::metadata(&hook).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if exec_ok {
+        check(&mut out, "hook", Level::Ok, hook.display().to_string());
+    } else {
+        check(&mut out, "hook", Level::Fail, format!(
+            "{} is missing or not executable: slices are then released only by `delete` and gc (set hook_path)",
+            hook.display()));
+    }
+
+    let mut engines = Vec::new();
+    for (engine, paths) in ENGINE_FILES {
+        if let Some(p) = paths.iter().find(|p| mentions_gpushare(Path::new(p))) {
+            engines.push(format!("{engine} ({p})"));
+        }
+    }
+    if engines.is_empty() {
+        check(&mut out, "engines", Level::Warn,
+            "no engine config names gpushare (docker daemon.json, containerd config.toml, CRI-O, Podman): see packaging/");
+    } else {
+        check(&mut out, "engines", Level::Ok, engines.join(", "));
+    }
+
+    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "v2 (unified)"
+    } else if Path::new("/sys/fs/cgroup/unified").exists() {
+        "v1 (hybrid)"
+    } else {
+        "v1"
+    };
+    check(&mut out, "cgroup", Level::Ok, cgroup);
+    out
+}
+
+pub fn render(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        s.push_str(&format!("{tag}  {:<10} {}\n", c.name, c.detail));
+    }
+    s
+}

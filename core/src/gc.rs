@@ -1,0 +1,493 @@
+//! Reconciling the ledger with the runtime's state and with the driver: what `gpusharectl gc`
+//! does, and the cheap parts every allocation does.
+//!
+//! Ownership is the ledger's word: an instance is gpushare's only if a record says so. A record
+//! without `made` is an intent written before the instance was created; it is only ever seen by
+//! another process after the writer died (the writer holds the ledger lock from the intent until
+//! it records the result), so whatever NVML shows at that placement is gpushare's leftover and
+//! is destroyed. Instances no record claims are reported and never touched.
+
+use crate::config::Config;
+use crate::fsutil::now_unix;
+use crate::ledger::{Ledger, LedgerError, LedgerState};
+use crate::nvml::{Backend, BackendError, GpuInstance};
+use crate::placement::{Profile, Slot};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report only: no instance destroyed, no ledger change.
+    pub dry_run: bool,
+    /// Leases younger than this are kept even when the runtime has no such container.
+    pub grace_s: u64,
+}
+
+impl GcOptions {
+    pub fn from_config(cfg: &Config) -> GcOptions {
+        GcOptions {
+            dry_run: false,
+            grace_s: cfg.pool.gc_grace_s,
+        }
+    }
+}
+
+/// One thing gc did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// A container the runtime no longer has held a slice: it goes back to the idle pool.
+    ReleaseLease {
+        container_id: String,
+        gpu: u32,
+        what: String,
+        runtime_root: String,
+    },
+    /// The ledger knew an instance the driver no longer has: the record is dropped.
+    DropRecord {
+        gpu: u32,
+        profile: String,
+        slot: Slot,
+        reason: &'static str,
+    },
+    /// An instance gpushare started to make or to destroy and did not finish (a crash).
+    DestroyLeftover {
+        gpu: u32,
+        profile: String,
+        gi: u32,
+        slot: Slot,
+        reason: &'static str,
+    },
+    /// An idle instance older than `pool.idle_timeout_s`.
+    DestroyIdle {
+        gpu: u32,
+        profile: String,
+        gi: u32,
+        idle_s: u64,
+    },
+}
+
+/// An instance NVML shows that no ledger record claims: someone else's; never touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Foreign {
+    pub gpu: u32,
+    pub gi: u32,
+    pub profile: String,
+    pub slot: Slot,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub actions: Vec<Action>,
+    pub foreign: Vec<Foreign>,
+    /// Leases of containers the runtime does not have, kept because they are younger than the
+    /// grace period (their create may still be running).
+    pub young: Vec<String>,
+    /// Actions that failed, with NVML's reason; the records stay for the next run.
+    pub failed: Vec<String>,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::ReleaseLease {
+                container_id,
+                gpu,
+                what,
+                runtime_root,
+            } => write!(
+                f,
+                "release {what} of container {container_id} (GPU {gpu}): {runtime_root}/{container_id} does not exist"
+            ),
+            Action::DropRecord {
+                gpu,
+                profile,
+                slot,
+                reason,
+            } => write!(
+                f,
+                "forget {profile} at slot {} on GPU {gpu}: {reason}",
+                slot.start
+            ),
+            Action::DestroyLeftover {
+                gpu,
+                profile,
+                gi,
+                slot,
+                reason,
+            } => write!(
+                f,
+                "destroy {profile} GI {gi} at slot {} on GPU {gpu}: {reason}",
+                slot.start
+            ),
+            Action::DestroyIdle {
+                gpu,
+                profile,
+                gi,
+                idle_s,
+            } => write!(
+                f,
+                "destroy idle {profile} GI {gi} on GPU {gpu}: idle for {idle_s} s"
+            ),
+        }
+    }
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let verb = if self.dry_run { "would " } else { "" };
+        if self.actions.is_empty() {
+            let _ = writeln!(out, "nothing to repair");
+        }
+        for a in &self.actions {
+            let _ = writeln!(out, "{verb}{a}");
+        }
+        for y in &self.young {
+            let _ = writeln!(out, "kept {y}");
+        }
+        for x in &self.foreign {
+            let _ = writeln!(
+                out,
+                "foreign: {} GI {} at slot {} on GPU {} is not gpushare's; left alone",
+                x.profile, x.gi, x.slot.start, x.gpu
+            );
+        }
+        for e in &self.failed {
+            let _ = writeln!(out, "failed: {e}");
+        }
+        out
+    }
+}
+
+fn cap_file(cfg: &Config, minor: u32, gi: u32, ci: Option<u32>) -> std::path::PathBuf {
+    let tail = match ci {
+        Some(ci) => format!("gi{gi}/ci{ci}/access"),
+        None => format!("gi{gi}/access"),
+    };
+    cfg.driver_path(&format!(
+        "/proc/driver/nvidia/capabilities/gpu{minor}/mig/{tail}"
+    ))
+}
+
+/// The cheap check every allocation makes (driver files only, no NVML): records whose compute
+/// instance is gone are dropped, except where the GPU instance is still there (a destroy that
+/// died half-way): that record becomes an intent again, so the next cold path or gc destroys
+/// the rest instead of leaving it to look foreign.
+pub fn prune_vanished(st: &mut LedgerState, cfg: &Config) {
+    st.instances.retain_mut(|r| {
+        let Some(m) = &r.made else { return true };
+        if cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci)).exists() {
+            return true;
+        }
+        if cap_file(cfg, r.gpu_minor, m.gi, None).exists() {
+            r.made = None;
+            return true;
+        }
+        false
+    });
+}
+
+fn profiles_of(
+    be: &Backend,
+    st: &LedgerState,
+    uuid: &str,
+    index: u32,
+) -> Result<Vec<Profile>, BackendError> {
+    match st
+        .gpus
+        .iter()
+        .find(|g| g.uuid == uuid && !g.profiles.is_empty())
+    {
+        Some(g) => Ok(g.profiles.clone()),
+        None => be.profiles(index),
+    }
+}
+
+fn at_slot(existing: &[GpuInstance], slot: Slot, profile_id: u32) -> Option<&GpuInstance> {
+    existing
+        .iter()
+        .find(|g| g.slot == slot && g.profile_id == profile_id)
+}
+
+/// Destroy what intents left behind (called with the ledger locked, NVML open: the cold path
+/// does it before placing anything). Returns what was destroyed; a destroy that fails keeps
+/// its record for the next try and is only logged.
+pub fn repair_intents(be: &Backend, st: &mut LedgerState) -> Result<Vec<Action>, BackendError> {
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < st.instances.len() {
+        if st.instances[i].made.is_some() {
+            i += 1;
+            continue;
+        }
+        let r = st.instances[i].clone();
+        let profiles = profiles_of(be, st, &r.gpu_uuid, r.gpu_index)?;
+        let existing = be.gpu_instances(r.gpu_index, &profiles)?;
+        if let Some(gi) = at_slot(&existing, r.slot, r.profile_id) {
+            crate::failpoint!("gc.leftover.before_destroy");
+            if let Err(e) = be.destroy(r.gpu_index, gi.id, &gi.compute_instances) {
+                tracing::warn!(
+                    gpu = r.gpu_index,
+                    gi = gi.id,
+                    "cannot destroy a leftover instance: {e}"
+                );
+                i += 1;
+                continue;
+            }
+            done.push(Action::DestroyLeftover {
+                gpu: r.gpu_index,
+                profile: r.profile.clone(),
+                gi: gi.id,
+                slot: r.slot,
+                reason: "an allocation died before recording it",
+            });
+        }
+        st.instances.remove(i);
+    }
+    Ok(done)
+}
+
+fn container_gone(root: &str, id: &str) -> bool {
+    // A container id never has a slash (runc refuses one), so this stays below the root.
+    !id.contains('/') && !Path::new(root).join(id).exists()
+}
+
+/// Reconcile; see the module docs. Holds the ledger lock throughout, so it never races an
+/// allocation.
+pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
+    let ledger = Ledger::new(&cfg.state_dir);
+    let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
+    let mut st = locked.load()?;
+    let before = st.clone();
+    let be = Backend::open(cfg)?;
+    let mut report = Report {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let now = now_unix();
+    let gpus = be.gpus()?;
+
+    // What the driver has, per GPU.
+    let mut live: Vec<(u32, String, Vec<Profile>, Vec<GpuInstance>)> = Vec::new();
+    for g in &gpus {
+        let profiles = profiles_of(&be, &st, &g.uuid, g.index)?;
+        let existing = if g.mig_mode.is_some_and(|(current, _)| current) {
+            be.gpu_instances(g.index, &profiles)?
+        } else {
+            Vec::new()
+        };
+        live.push((g.index, g.uuid.clone(), profiles, existing));
+    }
+    let mut claimed: Vec<(u32, u32)> = Vec::new();
+
+    // 1. Records against the driver.
+    let mut keep = Vec::with_capacity(st.instances.len());
+    for r in std::mem::take(&mut st.instances) {
+        let Some((index, _, _, existing)) = live.iter().find(|l| l.1 == r.gpu_uuid) else {
+            report.actions.push(Action::DropRecord {
+                gpu: r.gpu_index,
+                profile: r.profile.clone(),
+                slot: r.slot,
+                reason: "NVML no longer shows this GPU",
+            });
+            continue;
+        };
+        let index = *index;
+        let here = at_slot(existing, r.slot, r.profile_id);
+        let leftover = |reason| Action::DestroyLeftover {
+            gpu: index,
+            profile: r.profile.clone(),
+            gi: here.map_or(0, |g| g.id),
+            slot: r.slot,
+            reason,
+        };
+        let verdict = match (&r.made, here) {
+            (None, Some(_)) => Some(leftover("an allocation died before recording it")),
+            (Some(m), Some(gi)) if gi.id == m.gi && !gi.compute_instances.contains(&m.ci) => Some(
+                leftover("its compute instance is gone (a destroy died half-way)"),
+            ),
+            (Some(m), Some(gi)) if gi.id == m.gi => {
+                // Ids are reused after a destroy: the MIG UUID says whether it is still ours.
+                match be.mig_uuid(index, m.gi, m.ci) {
+                    Ok(u) if u == m.mig_uuid => {
+                        claimed.push((index, gi.id));
+                        keep.push(r);
+                        continue;
+                    }
+                    _ => Some(Action::DropRecord {
+                        gpu: index,
+                        profile: r.profile.clone(),
+                        slot: r.slot,
+                        reason: "the instance there now has another MIG UUID",
+                    }),
+                }
+            }
+            (None, None) => Some(Action::DropRecord {
+                gpu: index,
+                profile: r.profile.clone(),
+                slot: r.slot,
+                reason: "an allocation died before making it",
+            }),
+            (Some(_), _) => Some(Action::DropRecord {
+                gpu: index,
+                profile: r.profile.clone(),
+                slot: r.slot,
+                reason: "the driver no longer has it",
+            }),
+        };
+        let Some(action) = verdict else { continue };
+        if let (Action::DestroyLeftover { gi, .. }, Some(inst)) = (&action, here) {
+            claimed.push((index, *gi));
+            if !opts.dry_run {
+                crate::failpoint!("gc.leftover.before_destroy");
+                if let Err(e) = be.destroy(index, inst.id, &inst.compute_instances) {
+                    report.failed.push(format!("{action}: {e}"));
+                    keep.push(r);
+                    continue;
+                }
+            }
+        }
+        report.actions.push(action);
+    }
+    st.instances = keep;
+
+    // 2. Leases of containers the runtime no longer has.
+    let mut leases: Vec<(String, u32, String, u64, Option<String>)> = Vec::new();
+    for r in &st.instances {
+        if let Some(l) = &r.lease {
+            let what = format!("{} slice", r.profile);
+            leases.push((
+                l.container_id.clone(),
+                r.gpu_index,
+                what,
+                l.since,
+                l.runtime_root.clone(),
+            ));
+        }
+    }
+    for s in &st.shares {
+        let l = &s.lease;
+        leases.push((
+            l.container_id.clone(),
+            s.gpu_index,
+            "time-slice share".into(),
+            l.since,
+            l.runtime_root.clone(),
+        ));
+    }
+    for d in &st.mps {
+        for c in &d.clients {
+            let l = &c.lease;
+            leases.push((
+                l.container_id.clone(),
+                d.gpu_index,
+                "MPS share".into(),
+                l.since,
+                l.runtime_root.clone(),
+            ));
+        }
+    }
+    for (id, gpu, what, since, root) in leases {
+        let Some(root) = root else { continue };
+        if !container_gone(&root, &id) {
+            continue;
+        }
+        let age = now.saturating_sub(since);
+        if age < opts.grace_s {
+            report.young.push(format!(
+                "lease of {id}: the runtime has no such container yet, but the lease is {age} s old (grace {} s)",
+                opts.grace_s
+            ));
+            continue;
+        }
+        crate::failpoint!("gc.before_release");
+        if st.release(&id) || crate::mps::release_client(cfg, &mut st, &id) {
+            report.actions.push(Action::ReleaseLease {
+                container_id: id,
+                gpu,
+                what,
+                runtime_root: root,
+            });
+        }
+    }
+
+    // 3. Idle instances past their time-out.
+    if cfg.pool.idle_timeout_s > 0 {
+        let mut keep = Vec::with_capacity(st.instances.len());
+        for r in std::mem::take(&mut st.instances) {
+            let idle_s = r.idle_since.map(|t| now.saturating_sub(t));
+            let (Some(m), None, Some(idle_s)) = (&r.made, &r.lease, idle_s) else {
+                keep.push(r);
+                continue;
+            };
+            if idle_s < cfg.pool.idle_timeout_s {
+                keep.push(r);
+                continue;
+            }
+            let action = Action::DestroyIdle {
+                gpu: r.gpu_index,
+                profile: r.profile.clone(),
+                gi: m.gi,
+                idle_s,
+            };
+            if !opts.dry_run {
+                if let Err(e) = be.destroy(r.gpu_index, m.gi, &[m.ci]) {
+                    report.failed.push(format!("{action}: {e}"));
+                    keep.push(r);
+                    continue;
+                }
+            }
+            report.actions.push(action);
+        }
+        st.instances = keep;
+    }
+
+    // 4. Whatever else the driver shows is someone else's.
+    for (index, _, profiles, existing) in &live {
+        for gi in existing {
+            if claimed.contains(&(*index, gi.id)) {
+                continue;
+            }
+            report.foreign.push(Foreign {
+                gpu: *index,
+                gi: gi.id,
+                profile: profiles
+                    .iter()
+                    .find(|p| p.id == gi.profile_id)
+                    .map_or_else(|| format!("profile {}", gi.profile_id), |p| p.name.clone()),
+                slot: gi.slot,
+            });
+        }
+    }
+
+    if !opts.dry_run && st != before {
+        locked.save(&st)?;
+    }
+    Ok(report)
+}
+
+/// Whether the ledger on disk could hold anything of `container_id`'s: a read of the file with
+/// no lock and no parse (writes are atomic renames), so deleting a container that never asked
+/// for a GPU costs no ledger lock. A false "maybe" only costs the locked release it saves.
+pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
+    let Ok(raw) = std::fs::read(Ledger::new(&cfg.state_dir).path()) else {
+        return false;
+    };
+    let Ok(quoted) = serde_json::to_string(container_id) else {
+        return true;
+    };
+    let quoted = quoted.as_bytes();
+    raw.windows(quoted.len()).any(|w| w == quoted)
+}

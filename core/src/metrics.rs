@@ -1,0 +1,338 @@
+//! Counters kept in the ledger (per-GPU grants and refusals, the allocation latency histogram,
+//! errors by kind) and `gpusharectl metrics`: all of it, plus what NVML shows now, in
+//! Prometheus' text exposition format.
+
+use crate::allocator::AllocError;
+use crate::ledger::{LedgerState, Stats};
+use crate::status::Status;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in microseconds: a warm grant lands in the first few,
+/// a cold one (an instance made, about a second on real hardware) in the last.
+pub const BUCKETS_US: &[u64] = &[
+    250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuCounters {
+    pub grants_warm: u64,
+    pub grants_cold: u64,
+    /// Requests this GPU could not serve for lack of room (a request refused on a node of
+    /// several GPUs counts once on each GPU it was tried on).
+    pub refused_no_room: u64,
+}
+
+impl GpuCounters {
+    /// Share of grants served by an idle instance, if any grant was made.
+    pub fn warm_hit_rate(&self) -> Option<f64> {
+        let all = self.grants_warm + self.grants_cold;
+        (all > 0).then(|| self.grants_warm as f64 / all as f64)
+    }
+}
+
+/// Non-cumulative counts per bucket of [`BUCKETS_US`], plus one for "more".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.counts.resize(BUCKETS_US.len() + 1, 0);
+        let i = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
+        self.counts[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+impl Stats {
+    pub fn grant(&mut self, gpu_uuid: &str, warm: bool) {
+        let g = self.per_gpu.entry(gpu_uuid.to_string()).or_default();
+        if warm {
+            self.grants_warm += 1;
+            g.grants_warm += 1;
+        } else {
+            self.grants_cold += 1;
+            g.grants_cold += 1;
+        }
+    }
+
+    pub fn refused(&mut self, gpu_uuid: &str) {
+        self.per_gpu
+            .entry(gpu_uuid.to_string())
+            .or_default()
+            .refused_no_room += 1;
+    }
+
+    pub fn error(&mut self, e: &AllocError) {
+        *self.errors.entry(error_kind(e).to_string()).or_default() += 1;
+    }
+}
+
+/// A stable label for an allocation error, for `errors_total{kind=...}`.
+pub fn error_kind(e: &AllocError) -> &'static str {
+    match e {
+        AllocError::Ledger(_) => "ledger",
+        AllocError::Backend(_) => "nvml",
+        AllocError::Driver(_) => "driver",
+        AllocError::NoGpu => "no_gpu",
+        AllocError::NoSuchDevice { .. } => "no_such_device",
+        AllocError::NotAllowed { .. } => "not_allowed",
+        AllocError::MigDisabled { .. } => "mig_disabled",
+        AllocError::UnknownProfile { .. } => "unknown_profile",
+        AllocError::NoRoom { .. } => "no_room",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP gpushare_{name} {help}");
+    let _ = writeln!(out, "# TYPE gpushare_{name} {kind}");
+}
+
+/// The exposition text. `live` is what NVML shows now; without it (NVML not loadable) the
+/// slice gauges come from the ledger alone and `gpushare_nvml_up` is 0.
+pub fn render(st: &LedgerState, live: Option<&Status>) -> String {
+    let mut out = String::new();
+    let gpu_label = |uuid: &str| -> (String, String) {
+        let index = st
+            .gpus
+            .iter()
+            .find(|g| g.uuid == uuid)
+            .map_or_else(|| "?".to_string(), |g| g.index.to_string());
+        (index, label(uuid))
+    };
+
+    family(
+        &mut out,
+        "nvml_up",
+        "gauge",
+        "1 if NVML could be opened for this scrape.",
+    );
+    let _ = writeln!(out, "gpushare_nvml_up {}", u8::from(live.is_some()));
+
+    family(
+        &mut out,
+        "slices",
+        "gauge",
+        "MIG instances by GPU, profile and state (busy, idle, foreign, or being made).",
+    );
+    let mut slices: std::collections::BTreeMap<(String, String, String, &str), u64> =
+        Default::default();
+    match live {
+        Some(s) => {
+            for g in &s.gpus {
+                for i in &g.instances {
+                    *slices
+                        .entry((
+                            g.index.to_string(),
+                            label(&g.uuid),
+                            label(&i.profile),
+                            i.state,
+                        ))
+                        .or_default() += 1;
+                }
+            }
+        }
+        None => {
+            for r in &st.instances {
+                let state = match (&r.made, &r.lease) {
+                    (None, _) => "making",
+                    (Some(_), Some(_)) => "busy",
+                    (Some(_), None) => "idle",
+                };
+                let (i, u) = gpu_label(&r.gpu_uuid);
+                *slices.entry((i, u, label(&r.profile), state)).or_default() += 1;
+            }
+        }
+    }
+    for ((index, uuid, profile, state), n) in &slices {
+        let _ = writeln!(
+            out,
+            "gpushare_slices{{gpu=\"{index}\",uuid=\"{uuid}\",profile=\"{profile}\",state=\"{state}\"}} {n}"
+        );
+    }
+
+    if let Some(s) = live {
+        family(
+            &mut out,
+            "free_slices",
+            "gauge",
+            "How many more instances of each profile could be made now.",
+        );
+        for g in &s.gpus {
+            for (p, n) in &g.free {
+                let _ = writeln!(
+                    out,
+                    "gpushare_free_slices{{gpu=\"{}\",uuid=\"{}\",profile=\"{}\"}} {n}",
+                    g.index,
+                    label(&g.uuid),
+                    label(p)
+                );
+            }
+        }
+    }
+
+    family(
+        &mut out,
+        "leases",
+        "gauge",
+        "Containers holding a MIG slice, by GPU.",
+    );
+    let mut leases: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for r in st.instances.iter().filter(|r| r.lease.is_some()) {
+        *leases.entry(gpu_label(&r.gpu_uuid)).or_default() += 1;
+    }
+    for ((index, uuid), n) in &leases {
+        let _ = writeln!(
+            out,
+            "gpushare_leases{{gpu=\"{index}\",uuid=\"{uuid}\"}} {n}"
+        );
+    }
+
+    family(
+        &mut out,
+        "mps_clients",
+        "gauge",
+        "Containers attached to an MPS control daemon, by GPU.",
+    );
+    for d in &st.mps {
+        let (index, uuid) = gpu_label(&d.gpu_uuid);
+        let _ = writeln!(
+            out,
+            "gpushare_mps_clients{{gpu=\"{index}\",uuid=\"{uuid}\"}} {}",
+            d.clients.len()
+        );
+    }
+
+    family(
+        &mut out,
+        "grants_total",
+        "counter",
+        "Slices granted, by GPU and path (warm: an idle instance reused, no NVML; cold: made).",
+    );
+    family(
+        &mut out,
+        "refused_no_room_total",
+        "counter",
+        "Requests a GPU could not serve for lack of room.",
+    );
+    family(
+        &mut out,
+        "warm_hit_ratio",
+        "gauge",
+        "Share of grants served from the idle pool, by GPU.",
+    );
+    for (uuid, c) in &st.stats.per_gpu {
+        let (index, uuid) = gpu_label(uuid);
+        let l = format!("gpu=\"{index}\",uuid=\"{uuid}\"");
+        let _ = writeln!(
+            out,
+            "gpushare_grants_total{{{l},path=\"warm\"}} {}",
+            c.grants_warm
+        );
+        let _ = writeln!(
+            out,
+            "gpushare_grants_total{{{l},path=\"cold\"}} {}",
+            c.grants_cold
+        );
+        let _ = writeln!(
+            out,
+            "gpushare_refused_no_room_total{{{l}}} {}",
+            c.refused_no_room
+        );
+        if let Some(r) = c.warm_hit_rate() {
+            let _ = writeln!(out, "gpushare_warm_hit_ratio{{{l}}} {r:.4}");
+        }
+    }
+
+    family(
+        &mut out,
+        "allocation_seconds",
+        "histogram",
+        "Time to allocate a slice, ledger lock wait included.",
+    );
+    let h = &st.stats.alloc_latency;
+    let mut cum = 0u64;
+    for (i, b) in BUCKETS_US.iter().enumerate() {
+        cum += h.counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "gpushare_allocation_seconds_bucket{{le=\"{}\"}} {cum}",
+            *b as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "gpushare_allocation_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count()
+    );
+    let _ = writeln!(
+        out,
+        "gpushare_allocation_seconds_sum {}",
+        h.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "gpushare_allocation_seconds_count {}", h.count());
+
+    family(
+        &mut out,
+        "errors_total",
+        "counter",
+        "Allocation failures by kind.",
+    );
+    for (kind, n) in &st.stats.errors {
+        let _ = writeln!(out, "gpushare_errors_total{{kind=\"{}\"}} {n}", label(kind));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_exposition() {
+        let mut st = LedgerState::default();
+        st.stats.alloc_latency.observe(Duration::from_micros(300));
+        st.stats.alloc_latency.observe(Duration::from_secs(30));
+        st.stats.grant("GPU-a", true);
+        st.stats.grant("GPU-a", false);
+        st.stats.refused("GPU-a");
+        let text = render(&st, None);
+        assert!(text.contains("gpushare_allocation_seconds_bucket{le=\"0.0005\"} 1"));
+        assert!(text.contains("gpushare_allocation_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("gpushare_allocation_seconds_count 2"));
+        assert!(text.contains("gpushare_warm_hit_ratio{gpu=\"?\",uuid=\"GPU-a\"} 0.5000"));
+        assert!(text.contains("gpushare_refused_no_room_total{gpu=\"?\",uuid=\"GPU-a\"} 1"));
+        assert!(text.contains("gpushare_nvml_up 0"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name value");
+            value.parse::<f64>().expect("a number");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

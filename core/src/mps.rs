@@ -1,0 +1,466 @@
+//! MPS shares (`gpu.mps=<percent>`, `gpu.mps.memory=<size>`).
+//!
+//! One MPS control daemon per GPU, started on demand with its pipe and log folders under the
+//! state directory, shared by that GPU's MPS containers, and told to `quit` when the last one
+//! is released. What binds a container (measured on an H100, see docs/mps.md): limits set on
+//! the daemon bind every client, and a client can only go lower; limits carried only by the
+//! container's env are wishes it can drop. So under the strict policy the daemon carries the
+//! ceiling and every container on that GPU gets the same share.
+
+use crate::allocator::Claimant;
+use crate::config::{Config, MpsPolicy};
+use crate::driver::{self, Driver, DriverError};
+use crate::fsutil::now_unix;
+use crate::ledger::{GpuRecord, Lease, Ledger, LedgerError, LedgerState, MpsClient, MpsDaemon};
+use crate::nvml::BackendError;
+use crate::request::DeviceSelector;
+use crate::share::{self, ShareError};
+use crate::spec::{Edit, Mount};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MpsError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Gpu(#[from] ShareError),
+    #[error("no GPU can take an MPS share of {percent}%{memory}: {reasons}")]
+    NoRoom {
+        percent: u8,
+        memory: String,
+        reasons: String,
+    },
+    #[error("cannot start the MPS control daemon {control} for GPU {gpu}: {why}")]
+    Start {
+        control: String,
+        gpu: u32,
+        why: String,
+    },
+    #[error("MPS control daemon of GPU {gpu} refused `{command}`: {why}")]
+    Command {
+        gpu: u32,
+        command: String,
+        why: String,
+    },
+}
+
+/// An MPS share granted to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpsGrant {
+    pub gpu_uuid: String,
+    pub edit: Edit,
+    /// The daemon was already running and the GPU list cached: no NVML, no daemon start.
+    pub warm: bool,
+}
+
+fn show_memory(memory: Option<u64>) -> String {
+    memory.map_or(String::new(), |m| format!(" with {} MiB", m >> 20))
+}
+
+pub fn grant(
+    cfg: &Config,
+    percent: u8,
+    memory: Option<u64>,
+    device: Option<&DeviceSelector>,
+    who: &Claimant<'_>,
+) -> Result<MpsGrant, MpsError> {
+    let majors = Driver::new(cfg).majors()?;
+    let locked =
+        Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
+    let mut st = locked.load()?;
+    if let Some(d) = st.mps.iter().find(|d| {
+        d.clients
+            .iter()
+            .any(|c| c.lease.container_id == who.container_id)
+    }) {
+        // The same container asking again keeps its share.
+        let c = d
+            .clients
+            .iter()
+            .find(|c| c.lease.container_id == who.container_id)
+            .expect("found");
+        let edit = client_edit(cfg, &majors, d, c.percent, c.memory);
+        return Ok(MpsGrant {
+            gpu_uuid: d.gpu_uuid.clone(),
+            edit,
+            warm: true,
+        });
+    }
+    let mut warm = share::known_gpus(cfg, &mut st)?;
+    let candidates: Vec<GpuRecord> = share::select(&st, device)?.into_iter().cloned().collect();
+    let gpu = choose_gpu(cfg, &st, &candidates, percent, memory)?;
+
+    let at = match st.mps.iter().position(|d| d.gpu_uuid == gpu.uuid) {
+        Some(i) if alive(&st.mps[i]) => i,
+        Some(i) => {
+            tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
+            let (p, m) = (st.mps[i].percent, st.mps[i].memory);
+            let fresh = start(cfg, &gpu, p, m)?;
+            st.mps[i] = MpsDaemon {
+                clients: std::mem::take(&mut st.mps[i].clients),
+                ..fresh
+            };
+            warm = false;
+            i
+        }
+        None => {
+            let (p, m) = match cfg.mps.policy {
+                MpsPolicy::Strict => (percent, memory),
+                MpsPolicy::Cooperative => (100, None),
+            };
+            st.mps.push(start(cfg, &gpu, p, m)?);
+            warm = false;
+            st.mps.len() - 1
+        }
+    };
+    let lease = Lease {
+        container_id: who.container_id.to_string(),
+        since: now_unix(),
+        runtime_root: who.runtime_root.map(str::to_string),
+    };
+    st.mps[at].clients.push(MpsClient {
+        lease,
+        percent,
+        memory,
+    });
+    locked.save(&st)?;
+    let edit = client_edit(cfg, &majors, &st.mps[at], percent, memory);
+    Ok(MpsGrant {
+        gpu_uuid: gpu.uuid,
+        edit,
+        warm,
+    })
+}
+
+/// The GPU for a new share: one whose daemon already serves this share size, else one with
+/// no daemon; never one with MIG enabled, nor one whose pinned-memory limits would add up to
+/// more than it has (unless over-commit is allowed).
+fn choose_gpu(
+    cfg: &Config,
+    st: &LedgerState,
+    candidates: &[GpuRecord],
+    percent: u8,
+    memory: Option<u64>,
+) -> Result<GpuRecord, MpsError> {
+    let mut reasons = Vec::new();
+    let mut best: Option<(u8, &GpuRecord)> = None;
+    for g in candidates {
+        if g.mig_enabled {
+            reasons.push(format!(
+                "GPU {} has MIG enabled (ask for gpu.profile there)",
+                g.index
+            ));
+            continue;
+        }
+        let daemon = st.mps.iter().find(|d| d.gpu_uuid == g.uuid);
+        if let (Some(d), MpsPolicy::Strict) = (daemon, cfg.mps.policy) {
+            if (d.percent, d.memory) != (percent, memory) {
+                reasons.push(format!(
+                    "GPU {} serves shares of {}%{} (strict policy: one share size per GPU, enforced by its MPS daemon)",
+                    g.index,
+                    d.percent,
+                    show_memory(d.memory)
+                ));
+                continue;
+            }
+        }
+        if let (Some(m), false) = (memory, cfg.mps.allow_overcommit) {
+            let used: u64 = daemon.map_or(0, |d| d.clients.iter().filter_map(|c| c.memory).sum());
+            if g.memory_total > 0 && used + m > g.memory_total {
+                reasons.push(format!(
+                    "GPU {} has {} MiB of {} MiB promised to MPS clients already (over-commit is off: mps.allow_overcommit)",
+                    g.index,
+                    used >> 20,
+                    g.memory_total >> 20
+                ));
+                continue;
+            }
+        }
+        // Prefer joining a running daemon (no start), then the lowest index.
+        let rank = if daemon.is_some() { 0 } else { 1 };
+        if best.is_none_or(|(r, b)| rank < r || (rank == r && g.index < b.index)) {
+            best = Some((rank, g));
+        }
+    }
+    match best {
+        Some((_, g)) => Ok(g.clone()),
+        None => Err(MpsError::NoRoom {
+            percent,
+            memory: show_memory(memory),
+            reasons: reasons.join("; "),
+        }),
+    }
+}
+
+fn client_edit(
+    cfg: &Config,
+    majors: &driver::Majors,
+    d: &MpsDaemon,
+    percent: u8,
+    memory: Option<u64>,
+) -> Edit {
+    let mut env = vec![
+        ("CUDA_VISIBLE_DEVICES".to_string(), d.gpu_uuid.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".to_string(), d.gpu_uuid.clone()),
+        (
+            "CUDA_MPS_PIPE_DIRECTORY".to_string(),
+            cfg.mps.mount_path.clone(),
+        ),
+        (
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_string(),
+            percent.to_string(),
+        ),
+    ];
+    if let Some(m) = memory {
+        // Device 0: the container sees exactly one GPU.
+        env.push((
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".to_string(),
+            format!("0={}M", m >> 20),
+        ));
+    }
+    Edit {
+        devices: driver::gpu_nodes(majors, d.gpu_minor),
+        env,
+        mounts: vec![Mount {
+            destination: cfg.mps.mount_path.clone(),
+            source: d.pipe_dir.display().to_string(),
+            kind: "bind".into(),
+            options: ["rbind", "rw", "nosuid", "nodev", "noexec"]
+                .map(String::from)
+                .to_vec(),
+        }],
+        ..Edit::default()
+    }
+}
+
+/// Release `container_id`'s MPS share; the daemon is told to quit when its last client goes.
+/// Returns whether it held a share.
+pub fn release_client(cfg: &Config, st: &mut LedgerState, container_id: &str) -> bool {
+    let Some(i) = st.mps.iter().position(|d| {
+        d.clients
+            .iter()
+            .any(|c| c.lease.container_id == container_id)
+    }) else {
+        return false;
+    };
+    st.mps[i]
+        .clients
+        .retain(|c| c.lease.container_id != container_id);
+    if st.mps[i].clients.is_empty() {
+        let d = st.mps.remove(i);
+        if let Err(e) = stop(cfg, &d) {
+            tracing::warn!(gpu = d.gpu_index, "stopping the MPS daemon: {e}");
+            eprintln!("gpushare: {e}");
+        }
+    }
+    true
+}
+
+/// The control program's absolute path.
+pub fn control_path(cfg: &Config) -> Option<PathBuf> {
+    let c = &cfg.mps.control;
+    if c.is_absolute() {
+        return c.exists().then(|| c.clone());
+    }
+    crate::config::find_in_path(c).or_else(|| {
+        cfg.inject
+            .bin_dirs
+            .iter()
+            .map(|d| cfg.driver_path(&d.join(c).to_string_lossy()))
+            .find(|p| p.exists())
+    })
+}
+
+fn daemon_dirs(cfg: &Config, gpu: &GpuRecord) -> (PathBuf, PathBuf) {
+    let base = cfg.state_dir.join("mps").join(&gpu.uuid);
+    (base.join("pipe"), base.join("log"))
+}
+
+fn start(
+    cfg: &Config,
+    gpu: &GpuRecord,
+    percent: u8,
+    memory: Option<u64>,
+) -> Result<MpsDaemon, MpsError> {
+    let fail = |why: String| MpsError::Start {
+        control: cfg.mps.control.display().to_string(),
+        gpu: gpu.index,
+        why,
+    };
+    let control =
+        control_path(cfg).ok_or_else(|| fail("not found on PATH nor in inject.bin_dirs".into()))?;
+    let (pipe_dir, log_dir) = daemon_dirs(cfg, gpu);
+    // A dead daemon leaves its sockets behind; a new one must not find them.
+    let _ = std::fs::remove_dir_all(&pipe_dir);
+    for d in [&pipe_dir, &log_dir] {
+        std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        // Clients of any uid connect through the pipe folder.
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+    }
+    let mut cmd = Command::new(&control);
+    cmd.arg("-d");
+    if cfg.mps.multi_user {
+        cmd.arg("-M");
+    }
+    let status = daemon_env(&mut cmd, &pipe_dir, &log_dir)
+        .env("CUDA_VISIBLE_DEVICES", &gpu.uuid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| fail(e.to_string()))?;
+    if !status.success() {
+        return Err(fail(format!(
+            "exited with {status}; see {}",
+            log_dir.display()
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_millis(cfg.mps.start_timeout_ms);
+    let pid_file = pipe_dir.join("nvidia-cuda-mps-control.pid");
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    while !pipe_dir.join("control").exists() || read_pid().is_none() {
+        if Instant::now() > deadline {
+            return Err(fail(format!(
+                "no control socket after {} ms; see {}",
+                cfg.mps.start_timeout_ms,
+                log_dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = read_pid();
+    let daemon = MpsDaemon {
+        gpu_uuid: gpu.uuid.clone(),
+        gpu_index: gpu.index,
+        gpu_minor: gpu.minor,
+        pid,
+        pipe_dir,
+        log_dir,
+        percent,
+        memory,
+        started_at: now_unix(),
+        clients: Vec::new(),
+    };
+    if percent < 100 {
+        command(
+            cfg,
+            &daemon,
+            &format!("set_default_active_thread_percentage {percent}"),
+        )?;
+    }
+    if let Some(m) = memory {
+        command(
+            cfg,
+            &daemon,
+            &format!("set_default_device_pinned_mem_limit 0 {}M", m >> 20),
+        )?;
+    }
+    tracing::info!(
+        gpu = gpu.index,
+        pid,
+        percent,
+        "started the MPS control daemon"
+    );
+    Ok(daemon)
+}
+
+/// The daemon runs with a fixed, minimal environment: never the environment of whichever
+/// engine or container caused it to start.
+fn daemon_env<'c>(cmd: &'c mut Command, pipe_dir: &Path, log_dir: &Path) -> &'c mut Command {
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("CUDA_MPS_PIPE_DIRECTORY", pipe_dir)
+        .env("CUDA_MPS_LOG_DIRECTORY", log_dir)
+}
+
+/// One command to the control daemon, through the control program's stdin; bounded in time.
+pub fn command(cfg: &Config, d: &MpsDaemon, line: &str) -> Result<String, MpsError> {
+    let fail = |why: String| MpsError::Command {
+        gpu: d.gpu_index,
+        command: line.to_string(),
+        why,
+    };
+    let control = control_path(cfg).ok_or_else(|| fail("control program not found".into()))?;
+    let mut child = daemon_env(&mut Command::new(control), &d.pipe_dir, &d.log_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let _ = writeln!(stdin, "{line}");
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait().map_err(|e| fail(e.to_string()))? {
+            Some(_) => break,
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail("no answer within 10 s".into()));
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The daemon is running: its process exists and its control socket is there.
+pub fn alive(d: &MpsDaemon) -> bool {
+    d.pid.is_some_and(process_running) && d.pipe_dir.join("control").exists()
+}
+
+/// The process exists and is not a zombie (a killed daemon nobody reaped yet).
+fn process_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
+fn stop(cfg: &Config, d: &MpsDaemon) -> Result<(), MpsError> {
+    if alive(d) {
+        command(cfg, d, "quit")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(d) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let (true, Some(pid)) = (alive(d), d.pid) {
+            tracing::warn!(
+                gpu = d.gpu_index,
+                pid,
+                "the MPS daemon ignored quit; killing it"
+            );
+            // SAFETY: sending a signal to the daemon's pid, read from its own pid file.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d.pipe_dir);
+    tracing::info!(gpu = d.gpu_index, "stopped the MPS control daemon");
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Time-slicing (`gpu.share=timeslice`): the whole GPU, shared with whoever else asked, with no
+//! isolation and no limits. The GPU list comes from the ledger's cache; NVML is opened only
+//! while that cache is empty.
+
+use crate::allocator::{self, Claimant};
+use crate::config::Config;
+use crate::driver::{self, Driver, DriverError};
+use crate::fsutil::now_unix;
+use crate::ledger::{GpuRecord, Lease, Ledger, LedgerError, LedgerState, ShareLease};
+use crate::nvml::{Backend, BackendError};
+use crate::request::DeviceSelector;
+use crate::spec::Edit;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("NVML reports no GPU on this node")]
+    NoGpu,
+    #[error("gpu.device={selector}: no such GPU; this node has {known}")]
+    NoSuchDevice { selector: String, known: String },
+    #[error("{what}: {gpus} has MIG enabled, so CUDA sees no whole GPU there; ask for a MIG slice (gpu.profile) instead, or an operator disables MIG with `nvidia-smi -i <index> -mig 0`")]
+    MigEnabled { what: &'static str, gpus: String },
+}
+
+/// A whole GPU granted to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeGpu {
+    pub gpu_uuid: String,
+    pub edit: Edit,
+    pub warm: bool,
+}
+
+/// The edit that gives a container one whole GPU: the shared nodes and the GPU's own node.
+pub fn whole_gpu_edit(majors: &driver::Majors, gpu: &GpuRecord) -> Edit {
+    Edit {
+        devices: driver::gpu_nodes(majors, gpu.minor),
+        env: vec![
+            ("CUDA_VISIBLE_DEVICES".into(), gpu.uuid.clone()),
+            ("NVIDIA_VISIBLE_DEVICES".into(), gpu.uuid.clone()),
+        ],
+        ..Edit::default()
+    }
+}
+
+/// The node's GPUs from the ledger's cache, filled through NVML when empty. Returns whether
+/// the cache was used (no NVML).
+pub(crate) fn known_gpus(cfg: &Config, st: &mut LedgerState) -> Result<bool, BackendError> {
+    if !st.gpus.is_empty() {
+        return Ok(true);
+    }
+    let be = Backend::open(cfg)?;
+    let gpus = be.gpus()?;
+    allocator::refresh_gpus(&be, st, &gpus)?;
+    Ok(false)
+}
+
+/// The GPUs a selector names, or an error listing what exists.
+pub(crate) fn select<'a>(
+    st: &'a LedgerState,
+    device: Option<&DeviceSelector>,
+) -> Result<Vec<&'a GpuRecord>, ShareError> {
+    if st.gpus.is_empty() {
+        return Err(ShareError::NoGpu);
+    }
+    let chosen: Vec<&GpuRecord> = st
+        .gpus
+        .iter()
+        .filter(|g| match device {
+            None => true,
+            Some(DeviceSelector::Index(i)) => g.index == *i,
+            Some(DeviceSelector::Uuid(u)) => g.uuid.eq_ignore_ascii_case(u),
+        })
+        .collect();
+    if chosen.is_empty() {
+        return Err(ShareError::NoSuchDevice {
+            selector: device.map(|d| d.to_string()).unwrap_or_default(),
+            known: st
+                .gpus
+                .iter()
+                .map(|g| format!("GPU {} {}", g.index, g.uuid))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(chosen)
+}
+
+pub fn grant(
+    cfg: &Config,
+    device: Option<&DeviceSelector>,
+    who: &Claimant<'_>,
+) -> Result<WholeGpu, ShareError> {
+    let majors = Driver::new(cfg).majors()?;
+    let locked =
+        Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
+    let mut st = locked.load()?;
+    let warm = known_gpus(cfg, &mut st)?;
+    let candidates = select(&st, device)?;
+    let usable: Vec<&GpuRecord> = candidates
+        .iter()
+        .copied()
+        .filter(|g| !g.mig_enabled)
+        .collect();
+    if usable.is_empty() {
+        let gpus = candidates
+            .iter()
+            .map(|g| format!("GPU {}", g.index))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ShareError::MigEnabled {
+            what: "gpu.share=timeslice",
+            gpus,
+        });
+    }
+    // The GPU fewest containers share now.
+    let load = |g: &GpuRecord| st.shares.iter().filter(|s| s.gpu_uuid == g.uuid).count();
+    let gpu = (*usable
+        .iter()
+        .min_by_key(|g| (load(g), g.index))
+        .expect("not empty"))
+    .clone();
+    if let Some(existing) = st
+        .shares
+        .iter()
+        .find(|s| s.lease.container_id == who.container_id)
+    {
+        // The same container asking again keeps its GPU.
+        let same = st
+            .gpus
+            .iter()
+            .find(|g| g.uuid == existing.gpu_uuid)
+            .cloned()
+            .unwrap_or(gpu);
+        return Ok(WholeGpu {
+            gpu_uuid: same.uuid.clone(),
+            edit: whole_gpu_edit(&majors, &same),
+            warm: true,
+        });
+    }
+    st.shares.push(ShareLease {
+        gpu_uuid: gpu.uuid.clone(),
+        gpu_index: gpu.index,
+        gpu_minor: gpu.minor,
+        lease: Lease {
+            container_id: who.container_id.to_string(),
+            since: now_unix(),
+            runtime_root: who.runtime_root.map(str::to_string),
+        },
+    });
+    locked.save(&st)?;
+    Ok(WholeGpu {
+        gpu_uuid: gpu.uuid.clone(),
+        edit: whole_gpu_edit(&majors, &gpu),
+        warm,
+    })
+}

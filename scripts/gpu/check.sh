@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# gpushare on a real NVIDIA GPU (MIG disabled, settings never changed). Runs as root on the GPU
+# machine, from the repository root, with:
+#   $GPUSHARE_BIN   folder holding gpushare, gpushare-hook, gpusharectl, gpushare-sim and
+#                   libgpushare_sim.so built on the build machine (x86-64)
+#   $RUNC_DEB       Debian's runc .deb (unpacked here with dpkg -x, not installed)
+#   $OUT            where results go (gpu-results.md, status-real.json, ...)
+# It proves: no request -> no GPU; gpu.share=timeslice -> the whole GPU; two concurrent MPS
+# shares of 25% / 4G -> ~a quarter of the SMs each, 6 GiB allocations fail, kernels overlap,
+# the daemon gone afterwards; gpu.profile on a MIG-disabled GPU -> a clear refusal; and NVML's
+# MIG profile table equal to the simulator's H100 model.
+set -uo pipefail
+: "${GPUSHARE_BIN:?}" "${RUNC_DEB:?}" "${OUT:?}"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+work=/tmp/gpushare-gpu-check
+rm -rf "$work"; mkdir -p "$work"
+dpkg -x "$RUNC_DEB" "$work/runc-pkg"
+RUNC=$work/runc-pkg/usr/sbin/runc
+DRV=/usr/local/nvidia
+PY=$(command -v python3)
+results=$OUT/gpu-results.md
+fails=0
+note() { echo "$*" | tee -a "$results"; }
+check() { # check NAME CONDITION-RESULT(0/1) DETAIL
+  if [ "$2" = 0 ]; then note "- PASS $1: $3"; else note "- FAIL $1: $3"; fails=$((fails+1)); fi
+}
+
+cat > "$work/config.toml" <<TOML
+runtime = "$RUNC"
+state_dir = "$work/state"
+nvml_library = "$DRV/lib64/libnvidia-ml.so.1"
+driver_root = "/"
+hook_path = "$GPUSHARE_BIN/gpushare-hook"
+[mps]
+control = "$DRV/bin/nvidia-cuda-mps-control"
+[inject]
+lib_dirs = ["$DRV/lib64"]
+bin_dirs = ["$DRV/bin"]
+TOML
+export GPUSHARE_CONFIG=$work/config.toml
+
+# The host's root, read-only, as every container's rootfs; each gets its own /dev, /proc, /tmp
+# (its /sys stays the host's, read-only: a fresh sysfs needs a network namespace of its own).
+# Runtimes create mountpoints while a rootfs is still writable (spec root.readonly applies
+# after); this rootfs is read-only from the start, so the injection mountpoint must exist.
+mkdir -p /usr/local/gpushare
+mkdir -p "$work/hostroot"
+mount --rbind / "$work/hostroot"
+mount -o remount,bind,ro "$work/hostroot" 2>/dev/null || true
+trap 'umount -l "$work/hostroot" 2>/dev/null' EXIT
+
+{
+  echo "# gpushare on a real GPU — $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,mig.mode.current,memory.total --format=csv
+  echo "runc: $($RUNC --version | head -1); kernel $(uname -r); $(stat -fc %T /sys/fs/cgroup)"
+  echo '```'
+  echo
+} > "$results"
+
+bundle() { # bundle NAME SCRIPT ANNOTATIONS-JSON
+  mkdir -p "$work/$1"
+  cat > "$work/$1/config.json" <<JSON
+{
+  "ociVersion": "1.0.2",
+  "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/tmp",
+    "args": ["/bin/sh", "-c", $(printf '%s' "$2" | $PY -c 'import json,sys; print(json.dumps(sys.stdin.read()))')],
+    "env": ["PATH=$(dirname "$PY"):/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "PYTHONUNBUFFERED=1"]},
+  "root": {"path": "$work/hostroot", "readonly": true},
+  "hostname": "$1",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "nodev", "mode=1777", "size=1g"]},
+    {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
+  ],
+  "annotations": $3,
+  "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]}}
+}
+JSON
+}
+G() { "$GPUSHARE_BIN/gpushare" --root "$work/runc" "$@"; }
+run_bg() { # create and start NAME; output to $work/NAME/out
+  G --log "$work/$1/log.json" --log-format json create --bundle "$work/$1" "$1" > "$work/$1/out" 2>&1 || return 1
+  G start "$1" && touch "$work/$1/started"
+}
+wait_stopped() {
+  for _ in $(seq 1 600); do
+    [ "$(G state "$1" 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = stopped ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+finish() {
+  [ -e "$work/$1/started" ] && wait_stopped "$1"
+  G delete --force "$1" >/dev/null 2>&1
+  { echo "== $1"; cat "$work/$1/out"; } >> "$OUT/containers.out" 2>/dev/null
+}
+
+PROBE='import json, time, torch
+r = {"available": torch.cuda.is_available()}
+if r["available"]:
+    p = torch.cuda.get_device_properties(0)
+    r["name"], r["sms"] = p.name, p.multi_processor_count
+    r["free_gib"] = round(torch.cuda.mem_get_info()[0] / 2**30, 2)
+    try:
+        x = torch.empty(6 * 2**30, dtype=torch.uint8, device="cuda"); r["alloc_6gib"] = "ok"; del x
+    except Exception as e:
+        r["alloc_6gib"] = "failed: " + type(e).__name__
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize(); t0 = time.time(); n = 0
+    while time.time() - t0 < 4:
+        a = (a @ a).clamp_(-1, 1); n += 1
+    torch.cuda.synchronize(); r["kernels_from"], r["kernels_to"], r["matmuls"] = t0, time.time(), n
+print("RESULT " + json.dumps(r))'
+result() { grep -o 'RESULT .*' "$work/$1/out" | head -1 | cut -d' ' -f2-; }
+field() { echo "$1" | $PY -c "import json,sys; print(json.load(sys.stdin).get('$2'))" 2>/dev/null; }
+
+note "## 1. no request"
+bundle plain "python3 -c '$PROBE'" '{}'
+run_bg plain && finish plain
+r=$(result plain)
+check "no request sees no GPU" "$([ "$(field "$r" available)" = False ] && echo 0 || echo 1)" "$r"
+
+note "## 2. gpu.share=timeslice"
+bundle ts "python3 -c '$PROBE'" '{"gpu.share": "timeslice"}'
+run_bg ts && finish ts
+r=$(result ts)
+check "timeslice sees the whole GPU" "$([ "$(field "$r" sms)" = 132 ] && echo 0 || echo 1)" "$r"
+
+note "## 3. two concurrent MPS shares, gpu.mps=25 gpu.mps.memory=4G"
+for n in mps-a mps-b; do bundle $n "python3 -c '$PROBE'" '{"gpu.mps": "25", "gpu.mps.memory": "4G"}'; done
+run_bg mps-a; run_bg mps-b
+"$GPUSHARE_BIN/gpusharectl" status > "$OUT/status-mps.txt" 2>&1
+daemon_pid=$(cat "$work"/state/mps/*/pipe/nvidia-cuda-mps-control.pid 2>/dev/null)
+finish mps-a; finish mps-b
+ra=$(result mps-a); rb=$(result mps-b)
+for r in "$ra" "$rb"; do
+  sms=$(field "$r" sms)
+  check "MPS share sees about a quarter of the SMs" "$([ -n "$sms" ] && [ "$sms" != None ] && [ "$sms" -ge 28 ] && [ "$sms" -le 36 ] && echo 0 || echo 1)" "sms=$sms"
+  check "MPS share cannot allocate 6 GiB" "$(field "$r" alloc_6gib | grep -q '^failed' && echo 0 || echo 1)" "$(field "$r" alloc_6gib), free $(field "$r" free_gib) GiB"
+done
+overlap=$($PY -c "import json,sys; a,b=json.loads(sys.argv[1]),json.loads(sys.argv[2]); print(min(a['kernels_to'],b['kernels_to'])-max(a['kernels_from'],b['kernels_from']))" "$ra" "$rb" 2>/dev/null || echo 0)
+check "both ran kernels at the same time" "$($PY -c "print(0 if float('$overlap') > 1 else 1)")" "overlap ${overlap}s"
+# Gone means no such process or a zombie (an exited daemon its adoptive parent has not reaped),
+# no control socket, and no MPS process left at all.
+sleep 1
+state=$(sed 's/.*) //' "/proc/$daemon_pid/stat" 2>/dev/null | cut -d' ' -f1)
+left=$(pgrep -f 'nvidia-cuda-mps-(control|server)' | tr '\n' ' ')
+gone=1
+if [ -n "$daemon_pid" ] && { [ -z "$state" ] || [ "$state" = Z ]; } && [ -z "$(ls "$work"/state/mps/*/pipe/control 2>/dev/null)" ] && [ -z "$left" ]; then gone=0; fi
+check "MPS daemon gone after both were removed" "$gone" "daemon pid ${daemon_pid:-unknown}, state now '${state:-gone}', MPS processes left: '${left}'"
+
+note "## 4. gpu.profile=1g.10gb with MIG disabled"
+bundle mig "true" '{"gpu.profile": "1g.10gb"}'
+before=$(md5sum < "$work/mig/config.json")
+if G create --bundle "$work/mig" mig > "$work/mig/out" 2>&1; then G delete --force mig; ok=1; else ok=0; fi
+msg=$(cat "$work/mig/out")
+check "MIG request refused, naming MIG mode and the fix" "$([ $ok = 0 ] && echo "$msg" | grep -q 'MIG mode is disabled' && echo "$msg" | grep -q 'mig 1' && echo 0 || echo 1)" "$msg"
+check "config.json untouched on refusal" "$([ "$before" = "$(md5sum < "$work/mig/config.json")" ] && echo 0 || echo 1)" ""
+
+note "## 5. NVML's MIG profile table vs the simulator's H100 model"
+"$GPUSHARE_BIN/gpusharectl" status --json > "$OUT/status-real.json"
+"$GPUSHARE_BIN/gpushare-sim" init --root "$work/sim" --model h100-80gb --gpus 1 --mig off --lib "$GPUSHARE_BIN/libgpushare_sim.so" > /dev/null
+"$GPUSHARE_BIN/gpusharectl" --config "$work/sim/config.toml" status --json > "$OUT/status-sim.json"
+cmp=$($PY - "$OUT/status-real.json" "$OUT/status-sim.json" <<'PYEOF'
+import json, sys
+real, sim = (json.load(open(p))["gpus"][0] for p in sys.argv[1:3])
+same = real["profiles"] == sim["profiles"] and real["name"] == sim["name"]
+print(("equal" if same else "DIFFERENT") + f": {real['name']}, {len(real['profiles'])} profiles: " + ", ".join(p["name"] for p in real["profiles"]))
+PYEOF
+)
+check "real profile table equals the simulator's" "$(echo "$cmp" | grep -q '^equal' && echo 0 || echo 1)" "$cmp"
+"$GPUSHARE_BIN/gpusharectl" status >> "$OUT/status-mps.txt" 2>&1
+
+note ""
+note "$fails failed"
+cat "$results"
+exit $((fails > 0))

@@ -1,0 +1,274 @@
+//! Helpers shared by the real-engine tests (Docker, Podman, containerd): image tarballs,
+//! privately started daemons stopped by their pid file, and the checks every engine's
+//! container must pass.
+
+use super::*;
+use std::process::Child;
+
+/// The repository root (packaging files live below it).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file from `packaging/`, with the installed binaries' paths replaced by this build's.
+pub fn packaging_file(rel: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("packaging").join(rel))
+        .unwrap_or_else(|e| panic!("packaging/{rel}: {e}"));
+    text.replace("/usr/bin/gpushare-hook", HOOK)
+        .replace("/usr/bin/gpushare", SHIM)
+}
+
+/// A scratch directory directly under /tmp, removed on drop: daemons put unix sockets below
+/// it, and a socket path must stay under 108 bytes.
+pub struct ShortDir(pub PathBuf);
+
+impl ShortDir {
+    pub fn new(prefix: &str) -> ShortDir {
+        let p = PathBuf::from("/tmp").join(unique(prefix));
+        std::fs::create_dir_all(&p).unwrap();
+        ShortDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ShortDir {
+    fn drop(&mut self) {
+        // Engines leave mounts (overlay, shm, netns) behind when a test fails half-way;
+        // unmount what is left under this directory, deepest first, before removing it.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(1))
+                .filter(|m| Path::new(m).starts_with(&self.0))
+                .collect();
+            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in ours {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A busybox root filesystem as a tarball, what `docker import` / `podman import` take.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let rootfs = busybox_rootfs(dir);
+    let tar = dir.join("busybox.tar");
+    let out = run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    assert!(out.status.success(), "tar: {}", text(&out.stderr));
+    tar
+}
+
+/// A daemon this test started; stopped through its pid file when dropped, even when the
+/// test fails. The child handle is kept only to reap it.
+pub struct Daemon {
+    pub name: &'static str,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    /// Start `cmd` with its output in `log`. `pid_file` is where the daemon writes its pid;
+    /// for a daemon that writes none, `write_pid_file` makes the test write it.
+    pub fn start(
+        name: &'static str,
+        mut cmd: Command,
+        pid_file: PathBuf,
+        log: PathBuf,
+        write_pid_file: bool,
+    ) -> Daemon {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e} (is it installed?)"));
+        if write_pid_file {
+            std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        }
+        Daemon {
+            name,
+            pid_file,
+            log,
+            child,
+        }
+    }
+
+    /// Wait until `ready` holds; on a time-out, fail with the daemon's log.
+    pub fn wait_ready(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({st}) before {what}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not {what} within 60 s:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut start = t.len().saturating_sub(8000);
+        while !t.is_char_boundary(start) {
+            start -= 1;
+        }
+        t[start..].to_string()
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p| *p > 1)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // The pid file names the daemon; it must be our child, never some other process.
+        let pid = self.pid().filter(|p| *p as u32 == self.child.id());
+        if let Some(pid) = pid {
+            // SAFETY: kill has no memory preconditions; pid is our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        } else {
+            eprintln!(
+                "{}: pid file {} missing or not our child; stopping the child itself",
+                self.name,
+                self.pid_file.display()
+            );
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// What a container with a slice must have seen: its slice's MIG UUID in both variables and
+/// exactly that slice's device nodes, all allowed (ENXIO, not EPERM). Returns the MIG UUID.
+pub fn assert_sees_one_slice(node: &SimNode, printed: &str) -> String {
+    let mig = env_seen(printed, "CUDA_VISIBLE_DEVICES");
+    assert!(mig.starts_with("MIG-"), "no MIG slice seen:\n{printed}");
+    assert_eq!(
+        env_seen(printed, "NVIDIA_VISIBLE_DEVICES"),
+        mig,
+        "{printed}"
+    );
+    let ledger = node.ledger();
+    let made = ledger
+        .instances
+        .iter()
+        .filter_map(|r| r.made.as_ref())
+        .find(|m| m.mig_uuid == mig)
+        .unwrap_or_else(|| panic!("{mig} is not an instance gpushare made: {ledger:?}"))
+        .clone();
+    let seen = nodes_seen(printed);
+    let mut paths: Vec<String> = seen.iter().map(|(p, _, _)| p.clone()).collect();
+    paths.sort();
+    let mut want = vec![
+        "/dev/nvidia-caps/nvidia-cap".to_string() + &made.gi_cap_minor.to_string(),
+        "/dev/nvidia-caps/nvidia-cap".to_string() + &made.ci_cap_minor.to_string(),
+        "/dev/nvidia-uvm".into(),
+        "/dev/nvidia-uvm-tools".into(),
+        "/dev/nvidia0".into(),
+        "/dev/nvidiactl".into(),
+    ];
+    want.sort();
+    assert_eq!(paths, want, "exactly the slice's nodes:\n{printed}");
+    let caps = paths
+        .iter()
+        .filter(|p| p.starts_with("/dev/nvidia-caps/"))
+        .count();
+    assert_eq!(caps, 2, "{printed}");
+    for (path, _, result) in &seen {
+        assert!(
+            result.contains("No such device or address"),
+            "{path} must be allowed by the device cgroup (ENXIO), got {result:?}"
+        );
+    }
+    mig
+}
+
+/// What a container without a slice must have seen: no GPU at all.
+pub fn assert_sees_no_gpu(printed: &str) {
+    assert_eq!(env_seen(printed, "CUDA_VISIBLE_DEVICES"), "", "{printed}");
+    assert!(nodes_seen(printed).is_empty(), "{printed}");
+}
+
+/// No lease is held and `mig` (if given) is back in the idle pool.
+pub fn assert_all_free(node: &SimNode, mig: Option<&str>) {
+    let status = node.status_json();
+    assert_eq!(
+        status["leases"].as_array().map(Vec::len),
+        Some(0),
+        "leases left: {status:#}"
+    );
+    let ledger = node.ledger();
+    assert!(
+        ledger.instances.iter().all(|r| r.lease.is_none()),
+        "{ledger:?}"
+    );
+    if let Some(mig) = mig {
+        assert!(
+            ledger
+                .instances
+                .iter()
+                .any(|r| r.made.as_ref().is_some_and(|m| m.mig_uuid == mig)),
+            "{mig} should be idle in the pool: {ledger:?}"
+        );
+    }
+}
+
+/// Nothing was ever granted on the node.
+pub fn assert_nothing_made(node: &SimNode) {
+    let ledger = node.ledger();
+    assert!(ledger.instances.is_empty(), "{ledger:?}");
+}
+
+/// Wait (bounded) for an engine's asynchronous cleanup to release every lease.
+pub fn wait_all_free(node: &SimNode) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.ledger().instances.iter().any(|r| r.lease.is_some()) {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The script a no-request container runs, for comparing gpushare with the plain runtime:
+/// everything the runtime decides (devices, env, capabilities, mounts, cgroup) and an exit
+/// code that must come back unchanged.
+pub const SHOW_ALL: &str = r#"
+ls -1 /dev | sort
+env | sort
+grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status
+cat /proc/self/mounts | while read -r src dst t rest; do echo "$dst $t"; done | sort
+exit 3
+"#;

@@ -1,0 +1,309 @@
+//! Kill -9 at every failpoint of allocate, spec write and release (test builds carry them:
+//! core/src/failpoint.rs), then prove that the next call, or `gpusharectl gc`, leaves no leaked
+//! instance, no leftover intent, no lease of a container that is gone and no double grant.
+
+mod common;
+mod invariants;
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Setup {
+    /// An empty GPU: the request makes an instance (cold path).
+    Cold,
+    /// An idle 1g.10gb in the pool: the request reuses it (warm path).
+    Warm,
+    /// An idle 7g.80gb fills the GPU: the request destroys it to make room.
+    Victim,
+    /// The runtime refuses the container (no rootfs): the slice must go back.
+    RuntimeFails,
+    /// The container ran; the crash is in the release that follows.
+    Release,
+    /// A crash left a half-made instance; the crash is in gc repairing it.
+    Gc,
+    /// A crash left a lease of a container that never came to be; the crash is in gc
+    /// releasing it.
+    GcRelease,
+}
+
+const SCENARIOS: &[(&str, Setup)] = &[
+    ("alloc.locked", Setup::Cold),
+    ("ledger.save.before_write", Setup::Cold),
+    ("alloc.cold.intent_saved", Setup::Cold),
+    ("nvml.create.gi_made", Setup::Cold),
+    ("alloc.cold.made", Setup::Cold),
+    ("alloc.cold.saved", Setup::Cold),
+    ("shim.granted", Setup::Cold),
+    ("shim.spec_written", Setup::Cold),
+    ("alloc.warm.before_save", Setup::Warm),
+    ("alloc.warm.saved", Setup::Warm),
+    ("shim.spec_written", Setup::Warm),
+    ("alloc.cold.victims_destroyed", Setup::Victim),
+    ("nvml.destroy.cis_gone", Setup::Victim),
+    ("shim.runtime_failed", Setup::RuntimeFails),
+    ("release.locked", Setup::Release),
+    ("release.saved", Setup::Release),
+    ("shim.deleted", Setup::Release),
+    ("gc.leftover.before_destroy", Setup::Gc),
+    ("gc.before_release", Setup::GcRelease),
+];
+
+fn killed(status: std::process::ExitStatus) -> bool {
+    status.signal() == Some(libc::SIGKILL)
+}
+
+fn create_with(
+    engine: &Engine,
+    bundle: &Bundle,
+    id: &str,
+    failpoint: Option<&str>,
+) -> std::process::ExitStatus {
+    let mut c = engine.cmd(&["create", "--bundle"]);
+    c.arg(bundle.path())
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(bundle.path().join("stderr")).unwrap());
+    if let Some(fp) = failpoint {
+        c.env("GPUSHARE_FAILPOINT", format!("{fp}:kill"));
+    }
+    c.status().unwrap()
+}
+
+fn gc(node: &SimNode, failpoint: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(CTL);
+    c.arg("--config")
+        .arg(node.config())
+        .args(["gc", "--grace", "0"]);
+    if let Some(fp) = failpoint {
+        c.env("GPUSHARE_FAILPOINT", format!("{fp}:kill"));
+    }
+    run(&mut c)
+}
+
+fn run_profile(engine: &Engine, profile: &str) {
+    let b = Bundle::new("true", &[("gpu.profile", profile)], &[]);
+    engine.run_to_end(&b, &unique("setup"));
+}
+
+/// Brings the node to the state the scenario starts from.
+fn set_up(engine: &Engine, setup: Setup) {
+    match setup {
+        Setup::Cold | Setup::RuntimeFails | Setup::Release => {}
+        Setup::Warm => run_profile(engine, "1g.10gb"),
+        Setup::Victim => run_profile(engine, "7g.80gb"),
+        Setup::Gc => {
+            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+            let st = create_with(engine, &b, &unique("half"), Some("alloc.cold.made"));
+            assert!(killed(st), "setting up a half-made instance");
+        }
+        Setup::GcRelease => {
+            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+            let st = create_with(engine, &b, &unique("orphan"), Some("shim.spec_written"));
+            assert!(killed(st), "setting up an orphaned lease");
+        }
+    }
+}
+
+/// Runs the crash; returns the id of the container that was being created or released.
+fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
+    let id = unique("victim");
+    match setup {
+        Setup::Cold | Setup::Warm | Setup::Victim => {
+            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+            let st = create_with(engine, &b, &id, Some(point));
+            assert!(
+                killed(st),
+                "{point}: create was not killed ({st:?}): {}",
+                text(&std::fs::read(b.path().join("stderr")).unwrap())
+            );
+        }
+        Setup::RuntimeFails => {
+            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+            let mut spec = b.config();
+            spec["root"]["path"] = serde_json::json!("no-such-rootfs");
+            std::fs::write(
+                b.path().join("config.json"),
+                serde_json::to_vec(&spec).unwrap(),
+            )
+            .unwrap();
+            let st = create_with(engine, &b, &id, Some(point));
+            assert!(killed(st), "{point}: create was not killed ({st:?})");
+        }
+        Setup::Release => {
+            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+            let out = engine.create(&b, &id);
+            assert!(out.status.success(), "create: {}", text(&out.stderr));
+            engine.start_and_wait(&b, &id);
+            if point == "shim.deleted" {
+                let st = engine
+                    .cmd(&["delete", "--force", &id])
+                    .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
+                    .status()
+                    .unwrap();
+                assert!(killed(st), "{point}: delete was not killed");
+            } else {
+                // The poststop hook as runc runs it, killed half-way through its release; then
+                // the runtime forgets the container without gpushare (as when the hook timed out).
+                let mut hook = Command::new(HOOK)
+                    .args(["poststop", "--config"])
+                    .arg(node.config())
+                    .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                let state = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0, "bundle": b.path()});
+                hook.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(state.to_string().as_bytes())
+                    .unwrap();
+                assert!(killed(hook.wait().unwrap()), "{point}: hook was not killed");
+                let mut spec = b.config();
+                spec["hooks"] = serde_json::json!({});
+                std::fs::write(
+                    b.path().join("config.json"),
+                    serde_json::to_vec(&spec).unwrap(),
+                )
+                .unwrap();
+                let out = run(&mut engine.bare(&["delete", "--force", &id]));
+                assert!(out.status.success(), "runc delete: {}", text(&out.stderr));
+            }
+        }
+        Setup::Gc | Setup::GcRelease => {
+            let out = gc(node, Some(point));
+            assert!(
+                killed(out.status),
+                "{point}: gc was not killed: {}",
+                text(&out.stdout)
+            );
+        }
+    }
+    id
+}
+
+/// A request after the crash, run to its end: it must get a slice no one else holds.
+fn next_call(node: &SimNode, engine: &Engine, label: &str) {
+    let b = Bundle::new(SHOW_GPU, &[("gpu.profile", "1g.10gb")], &[]);
+    let id = unique("next");
+    let out = engine.create(&b, &id);
+    assert!(
+        out.status.success(),
+        "{label}: the next create failed: {}",
+        text(&out.stderr)
+    );
+    let st = node.ledger();
+    let mine = st.instances[st.lease_of(&id).expect("a lease")]
+        .made
+        .clone()
+        .expect("made");
+    let holders = st
+        .instances
+        .iter()
+        .filter(|r| {
+            r.made.as_ref().is_some_and(|m| m.mig_uuid == mine.mig_uuid) && r.lease.is_some()
+        })
+        .count();
+    assert_eq!(holders, 1, "{label}: slice granted twice");
+    let printed = engine.start_and_wait(&b, &id);
+    assert_eq!(
+        env_seen(&printed, "CUDA_VISIBLE_DEVICES"),
+        mine.mig_uuid,
+        "{label}"
+    );
+    let del = engine.delete(&id);
+    assert!(del.status.success(), "{label}: {}", text(&del.stderr));
+}
+
+fn scenario(point: &str, setup: Setup, gc_first: bool) {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    set_up(&engine, setup);
+    let victim = crash(&node, &engine, point, setup);
+    let label = format!(
+        "{point} ({setup:?}, {})",
+        if gc_first {
+            "gc, then next call"
+        } else {
+            "next call, then gc"
+        }
+    );
+    if gc_first {
+        let out = gc(&node, None);
+        assert!(
+            out.status.success(),
+            "{label}: gc: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        invariants::check(&node, Some(engine.root.path()))
+            .unwrap_or_else(|e| panic!("{label}: after gc:\n{e}"));
+        next_call(&node, &engine, &label);
+    } else {
+        next_call(&node, &engine, &label);
+        let out = gc(&node, None);
+        assert!(
+            out.status.success(),
+            "{label}: gc: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    invariants::check(&node, Some(engine.root.path())).unwrap_or_else(|e| panic!("{label}:\n{e}"));
+    assert!(
+        node.ledger().lease_of(&victim).is_none(),
+        "{label}: the killed container keeps a slice"
+    );
+    // And a second gc has nothing left to do.
+    let again = gc(&node, None);
+    assert!(
+        text(&again.stdout).contains("nothing to repair"),
+        "{label}: {}",
+        text(&again.stdout)
+    );
+}
+
+#[test]
+fn every_failpoint_in_the_code_is_exercised() {
+    let mut names = std::collections::BTreeSet::new();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("core/src");
+    let mut dirs = vec![src];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for part in text.split("failpoint!(\"").skip(1) {
+                    names.insert(part.split('"').next().unwrap().to_string());
+                }
+            }
+        }
+    }
+    let covered: std::collections::BTreeSet<String> =
+        SCENARIOS.iter().map(|(n, _)| n.to_string()).collect();
+    let missing: Vec<&String> = names.difference(&covered).collect();
+    assert!(
+        missing.is_empty(),
+        "failpoints no scenario kills at: {missing:?}"
+    );
+}
+
+#[test]
+fn kill_at_each_failpoint_then_gc_repairs() {
+    require_root();
+    for &(point, setup) in SCENARIOS {
+        scenario(point, setup, true);
+    }
+}
+
+#[test]
+fn kill_at_each_failpoint_then_next_call_repairs() {
+    require_root();
+    for &(point, setup) in SCENARIOS {
+        scenario(point, setup, false);
+    }
+}

@@ -1,0 +1,212 @@
+//! Docker (Debian's dockerd 20.10, API 1.41) with gpushare as a runtime, started privately
+//! from packaging/docker/daemon.json. Engines before API 1.43 (Docker 24) cannot pass
+//! annotations, so requests travel as GPUSHARE_* env; `--annotation` is used where the
+//! daemon takes it.
+
+mod common;
+use common::engines::*;
+use common::*;
+use std::process::{Command, Output, Stdio};
+
+struct Docker {
+    // Dropped first: the daemon stops before its directories go.
+    daemon: Daemon,
+    sock: String,
+    image: String,
+    _dir: ShortDir,
+}
+
+impl Docker {
+    fn start(node: &SimNode) -> Docker {
+        require_root();
+        node.configure(&format!(
+            "runtime = {:?}",
+            Runtime::Runc.path().display().to_string()
+        ));
+        let dir = ShortDir::new("gs-dk");
+        let d = dir.path();
+        // The shipped runtime entry, plus what a private test daemon needs: dockerd passes
+        // runtimeArgs to the runtime, which is how this node's config reaches gpushare.
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&packaging_file("docker/daemon.json")).unwrap();
+        cfg["runtimes"]["gpushare"]["runtimeArgs"] =
+            serde_json::json!([format!("--gpushare-config={}", node.config().display())]);
+        cfg["bridge"] = "none".into();
+        cfg["iptables"] = false.into();
+        cfg["ip6tables"] = false.into();
+        cfg["storage-driver"] = "vfs".into();
+        std::fs::write(d.join("daemon.json"), cfg.to_string()).unwrap();
+        let sock = format!("unix://{}", d.join("d.sock").display());
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .args(["-H", &sock])
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"));
+        let mut daemon = Daemon::start(
+            "dockerd",
+            cmd,
+            d.join("dockerd.pid"),
+            d.join("dockerd.log"),
+            false,
+        );
+        daemon.wait_ready("answering", || {
+            Command::new("docker")
+                .args(["-H", &sock, "version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        let image = format!("gpushare-test/busybox:{}", std::process::id());
+        let tar = busybox_tar(d);
+        let out = run(Command::new("docker")
+            .args(["-H", &sock, "import"])
+            .arg(&tar)
+            .arg(&image));
+        assert!(out.status.success(), "docker import: {}", text(&out.stderr));
+        Docker {
+            daemon,
+            sock,
+            image,
+            _dir: dir,
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        run(Command::new("docker").args(["-H", &self.sock]).args(args))
+    }
+
+    /// `docker run --rm --network none <opts> IMAGE sh -c SCRIPT`.
+    fn run(&self, opts: &[&str], script: &str) -> Output {
+        let mut args = vec!["run", "--rm", "--network", "none"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
+        self.docker(&args)
+    }
+
+    /// The daemon's API version as (major, minor).
+    fn api(&self) -> (u32, u32) {
+        let out = self.docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v = text(&out.stdout);
+        let (a, b) = v.trim().split_once('.').expect("API version like 1.41");
+        (a.parse().unwrap(), b.parse().unwrap())
+    }
+}
+
+#[test]
+fn docker_env_request_sees_its_slice_and_frees_it() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dk = Docker::start(&node);
+    let out = dk.run(
+        &["--runtime", "gpushare", "-e", "GPUSHARE_PROFILE=1g.10gb"],
+        SHOW_GPU,
+    );
+    let printed = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "docker run: {}\n{printed}\n{}",
+        text(&out.stderr),
+        dk.daemon.log_text()
+    );
+    let mig = assert_sees_one_slice(&node, &printed);
+    // `docker run --rm` returns once the container is removed: its slice is back already.
+    assert_all_free(&node, Some(&mig));
+
+    // The next container is served the same, now idle, instance from the pool.
+    let out = dk.run(
+        &["--runtime", "gpushare", "-e", "GPUSHARE_PROFILE=1g.10gb"],
+        SHOW_GPU,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(assert_sees_one_slice(&node, &text(&out.stdout)), mig);
+    assert_all_free(&node, Some(&mig));
+    let status = node.status_json();
+    assert_eq!(status["stats"]["grants_warm"], 1, "{status:#}");
+}
+
+#[test]
+fn docker_annotation_request_where_the_daemon_takes_it() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dk = Docker::start(&node);
+    let out = dk.run(
+        &[
+            "--runtime",
+            "gpushare",
+            "--annotation",
+            "gpu.profile=2g.20gb",
+        ],
+        SHOW_GPU,
+    );
+    if dk.api() >= (1, 43) {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mig = assert_sees_one_slice(&node, &text(&out.stdout));
+        assert_all_free(&node, Some(&mig));
+    } else {
+        // Docker 20.10-23 (API < 1.43): the CLI refuses the flag (or does not know it), so
+        // these users ask with GPUSHARE_PROFILE, as docs/engines.md says.
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("annotation") || err.contains("1.43"),
+            "unexpected refusal: {err}"
+        );
+        assert_nothing_made(&node);
+    }
+}
+
+#[test]
+fn docker_bad_request_shows_gpushare_message() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dk = Docker::start(&node);
+    let out = dk.run(
+        &["--runtime", "gpushare", "-e", "GPUSHARE_PROFILE=0g.1gb"],
+        SHOW_GPU,
+    );
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("OCI runtime create failed")
+            && err.contains("GPUSHARE_PROFILE")
+            && err.contains("0g.1gb")
+            && err.contains("accepted"),
+        "docker run must show gpushare's own message: {err}"
+    );
+    assert_nothing_made(&node);
+
+    // A well-formed profile the GPU does not have: the allocator's message, same path.
+    let out = dk.run(
+        &["--runtime", "gpushare", "-e", "GPUSHARE_PROFILE=1g.18gb"],
+        SHOW_GPU,
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("1g.18gb") && err.contains("no such MIG profile"),
+        "{err}"
+    );
+    assert_all_free(&node, None);
+}
+
+#[test]
+fn docker_no_request_is_exactly_plain_runc() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dk = Docker::start(&node);
+    let base = ["--hostname", "same", "-e", "X=1"];
+    let mut with = vec!["--runtime", "gpushare"];
+    with.extend_from_slice(&base);
+    let mut plain = vec!["--runtime", "runc"];
+    plain.extend_from_slice(&base);
+    let a = dk.run(&with, SHOW_ALL);
+    let b = dk.run(&plain, SHOW_ALL);
+    assert_eq!(a.status.code(), Some(3), "{}", text(&a.stderr));
+    assert_eq!(b.status.code(), Some(3), "{}", text(&b.stderr));
+    assert_eq!(text(&a.stdout), text(&b.stdout));
+    assert!(!text(&a.stdout).contains("nvidia"));
+    assert_nothing_made(&node);
+}

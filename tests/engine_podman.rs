@@ -1,0 +1,366 @@
+//! Podman 4.3 (rootful) with gpushare, two ways: as a runtime (`--runtime gpushare`, from
+//! packaging/podman/containers.conf) and through the oci-hooks files alone
+//! (packaging/podman/hooks.d: precreate grants, poststop releases) with the default runtime.
+//! Every Podman call runs on private storage, run and tmp roots; there is no daemon.
+
+mod common;
+use common::engines::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Podman {
+    dir: ShortDir,
+    image: String,
+    node_config: PathBuf,
+}
+
+/// oci-hooks stage files as shipped, pointed at this build and this node's config.
+fn write_hooks(dir: &Path, node_config: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for name in ["gpushare-precreate.json", "gpushare-poststop.json"] {
+        let mut hook: serde_json::Value =
+            serde_json::from_str(&packaging_file(&format!("podman/hooks.d/{name}"))).unwrap();
+        let args = hook["hook"]["args"].as_array_mut().unwrap();
+        args.push("--config".into());
+        args.push(node_config.display().to_string().into());
+        std::fs::write(dir.join(name), hook.to_string()).unwrap();
+    }
+}
+
+impl Podman {
+    fn new(node: &SimNode) -> Podman {
+        require_root();
+        node.configure(&format!(
+            "runtime = {:?}",
+            Runtime::Runc.path().display().to_string()
+        ));
+        let dir = ShortDir::new("gs-pm");
+        let d = dir.path();
+        std::fs::write(
+            d.join("containers.conf"),
+            packaging_file("podman/containers.conf"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.join("no-hooks")).unwrap();
+        write_hooks(&d.join("hooks"), &node.config());
+        let p = Podman {
+            image: "localhost/gpushare-test/busybox:1".into(),
+            node_config: node.config(),
+            dir,
+        };
+        let tar = busybox_tar(p.dir.path());
+        let out = p.podman(false, &["import", tar.to_str().unwrap(), &p.image]);
+        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+        p
+    }
+
+    /// `podman` on this test's private roots; `hooks` picks the shipped hooks.d files or none.
+    fn cmd(&self, hooks: bool) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .arg("--hooks-dir")
+            .arg(d.join(if hooks { "hooks" } else { "no-hooks" }));
+        c
+    }
+
+    fn podman(&self, hooks: bool, args: &[&str]) -> Output {
+        run(self.cmd(hooks).args(args))
+    }
+
+    /// `podman [--runtime gpushare] run --rm ...`; Podman passes `--runtime-flag`s to the
+    /// runtime, which is how this node's config reaches gpushare.
+    fn run(&self, via: Via, opts: &[&str], script: &str) -> Output {
+        let flag = format!("gpushare-config={}", self.node_config.display());
+        let mut args: Vec<&str> = match via {
+            Via::Runtime | Via::Both => vec!["--runtime", "gpushare", "--runtime-flag", &flag],
+            Via::PlainRunc => vec!["--runtime", "runc"],
+            Via::Hooks | Via::PlainDefault => vec![],
+        };
+        args.extend_from_slice(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            // Rootful Podman's default limits are more than this sandbox allows.
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
+        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
+    }
+}
+
+impl Podman {
+    /// `podman run -d --name NAME ... sleep 60`: a container that holds its grant.
+    fn detach(&self, via: Via, name: &str, opts: &[&str]) -> Output {
+        let flag = format!("gpushare-config={}", self.node_config.display());
+        let mut args: Vec<&str> = match via {
+            Via::Runtime | Via::Both => vec!["--runtime", "gpushare", "--runtime-flag", &flag],
+            Via::PlainRunc => vec!["--runtime", "runc"],
+            Via::Hooks | Via::PlainDefault => vec![],
+        };
+        args.extend_from_slice(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[&self.image, "/bin/sleep", "60"]);
+        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // A failed test can leave containers (and their conmon) behind: remove them before
+        // the roots go.
+        let _ = self.cmd(true).args(["rm", "--all", "--force"]).output();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// `--runtime gpushare`.
+    Runtime,
+    /// The default runtime with gpushare's hooks.d files.
+    Hooks,
+    /// `--runtime gpushare` and the hooks.d files.
+    Both,
+    /// `--runtime runc`, no gpushare at all.
+    PlainRunc,
+    /// The default runtime (crun where installed), no gpushare at all.
+    PlainDefault,
+}
+
+fn sees_slice_and_frees_it(via: Via) {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
+    let printed = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "podman run: {}\n{printed}",
+        text(&out.stderr)
+    );
+    let mig = assert_sees_one_slice(&node, &printed);
+    assert_all_free(&node, Some(&mig));
+    // Twice: the idle instance comes back from the pool, so the release really happened.
+    let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(assert_sees_one_slice(&node, &text(&out.stdout)), mig);
+    assert_all_free(&node, Some(&mig));
+}
+
+#[test]
+fn podman_runtime_annotation_sees_its_slice_and_frees_it() {
+    sees_slice_and_frees_it(Via::Runtime);
+}
+
+#[test]
+fn podman_hooks_only_precreate_grants_and_poststop_releases() {
+    sees_slice_and_frees_it(Via::Hooks);
+}
+
+/// While the container runs, the precreate grant is leased to the claim the spec carries.
+#[test]
+fn podman_hooks_only_lease_is_held_while_running() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let name = unique("held");
+    let out = pm.detach(Via::Hooks, &name, &["--annotation", "gpu.profile=2g.20gb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ledger = node.ledger();
+    let leases: Vec<_> = ledger
+        .instances
+        .iter()
+        .filter_map(|r| r.lease.as_ref().map(|l| (r.profile.clone(), l.clone())))
+        .collect();
+    assert_eq!(leases.len(), 1, "{ledger:?}");
+    assert_eq!(leases[0].0, "2g.20gb");
+    let out = pm.podman(
+        true,
+        &[
+            "inspect",
+            "--format",
+            "{{index .Config.Annotations \"gpushare.lease\"}}",
+            &name,
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        leases[0].1.container_id,
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, None);
+}
+
+/// Podman 4.3 throws a precreate hook's stderr away: in hooks-only mode the user sees only
+/// that the hook refused (`setting up OCI Hooks: executing [gpushare-hook precreate ...]`);
+/// with `--runtime gpushare` the message itself.
+fn assert_refusal_shown(via: Via, err: &str, words: &[&str]) {
+    if via == Via::Hooks {
+        assert!(
+            err.contains("OCI Hooks") && err.contains("gpushare-hook precreate"),
+            "{err}"
+        );
+    } else {
+        for w in words {
+            assert!(
+                err.contains(w),
+                "podman run must show gpushare's own message ({w}): {err}"
+            );
+        }
+    }
+}
+
+/// Hooks and runtime both installed: precreate grants, the wrapper sees the spec it granted
+/// and takes nothing more.
+#[test]
+fn podman_hooks_and_runtime_together_grant_once() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let name = unique("both");
+    let out = pm.detach(Via::Both, &name, &["--annotation", "gpu.profile=1g.10gb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ledger = node.ledger();
+    let leases: Vec<String> = ledger
+        .instances
+        .iter()
+        .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.clone()))
+        .collect();
+    assert_eq!(ledger.instances.len(), 1, "{ledger:?}");
+    assert_eq!(leases.len(), 1, "{ledger:?}");
+    assert!(leases[0].starts_with("precreate-"), "{leases:?}");
+    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, None);
+    let out = pm.run(
+        Via::Both,
+        &["--annotation", "gpu.profile=1g.10gb"],
+        SHOW_GPU,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_sees_one_slice(&node, &text(&out.stdout));
+    assert_all_free(&node, None);
+}
+
+fn bad_request_shows_gpushare_message(via: Via) {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let out = pm.run(via, &["--annotation", "gpu.profile=0g.1gb"], SHOW_GPU);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert_refusal_shown(
+        via,
+        &text(&out.stderr),
+        &["gpu.profile", "0g.1gb", "accepted"],
+    );
+    assert_nothing_made(&node);
+    // Room runs out: a running 7g.80gb takes the whole GPU; the next request is refused with
+    // what is free, and nothing of the refused container stays held.
+    let name = unique("big");
+    let hold = pm.detach(via, &name, &["--annotation", "gpu.profile=7g.80gb"]);
+    assert!(hold.status.success(), "{}", text(&hold.stderr));
+    let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert_refusal_shown(via, &text(&out.stderr), &["no free 1g.10gb slice"]);
+    assert_eq!(node.status_json()["leases"].as_array().unwrap().len(), 1);
+    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, None);
+}
+
+#[test]
+fn podman_runtime_bad_request_shows_gpushare_message() {
+    bad_request_shows_gpushare_message(Via::Runtime);
+}
+
+#[test]
+fn podman_hooks_only_bad_request_shows_gpushare_message() {
+    bad_request_shows_gpushare_message(Via::Hooks);
+}
+
+#[test]
+fn podman_precreate_hook_refusal_names_the_request() {
+    // What the hook itself says (on stderr and to syslog) when Podman does not show it.
+    let node = SimNode::new("h100-80gb", 1, true);
+    let spec = serde_json::json!({"ociVersion": "1.0.2", "annotations": {"gpu.profile": "0g.1gb"}});
+    let mut child = Command::new(HOOK)
+        .args(["precreate", "--config"])
+        .arg(node.config())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no spec for a refused request");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("gpu.profile") && err.contains("0g.1gb") && err.contains("accepted"),
+        "{err}"
+    );
+    assert_nothing_made(&node);
+}
+
+#[test]
+fn podman_no_request_is_exactly_plain_runtime() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let opts = ["--hostname", "same", "-e", "X=1"];
+    // gpushare in front of runc against runc alone; the hooks with the default runtime
+    // against the default runtime alone.
+    for (via, plain) in [
+        (Via::Runtime, Via::PlainRunc),
+        (Via::Hooks, Via::PlainDefault),
+    ] {
+        let want = pm.run(plain, &opts, SHOW_ALL);
+        assert_eq!(
+            want.status.code(),
+            Some(3),
+            "{plain:?}: {}",
+            text(&want.stderr)
+        );
+        assert!(!text(&want.stdout).contains("nvidia"));
+        let out = pm.run(via, &opts, SHOW_ALL);
+        assert_eq!(out.status.code(), Some(3), "{via:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), text(&want.stdout), "{via:?}");
+    }
+    assert_nothing_made(&node);
+}

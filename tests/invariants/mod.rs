@@ -1,0 +1,82 @@
+//! What must hold between gpushare's ledger, the simulated driver and the runtime's state after
+//! any sequence of creates, deletes, crashes and repairs.
+#![allow(dead_code)]
+
+use crate::common::SimNode;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Every instance the driver has is one the ledger records as made (these tests make no
+/// foreign ones), every record is of an instance the driver has, no record is a leftover
+/// intent, no slice is recorded twice, no container holds two slices, and (with `runtime_root`)
+/// every lease belongs to a container the runtime has.
+pub fn check(node: &SimNode, runtime_root: Option<&Path>) -> Result<(), String> {
+    let st = node.ledger();
+    let sim = node.sim_state();
+    let mut errs = Vec::new();
+    let mut driver: BTreeMap<(String, u64), String> = BTreeMap::new();
+    for g in sim["gpus"].as_array().unwrap() {
+        let uuid = g["uuid"].as_str().unwrap().to_string();
+        for gi in g["gpu_instances"].as_array().unwrap() {
+            let cis = gi["compute_instances"].as_array().unwrap();
+            let mig = cis
+                .first()
+                .and_then(|c| c["uuid"].as_str())
+                .unwrap_or("(no compute instance)")
+                .to_string();
+            driver.insert((uuid.clone(), gi["id"].as_u64().unwrap()), mig);
+        }
+    }
+    let mut seen_slices = BTreeSet::new();
+    let mut seen_leases = BTreeSet::new();
+    for r in &st.instances {
+        let Some(m) = &r.made else {
+            errs.push(format!(
+                "leftover intent: {} at slot {} on {}",
+                r.profile, r.slot.start, r.gpu_uuid
+            ));
+            continue;
+        };
+        let key = (r.gpu_uuid.clone(), m.gi as u64);
+        match driver.get(&key) {
+            None => errs.push(format!(
+                "ledger records GI {} on {} that the driver lacks",
+                m.gi, r.gpu_uuid
+            )),
+            Some(u) if *u != m.mig_uuid => errs.push(format!(
+                "GI {}: ledger says {}, driver {u}",
+                m.gi, m.mig_uuid
+            )),
+            Some(_) => {}
+        }
+        if !seen_slices.insert(key) {
+            errs.push(format!("GI {} on {} recorded twice", m.gi, r.gpu_uuid));
+        }
+        if let Some(l) = &r.lease {
+            if !seen_leases.insert(l.container_id.clone()) {
+                errs.push(format!("container {} holds two slices", l.container_id));
+            }
+            if let Some(root) = runtime_root {
+                if !root.join(&l.container_id).exists() {
+                    errs.push(format!(
+                        "container {} is gone but holds a slice",
+                        l.container_id
+                    ));
+                }
+            }
+        }
+    }
+    for key in driver.keys() {
+        if !seen_slices.contains(key) {
+            errs.push(format!(
+                "driver has GI {} on {} that the ledger does not know (leaked)",
+                key.1, key.0
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("\n"))
+    }
+}
