@@ -342,6 +342,37 @@ mod tests {
         assert_eq!(s["process"]["env"][1], "PATH=/bin:/usr/local/gpushare/bin");
     }
 
+    /// The edited spec still reads as a typed OCI runtime spec, with the grant where runc
+    /// looks for it.
+    #[test]
+    fn edited_spec_is_a_valid_oci_spec() {
+        let mut s = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        apply(&mut s, &edit(), Path::new("c")).unwrap();
+        let typed: oci_spec::runtime::Spec = serde_json::from_value(s).unwrap();
+        let linux = typed.linux().as_ref().unwrap();
+        let dev = &linux.devices().as_ref().unwrap()[0];
+        assert_eq!((dev.major(), dev.minor()), (195, 0));
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        let allow = rules
+            .iter()
+            .find(|r| r.allow() && r.major() == Some(195))
+            .unwrap();
+        assert_eq!(allow.access().as_deref(), Some("rwm"));
+        let hook = &typed.hooks().as_ref().unwrap().poststop().as_ref().unwrap()[0];
+        assert_eq!(
+            hook.env().as_ref().unwrap(),
+            &vec!["PATH=/usr/bin:/bin".to_string()]
+        );
+        let env = typed.process().as_ref().unwrap().env().as_ref().unwrap();
+        assert!(env.contains(&"CUDA_VISIBLE_DEVICES=MIG-abc".to_string()));
+    }
+
     #[test]
     fn apply_is_idempotent() {
         let mut once = base();
