@@ -102,18 +102,22 @@ pub fn driver_edit(cfg: &Config) -> Result<Edit, InjectError> {
 /// file under all the names it has in its folder (`libcuda.so.1`, `libcuda.so.580.159.04`),
 /// except the unversioned development name.
 pub fn find_libraries(cfg: &Config) -> Result<Vec<(String, PathBuf)>, InjectError> {
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
-    let mut dirs: Vec<PathBuf> = cfg
-        .inject
-        .lib_dirs
-        .iter()
-        .map(|d| cfg.driver_path(&d.to_string_lossy()))
-        .collect();
-    if cfg.driver_root == Path::new("/") {
-        dirs.extend(ld_cache_dirs());
+    let dirs: Vec<PathBuf> =
+        cfg.inject.lib_dirs.iter().map(|d| cfg.driver_path(&d.to_string_lossy())).collect();
+    let found = search(&dirs)?;
+    // The ld cache costs a process start: asked only when the configured folders miss libcuda.
+    if found.iter().any(|(n, _)| n.starts_with("libcuda.so")) || cfg.driver_root != Path::new("/") {
+        return Ok(found);
     }
+    let mut dirs = dirs;
+    dirs.extend(ld_cache_dirs());
+    search(&dirs)
+}
+
+fn search(dirs: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, InjectError> {
+    let mut out = Vec::new();
     for stem in LIBRARIES {
-        for dir in &dirs {
+        for dir in dirs {
             let found = versions_in(dir, stem)?;
             if !found.is_empty() {
                 out.extend(found);
