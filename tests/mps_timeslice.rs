@@ -180,6 +180,29 @@ fn mps_refusals_are_clear() {
     gpushare_core::allocator::release(&cfg, "m1", std::time::Duration::from_secs(5)).unwrap();
     assert!(node.ledger().mps.is_empty());
 
+    // The node's policy caps what a tenant may ask for.
+    let mut strict = cfg.clone();
+    strict.policy.max_mps_percent = 50;
+    strict.policy.max_mps_memory = Some("8G".into());
+    let err = gpushare_core::mps::grant(&strict, 75, Some(1 << 30), None, &who("p1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gpu.mps=75") && err.contains("policy.max_mps_percent = 50"),
+        "{err}"
+    );
+    let err = gpushare_core::mps::grant(&strict, 25, None, None, &who("p2"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("without gpu.mps.memory") && err.contains("max_mps_memory"),
+        "{err}"
+    );
+    assert!(
+        node.ledger().mps.is_empty(),
+        "nothing started for refused requests"
+    );
+
     // MIG-enabled GPUs take no MPS or time-sliced containers.
     let mig = SimNode::new("h100-80gb", 1, true);
     let mut cfg = mig.cfg();

@@ -89,7 +89,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             runtime: None,
-            state_dir: PathBuf::from("/var/lib/gpushare"),
+            // MIG instances, MPS daemons and containers are all gone after a reboot, so their
+            // ledger should be too; on tmpfs its durable writes also cost next to nothing.
+            state_dir: PathBuf::from("/run/gpushare"),
             nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             driver_root: PathBuf::from("/"),
             hook_path: None,
@@ -318,7 +320,7 @@ mod tests {
     #[test]
     fn empty_config_means_defaults() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/gpushare"));
+        assert_eq!(c.state_dir, PathBuf::from("/run/gpushare"));
         assert!(c.policy.allow_env);
     }
 

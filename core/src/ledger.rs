@@ -289,7 +289,8 @@ impl Locked {
     pub fn save(&self, state: &LedgerState) -> Result<(), LedgerError> {
         let mut state = state.clone();
         state.format = FORMAT;
-        let data = serde_json::to_vec_pretty(&state).expect("ledger always serializes");
+        // Compact: the whole ledger is rewritten under the lock on every grant and release.
+        let data = serde_json::to_vec(&state).expect("ledger always serializes");
         crate::failpoint!("ledger.save.before_write");
         write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
             path: self.path.clone(),

@@ -43,6 +43,14 @@ pub enum MpsError {
         gpu: u32,
         why: String,
     },
+    #[error("{what} is more than this node's policy allows (policy.{key} = {limit})")]
+    OverPolicy {
+        what: String,
+        key: &'static str,
+        limit: String,
+    },
+    #[error("policy.max_mps_memory = {0:?} in the config is not a size like 8G")]
+    BadPolicy(String),
     #[error("MPS control daemon of GPU {gpu} refused `{command}`: {why}")]
     Command {
         gpu: u32,
@@ -71,6 +79,7 @@ pub fn grant(
     device: Option<&DeviceSelector>,
     who: &Claimant<'_>,
 ) -> Result<MpsGrant, MpsError> {
+    check_policy(cfg, percent, memory)?;
     let majors = Driver::new(cfg).majors()?;
     let locked =
         Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
@@ -137,6 +146,32 @@ pub fn grant(
         edit,
         warm,
     })
+}
+
+/// The node's ceilings on what a tenant may ask for.
+fn check_policy(cfg: &Config, percent: u8, memory: Option<u64>) -> Result<(), MpsError> {
+    if percent > cfg.policy.max_mps_percent {
+        return Err(MpsError::OverPolicy {
+            what: format!("gpu.mps={percent}"),
+            key: "max_mps_percent",
+            limit: cfg.policy.max_mps_percent.to_string(),
+        });
+    }
+    if let Some(max) = &cfg.policy.max_mps_memory {
+        let limit =
+            crate::request::size_bytes(max).ok_or_else(|| MpsError::BadPolicy(max.clone()))?;
+        // A share with no memory limit could pin the whole GPU.
+        if memory.is_none_or(|m| m > limit) {
+            return Err(MpsError::OverPolicy {
+                what: memory.map_or("an MPS share without gpu.mps.memory".into(), |m| {
+                    format!("gpu.mps.memory={} MiB", m >> 20)
+                }),
+                key: "max_mps_memory",
+                limit: max.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The GPU for a new share: one whose daemon already serves this share size, else one with

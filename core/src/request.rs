@@ -197,6 +197,16 @@ fn parse_percent(f: &Found<'_>) -> Result<u8, RequestError> {
     }
 }
 
+/// A size from the config ("8G"), as requests are read; None if it is not one.
+pub fn size_bytes(text: &str) -> Option<u64> {
+    let f = Found {
+        source: Source::Annotation,
+        name: "",
+        value: text,
+    };
+    parse_size(&f).ok()
+}
+
 /// Sizes as MPS takes them ("4G"), read in binary units; returned in bytes.
 fn parse_size(f: &Found<'_>) -> Result<u64, RequestError> {
     let v = f.value.trim();
