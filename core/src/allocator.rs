@@ -16,10 +16,6 @@ use crate::request::DeviceSelector;
 use crate::spec::{Edit, Hook};
 use std::time::Duration;
 
-/// Leases younger than this are never reaped by the existence check: the runtime may not
-/// have written its state for a container whose `create` is still running.
-const REAP_GRACE_S: u64 = 60;
-
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
     #[error(transparent)]
@@ -166,7 +162,7 @@ pub fn allocate(
         return Ok(grant);
     }
 
-    reap_gone(&mut st);
+    reap_gone(&mut st, cfg.pool.gc_grace_s);
     let result = cold(cfg, &driver, &locked, &mut st, profile, device, lease);
     if matches!(result, Err(AllocError::NoRoom { .. })) {
         st.stats.refused_no_room += 1;
@@ -210,14 +206,15 @@ fn save_if_changed(
     Ok(())
 }
 
-/// Release leases whose container the runtime no longer has.
-fn reap_gone(st: &mut LedgerState) {
+/// Release leases whose container the runtime no longer has. Leases younger than `grace_s` are
+/// kept: the runtime may not have written its state for a container whose `create` still runs.
+fn reap_gone(st: &mut LedgerState, grace_s: u64) {
     let now = now_unix();
     let gone: Vec<String> = st
         .instances
         .iter()
         .filter_map(|r| r.lease.as_ref())
-        .filter(|l| now.saturating_sub(l.since) > REAP_GRACE_S)
+        .filter(|l| now.saturating_sub(l.since) > grace_s)
         .filter(|l| {
             l.runtime_root
                 .as_ref()
@@ -376,7 +373,10 @@ fn cold(
                 Ok(Grant::from_record(&st.instances[at], &m, false))
             }
             Err(e) => {
-                st.instances.remove(at);
+                // NVML may have left part of the instance behind (a compute instance blocks its
+                // GPU instance's destroy): the record stays as an intent, without a lease, so
+                // the next cold path or `gc` destroys whatever is at that placement.
+                st.instances[at].lease = None;
                 Err(e)
             }
         };
