@@ -155,6 +155,10 @@ for e in ${engines//,/ }; do
         say "wrote /etc/containerd/config.toml (defaults + imports)"
       elif ! grep -q 'conf.d' "$main"; then
         say "containerd: add  imports = [\"/etc/containerd/conf.d/*.toml\"]  at the top of /etc/containerd/config.toml"
+      fi
+      # containerd 1.x replaces config.toml's whole CRI section with an imported one.
+      if [ "$ver" = 2 ] && [ -e "$main" ] && grep -q 'io.containerd.grpc.v1.cri"' "$main"; then
+        say "containerd 1.x: /etc/containerd/config.toml configures the CRI plugin, and an import replaces that whole section: move its CRI settings into /etc/containerd/conf.d/gpushare.toml, or paste the gpushare tables into config.toml instead of importing (docs/engines.md, CRI)"
       fi ;;
     crio)
       put crio/50-gpushare.conf /etc/crio/crio.conf.d/50-gpushare.conf && restart_list+=(crio) || true ;;

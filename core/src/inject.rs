@@ -102,8 +102,12 @@ pub fn driver_edit(cfg: &Config) -> Result<Edit, InjectError> {
 /// file under all the names it has in its folder (`libcuda.so.1`, `libcuda.so.580.159.04`),
 /// except the unversioned development name.
 pub fn find_libraries(cfg: &Config) -> Result<Vec<(String, PathBuf)>, InjectError> {
-    let dirs: Vec<PathBuf> =
-        cfg.inject.lib_dirs.iter().map(|d| cfg.driver_path(&d.to_string_lossy())).collect();
+    let dirs: Vec<PathBuf> = cfg
+        .inject
+        .lib_dirs
+        .iter()
+        .map(|d| cfg.driver_path(&d.to_string_lossy()))
+        .collect();
     let found = search(&dirs)?;
     // The ld cache costs a process start: asked only when the configured folders miss libcuda.
     if found.iter().any(|(n, _)| n.starts_with("libcuda.so")) || cfg.driver_root != Path::new("/") {
