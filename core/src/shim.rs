@@ -177,6 +177,15 @@ pub fn grant_into(
 }
 
 fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i32 {
+    // A container the ledger never mentions holds nothing: hand over at once, as for any other
+    // command, with no process of ours waiting on the runtime.
+    let holds = args
+        .container_id
+        .as_deref()
+        .is_some_and(|id| crate::gc::may_hold(cfg, id));
+    if !holds {
+        return exec(runtime, argv);
+    }
     let code = match spawn(runtime, argv) {
         Ok(c) => c,
         Err(e) => {
@@ -187,11 +196,7 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
     let _ = crate::trust::drop_all_caps();
     if code == 0 {
         crate::failpoint!("shim.deleted");
-        if let Some(id) = args
-            .container_id
-            .as_deref()
-            .filter(|id| crate::gc::may_hold(cfg, id))
-        {
+        if let Some(id) = args.container_id.as_deref() {
             // poststop is best effort (runc skips it when its state is gone): release here too.
             release_quietly(cfg, id);
         }
