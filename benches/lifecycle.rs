@@ -253,6 +253,9 @@ fn concurrency(rounds: usize) {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(node.config(), nowhere).unwrap();
+    // Placement tables (solved MDP policies) live in the state directory: a warm grant may read
+    // one but never solves or writes one.
+    let tables_before = placement_tables(&node);
 
     println!("## gpushare's own time per create, N at once (warm grants; runtime = {}; NVML unloadable)\n", stub.display());
     println!("| concurrent creates | samples | gpushare p50 (ms) | gpushare p99 (ms) | bare `{}` p50 | p99 | target |", stub.display());
@@ -329,6 +332,35 @@ fn concurrency(rounds: usize) {
         "\nledger after the runs: {} warm grants, {} cold (the 64 cold ones filled the pool before NVML was made unloadable)\n",
         st.stats.grants_warm, st.stats.grants_cold
     );
+    let tables_after = placement_tables(&node);
+    assert_eq!(
+        tables_before, tables_after,
+        "a warm grant wrote a placement table"
+    );
+    println!(
+        "placement tables in the state directory before and after the warm grants: {} and {}, unchanged (no solving on the warm path)\n",
+        tables_before.len(),
+        tables_after.len()
+    );
+}
+
+/// (name, size, mtime) of every cached placement table.
+fn placement_tables(node: &SimNode) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(node.cfg().state_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("placement-"))
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn cold(count: usize) {
