@@ -293,3 +293,84 @@ fn host_driver_libraries_are_injected_read_only() {
         "{out}"
     );
 }
+
+/// inject.mode = "nvidia-container-runtime": GPU containers go to NVIDIA's runtime (here a
+/// stand-in that records its call and runs runc), which injects from NVIDIA_VISIBLE_DEVICES;
+/// gpushare mounts nothing of its own. Containers with no request still go to runc.
+#[test]
+fn nvidia_container_runtime_mode_hands_gpu_containers_over() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let lib = node.root().join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("libcuda.so.580.159.04"), b"host libcuda\n").unwrap();
+    node.configure("[inject]\nmode = \"nvidia-container-runtime\"\n");
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bin = TempDir::new("ncr");
+    let calls = bin.path().join("calls");
+    let fake = bin.path().join("nvidia-container-runtime");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {} \"$@\"\n",
+            calls.display(),
+            Runtime::Runc.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let run = |bundle: &Bundle, id: &str| {
+        let out = std::fs::File::create(bundle.path().join("stdout")).unwrap();
+        let st = std::process::Command::new(SHIM)
+            .env("GPUSHARE_CONFIG", node.config())
+            .env("PATH", &path)
+            .arg("--root")
+            .arg(engine.root.path())
+            .args(["create", "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .stdout(out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "create {id}");
+        let printed = engine.start_and_wait(bundle, id);
+        assert!(engine.delete(id).status.success());
+        printed
+    };
+    let gpu = Bundle::new(
+        "echo \"NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES\"; ls /usr/local/gpushare 2>&1 || true",
+        &[("gpu.profile", "1g.10gb")],
+        &[],
+    );
+    let id = unique("ncr");
+    let out = run(&gpu, &id);
+    assert!(
+        env_seen(&out, "NVIDIA_VISIBLE_DEVICES").starts_with("MIG-"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("libcuda"),
+        "gpushare injected nothing itself: {out}"
+    );
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("create") && l.contains(&id)),
+        "{log}"
+    );
+
+    let plain = Bundle::new("true", &[], &[]);
+    let pid = unique("ncr-plain");
+    run(&plain, &pid);
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        !log.contains(&pid),
+        "a container with no request goes to runc: {log}"
+    );
+}
