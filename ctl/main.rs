@@ -57,6 +57,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let cfg = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    gpushare_core::logging::init(&cfg, "gpusharectl");
     match cli.command {
         Cmd::Status { json: as_json } => {
             let s = gpushare_core::status::collect(&cfg).map_err(|e| e.to_string())?;

@@ -333,3 +333,22 @@ fn poststop_hook_is_bounded_while_the_ledger_is_busy() {
             .unwrap();
     assert!(released, "a later release finds the lease");
 }
+
+/// `[log]` sends gpushare's own log to a file, at the configured level.
+#[test]
+fn runc_log_file_records_grants() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let log = node.root().join("gpushare.log");
+    node.configure(&format!(
+        "[log]\nlevel = \"info\"\nfile = {:?}\n",
+        log.display().to_string()
+    ));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let id = unique("logged");
+    engine.run_to_end(&bundle, &id);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("granted") && text.contains(&id), "{text}");
+    assert!(text.contains("INFO"), "{text}");
+}

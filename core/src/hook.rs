@@ -112,6 +112,7 @@ pub fn poststop(config: Option<&Path>, stdin: impl Read) -> Result<bool, HookErr
     // Releasing needs only the root-owned state directory: no capability at all.
     let _ = crate::trust::drop_all_caps();
     let cfg = Config::load(config)?;
+    crate::logging::init(&cfg, "gpushare-hook");
     Ok(allocator::release(
         &cfg,
         &id,
@@ -148,6 +149,7 @@ pub fn precreate(
         return Err(HookError::Spec("not a JSON object".into()));
     }
     let cfg = Config::load(config)?;
+    crate::logging::init(&cfg, "gpushare-hook");
     if granted_by_precreate(&cfg, &spec) {
         return pass(&mut stdout);
     }

@@ -18,6 +18,7 @@ pub mod hook;
 pub mod inject;
 pub mod kube;
 pub mod ledger;
+pub mod logging;
 pub mod metrics;
 pub mod mps;
 pub mod nvml;

@@ -67,6 +67,7 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
     if !request::may_contain_request(&raw) {
         return exec(runtime, argv);
     }
+    crate::logging::init(cfg, "gpushare");
     let fail = |msg: &str| {
         runc_log::error(args.log.as_deref(), args.log_format_json, msg);
         1
@@ -186,6 +187,7 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
     if !holds {
         return exec(runtime, argv);
     }
+    crate::logging::init(cfg, "gpushare");
     let code = match spawn(runtime, argv) {
         Ok(c) => c,
         Err(e) => {
