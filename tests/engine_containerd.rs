@@ -38,30 +38,7 @@ impl Containerd {
             format!("{}.ttrpc", sock.display()),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
-            .arg(d.join("config.toml"))
-            .env("GPUSHARE_CONFIG", node.config());
-        // containerd writes no pid file of its own: the test writes the one it is stopped by.
-        let mut daemon = Daemon::start(
-            "containerd",
-            cmd,
-            d.join("containerd.pid"),
-            d.join("containerd.log"),
-            true,
-        );
-        let probe = sock.clone();
-        daemon.wait_ready("answering", || {
-            probe.exists()
-                && Command::new("ctr")
-                    .arg("-a")
-                    .arg(&probe)
-                    .arg("version")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-        });
+        let daemon = start_containerd(d, &sock, Some(&node.config()));
         let rootfs = busybox_rootfs(d);
         Containerd {
             daemon,

@@ -426,25 +426,7 @@ fn cri_plugin_loads_with_the_shipped_drop_in_imported() {
         format!("{}.ttrpc", sock.display()),
     );
     std::fs::write(d.join("config.toml"), main).unwrap();
-    let mut cmd = Command::new("containerd");
-    cmd.arg("--config").arg(d.join("config.toml"));
-    let mut daemon = Daemon::start(
-        "containerd",
-        cmd,
-        d.join("containerd.pid"),
-        d.join("containerd.log"),
-        true,
-    );
-    let probe = sock.clone();
-    daemon.wait_ready("answering", || {
-        probe.exists()
-            && Command::new("ctr")
-                .arg("-a")
-                .arg(&probe)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-    });
+    let daemon = start_containerd(d, &sock, None);
     let out = run(Command::new("ctr")
         .arg("-a")
         .arg(&sock)

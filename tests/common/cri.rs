@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -233,7 +233,7 @@ impl Cri {
             .enable_all()
             .build()
             .unwrap();
-        let daemon = start_containerd(&d, &sock, &node.config());
+        let daemon = start_containerd(&d, &sock, Some(&node.config()));
         let client = connect(&rt, &sock);
         let mut cri = Cri {
             rt,
@@ -635,7 +635,7 @@ impl Cri {
         self.daemon = Some(start_containerd(
             self.dir.path(),
             &self.sock,
-            &self.node_config,
+            Some(&self.node_config),
         ));
         self.client = connect(&self.rt, &self.sock);
         self.wait_cri_ready();
@@ -653,34 +653,6 @@ impl Drop for Cri {
             let _ = self.remove_pod(&id);
         }
     }
-}
-
-fn start_containerd(d: &Path, sock: &Path, node_config: &Path) -> Daemon {
-    let mut cmd = Command::new("containerd");
-    cmd.arg("--config")
-        .arg(d.join("config.toml"))
-        .env("GPUSHARE_CONFIG", node_config);
-    // containerd writes no pid file of its own: the test writes the one it is stopped by.
-    let mut daemon = Daemon::start(
-        "containerd",
-        cmd,
-        d.join("containerd.pid"),
-        d.join("containerd.log"),
-        true,
-    );
-    let probe = sock.to_path_buf();
-    daemon.wait_ready("answering", || {
-        probe.exists()
-            && Command::new("ctr")
-                .arg("-a")
-                .arg(&probe)
-                .arg("version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-    });
-    daemon
 }
 
 async fn connect_async(sock: &Path) -> Channel {

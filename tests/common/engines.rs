@@ -272,3 +272,34 @@ grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status
 cat /proc/self/mounts | while read -r src dst t rest; do echo "$dst $t"; done | sort
 exit 3
 "#;
+
+/// containerd with the config in `dir/config.toml`, answering on `sock`; `gpushare_config`
+/// reaches gpushare through containerd's environment (containerd hands it to the runtime).
+pub fn start_containerd(dir: &Path, sock: &Path, gpushare_config: Option<&Path>) -> Daemon {
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(dir.join("config.toml"));
+    if let Some(c) = gpushare_config {
+        cmd.env("GPUSHARE_CONFIG", c);
+    }
+    // containerd writes no pid file of its own: the test writes the one it is stopped by.
+    let mut daemon = Daemon::start(
+        "containerd",
+        cmd,
+        dir.join("containerd.pid"),
+        dir.join("containerd.log"),
+        true,
+    );
+    let probe = sock.to_path_buf();
+    daemon.wait_ready("answering", || {
+        probe.exists()
+            && Command::new("ctr")
+                .arg("-a")
+                .arg(&probe)
+                .arg("version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    daemon
+}
