@@ -270,6 +270,8 @@ fn cold(
     lease: Lease,
 ) -> Result<Grant, AllocError> {
     let be = Backend::open(cfg)?;
+    // Only the cold path places instances, so only it reads the request history it learns from.
+    locked.load_history(st, cfg.placement.history);
     crate::gc::repair_intents(&be, st)?;
     let gpus = be.gpus()?;
     if gpus.is_empty() {

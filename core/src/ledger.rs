@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 const LEDGER_FILE: &str = "ledger.json";
 const LOCK_FILE: &str = "ledger.lock";
+const HISTORY_FILE: &str = "history.log";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +53,10 @@ pub struct LedgerState {
     pub instances: Vec<InstanceRecord>,
     #[serde(default)]
     pub stats: Stats,
-    /// Recent requests (profile, arrival, hold), to learn the node's demand from.
-    #[serde(default)]
+    /// Recent requests (profile, arrival, hold), to learn the node's demand from. Not written
+    /// into the ledger (an older ledger's copy is still read): it lives in `history.log`,
+    /// appended on every change and read back only by the cold path ([`Locked::load_history`]).
+    #[serde(default, skip_serializing)]
     pub history: crate::policy::history::History,
     /// For each GPU model (profile-table fingerprint), the demand key of the placement table
     /// the cold path chose; the table itself is cached in the state directory.
@@ -241,7 +244,10 @@ impl Ledger {
             .open(&lock_path)
             .map_err(dir_err)?;
         let start = Instant::now();
-        let mut pause = Duration::from_micros(200);
+        // Short polls: a grant holds the lock for well under a millisecond, and a lock released
+        // while every waiter sleeps idles the whole queue (64 creates at once convoyed behind
+        // 10 ms sleeps before this).
+        let mut pause = Duration::from_micros(20);
         loop {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -263,7 +269,7 @@ impl Ledger {
                 });
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
+            pause = (pause * 2).min(Duration::from_micros(500));
         }
     }
 }
@@ -286,8 +292,8 @@ impl Locked {
         }
     }
 
-    pub fn save(&self, state: &LedgerState) -> Result<(), LedgerError> {
-        let mut state = state.clone();
+    pub fn save(&self, original: &LedgerState) -> Result<(), LedgerError> {
+        let mut state = original.clone();
         state.format = FORMAT;
         // Compact: the whole ledger is rewritten under the lock on every grant and release.
         let data = serde_json::to_vec(&state).expect("ledger always serializes");
@@ -295,7 +301,49 @@ impl Locked {
         write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        // Advisory data: appended after the ledger, without fsync; a torn line is skipped.
+        let lines = original.history.take_unwritten();
+        if !lines.is_empty() {
+            let log = self.path.with_file_name(HISTORY_FILE);
+            let appended = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&log)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()));
+            if let Err(e) = appended {
+                tracing::warn!("cannot append to {}: {e}", log.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the request history back from its log into `st` (the cold path, which learns from
+    /// it), keeping the last `cap` requests; a log grown well past that is compacted.
+    pub fn load_history(&self, st: &mut LedgerState, cap: usize) {
+        let log = self.path.with_file_name(HISTORY_FILE);
+        let Ok(text) = std::fs::read_to_string(&log) else {
+            return;
+        };
+        let mut h = crate::policy::history::History::replay(&text, cap);
+        if text.lines().count() > 4 * cap.max(1) {
+            let compact = h.to_log();
+            if let Err(e) = write_atomic(&log, compact.as_bytes(), Some(0o600)) {
+                tracing::warn!("cannot compact {}: {e}", log.display());
+            }
+        }
+        // Events of this very call not yet in the log stay pending, and count.
+        for ev in &st.history.pending[st.history.written.get()..] {
+            match ev {
+                crate::policy::history::Event::Arrive { p, t, a } => h.arrive(p, *t, *a, cap),
+                crate::policy::history::Event::Depart { p, t, n } => {
+                    h.depart(p, *t, *n);
+                }
+            }
+        }
+        // `h.pending` now holds exactly the events the log lacks.
+        st.history = h;
     }
 }
 
@@ -340,6 +388,54 @@ mod tests {
         assert_eq!(mode, 0o600);
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn history_is_appended_once_and_read_back_by_the_cold_path() {
+        let dir = tmp("history");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.history.arrive("1g.10gb", 10, true, 100);
+        st.history.arrive("2g.20gb", 11, false, 100);
+        locked.save(&st).unwrap();
+        locked.save(&st).unwrap();
+        st.history.depart("1g.10gb", 10, 25);
+        locked.save(&st).unwrap();
+        let raw = std::fs::read_to_string(ledger.path()).unwrap();
+        assert!(!raw.contains("history"), "not in the ledger: {raw}");
+        let log = std::fs::read_to_string(dir.join(HISTORY_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 3, "each event once: {log}");
+
+        let mut fresh = locked.load().unwrap();
+        assert!(
+            fresh.history.entries.is_empty(),
+            "the warm path reads no history"
+        );
+        fresh.history.arrive("1g.10gb", 30, true, 100);
+        locked.load_history(&mut fresh, 100);
+        let e: Vec<_> = fresh
+            .history
+            .entries
+            .iter()
+            .map(|e| (e.profile.as_str(), e.at, e.hold))
+            .collect();
+        assert_eq!(
+            e,
+            [
+                ("1g.10gb", 10, Some(15)),
+                ("2g.20gb", 11, None),
+                ("1g.10gb", 30, None)
+            ]
+        );
+        locked.save(&fresh).unwrap();
+        let log = std::fs::read_to_string(dir.join(HISTORY_FILE)).unwrap();
+        assert_eq!(
+            log.lines().count(),
+            4,
+            "the pending arrival appended once: {log}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,8 +1,10 @@
 //! The requests a node has seen, bounded, and what they say about its demand.
 //!
-//! Kept in the ledger: profile, arrival time, whether it was granted and, once released, how
-//! long the lease lasted. Times are in ticks of whatever unit the caller uses (seconds in the
-//! ledger); only ratios matter.
+//! Profile, arrival time, whether it was granted and, once released, how long the lease lasted.
+//! Times are in ticks of whatever unit the caller uses (seconds in the ledger); only ratios
+//! matter. On a node the history is an append-only log beside the ledger (`history.log`): every
+//! grant and release appends one line instead of rewriting a thousand entries under the lock,
+//! and only the cold path, which learns from it, reads it back ([`History::replay`]).
 
 use super::mdp::Demand;
 use super::PlacementConfig;
@@ -13,6 +15,22 @@ use std::collections::{BTreeMap, VecDeque};
 pub struct History {
     #[serde(default)]
     pub entries: VecDeque<Entry>,
+    /// Arrivals and departures not yet appended to the node's log.
+    #[serde(skip)]
+    pub pending: Vec<Event>,
+    /// How many of `pending` the log already has (saving twice appends nothing twice).
+    #[serde(skip)]
+    pub written: std::cell::Cell<usize>,
+}
+
+/// One line of the history log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "e")]
+pub enum Event {
+    #[serde(rename = "a")]
+    Arrive { p: String, t: u64, a: bool },
+    #[serde(rename = "d")]
+    Depart { p: String, t: u64, n: u64 },
 }
 
 /// Short field names: the ledger is rewritten on every grant.
@@ -31,6 +49,15 @@ pub struct Entry {
 impl History {
     /// Remember a request, forgetting the oldest beyond `cap`.
     pub fn arrive(&mut self, profile: &str, at: u64, accepted: bool, cap: usize) {
+        self.pending.push(Event::Arrive {
+            p: profile.to_string(),
+            t: at,
+            a: accepted,
+        });
+        self.apply_arrive(profile, at, accepted, cap);
+    }
+
+    fn apply_arrive(&mut self, profile: &str, at: u64, accepted: bool, cap: usize) {
         self.entries.push_back(Entry {
             profile: profile.to_string(),
             at,
@@ -45,6 +72,15 @@ impl History {
     /// A lease of `profile` that began at `arrived` ended at `now`; false if the history no
     /// longer has its request.
     pub fn depart(&mut self, profile: &str, arrived: u64, now: u64) -> bool {
+        self.pending.push(Event::Depart {
+            p: profile.to_string(),
+            t: arrived,
+            n: now,
+        });
+        self.apply_depart(profile, arrived, now)
+    }
+
+    fn apply_depart(&mut self, profile: &str, arrived: u64, now: u64) -> bool {
         let e =
             self.entries.iter_mut().rev().find(|e| {
                 e.accepted && e.hold.is_none() && e.at == arrived && e.profile == profile
@@ -56,6 +92,57 @@ impl History {
             }
             None => false,
         }
+    }
+
+    /// Rebuild a history from log lines, keeping the last `cap` requests; unreadable lines
+    /// (a torn last write) are skipped.
+    pub fn replay(log: &str, cap: usize) -> History {
+        let mut h = History::default();
+        for line in log.lines() {
+            match serde_json::from_str::<Event>(line) {
+                Ok(Event::Arrive { p, t, a }) => h.apply_arrive(&p, t, a, cap),
+                Ok(Event::Depart { p, t, n }) => {
+                    h.apply_depart(&p, t, n);
+                }
+                Err(_) => {}
+            }
+        }
+        h
+    }
+
+    /// The log lines that recreate this history exactly (for compacting the log).
+    pub fn to_log(&self) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            let mut push = |ev: Event| {
+                out.push_str(&serde_json::to_string(&ev).expect("event serializes"));
+                out.push('\n');
+            };
+            push(Event::Arrive {
+                p: e.profile.clone(),
+                t: e.at,
+                a: e.accepted,
+            });
+            if let Some(h) = e.hold {
+                push(Event::Depart {
+                    p: e.profile.clone(),
+                    t: e.at,
+                    n: e.at + h,
+                });
+            }
+        }
+        out
+    }
+
+    /// Log lines for the events not yet written; marks them written.
+    pub fn take_unwritten(&self) -> String {
+        let mut out = String::new();
+        for ev in &self.pending[self.written.get().min(self.pending.len())..] {
+            out.push_str(&serde_json::to_string(ev).expect("event serializes"));
+            out.push('\n');
+        }
+        self.written.set(self.pending.len());
+        out
     }
 
     /// Requests for any of `names`.
