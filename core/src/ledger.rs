@@ -247,7 +247,7 @@ impl Ledger {
         // Short polls: a grant holds the lock for well under a millisecond, and a lock released
         // while every waiter sleeps idles the whole queue (64 creates at once convoyed behind
         // 10 ms sleeps before this).
-        let mut pause = Duration::from_micros(20);
+        let mut pause = Duration::from_micros(10);
         loop {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -269,7 +269,7 @@ impl Ledger {
                 });
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_micros(500));
+            pause = (pause * 2).min(Duration::from_micros(100));
         }
     }
 }
