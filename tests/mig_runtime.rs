@@ -352,3 +352,65 @@ fn runc_log_file_records_grants() {
     assert!(text.contains("granted") && text.contains(&id), "{text}");
     assert!(text.contains("INFO"), "{text}");
 }
+
+/// A second `create` with the id of a running container fails in the runtime, and the running
+/// container keeps its slice (it is not released into the pool for someone else).
+#[test]
+fn runc_repeated_create_keeps_the_running_containers_slice() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new("sleep 30", &[("gpu.profile", "1g.10gb")], &[]);
+    let id = unique("twice");
+    assert!(engine.create(&bundle, &id).status.success());
+    let again = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let out = engine.create(&again, &id);
+    assert!(!out.status.success(), "the runtime refuses a duplicate id");
+    assert!(
+        node.ledger().lease_of(&id).is_some(),
+        "the first container keeps its slice"
+    );
+    assert!(engine.delete(&id).status.success());
+    assert!(node.ledger().lease_of(&id).is_none());
+}
+
+/// A broken gpushare config stops GPU requests only: engines still manage other containers.
+#[test]
+fn runc_broken_config_refuses_only_gpu_requests() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    node.configure("no_such_key = 1");
+    let plain = Bundle::new("echo plain", &[], &[]);
+    assert_eq!(
+        engine.run_to_end(&plain, &unique("broken-plain")).trim(),
+        "plain"
+    );
+    let ours = run(&mut engine.cmd(&["state", "nope"]));
+    let theirs = run(&mut engine.bare(&["state", "nope"]));
+    assert_eq!(ours.status.code(), theirs.status.code());
+    let gpu = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let out = engine.create(&gpu, &unique("broken-gpu"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no_such_key"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A config.json gpushare will not read (a symlink) is handed to the runtime untouched.
+#[test]
+fn runc_symlinked_spec_without_request_still_runs() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new("echo linked", &[], &[]);
+    let real = bundle.path().join("real.json");
+    std::fs::rename(bundle.path().join("config.json"), &real).unwrap();
+    std::os::unix::fs::symlink("real.json", bundle.path().join("config.json")).unwrap();
+    assert_eq!(
+        engine.run_to_end(&bundle, &unique("linked")).trim(),
+        "linked"
+    );
+}

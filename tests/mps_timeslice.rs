@@ -374,3 +374,27 @@ fn nvidia_container_runtime_mode_hands_gpu_containers_over() {
         "a container with no request goes to runc: {log}"
     );
 }
+
+/// MPS shares and whole-GPU time-slicing never land on the same GPU.
+#[test]
+fn mps_and_timeslice_keep_to_their_own_gpus() {
+    require_root();
+    let node = mps_node("");
+    let cfg = node.cfg();
+    let who = |id| gpushare_core::allocator::Claimant {
+        container_id: id,
+        runtime_root: None,
+    };
+    gpushare_core::mps::grant(&cfg, 25, None, None, &who("x1")).unwrap();
+    let err = gpushare_core::share::grant(&cfg, None, &who("x2"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("serves MPS shares"), "{err}");
+    gpushare_core::allocator::release(&cfg, "x1", std::time::Duration::from_secs(5)).unwrap();
+    gpushare_core::share::grant(&cfg, None, &who("x3")).unwrap();
+    let err = gpushare_core::mps::grant(&cfg, 25, None, None, &who("x4"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("time-sliced whole"), "{err}");
+    gpushare_core::allocator::release(&cfg, "x3", std::time::Duration::from_secs(5)).unwrap();
+}

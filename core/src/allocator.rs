@@ -64,10 +64,12 @@ pub struct Grant {
     pub ci_cap_minor: u32,
     /// Served from the idle pool (no NVML).
     pub warm: bool,
+    /// Taken by this call (false: the container already held it).
+    pub fresh: bool,
 }
 
 impl Grant {
-    fn from_record(r: &InstanceRecord, m: &Made, warm: bool) -> Grant {
+    fn from_record(r: &InstanceRecord, m: &Made, warm: bool, fresh: bool) -> Grant {
         Grant {
             gpu_index: r.gpu_index,
             gpu_uuid: r.gpu_uuid.clone(),
@@ -79,6 +81,7 @@ impl Grant {
             gi_cap_minor: m.gi_cap_minor,
             ci_cap_minor: m.ci_cap_minor,
             warm,
+            fresh,
         }
     }
 
@@ -134,7 +137,7 @@ pub fn allocate(
     if let Some(i) = st.lease_of(who.container_id) {
         // The same container asking again (an engine retrying create) keeps its slice.
         if let Some(m) = st.instances[i].made.clone() {
-            let grant = Grant::from_record(&st.instances[i], &m, true);
+            let grant = Grant::from_record(&st.instances[i], &m, true, false);
             save_if_changed(&locked, &before, &st)?;
             return Ok(grant);
         }
@@ -150,8 +153,12 @@ pub fn allocate(
         let rec = &mut st.instances[i];
         rec.lease = Some(lease);
         rec.idle_since = None;
-        let grant =
-            Grant::from_record(rec, rec.made.as_ref().expect("idle records are made"), true);
+        let grant = Grant::from_record(
+            rec,
+            rec.made.as_ref().expect("idle records are made"),
+            true,
+            true,
+        );
         st.stats.grant(&grant.gpu_uuid, true);
         st.history
             .arrive(profile, since, true, cfg.placement.history);
@@ -372,7 +379,13 @@ fn cold(
             Ok(m) => {
                 st.instances[at].made = Some(m.clone());
                 st.stats.grant(&gpu.uuid, false);
-                Ok(Grant::from_record(&st.instances[at], &m, false))
+                Ok(Grant::from_record(&st.instances[at], &m, false, true))
+            }
+            Err(e) if nothing_made(&e) => {
+                // NVML refused the GPU instance itself (say another manager just took that
+                // placement): nothing of ours is there, and what is there is not ours to reclaim.
+                st.instances.remove(at);
+                Err(e)
             }
             Err(e) => {
                 // NVML may have left part of the instance behind (a compute instance blocks its
@@ -384,6 +397,15 @@ fn cold(
         };
     }
     Err(refusal(profile, misses))
+}
+
+/// True when an error came before or from the GPU-instance create call, so no instance exists.
+fn nothing_made(e: &AllocError) -> bool {
+    matches!(
+        e,
+        AllocError::Backend(BackendError::Call { call, .. })
+            if *call == "device_by_index" || *call == "nvmlDeviceCreateGpuInstanceWithPlacement"
+    )
 }
 
 fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {

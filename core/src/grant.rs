@@ -32,6 +32,9 @@ pub struct Granted {
     pub uuid: String,
     /// Served without NVML (warm pool, running MPS daemon, cached GPU list).
     pub warm: bool,
+    /// Taken by this call (false: the container already held it, and keeps it if the runtime
+    /// then refuses this create).
+    pub fresh: bool,
 }
 
 /// Take what `req` asks for on behalf of `who` and build the container's edit. On an error
@@ -48,12 +51,14 @@ pub fn grant(
             let majors = Driver::new(cfg).majors();
             let majors = match majors {
                 Ok(m) => m,
-                Err(e) => return Err(release_after(cfg, who, e.into())),
+                Err(e) if g.fresh => return Err(release_after(cfg, who, e.into())),
+                Err(e) => return Err(e.into()),
             };
             Granted {
                 edit: g.edit(&majors, None),
                 uuid: g.mig_uuid.clone(),
                 warm: g.warm,
+                fresh: g.fresh,
             }
         }
         Request::Mps {
@@ -65,6 +70,7 @@ pub fn grant(
             Granted {
                 uuid: g.gpu_uuid.clone(),
                 warm: g.warm,
+                fresh: g.fresh,
                 edit: g.edit,
             }
         }
@@ -73,13 +79,15 @@ pub fn grant(
             Granted {
                 uuid: g.gpu_uuid.clone(),
                 warm: g.warm,
+                fresh: g.fresh,
                 edit: g.edit,
             }
         }
     };
     match inject::driver_edit(cfg) {
         Ok(extra) => granted.edit.extend(extra),
-        Err(e) => return Err(release_after(cfg, who, e.into())),
+        Err(e) if granted.fresh => return Err(release_after(cfg, who, e.into())),
+        Err(e) => return Err(e.into()),
     }
     granted.edit.poststop = Some(poststop);
     Ok(granted)

@@ -66,6 +66,8 @@ pub struct MpsGrant {
     pub edit: Edit,
     /// The daemon was already running and the GPU list cached: no NVML, no daemon start.
     pub warm: bool,
+    /// Taken by this call (false: the container already held it).
+    pub fresh: bool,
 }
 
 fn show_memory(memory: Option<u64>) -> String {
@@ -97,6 +99,7 @@ pub fn grant(
             .expect("found");
         let edit = client_edit(cfg, &majors, d, c.percent, c.memory);
         return Ok(MpsGrant {
+            fresh: false,
             gpu_uuid: d.gpu_uuid.clone(),
             edit,
             warm: true,
@@ -142,6 +145,7 @@ pub fn grant(
     locked.save(&st)?;
     let edit = client_edit(cfg, &majors, &st.mps[at], percent, memory);
     Ok(MpsGrant {
+        fresh: true,
         gpu_uuid: gpu.uuid,
         edit,
         warm,
@@ -187,6 +191,13 @@ fn choose_gpu(
     let mut reasons = Vec::new();
     let mut best: Option<(u8, &GpuRecord)> = None;
     for g in candidates {
+        if st.shares.iter().any(|s| s.gpu_uuid == g.uuid) {
+            reasons.push(format!(
+                "GPU {} is time-sliced whole to other containers (no share can be enforced there)",
+                g.index
+            ));
+            continue;
+        }
         if g.mig_enabled {
             reasons.push(format!(
                 "GPU {} has MIG enabled (ask for gpu.profile there)",

@@ -102,7 +102,10 @@ impl Found<'_> {
 /// The request in `spec`, if any. `allow_env` is the trust policy for `GPUSHARE_*` variables.
 pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, RequestError> {
     let annotations = spec.get("annotations").and_then(Value::as_object);
-    let env: Vec<&str> = if allow_env {
+    // An annotation (which only the engine's user can set) makes the request; an image's
+    // baked-in GPUSHARE_* must not fill in what the annotations left out.
+    let annotated = annotations.is_some_and(|a| KEYS.iter().any(|(k, _)| a.contains_key(*k)));
+    let env: Vec<&str> = if allow_env && !annotated {
         spec.pointer("/process/env")
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -378,6 +381,26 @@ mod tests {
             matches!(from_spec(&s, true), Ok(Some(Request::Mig { profile, .. })) if profile == "3g.40gb")
         );
         assert_eq!(from_spec(&s, false), Ok(None));
+    }
+
+    #[test]
+    fn an_annotated_request_ignores_the_images_env() {
+        let s = spec_with(
+            &[("gpu.mps", "25")],
+            &[
+                "GPUSHARE_PROFILE=1g.10gb",
+                "GPUSHARE_DEVICE=3",
+                "GPUSHARE_MPS_MEMORY=70G",
+            ],
+        );
+        assert_eq!(
+            from_spec(&s, true),
+            Ok(Some(Request::Mps {
+                percent: 25,
+                memory: None,
+                device: None
+            }))
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ const GLOBAL_WITH_VALUE: &[&str] = &[
     "criu",
     "rootless",
     "cgroup-manager",
+    // crun's
+    "log-level",
 ];
 /// `create`/`run` flags that take a value.
 const CREATE_WITH_VALUE: &[&str] = &["bundle", "b", "console-socket", "pid-file", "preserve-fds"];
@@ -112,7 +114,7 @@ pub fn parse(argv: &[OsString]) -> RuncArgs {
     while i < args.len() {
         let a = &args[i];
         match (after_dashdash, flag_name(a)) {
-            (false, Some(_)) if a == "--" => after_dashdash = true,
+            (false, _) if a == "--" => after_dashdash = true,
             (false, Some((name, inline))) => {
                 let value = if CREATE_WITH_VALUE.contains(&name) && inline.is_none() {
                     i += 1;

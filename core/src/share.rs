@@ -26,6 +26,8 @@ pub enum ShareError {
     NoSuchDevice { selector: String, known: String },
     #[error("{what}: {gpus} has MIG enabled, so CUDA sees no whole GPU there; ask for a MIG slice (gpu.profile) instead, or an operator disables MIG with `nvidia-smi -i <index> -mig 0`")]
     MigEnabled { what: &'static str, gpus: String },
+    #[error("gpu.share=timeslice: {gpus} serves MPS shares; the whole GPU cannot be given beside them (ask for gpu.mps, or another gpu.device)")]
+    ServesMps { gpus: String },
 }
 
 /// A whole GPU granted to a container.
@@ -34,6 +36,8 @@ pub struct WholeGpu {
     pub gpu_uuid: String,
     pub edit: Edit,
     pub warm: bool,
+    /// Taken by this call (false: the container already held it).
+    pub fresh: bool,
 }
 
 /// The edit that gives a container one whole GPU: the shared nodes and the GPU's own node.
@@ -118,6 +122,21 @@ pub fn grant(
             gpus,
         });
     }
+    // A time-sliced container on a GPU that serves MPS shares would take the whole GPU beside
+    // clients whose shares the MPS daemon is meant to bound.
+    let usable: Vec<&GpuRecord> = usable
+        .into_iter()
+        .filter(|g| !st.mps.iter().any(|d| d.gpu_uuid == g.uuid))
+        .collect();
+    if usable.is_empty() {
+        return Err(ShareError::ServesMps {
+            gpus: candidates
+                .iter()
+                .map(|g| format!("GPU {}", g.index))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     // The GPU fewest containers share now.
     let load = |g: &GpuRecord| st.shares.iter().filter(|s| s.gpu_uuid == g.uuid).count();
     let gpu = (*usable
@@ -138,6 +157,7 @@ pub fn grant(
             .cloned()
             .unwrap_or(gpu);
         return Ok(WholeGpu {
+            fresh: false,
             gpu_uuid: same.uuid.clone(),
             edit: whole_gpu_edit(&majors, &same),
             warm: true,
@@ -155,6 +175,7 @@ pub fn grant(
     });
     locked.save(&st)?;
     Ok(WholeGpu {
+        fresh: true,
         gpu_uuid: gpu.uuid.clone(),
         edit: whole_gpu_edit(&majors, &gpu),
         warm,

@@ -22,18 +22,25 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         runc_log::error(args.log.as_deref(), args.log_format_json, msg);
         1
     };
-    let cfg = match Config::load(own_config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+    // A broken config must not stop engines from managing containers that never asked for a
+    // GPU: every command still reaches a runtime, and only a GPU request is refused with it.
+    let (cfg, broken) = match Config::load(own_config.as_deref()) {
+        Ok(c) => (c, None),
+        Err(e) => (Config::default(), Some(e.to_string())),
     };
     let runtime = match cfg.runtime_path() {
         Ok(r) => r,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fail(&broken.unwrap_or_else(|| e.to_string())),
     };
-    match args.command.as_deref() {
-        Some("create") => create(&cfg, &runtime, &argv, &args),
-        Some("delete") => delete(&cfg, &runtime, &argv, &args),
-        _ => exec(&runtime, &argv),
+    match (args.command.as_deref(), broken) {
+        (Some("create"), broken) => create(&cfg, broken.as_deref(), &runtime, &argv, &args),
+        (Some("delete"), None) => delete(&cfg, &runtime, &argv, &args),
+        (_, broken) => {
+            if let Some(e) = broken {
+                eprintln!("gpushare: {e}");
+            }
+            exec(&runtime, &argv)
+        }
     }
 }
 
@@ -52,16 +59,39 @@ fn spawn(runtime: &Path, argv: &[OsString]) -> Result<i32, std::io::Error> {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i32 {
+fn create(
+    cfg: &Config,
+    broken_config: Option<&str>,
+    runtime: &Path,
+    argv: &[OsString],
+    args: &RuncArgs,
+) -> i32 {
     let bundle = args.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
     let config_path = bundle.join("config.json");
     let raw = match crate::trust::read_spec(&config_path) {
         Ok(r) => r,
-        // The runtime reports a missing bundle in its own words.
+        // A missing bundle is the runtime's to report; a spec gpushare will not read (a
+        // symlink, a special file, too big) carries no request it could honour: either way the
+        // runtime gets the container untouched.
         Err(crate::trust::SpecFileError::Missing(_)) => return exec(runtime, argv),
         Err(e) => {
-            runc_log::error(args.log.as_deref(), args.log_format_json, &e.to_string());
-            return 1;
+            // gpushare never edits such a spec; the runtime reads it anyway, so a glance (read
+            // only, bounded) tells whether it asks for a GPU, which is then refused rather than
+            // silently lost.
+            use std::io::Read;
+            let mut head = Vec::new();
+            // Only a regular file is opened: a FIFO would block, a device could be anything.
+            let regular = std::fs::metadata(&config_path).is_ok_and(|m| m.is_file());
+            let peeked = match regular {
+                true => std::fs::File::open(&config_path)
+                    .and_then(|f| f.take(16 << 20).read_to_end(&mut head)),
+                false => Err(std::io::ErrorKind::InvalidInput.into()),
+            };
+            if peeked.is_err() || request::may_contain_request(&head) {
+                runc_log::error(args.log.as_deref(), args.log_format_json, &e.to_string());
+                return 1;
+            }
+            return exec(runtime, argv);
         }
     };
     if !request::may_contain_request(&raw) {
@@ -85,13 +115,16 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         Ok(Some(r)) => r,
         Err(msg) => return fail(&msg),
     };
+    if let Some(e) = broken_config {
+        return fail(e);
+    }
     let Some(id) = args.container_id.as_deref() else {
         return fail("create without a container id");
     };
     let root = runtime_root(runtime, args);
     let who = Claimant {
         container_id: id,
-        runtime_root: Some(root.as_str()),
+        runtime_root: root.as_deref(),
     };
     // With NVIDIA's runtime chosen for injection, GPU containers go to it instead.
     let runtime = match cfg.inject.mode {
@@ -112,7 +145,9 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
     };
     crate::failpoint!("shim.granted");
     if let Err(e) = spec::write(&config_path, &spec) {
-        release_quietly(cfg, id);
+        if granted.fresh {
+            release_quietly(cfg, id);
+        }
         return fail(&e.to_string());
     }
     crate::failpoint!("shim.spec_written");
@@ -124,12 +159,18 @@ fn create(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         Ok(0) => 0,
         Ok(code) => {
             crate::failpoint!("shim.runtime_failed");
-            // The runtime refused the container: it never ran, so its slice goes back now.
-            release_quietly(cfg, id);
+            // The runtime refused the container: it never ran, so a slice this call took goes
+            // back now. One the id already held (a repeated create of a running container)
+            // stays with that container.
+            if granted.fresh {
+                release_quietly(cfg, id);
+            }
             code
         }
         Err(e) => {
-            release_quietly(cfg, id);
+            if granted.fresh {
+                release_quietly(cfg, id);
+            }
             fail(&format!("cannot run {}: {e}", runtime.display()))
         }
     }
@@ -167,7 +208,9 @@ pub fn grant_into(
 ) -> Result<grant::Granted, String> {
     let granted = grant::grant(cfg, req, who, poststop_hook(cfg)).map_err(|e| e.to_string())?;
     if let Err(e) = spec::apply(spec, &granted.edit, spec_path) {
-        release_quietly(cfg, who.container_id);
+        if granted.fresh {
+            release_quietly(cfg, who.container_id);
+        }
         return Err(e.to_string());
     }
     // Only a precreate grant's own claim may name the lease the release hook frees.
@@ -216,19 +259,17 @@ pub(crate) fn release_quietly(cfg: &Config, id: &str) {
     }
 }
 
-/// The runtime's state root for this container (the engine's `--root`, else the default).
-fn runtime_root(runtime: &Path, args: &RuncArgs) -> String {
+/// The runtime's state root for this container: the engine's `--root`, else the default of a
+/// runtime gpushare knows. None for any other runtime: its containers are then never released
+/// as "gone" by the existence check, only by delete, the hook or an operator.
+fn runtime_root(runtime: &Path, args: &RuncArgs) -> Option<String> {
     if let Some(r) = &args.root {
-        return r.clone();
+        return Some(r.clone());
     }
-    let name = runtime
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name.contains("crun") {
-        "/run/crun".into()
-    } else {
-        "/run/runc".into()
+    match runtime.file_name().and_then(|n| n.to_str()) {
+        Some("runc") => Some("/run/runc".into()),
+        Some("crun") => Some("/run/crun".into()),
+        _ => None,
     }
 }
 

@@ -102,16 +102,21 @@ pub fn privileged(spec: &Value) -> Option<&'static str> {
     let rules = spec
         .pointer("/linux/resources/devices")
         .and_then(Value::as_array);
-    let allow_all = rules.is_some_and(|rules| {
+    // A wildcard rule for character devices (`c *:* rwm`, or `c 195:*`) reaches every GPU and
+    // every slice's capability nodes just as an allow-all rule does.
+    let wildcard = rules.is_some_and(|rules| {
         rules.iter().any(|r| {
             r.get("allow").and_then(Value::as_bool) == Some(true)
-                && r.get("major").is_none_or(Value::is_null)
-                && r.get("minor").is_none_or(Value::is_null)
-                && matches!(r.get("type").and_then(Value::as_str), None | Some("a"))
+                && matches!(
+                    r.get("type").and_then(Value::as_str),
+                    None | Some("a") | Some("c")
+                )
+                && (r.get("major").is_none_or(Value::is_null)
+                    || r.get("minor").is_none_or(Value::is_null))
         })
     });
-    if allow_all {
-        return Some("its device cgroup allows every device");
+    if wildcard {
+        return Some("its device cgroup allows all character devices of a major, or every device");
     }
     let sys_admin = ["bounding", "effective", "permitted"].iter().any(|set| {
         spec.pointer(&format!("/process/capabilities/{set}"))
