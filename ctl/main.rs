@@ -49,6 +49,13 @@ enum Cmd {
     },
     /// Counters and gauges in Prometheus' text format (for a textfile collector or a scrape).
     Metrics,
+    /// Release what a container (or a Podman precreate claim, `precreate-…`) holds: its MIG
+    /// slice goes to the idle pool, its MPS share or time-slice lease ends. For leases no
+    /// runtime state names, which `gc` cannot judge.
+    Release {
+        /// The container id or claim, as `status` lists it.
+        id: String,
+    },
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -100,6 +107,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Cmd::Release { id } => {
+            let timeout = std::time::Duration::from_millis(cfg.pool.lock_timeout_ms);
+            let released =
+                gpushare_core::allocator::release(&cfg, &id, timeout).map_err(|e| e.to_string())?;
+            if !released {
+                return Err(format!("{id} holds nothing (see `gpusharectl status`)"));
+            }
+            println!("released what {id} held");
         }
         Cmd::Metrics => {
             let st = gpushare_core::ledger::snapshot(&cfg.state_dir).map_err(|e| e.to_string())?;

@@ -324,3 +324,21 @@ fn the_hook_releases_with_no_capabilities() {
     );
     assert!(engine.delete(&id).status.success());
 }
+
+/// An operator frees a lease no runtime state names (e.g. a Podman precreate claim whose
+/// container never came to be).
+#[test]
+fn ctl_release_frees_a_named_lease() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let cfg = node.cfg();
+    let who = gpushare_core::allocator::Claimant {
+        container_id: "precreate-abc",
+        runtime_root: None,
+    };
+    gpushare_core::allocator::allocate(&cfg, "1g.10gb", None, &who).unwrap();
+    let out = node.ctl(&["release", "precreate-abc"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(node.ledger().lease_of("precreate-abc").is_none());
+    let out = node.ctl(&["release", "precreate-abc"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("holds nothing"));
+}

@@ -278,7 +278,7 @@ fn client_edit(
             destination: cfg.mps.mount_path.clone(),
             source: d.pipe_dir.display().to_string(),
             kind: "bind".into(),
-            options: ["rbind", "rw", "nosuid", "nodev", "noexec"]
+            options: ["rbind", "ro", "nosuid", "nodev", "noexec"]
                 .map(String::from)
                 .to_vec(),
         }],
