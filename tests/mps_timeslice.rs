@@ -24,6 +24,18 @@ fn mps_node(extra: &str) -> SimNode {
     node
 }
 
+/// A claimant with no runtime state, for grants made straight through the library.
+fn who(id: &str) -> gpushare_core::allocator::Claimant<'_> {
+    gpushare_core::allocator::Claimant {
+        container_id: id,
+        runtime_root: None,
+    }
+}
+
+fn release(cfg: &gpushare_core::config::Config, id: &str) {
+    gpushare_core::allocator::release(cfg, id, std::time::Duration::from_secs(5)).unwrap();
+}
+
 fn control_log(node: &SimNode) -> String {
     let dir = node.cfg().state_dir.join("mps");
     let mut out = String::new();
@@ -126,10 +138,6 @@ fn mps_daemon_is_restarted_after_it_died() {
     require_root();
     let node = mps_node("");
     let cfg = node.cfg();
-    let who = |id| gpushare_core::allocator::Claimant {
-        container_id: id,
-        runtime_root: None,
-    };
     gpushare_core::mps::grant(&cfg, 50, None, None, &who("r1")).unwrap();
     let pid = node.ledger().mps[0].pid.expect("daemon pid");
     // SAFETY: killing the fake daemon this test started.
@@ -146,7 +154,7 @@ fn mps_daemon_is_restarted_after_it_died() {
     );
     assert_eq!(control_log(&node).matches("start pid=").count(), 2);
     for id in ["r1", "r2"] {
-        gpushare_core::allocator::release(&cfg, id, std::time::Duration::from_secs(5)).unwrap();
+        release(&cfg, id);
     }
     assert!(node.ledger().mps.is_empty());
 }
@@ -156,10 +164,6 @@ fn mps_refusals_are_clear() {
     require_root();
     let node = mps_node("");
     let cfg = node.cfg();
-    let who = |id| gpushare_core::allocator::Claimant {
-        container_id: id,
-        runtime_root: None,
-    };
     gpushare_core::mps::grant(&cfg, 25, Some(60 << 30), None, &who("m1")).unwrap();
     // Strict policy: one share size per GPU.
     let err = gpushare_core::mps::grant(&cfg, 50, Some(4 << 30), None, &who("m2"))
@@ -177,7 +181,7 @@ fn mps_refusals_are_clear() {
         err.contains("promised to MPS clients") && err.contains("mps.allow_overcommit"),
         "{err}"
     );
-    gpushare_core::allocator::release(&cfg, "m1", std::time::Duration::from_secs(5)).unwrap();
+    release(&cfg, "m1");
     assert!(node.ledger().mps.is_empty());
 
     // The node's policy caps what a tenant may ask for.
@@ -381,20 +385,16 @@ fn mps_and_timeslice_keep_to_their_own_gpus() {
     require_root();
     let node = mps_node("");
     let cfg = node.cfg();
-    let who = |id| gpushare_core::allocator::Claimant {
-        container_id: id,
-        runtime_root: None,
-    };
     gpushare_core::mps::grant(&cfg, 25, None, None, &who("x1")).unwrap();
     let err = gpushare_core::share::grant(&cfg, None, &who("x2"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("serves MPS shares"), "{err}");
-    gpushare_core::allocator::release(&cfg, "x1", std::time::Duration::from_secs(5)).unwrap();
+    release(&cfg, "x1");
     gpushare_core::share::grant(&cfg, None, &who("x3")).unwrap();
     let err = gpushare_core::mps::grant(&cfg, 25, None, None, &who("x4"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("time-sliced whole"), "{err}");
-    gpushare_core::allocator::release(&cfg, "x3", std::time::Duration::from_secs(5)).unwrap();
+    release(&cfg, "x3");
 }
