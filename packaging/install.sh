@@ -24,7 +24,7 @@ usage() {
   sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Options:
-  --bin-dir DIR     where the built gpushare, gpushare-hook, gpusharectl are (default: target/release)
+  --bin-dir DIR     where the built gpushare, gpushare-runtime, gpushare-hook, gpusharectl are (default: target/release)
   --prefix DIR      install prefix (default: /usr; binaries go to PREFIX/bin)
   --destdir DIR     stage everything below DIR instead of / (packaging)
   --engines LIST    comma-separated: docker,podman,containerd,crio,kubernetes, all, or auto (default:
@@ -90,14 +90,14 @@ put() {
 
 # --- binaries, default config, hooks, reference files
 if [ "$print_only" = 0 ] && [ "$skip_bins" = 0 ]; then
-  for b in gpushare gpushare-hook gpusharectl; do
+  for b in gpushare gpushare-runtime gpushare-hook gpusharectl; do
     [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b is missing: cargo build --release first" >&2; exit 1; }
   done
   install -d "$destdir$bindir"
-  for b in gpushare gpushare-hook gpusharectl; do
+  for b in gpushare gpushare-runtime gpushare-hook gpusharectl; do
     install -m 0755 "$bin_dir/$b" "$destdir$bindir/$b"
   done
-  say "installed gpushare, gpushare-hook, gpusharectl in $bindir"
+  say "installed gpushare, gpushare-runtime, gpushare-hook, gpusharectl in $bindir"
 fi
 if [ "$print_only" = 0 ]; then
   if [ -e "$destdir/etc/gpushare/config.toml" ]; then

@@ -137,6 +137,14 @@ fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
             assert!(out.status.success(), "create: {}", text(&out.stderr));
             engine.start_and_wait(&b, &id);
             if point == "shim.deleted" {
+                // The wrapper releases after the runtime's delete only when the poststop hook
+                // did not: make the runtime skip it (as runc does when its state is gone).
+                let state_path = engine.root.path().join(&id).join("state.json");
+                let mut state: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+                state["config"]["Hooks"] = serde_json::Value::Null;
+                state["config"]["hooks"] = serde_json::Value::Null;
+                std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
                 let st = engine
                     .cmd(&["delete", "--force", &id])
                     .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))

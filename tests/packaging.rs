@@ -22,6 +22,7 @@ fn install_stages_binaries_config_hooks_and_engine_configs() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     for f in [
         "usr/bin/gpushare",
+        "usr/bin/gpushare-runtime",
         "usr/bin/gpushare-hook",
         "usr/bin/gpusharectl",
         "etc/gpushare/config.toml",
@@ -105,6 +106,7 @@ fn deb_holds_binaries_config_and_hooks() {
     let listing = text(&contents.stdout);
     for f in [
         "./usr/bin/gpushare",
+        "./usr/bin/gpushare-runtime",
         "./usr/bin/gpushare-hook",
         "./usr/bin/gpusharectl",
         "./usr/bin/gpushare-install",

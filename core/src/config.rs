@@ -325,6 +325,33 @@ mod tests {
     }
 
     #[test]
+    fn the_entry_binary_reads_the_same_places() {
+        use gpushare_front::config as front;
+        assert_eq!(front::DEFAULT_PATH, DEFAULT_PATH.as_bytes());
+        assert_eq!(front::ENV_CONFIG, ENV_CONFIG.as_bytes());
+        let d = Config::default();
+        assert_eq!(
+            front::DEFAULT_STATE_DIR,
+            d.state_dir.as_os_str().as_encoded_bytes()
+        );
+        let ledger = crate::ledger::Ledger::new(&d.state_dir).path();
+        assert_eq!(
+            ledger.file_name().unwrap().as_encoded_bytes(),
+            front::LEDGER_FILE
+        );
+        let t = front::scan(b"runtime = \"/r\"\nstate_dir = \"/s\"\n[pool]\n").unwrap();
+        let c = Config::parse("runtime = \"/r\"\nstate_dir = \"/s\"\n[pool]\n").unwrap();
+        assert_eq!(
+            t.runtime.unwrap(),
+            c.runtime.unwrap().as_os_str().as_encoded_bytes()
+        );
+        assert_eq!(
+            t.state_dir.unwrap(),
+            c.state_dir.as_os_str().as_encoded_bytes()
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::parse("stat_dir = \"/x\"").unwrap_err();
         assert!(err.contains("stat_dir"), "{err}");

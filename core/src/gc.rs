@@ -485,9 +485,5 @@ pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
     let Ok(raw) = std::fs::read(Ledger::new(&cfg.state_dir).path()) else {
         return false;
     };
-    let Ok(quoted) = serde_json::to_string(container_id) else {
-        return true;
-    };
-    let quoted = quoted.as_bytes();
-    raw.windows(quoted.len()).any(|w| w == quoted)
+    gpushare_front::scan::may_mention(&raw, container_id.as_bytes())
 }

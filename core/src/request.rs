@@ -240,13 +240,7 @@ fn parse_size(f: &Found<'_>) -> Result<u64, RequestError> {
 
 /// Quick test used by the no-request path to skip JSON parsing: a spec that mentions neither
 /// an annotation prefix nor an env fallback cannot hold a request.
-pub fn may_contain_request(raw: &[u8]) -> bool {
-    contains(raw, b"\"gpu.") || contains(raw, b"GPUSHARE_")
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
+pub use gpushare_front::scan::may_contain_request;
 
 /// Values shown in messages: control characters escaped, long values cut.
 fn shown(value: &str) -> String {

@@ -1,28 +1,11 @@
 //! runc's command line, read just enough to find the subcommand, the bundle, the container id
-//! and the engine's log file. The argv itself is handed to the runtime unchanged.
+//! and the engine's log file (by `gpushare_front::args`, which the `gpushare` entry binary
+//! reads argv with too). The argv itself is handed to the runtime unchanged.
 
-use std::ffi::OsString;
+use gpushare_front::args::{self as front, Roles};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-
-/// gpushare's own global flag, `--gpushare-config=PATH`: how an engine that passes extra
-/// runtime arguments but not its environment (Docker's `runtimeArgs`, Podman's
-/// `--runtime-flag`) names a config other than the default. It never reaches the runtime,
-/// which would refuse a flag it does not know.
-pub const CONFIG_FLAG: &str = "gpushare-config";
-
-/// Global flags of runc (and crun) that take a value.
-const GLOBAL_WITH_VALUE: &[&str] = &[
-    "root",
-    "log",
-    "log-format",
-    "criu",
-    "rootless",
-    "cgroup-manager",
-    // crun's
-    "log-level",
-];
-/// `create`/`run` flags that take a value.
-const CREATE_WITH_VALUE: &[&str] = &["bundle", "b", "console-socket", "pid-file", "preserve-fds"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuncArgs {
@@ -36,105 +19,46 @@ pub struct RuncArgs {
     pub container_id: Option<String>,
 }
 
-/// `--name=value`, `--name value`, `-name value` (urfave/cli accepts one or two dashes).
-fn flag_name(arg: &str) -> Option<(&str, Option<&str>)> {
-    let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    if body.is_empty() {
-        return None;
-    }
-    Some(match body.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (body, None),
-    })
+/// gpushare's own global flags, taken off the runtime's argv.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Own {
+    /// `--gpushare-config=PATH` (the last one wins).
+    pub config: Option<PathBuf>,
+    /// `--gpushare-after-delete`: the entry binary already ran the runtime's `delete`.
+    pub after_delete: bool,
 }
 
 /// Split gpushare's own global flags off `argv`: the argv for the runtime (everything else, in
-/// order, byte for byte) and the config path the flags named (the last one wins).
-pub fn take_own(argv: &[OsString]) -> (Vec<OsString>, Option<PathBuf>) {
+/// order, byte for byte) and what the flags said.
+pub fn take_own(argv: &[OsString]) -> (Vec<OsString>, Own) {
+    let mut roles = Roles::default();
     let mut out = Vec::with_capacity(argv.len());
-    let mut config = None;
-    let mut it = argv.iter();
-    out.extend(it.next().cloned());
-    while let Some(arg) = it.next() {
-        let text = arg.to_string_lossy();
-        let Some((name, inline)) = flag_name(&text) else {
-            // The subcommand: everything from here on is the runtime's.
+    out.extend(argv.first().cloned());
+    for arg in argv.iter().skip(1) {
+        if !roles.next(arg.as_bytes()).is_own() {
             out.push(arg.clone());
-            out.extend(it.cloned());
-            break;
-        };
-        if name == CONFIG_FLAG {
-            config = match inline {
-                Some(v) => Some(PathBuf::from(v)),
-                None => it.next().map(PathBuf::from),
-            };
-            continue;
-        }
-        out.push(arg.clone());
-        if GLOBAL_WITH_VALUE.contains(&name) && inline.is_none() {
-            out.extend(it.next().cloned());
         }
     }
-    (out, config)
+    let parsed = front::parse(argv.iter().skip(1).map(|a| a.as_bytes()));
+    let own = Own {
+        config: parsed.config.map(|c| PathBuf::from(OsStr::from_bytes(c))),
+        after_delete: parsed.after_delete,
+    };
+    (out, own)
 }
 
 pub fn parse(argv: &[OsString]) -> RuncArgs {
-    let args: Vec<String> = argv
-        .iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let mut out = RuncArgs::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        let Some((name, inline)) = flag_name(a) else {
-            out.command = Some(a.clone());
-            i += 1;
-            break;
-        };
-        let value = if GLOBAL_WITH_VALUE.contains(&name) && inline.is_none() {
-            i += 1;
-            args.get(i).cloned()
-        } else {
-            inline.map(str::to_string)
-        };
-        match name {
-            "root" => out.root = value,
-            "log" => out.log = value.map(PathBuf::from),
-            "log-format" => out.log_format_json = value.as_deref() == Some("json"),
-            _ => {}
-        }
-        i += 1;
+    let p = front::parse(argv.iter().skip(1).map(|a| a.as_bytes()));
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let path = |v: &[u8]| PathBuf::from(OsStr::from_bytes(v));
+    RuncArgs {
+        root: p.root.map(text),
+        log: p.log.map(path),
+        log_format_json: p.log_format == Some(b"json"),
+        command: p.command.map(text),
+        bundle: p.bundle.map(path),
+        container_id: p.container_id.map(text),
     }
-    if out.command.is_none() {
-        return out;
-    }
-    let mut after_dashdash = false;
-    while i < args.len() {
-        let a = &args[i];
-        match (after_dashdash, flag_name(a)) {
-            (false, _) if a == "--" => after_dashdash = true,
-            (false, Some((name, inline))) => {
-                let value = if CREATE_WITH_VALUE.contains(&name) && inline.is_none() {
-                    i += 1;
-                    args.get(i).cloned()
-                } else {
-                    inline.map(str::to_string)
-                };
-                if name == "bundle" || name == "b" {
-                    out.bundle = value.map(PathBuf::from);
-                }
-            }
-            _ => {
-                if out.container_id.is_none() {
-                    out.container_id = Some(a.clone());
-                }
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -181,10 +105,10 @@ mod tests {
         let (argv, cfg) = take_own(&os(
             "--gpushare-config=/etc/g.toml --root /r --log /l create --bundle /b c1",
         ));
-        assert_eq!(cfg, Some(PathBuf::from("/etc/g.toml")));
+        assert_eq!(cfg.config, Some(PathBuf::from("/etc/g.toml")));
         assert_eq!(argv, os("--root /r --log /l create --bundle /b c1"));
         let (argv, cfg) = take_own(&os("--root /r -gpushare-config /x.toml --debug state c1"));
-        assert_eq!(cfg, Some(PathBuf::from("/x.toml")));
+        assert_eq!(cfg.config, Some(PathBuf::from("/x.toml")));
         assert_eq!(argv, os("--root /r --debug state c1"));
     }
 
@@ -192,12 +116,15 @@ mod tests {
     fn own_flag_is_only_a_global_flag() {
         // After the subcommand it belongs to the runtime (and to the container's args).
         let s = "--root /r exec c1 sh --gpushare-config=/x";
-        assert_eq!(take_own(&os(s)), (os(s), None));
+        assert_eq!(take_own(&os(s)), (os(s), Own::default()));
         // A value that merely looks like the flag stays the runtime's.
         let s = "--log --gpushare-config=/x delete c1";
-        assert_eq!(take_own(&os(s)), (os(s), None));
-        assert_eq!(take_own(&os("--version")), (os("--version"), None));
-        assert_eq!(take_own(&os("")), (os(""), None));
+        assert_eq!(take_own(&os(s)), (os(s), Own::default()));
+        assert_eq!(
+            take_own(&os("--version")),
+            (os("--version"), Own::default())
+        );
+        assert_eq!(take_own(&os("")), (os(""), Own::default()));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Run the wrapper; returns the exit code (the runtime's own, when it ran).
 pub fn run(argv: Vec<OsString>) -> i32 {
-    let (argv, own_config) = runc_args::take_own(&argv);
+    let (argv, own) = runc_args::take_own(&argv);
     let args = runc_args::parse(&argv);
     let fail = |msg: &str| {
         runc_log::error(args.log.as_deref(), args.log_format_json, msg);
@@ -24,7 +24,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     };
     // A broken config must not stop engines from managing containers that never asked for a
     // GPU: every command still reaches a runtime, and only a GPU request is refused with it.
-    let (cfg, broken) = match Config::load(own_config.as_deref()) {
+    let (cfg, broken) = match Config::load(own.config.as_deref()) {
         Ok(c) => (c, None),
         Err(e) => (Config::default(), Some(e.to_string())),
     };
@@ -33,6 +33,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(e) => return fail(&broken.unwrap_or_else(|| e.to_string())),
     };
     match (args.command.as_deref(), broken) {
+        (Some("delete"), broken) if own.after_delete => after_delete(&cfg, broken, &args),
         (Some("create"), broken) => create(&cfg, broken.as_deref(), &runtime, &argv, &args),
         (Some("delete"), None) => delete(&cfg, &runtime, &argv, &args),
         (_, broken) => {
@@ -247,6 +248,22 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         }
     }
     code
+}
+
+/// The `gpushare` entry binary ran the runtime's `delete`, which succeeded, and the ledger
+/// still names the container (its poststop hook did not release): release it here.
+fn after_delete(cfg: &Config, broken_config: Option<String>, args: &RuncArgs) -> i32 {
+    if let Some(e) = broken_config {
+        eprintln!("gpushare: {e}; the slice stays leased until `gpusharectl gc`");
+        return 0;
+    }
+    crate::logging::init(cfg, "gpushare");
+    let _ = crate::trust::drop_all_caps();
+    crate::failpoint!("shim.deleted");
+    if let Some(id) = args.container_id.as_deref() {
+        release_quietly(cfg, id);
+    }
+    0
 }
 
 pub(crate) fn release_quietly(cfg: &Config, id: &str) {

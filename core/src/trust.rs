@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// The largest config.json read: real specs are a few kB; a bigger one is not a spec an engine
 /// wrote, and reading it whole would let it cost the shim unbounded memory.
-pub const MAX_SPEC_BYTES: u64 = 8 << 20;
+pub use gpushare_front::scan::MAX_SPEC_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecFileError {

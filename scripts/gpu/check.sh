@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpushare on a real NVIDIA GPU (MIG disabled, settings never changed). Runs as root on the GPU
 # machine, from the repository root, with:
-#   $GPUSHARE_BIN   folder holding gpushare, gpushare-hook, gpusharectl, gpushare-sim and
+#   $GPUSHARE_BIN   folder holding gpushare, gpushare-runtime, gpushare-hook, gpusharectl, gpushare-sim and
 #                   libgpushare_sim.so built on the build machine (x86-64)
 #   $RUNC_DEB       Debian's runc .deb (unpacked here with dpkg -x, not installed)
 #   $OUT            where results go (gpu-results.md, status-real.json, ...)

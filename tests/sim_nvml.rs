@@ -9,16 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const SIM: &str = env!("CARGO_BIN_EXE_gpushare-sim");
+mod common;
 
-/// target/<profile>/libgpushare_sim.so: the test exe lives in target/<profile>/deps/.
 fn cdylib() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libgpushare_sim.so")
+    common::target_dir().join("libgpushare_sim.so")
 }
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -34,7 +28,7 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn sim(args: &[&str]) -> std::process::Output {
-    Command::new(SIM).args(args).output().unwrap()
+    Command::new(common::sim_bin()).args(args).output().unwrap()
 }
 
 fn sim_ok(args: &[&str]) -> String {
@@ -382,7 +376,7 @@ fn concurrent_processes_see_one_gpu() {
     // One after another: 7 fit, the 8th and 9th are refused.
     let children: Vec<_> = (0..9)
         .map(|_| {
-            Command::new(SIM)
+            Command::new(common::sim_bin())
                 .args([
                     "create-instance",
                     "--root",
@@ -430,7 +424,7 @@ fn concurrent_processes_see_one_gpu() {
     // 16 concurrent processes against one lock: 7 GPU instances, no lost update.
     let kids: Vec<_> = (0..16)
         .map(|_| {
-            Command::new(SIM)
+            Command::new(common::sim_bin())
                 .args([
                     "create-instance",
                     "--root",

@@ -1,0 +1,12 @@
+//! The decisions `gpushare` makes before anything is loaded, shared by the entry binary (which
+//! runs with no libc and no allocator, so that a container that asks for no GPU pays one
+//! execve() of a few kilobytes) and by `gpushare-core` (so the full wrapper reads argv, specs
+//! and the ledger exactly the same way).
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod args;
+pub mod config;
+pub mod scan;

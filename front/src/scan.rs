@@ -1,0 +1,103 @@
+//! Byte scans that answer "certainly not" cheaply, before anything is parsed.
+
+/// gpushare never reads a spec larger than this (a runtime would choke on it long before).
+pub const MAX_SPEC_BYTES: u64 = 8 << 20;
+
+/// Whether a spec could hold a GPU request: every request is an annotation `gpu.*` or an env
+/// variable `GPUSHARE_*`, so a spec with neither string asks for nothing.
+pub fn may_contain_request(raw: &[u8]) -> bool {
+    contains(raw, b"\"gpu.") || contains(raw, b"GPUSHARE_")
+}
+
+/// Whether the ledger's JSON could mention `container_id`: its JSON string, quotes included,
+/// occurs in the file. An id that JSON would escape (or that is not UTF-8) is always a "maybe":
+/// a false "maybe" only costs the locked look-up it would have saved.
+pub fn may_mention(ledger: &[u8], container_id: &[u8]) -> bool {
+    let plain = core::str::from_utf8(container_id).is_ok()
+        && container_id
+            .iter()
+            .all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+    if !plain {
+        return true;
+    }
+    let mut at = 0;
+    while let Some(i) = find(&ledger[at..], container_id) {
+        let start = at + i;
+        let end = start + container_id.len();
+        if start > 0 && ledger[start - 1] == b'"' && ledger.get(end) == Some(&b'"') {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..hay.len() - rest.len()]
+            .iter()
+            .position(|&b| b == first)
+        {
+            None => return None,
+            Some(j) => i += j,
+        }
+        if &hay[i + 1..i + needle.len()] == rest {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_annotations_or_env() {
+        assert!(may_contain_request(
+            br#"{"annotations":{"gpu.profile":"1g.10gb"}}"#
+        ));
+        assert!(may_contain_request(
+            br#"{"process":{"env":["GPUSHARE_PROFILE=x"]}}"#
+        ));
+        assert!(!may_contain_request(
+            br#"{"annotations":{"gpux":"1"},"env":["GPU=1"]}"#
+        ));
+        assert!(!may_contain_request(b""));
+    }
+
+    #[test]
+    fn ids_are_matched_whole_and_quoted() {
+        let ledger = br#"{"instances":[{"lease":{"container_id":"abc123"}}]}"#;
+        assert!(may_mention(ledger, b"abc123"));
+        assert!(!may_mention(ledger, b"abc"));
+        assert!(!may_mention(ledger, b"bc123"));
+        assert!(!may_mention(ledger, b"lease"[..4].as_ref()));
+        assert!(may_mention(ledger, b"container_id"));
+        assert!(!may_mention(b"", b"x"));
+        // Ids JSON escapes, or that are not text, are always a maybe.
+        assert!(may_mention(b"{}", b"a\"b"));
+        assert!(may_mention(b"{}", b"a\\b"));
+        assert!(may_mention(b"{}", b"a\nb"));
+        assert!(may_mention(b"{}", &[0xff, 0x41]));
+    }
+
+    #[test]
+    fn find_agrees_with_a_naive_search() {
+        let hays: [&[u8]; 5] = [b"", b"a", b"aaab", b"abababc", b"xyzzy\"gpu.\""];
+        let needles: [&[u8]; 6] = [b"a", b"ab", b"abc", b"aab", b"\"gpu.", b"zz"];
+        for h in hays {
+            for n in needles {
+                let naive = h.windows(n.len()).position(|w| w == n);
+                assert_eq!(find(h, n), naive, "{h:?} {n:?}");
+            }
+        }
+    }
+}

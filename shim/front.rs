@@ -1,0 +1,251 @@
+//! `gpushare`, the binary engines run for every runtime command. It runs with no libc, no
+//! allocator and no dynamic loader, because most commands need nothing of gpushare: `start`,
+//! `state`, `kill`, a `create` whose spec asks for no GPU, a `delete` of a container the ledger
+//! never mentions. Those it hands to the runtime with one execve(), as the engine would have.
+//! Everything else, and anything it is not sure of, goes to `gpushare-runtime` (the full
+//! wrapper, next to this binary) with argv untouched.
+//!
+//! On other architectures `gpushare` is the full wrapper itself.
+#![cfg_attr(target_arch = "x86_64", no_std, no_main)]
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    std::process::exit(gpushare_core::shim::run(std::env::args_os().collect()));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[path = "front_sys.rs"]
+mod sys;
+
+#[cfg(target_arch = "x86_64")]
+mod entry {
+    use super::sys::{self, Map, Path};
+    use gpushare_front::{args, config, scan};
+
+    /// The full wrapper's file name; it lives next to this binary.
+    const FULL: &[u8] = b"gpushare-runtime";
+    /// runc's argv is a dozen words; anything longer is the full wrapper's to read.
+    const MAX_ARGS: usize = 256;
+    const DEFAULT_PATH_ENV: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+    core::arch::global_asm!(
+        ".globl _start",
+        "_start:",
+        "xor ebp, ebp",
+        "mov rdi, rsp",
+        "and rsp, -16",
+        "call {main}",
+        "ud2",
+        main = sym main,
+    );
+
+    struct Process {
+        argc: usize,
+        argv: *const *const u8,
+        envp: *const *const u8,
+    }
+
+    /// What a panic (which the code below should never reach) falls back to: the full wrapper.
+    static mut PROCESS: Process = Process {
+        argc: 0,
+        argv: core::ptr::null(),
+        envp: core::ptr::null(),
+    };
+
+    unsafe extern "C" fn main(sp: *const usize) -> ! {
+        let argc = *sp;
+        let argv = sp.add(1) as *const *const u8;
+        let envp = argv.add(argc + 1);
+        PROCESS = Process { argc, argv, envp };
+        let p = &*core::ptr::addr_of!(PROCESS);
+        decide(p);
+        delegate(p, false)
+    }
+
+    #[panic_handler]
+    fn panic(_: &core::panic::PanicInfo) -> ! {
+        // SAFETY: PROCESS is written once, before anything can panic.
+        unsafe { delegate(&*core::ptr::addr_of!(PROCESS), false) }
+    }
+
+    fn arg(p: &Process, i: usize) -> &'static [u8] {
+        // SAFETY: the kernel's argv: argc NUL-terminated strings that live as long as we do.
+        unsafe { sys::cstr(*p.argv.add(i)) }
+    }
+
+    fn env(p: &Process, name: &[u8]) -> Option<&'static [u8]> {
+        let mut i = 0;
+        loop {
+            // SAFETY: envp is NULL-terminated, each entry a NUL-terminated string.
+            let e = unsafe { *p.envp.add(i) };
+            if e.is_null() {
+                return None;
+            }
+            let s = unsafe { sys::cstr(e) };
+            if let Some(v) = s.strip_prefix(name).and_then(|r| r.strip_prefix(b"=")) {
+                return Some(v);
+            }
+            i += 1;
+        }
+    }
+
+    /// Returns only when the full wrapper must decide.
+    fn decide(p: &Process) {
+        if p.argc == 0 || p.argc > MAX_ARGS {
+            return;
+        }
+        let parsed = args::parse((1..p.argc).map(|i| arg(p, i)));
+        if parsed.after_delete {
+            return;
+        }
+        let explicit = parsed
+            .config
+            .or_else(|| env(p, config::ENV_CONFIG).filter(|v| !v.is_empty()));
+        let text = match explicit {
+            Some(path) => match Map::open(&Path::new(&[path])) {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            },
+            None => match Map::open(&Path::new(&[config::DEFAULT_PATH])) {
+                Ok(m) => Some(m),
+                Err(sys::ENOENT) => None,
+                Err(_) => return,
+            },
+        };
+        let top = match &text {
+            Some(m) => match config::scan(m.bytes()) {
+                Some(t) => t,
+                None => return,
+            },
+            None => config::TopLevel::default(),
+        };
+        let Some(runtime) = find_runtime(p, top.runtime) else {
+            return;
+        };
+        match parsed.command {
+            Some(b"create") => {
+                let bundle = parsed.bundle.unwrap_or(b".");
+                let spec = Path::new(&[bundle, b"/config.json"]);
+                match sys::read_spec(&spec, scan::MAX_SPEC_BYTES) {
+                    Ok(m) if !scan::may_contain_request(m.bytes()) => exec_runtime(p, &runtime),
+                    _ => {}
+                }
+            }
+            Some(b"delete") => {
+                let Some(id) = parsed.container_id else {
+                    exec_runtime(p, &runtime);
+                    return;
+                };
+                let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
+                let ledger = Path::new(&[dir, b"/", config::LEDGER_FILE]);
+                if ledger_mentions(&ledger, id) == Some(false) {
+                    exec_runtime(p, &runtime);
+                    return;
+                }
+                // The container holds (or may hold) a slice: run the runtime's delete, whose
+                // poststop hook releases it; the full wrapper is needed only if the lease is
+                // still there after (a hook that timed out, a runtime that skipped hooks).
+                let Some(code) = spawn_runtime(p, &runtime) else {
+                    return;
+                };
+                if code != 0 {
+                    sys::exit(code);
+                }
+                if ledger_mentions(&ledger, id) == Some(false) {
+                    sys::exit(0);
+                }
+                delegate(p, true);
+            }
+            _ => exec_runtime(p, &runtime),
+        }
+    }
+
+    /// Some(false) only when the ledger certainly does not name `id`.
+    fn ledger_mentions(ledger: &Path, id: &[u8]) -> Option<bool> {
+        match Map::open(ledger) {
+            Ok(m) => Some(scan::may_mention(m.bytes(), id)),
+            Err(sys::ENOENT) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    /// The runtime the full wrapper would pick: `runtime` when absolute, else looked up on
+    /// PATH; unset: runc, else crun. A relative path with a folder in it is left to the full
+    /// wrapper.
+    fn find_runtime(p: &Process, configured: Option<&[u8]>) -> Option<Path> {
+        let names: &[&[u8]] = match configured {
+            Some(r) if r.starts_with(b"/") => return Some(Path::new(&[r])),
+            Some(r) if r.contains(&b'/') => return None,
+            Some(r) => &[r],
+            None => &[b"runc", b"crun"],
+        };
+        let search = env(p, b"PATH").unwrap_or(DEFAULT_PATH_ENV);
+        names.iter().find_map(|name| {
+            search
+                .split(|&b| b == b':')
+                .map(|dir| {
+                    let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+                    Path::new(&[dir, b"/", name])
+                })
+                .find(sys::is_executable_file)
+        })
+    }
+
+    /// The runtime's argv: the engine's, without gpushare's own flags, argv[0] the runtime.
+    fn runtime_argv(p: &Process, runtime: &Path, out: &mut [*const u8; MAX_ARGS + 1]) {
+        let mut roles = args::Roles::default();
+        let mut n = 0;
+        out[n] = runtime.as_ptr();
+        n += 1;
+        for i in 1..p.argc {
+            if !roles.next(arg(p, i)).is_own() {
+                // SAFETY: i < argc.
+                out[n] = unsafe { *p.argv.add(i) };
+                n += 1;
+            }
+        }
+        out[n] = core::ptr::null();
+    }
+
+    /// Returns only if the runtime cannot be run (the full wrapper then says why).
+    fn exec_runtime(p: &Process, runtime: &Path) {
+        let mut argv = [core::ptr::null(); MAX_ARGS + 1];
+        runtime_argv(p, runtime, &mut argv);
+        sys::execve(runtime, argv.as_ptr(), p.envp);
+    }
+
+    /// The runtime's exit code, as a shell reports it; None if it could not be started.
+    fn spawn_runtime(p: &Process, runtime: &Path) -> Option<i32> {
+        let mut argv = [core::ptr::null(); MAX_ARGS + 1];
+        runtime_argv(p, runtime, &mut argv);
+        sys::spawn_wait(runtime, argv.as_ptr(), p.envp)
+    }
+
+    /// Hand the command to the full wrapper, argv untouched (after `delete` already ran, with
+    /// `--gpushare-after-delete` first, so that it only releases).
+    fn delegate(p: &Process, after_delete: bool) -> ! {
+        let full = sys::sibling(FULL);
+        let mut argv = [core::ptr::null(); MAX_ARGS + 2];
+        let argv = match after_delete {
+            false => p.argv,
+            // Only reached with argc <= MAX_ARGS.
+            true => {
+                argv[0] = unsafe { *p.argv };
+                argv[1] = c"--gpushare-after-delete".as_ptr().cast();
+                for i in 1..p.argc.min(MAX_ARGS) {
+                    // SAFETY: i < argc.
+                    argv[i + 1] = unsafe { *p.argv.add(i) };
+                }
+                argv.as_ptr()
+            }
+        };
+        if let Some(full) = &full {
+            sys::execve(full, argv, p.envp);
+        }
+        sys::write_all(
+            2,
+            b"gpushare: cannot run gpushare-runtime, which must sit next to gpushare\n",
+        );
+        sys::exit(127)
+    }
+}

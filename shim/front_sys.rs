@@ -1,0 +1,351 @@
+//! The handful of Linux system calls the `gpushare` entry binary makes, on x86-64, with no libc.
+
+use core::arch::asm;
+
+pub const ENOENT: i32 = 2;
+const EINTR: isize = -4;
+const ENAMETOOLONG: i32 = 36;
+const EINVAL: i32 = 22;
+
+const SYS_WRITE: usize = 1;
+const SYS_CLOSE: usize = 3;
+const SYS_FSTAT: usize = 5;
+const SYS_MMAP: usize = 9;
+const SYS_FORK: usize = 57;
+const SYS_EXECVE: usize = 59;
+const SYS_WAIT4: usize = 61;
+const SYS_READLINK: usize = 89;
+const SYS_EXIT_GROUP: usize = 231;
+const SYS_OPENAT: usize = 257;
+const SYS_NEWFSTATAT: usize = 262;
+
+const AT_FDCWD: isize = -100;
+const AT_SYMLINK_NOFOLLOW: usize = 0x100;
+const O_RDONLY_CLOEXEC: usize = 0o2000000;
+const O_NONBLOCK: usize = 0o4000;
+const O_NOFOLLOW: usize = 0o400000;
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const PROT_READ: usize = 1;
+const MAP_PRIVATE: usize = 2;
+
+/// # Safety
+/// A raw system call: the caller passes what the kernel expects for `n`.
+unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
+    let ret: isize;
+    asm!(
+        "syscall",
+        inlateout("rax") n as isize => ret,
+        in("rdi") a,
+        in("rsi") b,
+        in("rdx") c,
+        in("r10") d,
+        in("r8") e,
+        in("r9") f,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    ret
+}
+
+fn errno(ret: isize) -> Result<usize, i32> {
+    if (-4095..0).contains(&ret) {
+        Err(-ret as i32)
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+pub fn exit(code: i32) -> ! {
+    // SAFETY: exit_group takes a status and does not return.
+    unsafe {
+        syscall(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0);
+        core::hint::unreachable_unchecked()
+    }
+}
+
+pub fn write_all(fd: usize, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for its length.
+        let r = unsafe { syscall(SYS_WRITE, fd, buf.as_ptr() as usize, buf.len(), 0, 0, 0) };
+        match errno(r) {
+            Ok(n) if n > 0 => buf = &buf[n..],
+            Err(4) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// # Safety
+/// `p` points to a NUL-terminated string that outlives the program.
+pub unsafe fn cstr(p: *const u8) -> &'static [u8] {
+    let mut n = 0;
+    while *p.add(n) != 0 {
+        n += 1;
+    }
+    core::slice::from_raw_parts(p, n)
+}
+
+/// A NUL-terminated path built in place; one that does not fit (or holds a NUL) is unusable.
+pub struct Path {
+    buf: [u8; 4096],
+    len: Option<usize>,
+}
+
+impl Path {
+    pub fn new(parts: &[&[u8]]) -> Path {
+        let mut p = Path {
+            buf: [0; 4096],
+            len: Some(0),
+        };
+        for part in parts {
+            let at = p.len.unwrap_or(usize::MAX);
+            if part.contains(&0) || at.saturating_add(part.len()) >= p.buf.len() {
+                p.len = None;
+                return p;
+            }
+            p.buf[at..at + part.len()].copy_from_slice(part);
+            p.len = Some(at + part.len());
+        }
+        p
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.buf.as_ptr()
+    }
+
+    fn c(&self) -> Result<usize, i32> {
+        match self.len {
+            Some(_) => Ok(self.buf.as_ptr() as usize),
+            None => Err(ENAMETOOLONG),
+        }
+    }
+}
+
+/// `st_mode` and `st_size` of x86-64's `struct stat` (144 bytes).
+fn mode_size(st: &[u64; 18]) -> (u32, u64) {
+    ((st[3] & 0xffff_ffff) as u32, st[6])
+}
+
+fn lstat(path: &Path) -> Result<(u32, u64), i32> {
+    let mut st = [0u64; 18];
+    // SAFETY: st is a struct stat's size.
+    let r = unsafe {
+        syscall(
+            SYS_NEWFSTATAT,
+            AT_FDCWD as usize,
+            path.c()?,
+            st.as_mut_ptr() as usize,
+            AT_SYMLINK_NOFOLLOW,
+            0,
+            0,
+        )
+    };
+    errno(r).map(|_| mode_size(&st))
+}
+
+fn stat_fd(fd: usize) -> Result<(u32, u64), i32> {
+    let mut st = [0u64; 18];
+    // SAFETY: st is a struct stat's size.
+    errno(unsafe { syscall(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0, 0, 0, 0) })
+        .map(|_| mode_size(&st))
+}
+
+fn open(path: &Path, flags: usize) -> Result<usize, i32> {
+    // SAFETY: a NUL-terminated path.
+    errno(unsafe {
+        syscall(
+            SYS_OPENAT,
+            AT_FDCWD as usize,
+            path.c()?,
+            O_RDONLY_CLOEXEC | flags,
+            0,
+            0,
+            0,
+        )
+    })
+}
+
+fn close(fd: usize) {
+    // SAFETY: closes a descriptor this process opened.
+    unsafe { syscall(SYS_CLOSE, fd, 0, 0, 0, 0, 0) };
+}
+
+/// A file mapped read-only. Never unmapped: the process execs or exits soon after.
+pub struct Map {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Map {
+    /// Any file the path leads to (symlinks followed), as `std::fs::read` would read it.
+    pub fn open(path: &Path) -> Result<Map, i32> {
+        let fd = open(path, 0)?;
+        let m = Self::of_fd(fd, u64::MAX);
+        close(fd);
+        m
+    }
+
+    fn of_fd(fd: usize, max: u64) -> Result<Map, i32> {
+        let (mode, size) = stat_fd(fd)?;
+        if mode & S_IFMT != S_IFREG || size > max {
+            return Err(EINVAL);
+        }
+        if size == 0 {
+            return Ok(Map {
+                ptr: core::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+            });
+        }
+        // SAFETY: a private read-only mapping of a regular file of `size` bytes.
+        let r = unsafe { syscall(SYS_MMAP, 0, size as usize, PROT_READ, MAP_PRIVATE, fd, 0) };
+        Ok(Map {
+            ptr: errno(r)? as *const u8,
+            len: size as usize,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping lives until the process ends.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A bundle's config.json as gpushare agrees to read one: a regular file, not through a
+/// symlink, of bounded size; anything else is an error and the full wrapper decides.
+pub fn read_spec(path: &Path, max: u64) -> Result<Map, i32> {
+    // Checked before opening, so that a FIFO or a device is never opened.
+    let (mode, _) = lstat(path)?;
+    if mode & S_IFMT != S_IFREG {
+        return Err(EINVAL);
+    }
+    let fd = open(path, O_NOFOLLOW | O_NONBLOCK)?;
+    let m = Map::of_fd(fd, max);
+    close(fd);
+    m
+}
+
+pub fn is_executable_file(path: &Path) -> bool {
+    let mut st = [0u64; 18];
+    // SAFETY: st is a struct stat's size; symlinks are followed, as stat(2) does.
+    let r = match path.c() {
+        Ok(p) => unsafe {
+            syscall(
+                SYS_NEWFSTATAT,
+                AT_FDCWD as usize,
+                p,
+                st.as_mut_ptr() as usize,
+                0,
+                0,
+                0,
+            )
+        },
+        Err(_) => return false,
+    };
+    let (mode, _) = mode_size(&st);
+    errno(r).is_ok() && mode & S_IFMT == S_IFREG && mode & 0o111 != 0
+}
+
+/// Returns only on failure.
+pub fn execve(path: &Path, argv: *const *const u8, envp: *const *const u8) {
+    if let Ok(p) = path.c() {
+        // SAFETY: NULL-terminated arrays of NUL-terminated strings.
+        unsafe { syscall(SYS_EXECVE, p, argv as usize, envp as usize, 0, 0, 0) };
+    }
+}
+
+/// Run `path` as a child with these argv and envp; its exit code (128 + signal when killed),
+/// None if no child could be made.
+pub fn spawn_wait(path: &Path, argv: *const *const u8, envp: *const *const u8) -> Option<i32> {
+    // SAFETY: fork in a single-threaded process with no locks held.
+    let pid = errno(unsafe { syscall(SYS_FORK, 0, 0, 0, 0, 0, 0) }).ok()?;
+    if pid == 0 {
+        execve(path, argv, envp);
+        write_all(2, b"gpushare: cannot run the configured runtime\n");
+        exit(127);
+    }
+    let mut status: i32 = 0;
+    loop {
+        // SAFETY: status is an int.
+        let r = unsafe { syscall(SYS_WAIT4, pid, &mut status as *mut i32 as usize, 0, 0, 0, 0) };
+        if r != EINTR {
+            errno(r).ok()?;
+            break;
+        }
+    }
+    Some(match status & 0x7f {
+        0 => (status >> 8) & 0xff,
+        sig => 128 + sig,
+    })
+}
+
+/// `name` in the folder this binary was started from.
+pub fn sibling(name: &[u8]) -> Option<Path> {
+    let mut buf = [0u8; 4096];
+    let exe = Path::new(&[b"/proc/self/exe"]);
+    // SAFETY: buf is writable for its length.
+    let r = unsafe {
+        syscall(
+            SYS_READLINK,
+            exe.c().ok()?,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            0,
+            0,
+            0,
+        )
+    };
+    let n = errno(r).ok()?;
+    let dir_end = buf[..n].iter().rposition(|&b| b == b'/')?;
+    Some(Path::new(&[&buf[..dir_end], b"/", name]))
+}
+
+// With no libc, the compiler's calls to these must be met here. Written with string
+// instructions or volatile reads so that the optimizer cannot turn them into calls to
+// themselves.
+
+#[no_mangle]
+unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
+        options(nostack, preserves_flags));
+    dst
+}
+
+#[no_mangle]
+unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize) + n {
+        return memcpy(dst, src, n);
+    }
+    // Overlapping with dst above src: copy from the end, backwards.
+    asm!("std", "rep movsb", "cld", inout("rdi") dst.add(n - 1) => _,
+        inout("rsi") src.add(n - 1) => _, inout("rcx") n => _, options(nostack));
+    dst
+}
+
+#[no_mangle]
+unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8,
+        options(nostack, preserves_flags));
+    dst
+}
+
+#[no_mangle]
+unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        let (x, y) = (a.add(i).read_volatile(), b.add(i).read_volatile());
+        if x != y {
+            return x as i32 - y as i32;
+        }
+    }
+    0
+}
+
+#[no_mangle]
+unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    memcmp(a, b, n)
+}
+
+/// libcore is built to unwind and names this routine; with panic=abort nothing calls it.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
