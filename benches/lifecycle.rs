@@ -72,14 +72,18 @@ fn ok(c: &mut Command, what: &str) {
     );
 }
 
-/// create + start + delete of container `id`; `via` is gpushare or runc.
-fn lifecycle(via: &Path, root: &Path, bundle: &Path, id: &str, config: &Path) -> Duration {
-    let t = Instant::now();
-    for args in [
+/// create + start + delete of container `id`; `via` is gpushare or runc. The time of each.
+fn lifecycle(via: &Path, root: &Path, bundle: &Path, id: &str, config: &Path) -> [Duration; 3] {
+    let mut steps = [Duration::ZERO; 3];
+    for (step, args) in [
         vec!["create", "--bundle", bundle.to_str().unwrap(), id],
         vec!["start", id],
         vec!["delete", "--force", id],
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = Instant::now();
         let st = quiet(
             Command::new(via)
                 .env("GPUSHARE_CONFIG", config)
@@ -90,8 +94,9 @@ fn lifecycle(via: &Path, root: &Path, bundle: &Path, id: &str, config: &Path) ->
         .status()
         .unwrap();
         assert!(st.success(), "{} {args:?} failed", via.display());
+        steps[step] = t.elapsed();
     }
-    t.elapsed()
+    steps
 }
 
 fn overhead(iterations: usize) {
@@ -101,8 +106,8 @@ fn overhead(iterations: usize) {
     let runc = Runtime::Runc.path();
     let shim = PathBuf::from(SHIM);
     println!("## create+start+delete, gpushare vs bare runc ({iterations} iterations each, alternating)\n");
-    println!("| case | bare runc median (ms) | gpushare median (ms) | ratio of medians | bare mean | gpushare mean | target |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| case | bare runc median (ms) | gpushare median (ms) | ratio of medians | bare mean | gpushare mean | target | median step, bare / gpushare (ms): create, start, delete |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (case, ann, target) in [
         ("(a) no request", vec![], 1.03),
         (
@@ -133,22 +138,22 @@ fn overhead(iterations: usize) {
         let (mut bare, mut ours) = (Vec::new(), Vec::new());
         for i in 0..iterations {
             let mut run_bare = || {
-                bare.push(ms(lifecycle(
+                bare.push(lifecycle(
                     &runc,
                     engine.root.path(),
                     b_bare.path(),
                     &unique("b"),
                     &node.config(),
-                )))
+                ))
             };
             let mut run_ours = || {
-                ours.push(ms(lifecycle(
+                ours.push(lifecycle(
                     &shim,
                     engine.root.path(),
                     b_shim.path(),
                     &unique("g"),
                     &node.config(),
-                )))
+                ))
             };
             if i % 2 == 0 {
                 run_bare();
@@ -170,13 +175,23 @@ fn overhead(iterations: usize) {
                 "only the first warm-up grant made an instance"
             );
         }
+        let step = |v: &[[Duration; 3]], i: usize| {
+            pct(&sorted(v.iter().map(|s| ms(s[i])).collect()), 50.0)
+        };
+        let steps = (0..3)
+            .map(|i| format!("{:.2} / {:.2}", step(&bare, i), step(&ours, i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let total =
+            |v: &[[Duration; 3]]| -> Vec<f64> { v.iter().map(|s| ms(s.iter().sum())).collect() };
+        let (bare, ours) = (total(&bare), total(&ours));
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (bm, om) = (mean(&bare), mean(&ours));
         let (bare, ours) = (sorted(bare), sorted(ours));
         let (b50, o50) = (pct(&bare, 50.0), pct(&ours, 50.0));
         let ratio = o50 / b50;
         println!(
-            "| {case} | {b50:.2} | {o50:.2} | {ratio:.3}x | {bm:.2} | {om:.2} | <= {target:.2}x {} |",
+            "| {case} | {b50:.2} | {o50:.2} | {ratio:.3}x | {bm:.2} | {om:.2} | <= {target:.2}x {} | {steps} |",
             if ratio <= target { "met" } else { "NOT met" }
         );
     }

@@ -80,11 +80,7 @@ pub fn write_all(fd: usize, mut buf: &[u8]) {
 /// # Safety
 /// `p` points to a NUL-terminated string that outlives the program.
 pub unsafe fn cstr(p: *const u8) -> &'static [u8] {
-    let mut n = 0;
-    while *p.add(n) != 0 {
-        n += 1;
-    }
-    core::slice::from_raw_parts(p, n)
+    core::slice::from_raw_parts(p, strlen(p))
 }
 
 /// A NUL-terminated path built in place; one that does not fit (or holds a NUL) is unusable.
@@ -339,6 +335,15 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         }
     }
     0
+}
+
+#[no_mangle]
+unsafe extern "C" fn strlen(s: *const u8) -> usize {
+    let mut n = 0;
+    while s.add(n).read_volatile() != 0 {
+        n += 1;
+    }
+    n
 }
 
 #[no_mangle]
