@@ -132,7 +132,6 @@ pub fn allocate(
     crate::failpoint!("alloc.locked");
     let driver = Driver::new(cfg);
     let before = st.clone();
-    crate::gc::prune_vanished(&mut st, cfg);
 
     if let Some(i) = st.lease_of(who.container_id) {
         // The same container asking again (an engine retrying create) keeps its slice.
@@ -149,7 +148,21 @@ pub fn allocate(
     };
 
     let since = lease.since;
-    if let Some(i) = pick_idle(cfg, &st, profile, device) {
+    // Only the instance about to be handed out is checked against the driver's files here (a
+    // warm grant stays one short read-modify-write); the cold path prunes every record.
+    let picked = loop {
+        let Some(i) = pick_idle(cfg, &st, profile, device) else {
+            break None;
+        };
+        if crate::gc::check_vanished(cfg, &mut st.instances[i]) {
+            if st.instances[i].made.is_some() {
+                break Some(i);
+            }
+        } else {
+            st.instances.remove(i);
+        }
+    };
+    if let Some(i) = picked {
         let rec = &mut st.instances[i];
         rec.lease = Some(lease);
         rec.idle_since = None;
@@ -169,6 +182,7 @@ pub fn allocate(
         return Ok(grant);
     }
 
+    crate::gc::prune_vanished(&mut st, cfg);
     reap_gone(&mut st, cfg.pool.gc_grace_s);
     let result = cold(cfg, &driver, &locked, &mut st, profile, device, lease);
     if matches!(result, Err(AllocError::NoRoom { .. })) {

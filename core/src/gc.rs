@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::fsutil::now_unix;
-use crate::ledger::{Ledger, LedgerError, LedgerState};
+use crate::ledger::{InstanceRecord, Ledger, LedgerError, LedgerState};
 use crate::nvml::{Backend, BackendError, GpuInstance};
 use crate::placement::{Profile, Slot};
 use serde::Serialize;
@@ -186,17 +186,21 @@ fn cap_file(cfg: &Config, minor: u32, gi: u32, ci: Option<u32>) -> std::path::Pa
 /// died half-way): that record becomes an intent again, so the next cold path or gc destroys
 /// the rest instead of leaving it to look foreign.
 pub fn prune_vanished(st: &mut LedgerState, cfg: &Config) {
-    st.instances.retain_mut(|r| {
-        let Some(m) = &r.made else { return true };
-        if cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci)).exists() {
-            return true;
-        }
-        if cap_file(cfg, r.gpu_minor, m.gi, None).exists() {
-            r.made = None;
-            return true;
-        }
-        false
-    });
+    st.instances.retain_mut(|r| check_vanished(cfg, r));
+}
+
+/// [`prune_vanished`] for one record: false when the instance is gone entirely (drop the
+/// record); a record whose compute instance alone is gone loses its `made`.
+pub fn check_vanished(cfg: &Config, r: &mut InstanceRecord) -> bool {
+    let Some(m) = &r.made else { return true };
+    if cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci)).exists() {
+        return true;
+    }
+    if cap_file(cfg, r.gpu_minor, m.gi, None).exists() {
+        r.made = None;
+        return true;
+    }
+    false
 }
 
 fn profiles_of(

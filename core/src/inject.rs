@@ -119,20 +119,34 @@ pub fn find_libraries(cfg: &Config) -> Result<Vec<(String, PathBuf)>, InjectErro
 }
 
 fn search(dirs: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, InjectError> {
+    // Each folder is listed once (a distribution's library folder holds thousands of files),
+    // and each library is taken from the first folder that has any version of it.
+    let mut listed = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        listed.push(driver_files_in(dir)?);
+    }
     let mut out = Vec::new();
     for stem in LIBRARIES {
-        for dir in dirs {
-            let found = versions_in(dir, stem)?;
-            if !found.is_empty() {
-                out.extend(found);
-                break;
-            }
+        let prefix = format!("{stem}.");
+        if let Some(found) = listed
+            .iter()
+            .map(|files| {
+                files
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(&prefix))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .find(|found| !found.is_empty())
+        {
+            out.extend(found);
         }
     }
     Ok(out)
 }
 
-fn versions_in(dir: &Path, stem: &str) -> Result<Vec<(String, PathBuf)>, InjectError> {
+/// The files in `dir` named like a version of one of [`LIBRARIES`], with what they resolve to.
+fn driver_files_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, InjectError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -143,11 +157,14 @@ fn versions_in(dir: &Path, stem: &str) -> Result<Vec<(String, PathBuf)>, InjectE
             })
         }
     };
-    let prefix = format!("{stem}.");
     let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&prefix) {
+        let wanted = LIBRARIES.iter().any(|stem| {
+            name.strip_prefix(stem)
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if !wanted {
             continue;
         }
         // The host's own links are trusted; what they point to must be a regular file.

@@ -68,6 +68,11 @@ pub struct LedgerState {
     /// MPS control daemons gpushare started, with their clients.
     #[serde(default)]
     pub mps: Vec<MpsDaemon>,
+    /// On disk only: each GPU model's profile table, written once rather than once per GPU
+    /// (a node of identical GPUs would otherwise read and rewrite N copies on every grant).
+    /// Empty in memory, where every [`GpuRecord`] holds its own.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub profile_tables: std::collections::BTreeMap<String, Vec<Profile>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +114,8 @@ pub struct GpuRecord {
     pub uuid: String,
     pub name: String,
     pub minor: u32,
+    /// On disk, empty when the table is in [`LedgerState::profile_tables`] under `name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<Profile>,
     #[serde(default)]
     pub memory_total: u64,
@@ -274,10 +281,48 @@ impl Ledger {
     }
 }
 
+/// The ledger as written: profile tables once per GPU model.
+fn encode(state: &LedgerState) -> Vec<u8> {
+    let mut state = state.clone();
+    state.format = FORMAT;
+    state.profile_tables.clear();
+    for g in &mut state.gpus {
+        if g.profiles.is_empty() {
+            continue;
+        }
+        match state.profile_tables.get(&g.name) {
+            None => {
+                state
+                    .profile_tables
+                    .insert(g.name.clone(), std::mem::take(&mut g.profiles));
+            }
+            Some(t) if *t == g.profiles => g.profiles.clear(),
+            // Same model name, another table (a driver mid-upgrade): kept with its GPU.
+            Some(_) => {}
+        }
+    }
+    // Compact: the whole ledger is rewritten under the lock on every grant and release.
+    serde_json::to_vec(&state).expect("ledger always serializes")
+}
+
+/// The ledger as used: every GPU record holds its profile table.
+fn decode(raw: &[u8]) -> Result<LedgerState, serde_json::Error> {
+    let mut st: LedgerState = serde_json::from_slice(raw)?;
+    let tables = std::mem::take(&mut st.profile_tables);
+    for g in &mut st.gpus {
+        if g.profiles.is_empty() {
+            if let Some(t) = tables.get(&g.name) {
+                g.profiles = t.clone();
+            }
+        }
+    }
+    Ok(st)
+}
+
 impl Locked {
     pub fn load(&self) -> Result<LedgerState, LedgerError> {
         match std::fs::read(&self.path) {
-            Ok(raw) => serde_json::from_slice(&raw).map_err(|source| LedgerError::Corrupt {
+            Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt {
                 path: self.path.clone(),
                 source,
             }),
@@ -293,10 +338,7 @@ impl Locked {
     }
 
     pub fn save(&self, original: &LedgerState) -> Result<(), LedgerError> {
-        let mut state = original.clone();
-        state.format = FORMAT;
-        // Compact: the whole ledger is rewritten under the lock on every grant and release.
-        let data = serde_json::to_vec(&state).expect("ledger always serializes");
+        let data = encode(original);
         crate::failpoint!("ledger.save.before_write");
         write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
             path: self.path.clone(),
@@ -352,9 +394,7 @@ impl Locked {
 pub fn snapshot(dir: &Path) -> Result<LedgerState, LedgerError> {
     let path = dir.join(LEDGER_FILE);
     match std::fs::read(&path) {
-        Ok(raw) => {
-            serde_json::from_slice(&raw).map_err(|source| LedgerError::Corrupt { path, source })
-        }
+        Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LedgerState::default()),
         Err(source) => Err(LedgerError::Read { path, source }),
     }
@@ -368,6 +408,53 @@ mod tests {
         let d = std::env::temp_dir().join(format!("gpushare-ledger-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn profile_tables_are_written_once_per_model() {
+        let table = |n: u32| {
+            vec![Profile {
+                name: "1g.10gb".into(),
+                id: 19,
+                index: 0,
+                slice_count: 1,
+                instance_count: n,
+                memory_mb: 9856,
+                multiprocessors: 16,
+                placements: vec![Slot { start: 0, size: 1 }],
+            }]
+        };
+        let gpu = |i: u32, name: &str, profiles| GpuRecord {
+            index: i,
+            uuid: format!("GPU-{i}"),
+            name: name.into(),
+            minor: i,
+            profiles,
+            memory_total: 1,
+            mig_enabled: true,
+        };
+        let st = LedgerState {
+            format: FORMAT,
+            gpus: vec![
+                gpu(0, "H100", table(7)),
+                gpu(1, "H100", table(7)),
+                gpu(2, "H100", table(6)), // another table under the same name stays its own
+                gpu(3, "A100", table(7)),
+                gpu(4, "A100", vec![]), // not learnt yet: stays empty
+            ],
+            ..Default::default()
+        };
+        let raw = encode(&st);
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert_eq!(text.matches("\"1g.10gb\"").count(), 3, "{text}");
+        let mut back = decode(&raw).unwrap();
+        assert_eq!(
+            back.gpus[4].profiles,
+            table(7),
+            "filled from its model's table"
+        );
+        back.gpus[4].profiles.clear();
+        assert_eq!(back, st);
     }
 
     #[test]
