@@ -59,13 +59,13 @@ mod entry {
         PROCESS = Process { argc, argv, envp };
         let p = &*core::ptr::addr_of!(PROCESS);
         decide(p);
-        delegate(p, false)
+        delegate(p, None)
     }
 
     #[panic_handler]
     fn panic(_: &core::panic::PanicInfo) -> ! {
         // SAFETY: PROCESS is written once, before anything can panic.
-        unsafe { delegate(&*core::ptr::addr_of!(PROCESS), false) }
+        unsafe { delegate(&*core::ptr::addr_of!(PROCESS), None) }
     }
 
     fn arg(p: &Process, i: usize) -> &'static [u8] {
@@ -95,7 +95,7 @@ mod entry {
             return;
         }
         let parsed = args::parse((1..p.argc).map(|i| arg(p, i)));
-        if parsed.after_delete {
+        if parsed.after_delete.is_some() {
             return;
         }
         let explicit = parsed
@@ -148,13 +148,12 @@ mod entry {
                 let Some(code) = spawn_runtime(p, &runtime) else {
                     return;
                 };
-                if code != 0 {
+                if ledger_mentions(&ledger, id) == Some(false) {
                     sys::exit(code);
                 }
-                if ledger_mentions(&ledger, id) == Some(false) {
-                    sys::exit(0);
-                }
-                delegate(p, true);
+                // The full wrapper releases if the runtime deleted the container or no longer
+                // has it (a create it refused), and exits with the runtime's code.
+                delegate(p, Some(code));
             }
             _ => exec_runtime(p, &runtime),
         }
@@ -221,17 +220,24 @@ mod entry {
         sys::spawn_wait(runtime, argv.as_ptr(), p.envp)
     }
 
-    /// Hand the command to the full wrapper, argv untouched (after `delete` already ran, with
-    /// `--gpushare-after-delete` first, so that it only releases).
-    fn delegate(p: &Process, after_delete: bool) -> ! {
+    /// Hand the command to the full wrapper, argv untouched (after the runtime's `delete` ran,
+    /// with `--gpushare-after-delete=CODE` first).
+    fn delegate(p: &Process, after_delete: Option<i32>) -> ! {
         let full = sys::sibling(FULL);
+        let mut flag = *b"--gpushare-after-delete=000\0";
         let mut argv = [core::ptr::null(); MAX_ARGS + 2];
         let argv = match after_delete {
-            false => p.argv,
+            None => p.argv,
             // Only reached with argc <= MAX_ARGS.
-            true => {
+            Some(code) => {
+                let code = code.clamp(0, 255) as u8;
+                let n = flag.len();
+                flag[n - 4] = b'0' + code / 100;
+                flag[n - 3] = b'0' + code / 10 % 10;
+                flag[n - 2] = b'0' + code % 10;
+                // SAFETY: argv[0] exists (argc >= 1 was checked before any delete).
                 argv[0] = unsafe { *p.argv };
-                argv[1] = c"--gpushare-after-delete".as_ptr().cast();
+                argv[1] = flag.as_ptr();
                 for i in 1..p.argc.min(MAX_ARGS) {
                     // SAFETY: i < argc.
                     argv[i + 1] = unsafe { *p.argv.add(i) };

@@ -16,8 +16,6 @@ enum Setup {
     Warm,
     /// An idle 7g.80gb fills the GPU: the request destroys it to make room.
     Victim,
-    /// The runtime refuses the container (no rootfs): the slice must go back.
-    RuntimeFails,
     /// The container ran; the crash is in the release that follows.
     Release,
     /// A crash left a half-made instance; the crash is in gc repairing it.
@@ -41,7 +39,6 @@ const SCENARIOS: &[(&str, Setup)] = &[
     ("shim.spec_written", Setup::Warm),
     ("alloc.cold.victims_destroyed", Setup::Victim),
     ("nvml.destroy.cis_gone", Setup::Victim),
-    ("shim.runtime_failed", Setup::RuntimeFails),
     ("release.locked", Setup::Release),
     ("release.saved", Setup::Release),
     ("shim.deleted", Setup::Release),
@@ -90,7 +87,7 @@ fn run_profile(engine: &Engine, profile: &str) {
 /// Brings the node to the state the scenario starts from.
 fn set_up(engine: &Engine, setup: Setup) {
     match setup {
-        Setup::Cold | Setup::RuntimeFails | Setup::Release => {}
+        Setup::Cold | Setup::Release => {}
         Setup::Warm => run_profile(engine, "1g.10gb"),
         Setup::Victim => run_profile(engine, "7g.80gb"),
         Setup::Gc => {
@@ -118,18 +115,6 @@ fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
                 "{point}: create was not killed ({st:?}): {}",
                 text(&std::fs::read(b.path().join("stderr")).unwrap())
             );
-        }
-        Setup::RuntimeFails => {
-            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
-            let mut spec = b.config();
-            spec["root"]["path"] = serde_json::json!("no-such-rootfs");
-            std::fs::write(
-                b.path().join("config.json"),
-                serde_json::to_vec(&spec).unwrap(),
-            )
-            .unwrap();
-            let st = create_with(engine, &b, &id, Some(point));
-            assert!(killed(st), "{point}: create was not killed ({st:?})");
         }
         Setup::Release => {
             let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);

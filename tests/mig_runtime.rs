@@ -374,6 +374,45 @@ fn runc_repeated_create_keeps_the_running_containers_slice() {
     assert!(node.ledger().lease_of(&id).is_none());
 }
 
+/// The runtime is exec'd after the grant, so a create it refuses leaves the lease behind; the
+/// engine's `delete` of that id (the runtime no longer knows it) frees the slice, and so does
+/// `gpusharectl gc` when no delete comes.
+#[test]
+fn runc_refused_create_is_freed_by_delete_or_gc() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    for freed_by in ["delete", "gc"] {
+        let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+        let mut spec = b.config();
+        spec["root"]["path"] = serde_json::json!("no-such-rootfs");
+        std::fs::write(
+            b.path().join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let id = unique("refused");
+        let out = engine.create(&b, &id);
+        assert!(!out.status.success(), "runc refuses a missing rootfs");
+        assert!(node.ledger().lease_of(&id).is_some(), "{freed_by}");
+        if freed_by == "delete" {
+            let ours = engine.delete(&id);
+            let theirs = run(&mut engine.bare(&["delete", "--force", &id]));
+            assert_eq!(
+                ours.status.code(),
+                theirs.status.code(),
+                "runc's own exit code"
+            );
+        } else {
+            let out = node.ctl(&["gc", "--grace", "0"]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        assert!(node.ledger().lease_of(&id).is_none(), "freed by {freed_by}");
+    }
+    let st = node.ledger();
+    assert!(st.instances.iter().all(|r| r.lease.is_none()));
+}
+
 /// A broken gpushare config stops GPU requests only: engines still manage other containers.
 #[test]
 fn runc_broken_config_refuses_only_gpu_requests() {

@@ -24,8 +24,9 @@ pub struct RuncArgs {
 pub struct Own {
     /// `--gpushare-config=PATH` (the last one wins).
     pub config: Option<PathBuf>,
-    /// `--gpushare-after-delete`: the entry binary already ran the runtime's `delete`.
-    pub after_delete: bool,
+    /// `--gpushare-after-delete=CODE`: the entry binary already ran the runtime's `delete`,
+    /// which exited with CODE.
+    pub after_delete: Option<u8>,
 }
 
 /// Split gpushare's own global flags off `argv`: the argv for the runtime (everything else, in

@@ -33,7 +33,10 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(e) => return fail(&broken.unwrap_or_else(|| e.to_string())),
     };
     match (args.command.as_deref(), broken) {
-        (Some("delete"), broken) if own.after_delete => after_delete(&cfg, broken, &args),
+        (Some("delete"), broken) if own.after_delete.is_some() => {
+            let code = own.after_delete.map_or(1, i32::from);
+            after_delete(&cfg, broken, &runtime, &args, code)
+        }
         (Some("create"), broken) => create(&cfg, broken.as_deref(), &runtime, &argv, &args),
         (Some("delete"), None) => delete(&cfg, &runtime, &argv, &args),
         (_, broken) => {
@@ -153,28 +156,11 @@ fn create(
     }
     crate::failpoint!("shim.spec_written");
     tracing::info!(container = id, uuid = %granted.uuid, warm = granted.warm, "granted");
-    let ran = spawn(runtime, argv);
-    // Only the ledger is left to touch, which root reaches as its owner.
-    let _ = crate::trust::drop_all_caps();
-    match ran {
-        Ok(0) => 0,
-        Ok(code) => {
-            crate::failpoint!("shim.runtime_failed");
-            // The runtime refused the container: it never ran, so a slice this call took goes
-            // back now. One the id already held (a repeated create of a running container)
-            // stays with that container.
-            if granted.fresh {
-                release_quietly(cfg, id);
-            }
-            code
-        }
-        Err(e) => {
-            if granted.fresh {
-                release_quietly(cfg, id);
-            }
-            fail(&format!("cannot run {}: {e}", runtime.display()))
-        }
-    }
+    // The runtime replaces this process, as it would have been run without gpushare: waiting
+    // on it would cost every GPU container a millisecond or more. If it then refuses the
+    // container, the lease is freed by the engine's `delete` (the runtime no longer knows the
+    // id), by the next cold grant's reap, or by `gpusharectl gc`.
+    exec(runtime, argv)
 }
 
 /// What the spec asks for, if anything, and whether this node serves it. Shared by the
@@ -240,30 +226,44 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         }
     };
     let _ = crate::trust::drop_all_caps();
-    if code == 0 {
-        crate::failpoint!("shim.deleted");
-        if let Some(id) = args.container_id.as_deref() {
-            // poststop is best effort (runc skips it when its state is gone): release here too.
-            release_quietly(cfg, id);
-        }
-    }
+    release_after_delete(cfg, runtime, args, code);
     code
 }
 
-/// The `gpushare` entry binary ran the runtime's `delete`, which succeeded, and the ledger
-/// still names the container (its poststop hook did not release): release it here.
-fn after_delete(cfg: &Config, broken_config: Option<String>, args: &RuncArgs) -> i32 {
+/// After the runtime's `delete` exited with `code`: release the container's slice if the
+/// runtime deleted it, or if the runtime has no such container (its `create` failed, or it was
+/// deleted behind gpushare's back). A delete refused for a container that still exists (one
+/// still running, without --force) keeps its slice.
+fn release_after_delete(cfg: &Config, runtime: &Path, args: &RuncArgs, code: i32) {
+    let Some(id) = args.container_id.as_deref() else {
+        return;
+    };
+    let gone = code == 0
+        || runtime_root(runtime, args).is_some_and(|root| !Path::new(&root).join(id).exists());
+    if gone {
+        crate::failpoint!("shim.deleted");
+        // poststop is best effort (runc skips it when its state is gone): release here too.
+        release_quietly(cfg, id);
+    }
+}
+
+/// The `gpushare` entry binary ran the runtime's `delete`, which exited with `code`, and the
+/// ledger still names the container: release as [`delete`] would have.
+fn after_delete(
+    cfg: &Config,
+    broken_config: Option<String>,
+    runtime: &Path,
+    args: &RuncArgs,
+    code: i32,
+) -> i32 {
     if let Some(e) = broken_config {
         eprintln!("gpushare: {e}; the slice stays leased until `gpusharectl gc`");
-        return 0;
+        return code;
     }
     crate::logging::init(cfg, "gpushare");
     let _ = crate::trust::drop_all_caps();
-    crate::failpoint!("shim.deleted");
-    if let Some(id) = args.container_id.as_deref() {
-        release_quietly(cfg, id);
-    }
-    0
+    release_after_delete(cfg, runtime, args, code);
+    code
 }
 
 pub(crate) fn release_quietly(cfg: &Config, id: &str) {

@@ -6,8 +6,9 @@
 /// environment (Docker's `runtimeArgs`, Podman's `--runtime-flag`) names a config other than
 /// the default. It never reaches the runtime, which would refuse a flag it does not know.
 pub const CONFIG_FLAG: &[u8] = b"gpushare-config";
-/// `--gpushare-after-delete`: set by the `gpushare` entry binary alone, when it has already
-/// run the runtime's `delete` and only the release is left for the full wrapper to do.
+/// `--gpushare-after-delete=CODE`: set by the `gpushare` entry binary alone, when it has
+/// already run the runtime's `delete` (which exited with CODE) and the ledger still names the
+/// container: what is left is the full wrapper's.
 pub const AFTER_DELETE_FLAG: &[u8] = b"gpushare-after-delete";
 
 /// Global flags of runc (and crun) that take a value.
@@ -124,8 +125,8 @@ impl<'a> Roles<'a> {
                         Some(_) => State::Globals,
                     },
                 ),
-                Some((name, None)) if name == AFTER_DELETE_FLAG => {
-                    (Role::Own { name, value: None }, State::Globals)
+                Some((name, value)) if name == AFTER_DELETE_FLAG => {
+                    (Role::Own { name, value }, State::Globals)
                 }
                 Some((name, value)) => (
                     Role::Global { name, value },
@@ -160,7 +161,9 @@ impl<'a> Roles<'a> {
 pub struct Parsed<'a> {
     /// `--gpushare-config`, the last one given.
     pub config: Option<&'a [u8]>,
-    pub after_delete: bool,
+    /// `--gpushare-after-delete[=CODE]`: the runtime's delete already ran and exited with CODE
+    /// (0 when not given; anything that is not a number counts as a failure, 1).
+    pub after_delete: Option<u8>,
     pub root: Option<&'a [u8]>,
     pub log: Option<&'a [u8]>,
     pub log_format: Option<&'a [u8]>,
@@ -179,7 +182,7 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Parsed<'a> {
         match roles.next(arg) {
             Role::Own { name, value } if name == CONFIG_FLAG => out.config = value,
             Role::OwnValue { name } if name == CONFIG_FLAG => out.config = Some(arg),
-            Role::Own { .. } => out.after_delete = true,
+            Role::Own { value, .. } => out.after_delete = Some(value.map_or(0, exit_code)),
             Role::Global { name, value } => out.set_global(name, value),
             Role::GlobalValue { name } => out.set_global(name, Some(arg)),
             Role::Command => out.command = Some(arg),
@@ -190,6 +193,15 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Parsed<'a> {
         }
     }
     out
+}
+
+fn exit_code(v: &[u8]) -> u8 {
+    let digits = !v.is_empty() && v.len() <= 3 && v.iter().all(u8::is_ascii_digit);
+    let n = v.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    match digits && n <= 255 {
+        true => n as u8,
+        false => 1,
+    }
 }
 
 impl<'a> Parsed<'a> {
@@ -206,6 +218,7 @@ impl<'a> Parsed<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::format;
     use std::vec::Vec;
 
     fn words(s: &str) -> Vec<&[u8]> {
@@ -231,7 +244,15 @@ mod tests {
         let own: Vec<bool> = w.iter().map(|a| roles.next(a).is_own()).collect();
         assert_eq!(own, [true, true, true, false, false, false, false, false]);
         let a = parse(w.iter().copied());
-        assert!(a.after_delete);
+        assert_eq!(a.after_delete, Some(0));
+        for (flag, code) in [("=0", 0), ("=137", 137), ("=256", 1), ("=x", 1), ("=", 1)] {
+            let w = format!("--gpushare-after-delete{flag} delete c1");
+            assert_eq!(
+                parse(words(&w).iter().copied()).after_delete,
+                Some(code),
+                "{w}"
+            );
+        }
         assert_eq!(a.config, Some(&b"/c.toml"[..]));
         assert_eq!(a.container_id, Some(&b"c1"[..]));
     }
