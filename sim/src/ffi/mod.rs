@@ -18,7 +18,7 @@ use crate::error::{
 };
 use crate::handles::{short_serial, Handle, Kind};
 use crate::latency::{self, Op};
-use crate::state::{ComputeInstance, Gpu, GpuInstance, Latency, State, Store};
+use crate::state::{ComputeInstance, FileKey, Gpu, GpuInstance, Latency, State, Store};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -83,10 +83,14 @@ fn check_init() -> SimResult<()> {
     Ok(())
 }
 
-/// Reads the state (under the lock) after checking init.
+/// Reads the state after checking init (a cached copy while the file is unchanged).
 fn query<T>(f: impl FnOnce(&State) -> SimResult<T>) -> SimResult<T> {
+    static CACHE: std::sync::Mutex<Option<(FileKey, State)>> = std::sync::Mutex::new(None);
     check_init()?;
-    let st = store()?.load()?;
+    let st = {
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        store()?.load_cached(&mut cache)?
+    };
     f(&st)
 }
 
