@@ -40,9 +40,41 @@ pub fn cost(op: Op) -> Duration {
     Duration::from_micros(us)
 }
 
-/// Sleeps for `op`'s cost when the node is in `measured` mode.
+/// Waits `op`'s cost when the node is in `measured` mode: exactly that, not more. A plain
+/// sleep overshoots by the kernel's timer slack and a wake-up (~0.1-0.2 ms each on a VM,
+/// several per grant), which benchmarks would then charge to gpushare; the last stretch is
+/// spun instead.
 pub fn charge(mode: Latency, op: Op) {
     if mode == Latency::Measured {
-        std::thread::sleep(cost(op));
+        wait_exactly(cost(op));
+    }
+}
+
+fn wait_exactly(d: Duration) {
+    const SPIN: Duration = Duration::from_micros(500);
+    let until = std::time::Instant::now() + d;
+    if let Some(sleep) = d.checked_sub(SPIN) {
+        std::thread::sleep(sleep);
+    }
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_at_least_and_about_exactly() {
+        for ms in [1u64, 3] {
+            let d = Duration::from_millis(ms);
+            let t = std::time::Instant::now();
+            wait_exactly(d);
+            let took = t.elapsed();
+            assert!(took >= d, "{took:?} < {d:?}");
+            // Generous: only a descheduled spin overshoots, and CI machines are busy.
+            assert!(took < d + Duration::from_millis(20), "{took:?}");
+        }
     }
 }
