@@ -369,26 +369,27 @@ fn mig_lifecycle_through_nvml_wrapper() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `gpushare-sim create-instance` of a 1g.10gb on GPU 0 of the node at `root`.
+fn create_1g(root: &str) -> Command {
+    let mut c = Command::new(common::sim_bin());
+    c.args([
+        "create-instance",
+        "--root",
+        root,
+        "--gpu",
+        "0",
+        "--profile",
+        "1g.10gb",
+    ]);
+    c
+}
+
 #[test]
 fn concurrent_processes_see_one_gpu() {
     let root = init_node("concurrent", "h100-80gb", "1");
     let r = root.to_str().unwrap().to_string();
     // One after another: 7 fit, the 8th and 9th are refused.
-    let children: Vec<_> = (0..9)
-        .map(|_| {
-            Command::new(common::sim_bin())
-                .args([
-                    "create-instance",
-                    "--root",
-                    &r,
-                    "--gpu",
-                    "0",
-                    "--profile",
-                    "1g.10gb",
-                ])
-                .output()
-        })
-        .collect::<Vec<_>>();
+    let children: Vec<_> = (0..9).map(|_| create_1g(&r).output()).collect::<Vec<_>>();
     let ok = children
         .iter()
         .filter(|o| o.as_ref().unwrap().status.success())
@@ -424,16 +425,7 @@ fn concurrent_processes_see_one_gpu() {
     // 16 concurrent processes against one lock: 7 GPU instances, no lost update.
     let kids: Vec<_> = (0..16)
         .map(|_| {
-            Command::new(common::sim_bin())
-                .args([
-                    "create-instance",
-                    "--root",
-                    &r,
-                    "--gpu",
-                    "0",
-                    "--profile",
-                    "1g.10gb",
-                ])
+            create_1g(&r)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
