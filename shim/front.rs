@@ -64,6 +64,11 @@ mod entry {
 
     #[panic_handler]
     fn panic(_: &core::panic::PanicInfo) -> ! {
+        use core::sync::atomic::{AtomicBool, Ordering};
+        static PANICKED: AtomicBool = AtomicBool::new(false);
+        if PANICKED.swap(true, Ordering::Relaxed) {
+            sys::exit(127); // a panic while handing over: no second try
+        }
         // SAFETY: PROCESS is written once, before anything can panic.
         unsafe { delegate(&*core::ptr::addr_of!(PROCESS), None) }
     }
@@ -125,6 +130,9 @@ mod entry {
         match parsed.command {
             Some(b"create") => {
                 let bundle = parsed.bundle.unwrap_or(b".");
+                if bundle.is_empty() {
+                    return; // "" is the working folder to the runtime: the full wrapper's case
+                }
                 let spec = Path::new(&[bundle, b"/config.json"]);
                 match sys::read_spec(&spec, scan::MAX_SPEC_BYTES) {
                     Ok(m) if !scan::may_contain_request(m.bytes()) => exec_runtime(p, &runtime),
@@ -138,17 +146,23 @@ mod entry {
                 };
                 let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
                 let ledger = Path::new(&[dir, b"/", config::LEDGER_FILE]);
-                if ledger_mentions(&ledger, id) == Some(false) {
+                if !ledger_mentions(&ledger, id) {
                     exec_runtime(p, &runtime);
                     return;
                 }
                 // The container holds (or may hold) a slice: run the runtime's delete, whose
                 // poststop hook releases it; the full wrapper is needed only if the lease is
                 // still there after (a hook that timed out, a runtime that skipped hooks).
-                let Some(code) = spawn_runtime(p, &runtime) else {
-                    return;
+                let code = match spawn_runtime(p, &runtime) {
+                    // Nothing ran: the full wrapper takes the whole command.
+                    sys::Spawned::NotStarted => return,
+                    sys::Spawned::Exited(code) => code,
+                    sys::Spawned::Lost => {
+                        sys::write_all(2, b"gpushare: cannot run the runtime: its exit status was lost (is SIGCHLD ignored?)\n");
+                        sys::exit(127)
+                    }
                 };
-                if ledger_mentions(&ledger, id) == Some(false) {
+                if !ledger_mentions(&ledger, id) {
                     sys::exit(code);
                 }
                 // The full wrapper releases if the runtime deleted the container or no longer
@@ -159,13 +173,10 @@ mod entry {
         }
     }
 
-    /// Some(false) only when the ledger certainly does not name `id`.
-    fn ledger_mentions(ledger: &Path, id: &[u8]) -> Option<bool> {
-        match Map::open(ledger) {
-            Ok(m) => Some(scan::may_mention(m.bytes(), id)),
-            Err(sys::ENOENT) => Some(false),
-            Err(_) => None,
-        }
+    /// Whether the ledger may name `id`; a ledger that cannot be read names nothing, as for
+    /// the full wrapper's `gc::may_hold`.
+    fn ledger_mentions(ledger: &Path, id: &[u8]) -> bool {
+        Map::open(ledger).is_ok_and(|m| scan::may_mention(m.bytes(), id))
     }
 
     /// The runtime the full wrapper would pick: `runtime` when absolute, else looked up on
@@ -213,8 +224,7 @@ mod entry {
         sys::execve(runtime, argv.as_ptr(), p.envp);
     }
 
-    /// The runtime's exit code, as a shell reports it; None if it could not be started.
-    fn spawn_runtime(p: &Process, runtime: &Path) -> Option<i32> {
+    fn spawn_runtime(p: &Process, runtime: &Path) -> sys::Spawned {
         let mut argv = [core::ptr::null(); MAX_ARGS + 1];
         runtime_argv(p, runtime, &mut argv);
         sys::spawn_wait(runtime, argv.as_ptr(), p.envp)
@@ -252,6 +262,7 @@ mod entry {
             2,
             b"gpushare: cannot run gpushare-runtime, which must sit next to gpushare\n",
         );
-        sys::exit(127)
+        // After the runtime's delete ran, its code is the command's; the lease is gc's.
+        sys::exit(after_delete.unwrap_or(127))
     }
 }

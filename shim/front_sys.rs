@@ -7,6 +7,7 @@ const EINTR: isize = -4;
 const ENAMETOOLONG: i32 = 36;
 const EINVAL: i32 = 22;
 
+const SYS_READ: usize = 0;
 const SYS_WRITE: usize = 1;
 const SYS_CLOSE: usize = 3;
 const SYS_FSTAT: usize = 5;
@@ -18,16 +19,18 @@ const SYS_READLINK: usize = 89;
 const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
 const SYS_NEWFSTATAT: usize = 262;
+const SYS_PIPE2: usize = 293;
 
 const AT_FDCWD: isize = -100;
 const AT_SYMLINK_NOFOLLOW: usize = 0x100;
-const O_RDONLY_CLOEXEC: usize = 0o2000000;
+const O_CLOEXEC: usize = 0o2000000;
+const O_RDONLY_CLOEXEC: usize = O_CLOEXEC;
 const O_NONBLOCK: usize = 0o4000;
 const O_NOFOLLOW: usize = 0o400000;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
-const PROT_READ: usize = 1;
-const MAP_PRIVATE: usize = 2;
+const PROT_READ_WRITE: usize = 3;
+const MAP_PRIVATE_ANONYMOUS: usize = 0x22;
 
 /// # Safety
 /// A raw system call: the caller passes what the kernel expects for `n`.
@@ -168,7 +171,8 @@ fn close(fd: usize) {
     unsafe { syscall(SYS_CLOSE, fd, 0, 0, 0, 0, 0) };
 }
 
-/// A file mapped read-only. Never unmapped: the process execs or exits soon after.
+/// A file's bytes, read into anonymous memory (never a mapping of the file itself, which a
+/// writer truncating it would turn into SIGBUS). Never freed: the process execs or exits soon.
 pub struct Map {
     ptr: *const u8,
     len: usize,
@@ -185,25 +189,44 @@ impl Map {
 
     fn of_fd(fd: usize, max: u64) -> Result<Map, i32> {
         let (mode, size) = stat_fd(fd)?;
-        if mode & S_IFMT != S_IFREG || size > max {
+        if mode & S_IFMT != S_IFREG || size > max || size > (1 << 40) {
             return Err(EINVAL);
         }
-        if size == 0 {
-            return Ok(Map {
-                ptr: core::ptr::NonNull::dangling().as_ptr(),
-                len: 0,
-            });
+        // One byte more than the file had: filling it means the file grew meanwhile, and a
+        // file changing under the reader is the full wrapper's to read.
+        let cap = size as usize + 1;
+        // SAFETY: a fresh private anonymous mapping.
+        let r = unsafe {
+            syscall(
+                SYS_MMAP,
+                0,
+                cap,
+                PROT_READ_WRITE,
+                MAP_PRIVATE_ANONYMOUS,
+                usize::MAX,
+                0,
+            )
+        };
+        let buf = errno(r)? as *mut u8;
+        let mut len = 0;
+        while len < cap {
+            // SAFETY: buf has cap bytes; len < cap.
+            let r = unsafe { syscall(SYS_READ, fd, buf.add(len) as usize, cap - len, 0, 0, 0) };
+            match errno(r) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(4) => continue,
+                Err(e) => return Err(e),
+            }
         }
-        // SAFETY: a private read-only mapping of a regular file of `size` bytes.
-        let r = unsafe { syscall(SYS_MMAP, 0, size as usize, PROT_READ, MAP_PRIVATE, fd, 0) };
-        Ok(Map {
-            ptr: errno(r)? as *const u8,
-            len: size as usize,
-        })
+        if len == cap {
+            return Err(EINVAL);
+        }
+        Ok(Map { ptr: buf, len })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping lives until the process ends.
+        // SAFETY: len bytes of the buffer were read into and it lives until the process ends.
         unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
@@ -251,29 +274,66 @@ pub fn execve(path: &Path, argv: *const *const u8, envp: *const *const u8) {
     }
 }
 
-/// Run `path` as a child with these argv and envp; its exit code (128 + signal when killed),
-/// None if no child could be made.
-pub fn spawn_wait(path: &Path, argv: *const *const u8, envp: *const *const u8) -> Option<i32> {
+/// What became of a runtime run as a child.
+pub enum Spawned {
+    /// It could not be started (no child, or its execve failed): nothing ran.
+    NotStarted,
+    /// It ran and exited with this code (128 + signal when killed).
+    Exited(i32),
+    /// It was started, but its end could not be waited for (SIGCHLD ignored by the engine).
+    Lost,
+}
+
+/// Run `path` as a child with these argv and envp and wait for it. Whether its execve worked
+/// comes back on a close-on-exec pipe, so a runtime that never started is told apart from one
+/// that exited 127.
+pub fn spawn_wait(path: &Path, argv: *const *const u8, envp: *const *const u8) -> Spawned {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds holds two ints.
+    let r = unsafe { syscall(SYS_PIPE2, fds.as_mut_ptr() as usize, O_CLOEXEC, 0, 0, 0, 0) };
+    if errno(r).is_err() {
+        return Spawned::NotStarted;
+    }
+    let (rd, wr) = (fds[0] as usize, fds[1] as usize);
     // SAFETY: fork in a single-threaded process with no locks held.
-    let pid = errno(unsafe { syscall(SYS_FORK, 0, 0, 0, 0, 0, 0) }).ok()?;
+    let Ok(pid) = errno(unsafe { syscall(SYS_FORK, 0, 0, 0, 0, 0, 0) }) else {
+        close(rd);
+        close(wr);
+        return Spawned::NotStarted;
+    };
     if pid == 0 {
+        close(rd);
         execve(path, argv, envp);
-        write_all(2, b"gpushare: cannot run the configured runtime\n");
+        write_all(wr, b"x");
         exit(127);
     }
+    close(wr);
+    let mut byte = [0u8; 1];
+    let failed = loop {
+        // SAFETY: byte is one writable byte.
+        match errno(unsafe { syscall(SYS_READ, rd, byte.as_mut_ptr() as usize, 1, 0, 0, 0) }) {
+            Err(4) => continue,
+            Ok(n) => break n > 0,
+            Err(_) => break false,
+        }
+    };
+    close(rd);
     let mut status: i32 = 0;
-    loop {
+    let waited = loop {
         // SAFETY: status is an int.
         let r = unsafe { syscall(SYS_WAIT4, pid, &mut status as *mut i32 as usize, 0, 0, 0, 0) };
         if r != EINTR {
-            errno(r).ok()?;
-            break;
+            break errno(r).is_ok();
         }
+    };
+    match (failed, waited) {
+        (true, _) => Spawned::NotStarted,
+        (false, false) => Spawned::Lost,
+        (false, true) => Spawned::Exited(match status & 0x7f {
+            0 => (status >> 8) & 0xff,
+            sig => 128 + sig,
+        }),
     }
-    Some(match status & 0x7f {
-        0 => (status >> 8) & 0xff,
-        sig => 128 + sig,
-    })
 }
 
 /// `name` in the folder this binary was started from.

@@ -240,6 +240,33 @@ impl Config {
         }
     }
 
+    /// What gpushare runs with when the config cannot be parsed: the defaults, with the
+    /// top-level `runtime` and `state_dir` as the `gpushare` entry binary reads them, so that
+    /// both binaries hand a container to the same runtime.
+    pub fn fallback(explicit: Option<&Path>) -> Config {
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                std::env::var_os(ENV_CONFIG)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+        let mut cfg = Config::default();
+        let Ok(text) = std::fs::read(&path) else {
+            return cfg;
+        };
+        if let Some(top) = gpushare_front::config::scan(&text) {
+            use std::os::unix::ffi::OsStrExt;
+            let path = |v: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(v));
+            cfg.runtime = top.runtime.map(path);
+            if let Some(dir) = top.state_dir {
+                cfg.state_dir = path(dir);
+            }
+        }
+        cfg
+    }
+
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -349,6 +376,29 @@ mod tests {
             t.state_dir.unwrap(),
             c.state_dir.as_os_str().as_encoded_bytes()
         );
+    }
+
+    #[test]
+    fn a_broken_config_still_names_its_runtime() {
+        let dir = std::env::temp_dir().join(format!("gpushare-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("broken.toml");
+        std::fs::write(
+            &f,
+            "runtime = \"/usr/bin/crun\"\nstat_dir = \"/x\"\n[pool]\nbad = 1\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&f)).is_err());
+        let c = Config::fallback(Some(&f));
+        assert_eq!(c.runtime, Some(PathBuf::from("/usr/bin/crun")));
+        assert_eq!(c.state_dir, Config::default().state_dir);
+        std::fs::write(&f, "runtime = 5\n").unwrap();
+        assert_eq!(
+            Config::fallback(Some(&f)).runtime,
+            None,
+            "unreadable top: the defaults"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

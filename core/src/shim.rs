@@ -26,7 +26,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     // GPU: every command still reaches a runtime, and only a GPU request is refused with it.
     let (cfg, broken) = match Config::load(own.config.as_deref()) {
         Ok(c) => (c, None),
-        Err(e) => (Config::default(), Some(e.to_string())),
+        Err(e) => (Config::fallback(own.config.as_deref()), Some(e.to_string())),
     };
     let runtime = match cfg.runtime_path() {
         Ok(r) => r,
@@ -160,7 +160,12 @@ fn create(
     // on it would cost every GPU container a millisecond or more. If it then refuses the
     // container, the lease is freed by the engine's `delete` (the runtime no longer knows the
     // id), by the next cold grant's reap, or by `gpusharectl gc`.
-    exec(runtime, argv)
+    let code = exec(runtime, argv);
+    // Still here: the runtime could not be started, so the container never came to be.
+    if granted.fresh {
+        release_quietly(cfg, id);
+    }
+    code
 }
 
 /// What the spec asks for, if anything, and whether this node serves it. Shared by the

@@ -4,9 +4,38 @@
 pub const MAX_SPEC_BYTES: u64 = 8 << 20;
 
 /// Whether a spec could hold a GPU request: every request is an annotation `gpu.*` or an env
-/// variable `GPUSHARE_*`, so a spec with neither string asks for nothing.
+/// variable `GPUSHARE_*`, so a spec with neither string asks for nothing. A name can also be
+/// written with JSON escapes (`"\u0067pu.profile"`); engines escape only `<`, `>`, `&` and
+/// control characters, so a spec that escapes a letter, digit, `.` or `_` is read in full.
 pub fn may_contain_request(raw: &[u8]) -> bool {
-    contains(raw, b"\"gpu.") || contains(raw, b"GPUSHARE_")
+    contains(raw, b"\"gpu.") || contains(raw, b"GPUSHARE_") || escapes_a_name_char(raw)
+}
+
+fn escapes_a_name_char(raw: &[u8]) -> bool {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut at = 0;
+    while let Some(i) = find(&raw[at..], b"\\u00") {
+        let start = at + i;
+        // An even run of backslashes before it is an escaped backslash, not an escape.
+        let slashes = raw[..start]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if slashes % 2 == 0 {
+            if let (Some(h), Some(l)) = (
+                raw.get(start + 4).and_then(|&b| hex(b)),
+                raw.get(start + 5).and_then(|&b| hex(b)),
+            ) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' {
+                    return true;
+                }
+            }
+        }
+        at = start + 1;
+    }
+    false
 }
 
 /// Whether the ledger's JSON could mention `container_id`: its JSON string, quotes included,
@@ -71,6 +100,22 @@ mod tests {
             br#"{"annotations":{"gpux":"1"},"env":["GPU=1"]}"#
         ));
         assert!(!may_contain_request(b""));
+        // Escaped names are read in full; what engines escape is not a name.
+        assert!(may_contain_request(
+            br#"{"annotations":{"\u0067pu.profile":"1g.10gb"}}"#
+        ));
+        assert!(may_contain_request(
+            br#"{"env":["GPU\u0053HARE_PROFILE=1g.10gb"]}"#
+        ));
+        assert!(may_contain_request(br#"{"a":"gpu\u002eprofile"}"#));
+        assert!(!may_contain_request(
+            br#"{"args":["sh","-c","a \u0026\u0026 b \u003e c"]}"#
+        ));
+        assert!(
+            !may_contain_request(br#"{"a":"\\u0067"}"#),
+            "an escaped backslash"
+        );
+        assert!(!may_contain_request(br#"{"a":"\u00"}"#));
     }
 
     #[test]

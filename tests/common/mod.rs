@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_gpushare");
+/// The full wrapper `gpushare` hands GPU work (and anything it is unsure of) to.
+pub const FULL: &str = env!("CARGO_BIN_EXE_gpushare-runtime");
 pub const HOOK: &str = env!("CARGO_BIN_EXE_gpushare-hook");
 pub const CTL: &str = env!("CARGO_BIN_EXE_gpusharectl");
 
