@@ -228,12 +228,21 @@ fn doctor_says_what_is_wrong() {
     assert_eq!(level("GPU 0"), "warn", "MIG off is a warning: {checks:#}");
     assert_eq!(level("runtime"), "ok");
     assert_eq!(level("hook"), "ok");
+    assert_eq!(level("wrapper"), "ok", "{checks:#}");
+    assert_eq!(level("fast path"), "ok", "{checks:#}");
     assert_eq!(level("driver"), "ok");
     assert!(["ok", "warn"].contains(&level("engines").as_str()));
     assert!(out.status.success(), "{checks:#}");
     let text_out = text(&node.ctl(&["doctor"]).stdout);
     assert!(text_out.contains("nvidia-smi -i 0 -mig 1"), "{text_out}");
 
+    node.configure("pool.lock_timeout_ms = 1000");
+    let out = node.ctl(&["doctor"]);
+    assert!(
+        text(&out.stdout).contains("WARN  fast path"),
+        "a top the entry binary cannot read: {}",
+        text(&out.stdout)
+    );
     set_nvml(&node, "/nonexistent/libnvidia-ml.so.1");
     let out = node.ctl(&["doctor"]);
     assert!(!out.status.success(), "a missing NVML fails doctor");

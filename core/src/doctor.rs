@@ -197,6 +197,8 @@ pub fn run(cfg: &Config) -> Vec<Check> {
             hook.display()));
     }
 
+    wrapper_checks(cfg, &mut out);
+
     let mut engines = Vec::new();
     for (engine, paths) in ENGINE_FILES {
         if let Some(p) = paths.iter().find(|p| mentions_gpushare(Path::new(p))) {
@@ -219,6 +221,37 @@ pub fn run(cfg: &Config) -> Vec<Check> {
     };
     check(&mut out, "cgroup", Level::Ok, cgroup);
     out
+}
+
+/// `gpushare` hands GPU work to `gpushare-runtime` in its own folder (this binary's, as
+/// installed), and settles other commands from the top of the config alone.
+fn wrapper_checks(cfg: &Config, out: &mut Vec<Check>) {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    match dir {
+        Some(d) if executable(&d.join("gpushare")) && executable(&d.join("gpushare-runtime")) => {
+            check(out, "wrapper", Level::Ok, format!("gpushare and gpushare-runtime in {}", d.display()))
+        }
+        Some(d) if executable(&d.join("gpushare")) => check(out, "wrapper", Level::Fail, format!(
+            "{} has gpushare but not gpushare-runtime, which it hands every GPU request to: install both",
+            d.display())),
+        _ => check(out, "wrapper", Level::Warn,
+            "gpushare is not next to gpusharectl: check that gpushare-runtime sits next to it"),
+    }
+    let Some(src) = &cfg.source else { return };
+    let readable = std::fs::read(src).is_ok_and(|t| gpushare_front::config::scan(&t).is_some());
+    if readable {
+        check(out, "fast path", Level::Ok,
+            "gpushare reads runtime and state_dir from the top of the config: containers without a request never load gpushare-runtime");
+    } else {
+        check(out, "fast path", Level::Warn, format!(
+            "gpushare cannot read the top of {} by itself (escapes, dotted keys or non-string values before the first [table]): every command goes through gpushare-runtime, correct but slower",
+            src.display()));
+    }
 }
 
 pub fn render(checks: &[Check]) -> String {
