@@ -67,7 +67,10 @@ fn store() -> SimResult<Store> {
         .ok_or(SimError::Nvml(DRIVER_NOT_LOADED))
 }
 
-/// Runs an exported call's body: panics become NVML_ERROR_UNKNOWN, errors their NVML code.
+/// Runs an exported call's body: errors become their NVML code, and a panic, in a build that
+/// unwinds, NVML_ERROR_UNKNOWN rather than unwinding into C. The workspace's dev and release
+/// profiles abort on panic (the `gpushare` entry binary needs it), so there a simulator bug
+/// aborts the calling process, which a test then reports.
 fn guard(f: impl FnOnce() -> SimResult<()>) -> Ret {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => SUCCESS,
