@@ -223,11 +223,18 @@ impl Default for LogConfig {
 impl Config {
     /// The config named by `explicit`, else `GPUSHARE_CONFIG`, else the default file; a
     /// missing default file means defaults, a missing named file is an error.
+    /// The config file named by `--gpushare-config`, else by `GPUSHARE_CONFIG`; None: the
+    /// default path.
+    fn named(explicit: Option<&Path>) -> Option<PathBuf> {
+        explicit.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os(ENV_CONFIG)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let env = std::env::var_os(ENV_CONFIG)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        match explicit.map(Path::to_path_buf).or(env) {
+        match Self::named(explicit) {
             Some(path) => Self::from_file(&path),
             None => match Self::from_file(Path::new(DEFAULT_PATH)) {
                 Err(ConfigError::Read { source, .. })
@@ -244,14 +251,7 @@ impl Config {
     /// top-level `runtime` and `state_dir` as the `gpushare` entry binary reads them, so that
     /// both binaries hand a container to the same runtime.
     pub fn fallback(explicit: Option<&Path>) -> Config {
-        let path = explicit
-            .map(Path::to_path_buf)
-            .or_else(|| {
-                std::env::var_os(ENV_CONFIG)
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+        let path = Self::named(explicit).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
         let mut cfg = Config::default();
         let Ok(text) = std::fs::read(&path) else {
             return cfg;
