@@ -5,6 +5,11 @@
 //! Everything else, and anything it is not sure of, goes to `gpushare-runtime` (the full
 //! wrapper, next to this binary) with argv untouched.
 //!
+//! Run under the name `gpushare-hook` (argv[0], as the poststop hook gpushare writes into GPU
+//! specs runs it), it is that hook: it releases the container's slice by appending one line to
+//! the ledger's release journal (`gpushare_front::journal`), or hands the hook, stdin
+//! included, to the full `gpushare-hook` next to it when the case is not a plain one.
+//!
 //! On other architectures `gpushare` is the full wrapper itself.
 #![cfg_attr(target_arch = "x86_64", no_std, no_main)]
 
@@ -20,10 +25,18 @@ mod sys;
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Map, Path};
-    use gpushare_front::{args, config, scan};
+    use gpushare_front::{args, config, journal, scan, state};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
+    /// The full hook's file name, next to this binary too; also the name (argv[0]) under
+    /// which this binary is the hook.
+    const FULL_HOOK: &[u8] = b"gpushare-hook";
+    /// The most of a state document read from stdin, as the full hook reads.
+    const MAX_STATE: usize = 1 << 20;
+    /// How long the hook waits for the ledger's lock before the full hook (which waits its
+    /// configured time) takes over: a grant holds it well under a millisecond.
+    const HOOK_LOCK_MS: u32 = 200;
     /// runc's argv is a dozen words; anything longer is the full wrapper's to read.
     const MAX_ARGS: usize = 256;
     const DEFAULT_PATH_ENV: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -58,8 +71,15 @@ mod entry {
         let envp = argv.add(argc + 1);
         PROCESS = Process { argc, argv, envp };
         let p = &*core::ptr::addr_of!(PROCESS);
+        if p.argc > 0 && p.argc <= MAX_ARGS && base_name(arg(p, 0)) == FULL_HOOK {
+            hook(p);
+        }
         decide(p);
         delegate(p, None)
+    }
+
+    fn base_name(path: &[u8]) -> &[u8] {
+        path.rsplit(|&b| b == b'/').next().unwrap_or(path)
     }
 
     #[panic_handler]
@@ -103,26 +123,11 @@ mod entry {
         if parsed.after_delete.is_some() {
             return;
         }
-        let explicit = parsed
-            .config
-            .or_else(|| env(p, config::ENV_CONFIG).filter(|v| !v.is_empty()));
-        let text = match explicit {
-            Some(path) => match Map::open(&Path::new(&[path])) {
-                Ok(m) => Some(m),
-                Err(_) => return,
-            },
-            None => match Map::open(&Path::new(&[config::DEFAULT_PATH])) {
-                Ok(m) => Some(m),
-                Err(sys::ENOENT) => None,
-                Err(_) => return,
-            },
+        let Some(text) = config_text(p, parsed.config) else {
+            return;
         };
-        let top = match &text {
-            Some(m) => match config::scan(m.bytes()) {
-                Some(t) => t,
-                None => return,
-            },
-            None => config::TopLevel::default(),
+        let Some(top) = config_top(&text) else {
+            return;
         };
         let Some(runtime) = find_runtime(p, top.runtime) else {
             return;
@@ -145,8 +150,7 @@ mod entry {
                     return;
                 };
                 let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
-                let ledger = Path::new(&[dir, b"/", config::LEDGER_FILE]);
-                if !ledger_mentions(&ledger, id) {
+                if !may_hold(dir, id) {
                     exec_runtime(p, &runtime);
                     return;
                 }
@@ -162,7 +166,7 @@ mod entry {
                         sys::exit(127)
                     }
                 };
-                if !ledger_mentions(&ledger, id) {
+                if !may_hold(dir, id) {
                     sys::exit(code);
                 }
                 // The full wrapper releases if the runtime deleted the container or no longer
@@ -173,10 +177,146 @@ mod entry {
         }
     }
 
-    /// Whether the ledger may name `id`; a ledger that cannot be read names nothing, as for
-    /// the full wrapper's `gc::may_hold`.
-    fn ledger_mentions(ledger: &Path, id: &[u8]) -> bool {
-        Map::open(ledger).is_ok_and(|m| scan::may_mention(m.bytes(), id))
+    /// The config file's text: the explicit path (flag, else $GPUSHARE_CONFIG), else the
+    /// default one if it exists. None when it cannot be read: the full program's case.
+    fn config_text(p: &Process, flag: Option<&'static [u8]>) -> Option<Option<Map>> {
+        let explicit = flag.or_else(|| env(p, config::ENV_CONFIG).filter(|v| !v.is_empty()));
+        match explicit {
+            Some(path) => Map::open(&Path::new(&[path])).ok().map(Some),
+            None => match Map::open(&Path::new(&[config::DEFAULT_PATH])) {
+                Ok(m) => Some(Some(m)),
+                Err(sys::ENOENT) => Some(None),
+                Err(_) => None,
+            },
+        }
+    }
+
+    fn config_top(text: &Option<Map>) -> Option<config::TopLevel<'_>> {
+        match text {
+            Some(m) => config::scan(m.bytes()),
+            None => Some(config::TopLevel::default()),
+        }
+    }
+
+    /// Whether the ledger (with its release journal) may hold `id`'s slice; a ledger that
+    /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`.
+    fn may_hold(dir: &[u8], id: &[u8]) -> bool {
+        let Ok(ledger) = Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])) else {
+            return false;
+        };
+        let journal = Map::open(&Path::new(&[dir, b"/", journal::FILE]));
+        let journal = journal.as_ref().map_or(&[][..], Map::bytes);
+        journal::may_hold(ledger.bytes(), journal, id)
+    }
+
+    /// `gpushare-hook poststop [--config PATH]`: release the stopped container's slice with one
+    /// journal line. Returns nothing: it exits, or execs the full hook, which decides whatever
+    /// is not plain (a precreate lease, an MPS daemon running, a busy or unreadable ledger).
+    fn hook(p: &Process) {
+        let mut config_flag = None;
+        let plain_argv = match p.argc {
+            2 => true,
+            3 => {
+                config_flag = arg(p, 2).strip_prefix(b"--config=");
+                config_flag.is_some()
+            }
+            4 if arg(p, 2) == b"--config" => {
+                config_flag = Some(arg(p, 3));
+                true
+            }
+            _ => false,
+        };
+        if !plain_argv || arg(p, 1) != b"poststop" {
+            delegate_hook(p, None);
+        }
+        let Ok(state) = sys::read_stdin(MAX_STATE) else {
+            // Nothing usable was read, and what was is not kept: the full hook reads the rest.
+            delegate_hook(p, None)
+        };
+        let state = state.bytes();
+        // Releasing touches only the root-owned state directory: no capability is needed.
+        sys::drop_all_caps();
+        let Some(id) = state::container_id(state) else {
+            delegate_hook(p, Some(state))
+        };
+        let Some(text) = config_text(p, config_flag) else {
+            delegate_hook(p, Some(state))
+        };
+        let Some(top) = config_top(&text) else {
+            delegate_hook(p, Some(state))
+        };
+        let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
+        let _lock = match sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS) {
+            Ok(fd) => fd,
+            // No state directory yet: nothing was ever granted here.
+            Err(sys::ENOENT) => sys::exit(0),
+            Err(_) => delegate_hook(p, Some(state)),
+        };
+        let ledger = match Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
+            Ok(m) => m,
+            Err(sys::ENOENT) => sys::exit(0),
+            Err(_) => delegate_hook(p, Some(state)),
+        };
+        let ledger = ledger.bytes();
+        if !scan::may_mention(ledger, id) {
+            sys::exit(0); // nothing of this container's (already released, or never granted)
+        }
+        // An MPS client's release may stop its daemon: the full hook's work.
+        let (Some(generation), true) = (
+            journal::generation(ledger),
+            scan::contains(ledger, b"\"mps\":[]"),
+        ) else {
+            delegate_hook(p, Some(state))
+        };
+        let path = Path::new(&[dir, b"/", journal::FILE]);
+        let journal = match Map::open(&path) {
+            Ok(m) => Some(m),
+            Err(sys::ENOENT) => None,
+            Err(_) => delegate_hook(p, Some(state)),
+        };
+        let journal = journal.as_ref().map_or(&[][..], Map::bytes);
+        if journal::lists(journal, id, generation) {
+            sys::exit(0);
+        }
+        if journal.len() > journal::MAX_BYTES {
+            delegate_hook(p, Some(state)); // the full hook folds the journal into the ledger
+        }
+        let mut line = [0u8; journal::MAX_ID + 64];
+        let Some(n) = journal::line(
+            id,
+            sys::now(),
+            generation,
+            journal::torn(journal),
+            &mut line,
+        ) else {
+            delegate_hook(p, Some(state))
+        };
+        if sys::append_durably(&path, &line[..n]).is_err() {
+            delegate_hook(p, Some(state));
+        }
+        sys::exit(0)
+    }
+
+    /// Hand the hook to the full `gpushare-hook`, argv untouched, with the state this process
+    /// already read from stdin put back as its stdin.
+    fn delegate_hook(p: &Process, state: Option<&[u8]>) -> ! {
+        if let Some(state) = state {
+            if sys::restore_stdin(state).is_err() {
+                sys::write_all(2, b"gpushare-hook: cannot hand the container state to the full hook; `gpusharectl gc` will release the slice\n");
+                sys::exit(1);
+            }
+        }
+        if let Some(full) = sys::sibling(FULL_HOOK) {
+            // A `gpushare-hook` that is this very binary would hand over to itself forever.
+            if !sys::same_file(&full, &Path::new(&[b"/proc/self/exe"])) {
+                sys::execve(&full, p.argv, p.envp);
+            }
+        }
+        sys::write_all(
+            2,
+            b"gpushare-hook: cannot run the full gpushare-hook, which must sit next to gpushare\n",
+        );
+        sys::exit(1)
     }
 
     /// The runtime the full wrapper would pick: `runtime` when absolute, else looked up on

@@ -7,25 +7,42 @@ const EINTR: isize = -4;
 const ENAMETOOLONG: i32 = 36;
 const EINVAL: i32 = 22;
 
+const EWOULDBLOCK: i32 = 11;
+
 const SYS_READ: usize = 0;
 const SYS_WRITE: usize = 1;
 const SYS_CLOSE: usize = 3;
 const SYS_FSTAT: usize = 5;
+const SYS_LSEEK: usize = 8;
 const SYS_MMAP: usize = 9;
+const SYS_DUP2: usize = 33;
+const SYS_NANOSLEEP: usize = 35;
 const SYS_FORK: usize = 57;
 const SYS_EXECVE: usize = 59;
 const SYS_WAIT4: usize = 61;
+const SYS_FLOCK: usize = 73;
+const SYS_FSYNC: usize = 74;
 const SYS_READLINK: usize = 89;
+const SYS_CAPSET: usize = 126;
+const SYS_PRCTL: usize = 157;
+const SYS_CLOCK_GETTIME: usize = 228;
 const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
 const SYS_NEWFSTATAT: usize = 262;
 const SYS_PIPE2: usize = 293;
+const SYS_MEMFD_CREATE: usize = 319;
 
 const AT_FDCWD: isize = -100;
 const AT_SYMLINK_NOFOLLOW: usize = 0x100;
 const O_CLOEXEC: usize = 0o2000000;
 const O_RDONLY_CLOEXEC: usize = O_CLOEXEC;
+const O_WRONLY: usize = 0o1;
+const O_RDWR: usize = 0o2;
+const O_CREAT: usize = 0o100;
+const O_APPEND: usize = 0o2000;
 const O_NONBLOCK: usize = 0o4000;
+const LOCK_EX_NB: usize = 2 | 4;
+const CLOCK_REALTIME: usize = 0;
 const O_NOFOLLOW: usize = 0o400000;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
@@ -152,6 +169,10 @@ fn stat_fd(fd: usize) -> Result<(u32, u64), i32> {
 }
 
 fn open(path: &Path, flags: usize) -> Result<usize, i32> {
+    open_mode(path, flags, 0)
+}
+
+fn open_mode(path: &Path, flags: usize, mode: usize) -> Result<usize, i32> {
     // SAFETY: a NUL-terminated path.
     errno(unsafe {
         syscall(
@@ -159,11 +180,148 @@ fn open(path: &Path, flags: usize) -> Result<usize, i32> {
             AT_FDCWD as usize,
             path.c()?,
             O_RDONLY_CLOEXEC | flags,
-            0,
+            mode,
             0,
             0,
         )
     })
+}
+
+/// An exclusive lock on the file at `path` (which must exist), waiting at most about
+/// `max_ms`; the descriptor holds it until the process exits or execs (close-on-exec).
+pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {
+    let fd = open(path, O_RDWR)?;
+    let pause = [0usize, 100_000]; // struct timespec: 100 us
+    for _ in 0..max_ms.saturating_mul(10).max(1) {
+        // SAFETY: flock on a descriptor we own.
+        match errno(unsafe { syscall(SYS_FLOCK, fd, LOCK_EX_NB, 0, 0, 0, 0) }) {
+            Ok(_) => return Ok(fd),
+            Err(EWOULDBLOCK) | Err(4) => {}
+            Err(e) => {
+                close(fd);
+                return Err(e);
+            }
+        }
+        // SAFETY: a valid timespec; the remainder is not wanted.
+        unsafe { syscall(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0, 0, 0, 0) };
+    }
+    close(fd);
+    Err(EWOULDBLOCK)
+}
+
+/// Append `data` to the file at `path` (made 0600 if new) with one write, then fsync it.
+pub fn append_durably(path: &Path, data: &[u8]) -> Result<(), i32> {
+    let fd = open_mode(path, O_WRONLY | O_APPEND | O_CREAT, 0o600)?;
+    // SAFETY: data is valid for its length.
+    let r = unsafe { syscall(SYS_WRITE, fd, data.as_ptr() as usize, data.len(), 0, 0, 0) };
+    let written = match errno(r) {
+        Ok(n) if n == data.len() => Ok(()),
+        Ok(_) => Err(EINVAL),
+        Err(e) => Err(e),
+    };
+    // SAFETY: fsync on a descriptor we own.
+    let synced = written.and_then(|()| errno(unsafe { syscall(SYS_FSYNC, fd, 0, 0, 0, 0, 0) }));
+    close(fd);
+    synced.map(drop)
+}
+
+/// Drop every capability: effective, permitted, inheritable and ambient (the bounding set is
+/// left alone, as the full hook leaves it). Best effort, as there.
+pub fn drop_all_caps() {
+    let header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
+    let data = [0u32; 6]; // two struct __user_cap_data_struct, all empty
+                          // SAFETY: a capability header and two data structs, as capset(2) expects.
+    unsafe {
+        syscall(
+            SYS_CAPSET,
+            header.as_ptr() as usize,
+            data.as_ptr() as usize,
+            0,
+            0,
+            0,
+            0,
+        );
+        syscall(SYS_PRCTL, 47, 4, 0, 0, 0, 0); // PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    let mut ts = [0u64; 2];
+    // SAFETY: ts is a struct timespec.
+    let r = unsafe {
+        syscall(
+            SYS_CLOCK_GETTIME,
+            CLOCK_REALTIME,
+            ts.as_mut_ptr() as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if errno(r).is_ok() {
+        ts[0]
+    } else {
+        0
+    }
+}
+
+/// Standard input, up to `max` bytes (one more tells that there was more), read into anonymous
+/// memory.
+pub fn read_stdin(max: usize) -> Result<Map, i32> {
+    let cap = max + 1;
+    // SAFETY: a fresh private anonymous mapping.
+    let r = unsafe {
+        syscall(
+            SYS_MMAP,
+            0,
+            cap,
+            PROT_READ_WRITE,
+            MAP_PRIVATE_ANONYMOUS,
+            usize::MAX,
+            0,
+        )
+    };
+    let buf = errno(r)? as *mut u8;
+    let mut len = 0;
+    while len < cap {
+        // SAFETY: buf has cap bytes; len < cap.
+        let r = unsafe { syscall(SYS_READ, 0, buf.add(len) as usize, cap - len, 0, 0, 0) };
+        match errno(r) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(4) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Map { ptr: buf, len })
+}
+
+/// Make `data` this process's standard input again (a memory file, read from its start), for
+/// a program exec'd next that reads what this one already took off the pipe.
+pub fn restore_stdin(data: &[u8]) -> Result<(), i32> {
+    // SAFETY: a NUL-terminated name; MFD_CLOEXEC (fd 0 itself, made by dup2, stays open).
+    let fd =
+        errno(unsafe { syscall(SYS_MEMFD_CREATE, c"state".as_ptr() as usize, 1, 0, 0, 0, 0) })?;
+    let mut rest = data;
+    while !rest.is_empty() {
+        // SAFETY: rest is valid for its length.
+        let r = unsafe { syscall(SYS_WRITE, fd, rest.as_ptr() as usize, rest.len(), 0, 0, 0) };
+        match errno(r) {
+            Ok(n) if n > 0 => rest = &rest[n..],
+            Err(4) => continue,
+            _ => {
+                close(fd);
+                return Err(EINVAL);
+            }
+        }
+    }
+    // SAFETY: plain descriptor operations on descriptors we own.
+    let r = unsafe { syscall(SYS_LSEEK, fd, 0, 0, 0, 0, 0) }; // SEEK_SET
+    let r = errno(r).and_then(|_| errno(unsafe { syscall(SYS_DUP2, fd, 0, 0, 0, 0, 0) }));
+    close(fd);
+    r.map(drop)
 }
 
 fn close(fd: usize) {
@@ -243,6 +401,27 @@ pub fn read_spec(path: &Path, max: u64) -> Result<Map, i32> {
     let m = Map::of_fd(fd, max);
     close(fd);
     m
+}
+
+/// Whether two paths lead to the same file (symlinks followed).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let id = |p: &Path| {
+        let mut st = [0u64; 18];
+        // SAFETY: st is a struct stat's size.
+        let r = unsafe {
+            syscall(
+                SYS_NEWFSTATAT,
+                AT_FDCWD as usize,
+                p.c().ok()?,
+                st.as_mut_ptr() as usize,
+                0,
+                0,
+                0,
+            )
+        };
+        errno(r).ok().map(|_| (st[0], st[1])) // st_dev, st_ino
+    };
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
 pub fn is_executable_file(path: &Path) -> bool {

@@ -36,6 +36,9 @@ const SCENARIOS: &[(&str, Setup)] = &[
     ("shim.spec_written", Setup::Cold),
     ("alloc.warm.before_save", Setup::Warm),
     ("alloc.warm.saved", Setup::Warm),
+    // The warm setup's container was released by its hook's journal line, which this grant
+    // folds into the ledger: killed after the ledger's write, before the journal is emptied.
+    ("ledger.save.before_journal_emptied", Setup::Warm),
     ("shim.spec_written", Setup::Warm),
     ("alloc.cold.victims_destroyed", Setup::Victim),
     ("nvml.destroy.cis_gone", Setup::Victim),

@@ -209,7 +209,7 @@ pub fn release(cfg: &Config, container_id: &str, timeout: Duration) -> Result<bo
     crate::failpoint!("release.locked");
     let released =
         st.release(container_id) | crate::mps::release_client(cfg, &mut st, container_id);
-    if released {
+    if released || locked.folded() {
         locked.save(&st)?;
     }
     crate::failpoint!("release.saved");
@@ -221,7 +221,7 @@ fn save_if_changed(
     before: &LedgerState,
     st: &LedgerState,
 ) -> Result<(), LedgerError> {
-    if before != st {
+    if before != st || locked.folded() {
         locked.save(st)?;
     }
     Ok(())

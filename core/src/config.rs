@@ -30,7 +30,8 @@ pub struct Config {
     pub nvml_library: PathBuf,
     /// Every driver file (/proc/devices, /proc/driver/nvidia*, /dev/nvidia*) is read below this.
     pub driver_root: PathBuf,
-    /// The poststop hook added to specs. Default: `gpushare-hook` next to the running binary.
+    /// The poststop hook added to specs (run under the name `gpushare-hook`). Default: the
+    /// `gpushare` entry binary next to the running one, else `gpushare-hook` there.
     pub hook_path: Option<PathBuf>,
     pub pool: PoolConfig,
     /// Where MIG instances go and when idle ones are reused (docs/placement.md).
@@ -305,15 +306,28 @@ impl Config {
         }
     }
 
-    /// The hook binary gpushare adds to specs.
+    /// The program gpushare adds to specs as their poststop hook, always run with argv[0]
+    /// `gpushare-hook`. On x86-64 that is the `gpushare` entry binary next to the running one:
+    /// under that name it releases with one journal line and no loader, and hands anything
+    /// else to `gpushare-hook`. Elsewhere, or without it, `gpushare-hook` itself.
     pub fn hook_path(&self) -> PathBuf {
         if let Some(p) = &self.hook_path {
             return p.clone();
         }
-        std::env::current_exe()
+        let Some(dir) = std::env::current_exe()
             .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("gpushare-hook")))
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/gpushare-hook"))
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        else {
+            return PathBuf::from("/usr/bin/gpushare-hook");
+        };
+        let entry = dir.join("gpushare");
+        if cfg!(target_arch = "x86_64")
+            && is_executable(&entry)
+            && dir.join("gpushare-hook").exists()
+        {
+            return entry;
+        }
+        dir.join("gpushare-hook")
     }
 
     pub fn profile_allowed(&self, profile: &str) -> bool {

@@ -476,18 +476,20 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
         }
     }
 
-    if !opts.dry_run && st != before {
+    if !opts.dry_run && (st != before || locked.folded()) {
         locked.save(&st)?;
     }
     Ok(report)
 }
 
-/// Whether the ledger on disk could hold anything of `container_id`'s: a read of the file with
-/// no lock and no parse (writes are atomic renames), so deleting a container that never asked
-/// for a GPU costs no ledger lock. A false "maybe" only costs the locked release it saves.
+/// Whether the ledger on disk could hold anything of `container_id`'s: a read of the file (and
+/// of its release journal) with no lock and no parse (writes are atomic renames), so deleting
+/// a container that never asked for a GPU, or whose hook released it, costs no ledger lock. A
+/// false "maybe" only costs the locked release it saves.
 pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
     let Ok(raw) = std::fs::read(Ledger::new(&cfg.state_dir).path()) else {
         return false;
     };
-    gpushare_front::scan::may_mention(&raw, container_id.as_bytes())
+    let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
+    gpushare_front::journal::may_hold(&raw, &journal, container_id.as_bytes())
 }

@@ -17,6 +17,11 @@ const LOCK_FILE: &str = "ledger.lock";
 const HISTORY_FILE: &str = "history.log";
 const FORMAT: u32 = 1;
 
+/// The release journal's path in a state directory (see [`gpushare_front::journal`]).
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join(std::str::from_utf8(gpushare_front::journal::FILE).expect("an ASCII name"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("cannot use state directory {path}: {source}")]
@@ -46,6 +51,10 @@ pub enum LedgerError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerState {
     pub format: u32,
+    /// Bumped by every write; a release journal line applies only to the generation it was
+    /// written against. Kept second: the hook reads it off the file's start.
+    #[serde(default)]
+    pub generation: u64,
     /// What the cold path learnt of each GPU, so warm grants need no NVML.
     #[serde(default)]
     pub gpus: Vec<GpuRecord>,
@@ -188,6 +197,11 @@ impl LedgerState {
     /// Release `container_id`'s slice into the idle pool, or drop its time-slice lease.
     /// Returns whether it held one. MPS clients are released by [`crate::mps`].
     pub fn release(&mut self, container_id: &str) -> bool {
+        self.release_at(container_id, now_unix())
+    }
+
+    /// [`Self::release`], as of `now` (a journaled release is applied later than it was made).
+    pub fn release_at(&mut self, container_id: &str, now: u64) -> bool {
         let shares = self.shares.len();
         self.shares.retain(|s| s.lease.container_id != container_id);
         if self.shares.len() != shares {
@@ -195,7 +209,6 @@ impl LedgerState {
         }
         match self.lease_of(container_id) {
             Some(i) => {
-                let now = now_unix();
                 if let Some(l) = self.instances[i].lease.take() {
                     self.history
                         .depart(&self.instances[i].profile, l.since, now);
@@ -204,6 +217,17 @@ impl LedgerState {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Apply the release journal's lines written against this ledger's generation.
+    fn apply_journal(&mut self, journal: &[u8]) {
+        let generation = self.generation;
+        for e in gpushare_front::journal::entries(journal).filter(|e| e.generation == generation) {
+            // The hook journals only while no MPS daemon runs, so a line names a MIG or a
+            // time-slice lease; an id already released (a second hook run) changes nothing.
+            let id = std::str::from_utf8(e.id).expect("journal ids are ASCII");
+            self.release_at(id, e.time);
         }
     }
 }
@@ -217,6 +241,11 @@ pub struct Ledger {
 pub struct Locked {
     _lock: File,
     path: PathBuf,
+    journal: PathBuf,
+    /// The generation of the ledger file as loaded or last saved.
+    generation: std::cell::Cell<u64>,
+    /// The journal had lines when loaded: empty it once the ledger holds them.
+    journaled: std::cell::Cell<bool>,
 }
 
 impl Ledger {
@@ -228,6 +257,11 @@ impl Ledger {
 
     pub fn path(&self) -> PathBuf {
         self.dir.join(LEDGER_FILE)
+    }
+
+    /// The release journal the poststop hook appends to.
+    pub fn journal_path(&self) -> PathBuf {
+        journal_path(&self.dir)
     }
 
     /// Take the exclusive lock, waiting at most `timeout`.
@@ -261,6 +295,9 @@ impl Ledger {
                 return Ok(Locked {
                     _lock: file,
                     path: self.path(),
+                    journal: journal_path(&self.dir),
+                    generation: Default::default(),
+                    journaled: Default::default(),
                 });
             }
             let err = std::io::Error::last_os_error();
@@ -282,9 +319,10 @@ impl Ledger {
 }
 
 /// The ledger as written: profile tables once per GPU model.
-fn encode(state: &LedgerState) -> Vec<u8> {
+fn encode(state: &LedgerState, generation: u64) -> Vec<u8> {
     let mut state = state.clone();
     state.format = FORMAT;
+    state.generation = generation;
     state.profile_tables.clear();
     for g in &mut state.gpus {
         if g.profiles.is_empty() {
@@ -319,31 +357,75 @@ fn decode(raw: &[u8]) -> Result<LedgerState, serde_json::Error> {
     Ok(st)
 }
 
+/// The release journal's bytes; none when it does not exist.
+fn read_journal(path: &Path) -> Result<Vec<u8>, LedgerError> {
+    match std::fs::read(path) {
+        Ok(j) => Ok(j),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(LedgerError::Read {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
 impl Locked {
+    /// The ledger, with the releases its journal holds applied.
     pub fn load(&self) -> Result<LedgerState, LedgerError> {
-        match std::fs::read(&self.path) {
+        let mut st = match std::fs::read(&self.path) {
             Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt {
                 path: self.path.clone(),
                 source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LedgerState {
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerState {
                 format: FORMAT,
                 ..Default::default()
-            }),
-            Err(source) => Err(LedgerError::Read {
-                path: self.path.clone(),
-                source,
-            }),
+            },
+            Err(source) => {
+                return Err(LedgerError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        self.generation.set(st.generation);
+        let journal = read_journal(&self.journal)?;
+        if !journal.is_empty() {
+            st.apply_journal(&journal);
+            self.journaled.set(true);
         }
+        Ok(st)
+    }
+
+    /// Whether the last load applied journal lines that only a save makes part of the ledger
+    /// file (and empties from the journal): a caller that saves only on a change saves then too.
+    pub fn folded(&self) -> bool {
+        self.journaled.get()
     }
 
     pub fn save(&self, original: &LedgerState) -> Result<(), LedgerError> {
-        let data = encode(original);
+        let generation = self.generation.get().wrapping_add(1);
+        let data = encode(original, generation);
         crate::failpoint!("ledger.save.before_write");
         write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
             path: self.path.clone(),
             source,
         })?;
+        self.generation.set(generation);
+        crate::failpoint!("ledger.save.before_journal_emptied");
+        // The ledger now holds every journaled release (and lines of older generations no
+        // longer apply): the journal can go. Failing that costs nothing but a longer journal.
+        if self.journaled.get() {
+            match OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&self.journal)
+            {
+                Ok(_) => self.journaled.set(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.journaled.set(false),
+                Err(e) => tracing::warn!("cannot empty {}: {e}", self.journal.display()),
+            }
+        }
         // Advisory data: appended after the ledger, without fsync; a torn line is skipped.
         let lines = original.history.take_unwritten();
         if !lines.is_empty() {
@@ -389,15 +471,19 @@ impl Locked {
     }
 }
 
-/// Read the ledger without taking the lock (a consistent snapshot thanks to atomic writes);
-/// for read-only views like `status`.
+/// Read the ledger without taking the lock (a consistent snapshot thanks to atomic writes),
+/// with its journaled releases applied in memory; for read-only views like `status`.
 pub fn snapshot(dir: &Path) -> Result<LedgerState, LedgerError> {
     let path = dir.join(LEDGER_FILE);
-    match std::fs::read(&path) {
-        Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LedgerState::default()),
-        Err(source) => Err(LedgerError::Read { path, source }),
-    }
+    let mut st = match std::fs::read(&path) {
+        Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerState::default(),
+        Err(source) => return Err(LedgerError::Read { path, source }),
+    };
+    // Lines of another generation (the ledger was rewritten between the two reads) are not
+    // applied: such a snapshot shows a lease a moment longer, never one released wrongly.
+    st.apply_journal(&read_journal(&journal_path(dir))?);
+    Ok(st)
 }
 
 #[cfg(test)]
@@ -444,7 +530,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let raw = encode(&st);
+        let raw = encode(&st, 0);
         let text = String::from_utf8(raw.clone()).unwrap();
         assert_eq!(text.matches("\"1g.10gb\"").count(), 3, "{text}");
         let mut back = decode(&raw).unwrap();
@@ -455,6 +541,122 @@ mod tests {
         );
         back.gpus[4].profiles.clear();
         assert_eq!(back, st);
+    }
+
+    fn leased(id: &str, since: u64) -> InstanceRecord {
+        InstanceRecord {
+            gpu_uuid: "GPU-0".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            profile: "1g.10gb".into(),
+            profile_id: 19,
+            slot: Slot { start: 0, size: 1 },
+            made: None,
+            created_at: 1,
+            lease: Some(Lease {
+                container_id: id.into(),
+                since,
+                runtime_root: None,
+            }),
+            idle_since: None,
+        }
+    }
+
+    /// What the hook appends, for the ledger as it is on disk now.
+    fn journal_release(dir: &Path, id: &str, t: u64) {
+        let raw = std::fs::read(dir.join(LEDGER_FILE)).unwrap();
+        let g = gpushare_front::journal::generation(&raw).expect("the hook can read it");
+        let mut buf = [0u8; 128];
+        let n = gpushare_front::journal::line(id.as_bytes(), t, g, false, &mut buf).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(journal_path(dir))
+            .unwrap();
+        std::io::Write::write_all(&mut f, &buf[..n]).unwrap();
+    }
+
+    #[test]
+    fn journaled_releases_apply_on_load_and_leave_with_the_next_save() {
+        let dir = tmp("journal");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.instances = vec![leased("a", 100), leased("b", 100)];
+        st.instances[1].slot.start = 1;
+        locked.save(&st).unwrap();
+        drop(locked);
+
+        journal_release(&dir, "a", 150);
+        journal_release(&dir, "a", 160); // a hook run twice
+        let seen = snapshot(&dir).unwrap();
+        assert_eq!(
+            seen.lease_of("a"),
+            None,
+            "read-only views apply the journal"
+        );
+        assert_eq!(
+            seen.instances[0].idle_since,
+            Some(150),
+            "as of the hook's time"
+        );
+        assert!(seen.lease_of("b").is_some());
+
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        assert_eq!(st.lease_of("a"), None);
+        assert_eq!(st.instances[0].idle_since, Some(150));
+        let departs = st.history.pending.clone();
+        assert_eq!(departs.len(), 1, "one release, not two: {departs:?}");
+        st.instances[0].lease = Some(Lease {
+            container_id: "a".into(), // an engine reusing the id
+            since: 200,
+            runtime_root: None,
+        });
+        locked.save(&st).unwrap();
+        assert_eq!(
+            std::fs::read(journal_path(&dir)).unwrap(),
+            b"",
+            "emptied by the save"
+        );
+        assert!(
+            locked.load().unwrap().lease_of("a").is_some(),
+            "the new lease stands"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_left_by_a_crash_never_applies_to_a_later_ledger() {
+        let dir = tmp("journal-crash");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.instances = vec![leased("a", 100)];
+        locked.save(&st).unwrap();
+        drop(locked);
+        journal_release(&dir, "a", 150);
+        let stale = std::fs::read(journal_path(&dir)).unwrap();
+
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        assert_eq!(st.lease_of("a"), None);
+        st.instances[0].lease = Some(Lease {
+            container_id: "a".into(),
+            since: 200,
+            runtime_root: None,
+        });
+        locked.save(&st).unwrap();
+        drop(locked);
+        // As if the save had crashed after writing the ledger, before emptying the journal.
+        std::fs::write(journal_path(&dir), &stale).unwrap();
+        assert!(snapshot(&dir).unwrap().lease_of("a").is_some());
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        assert!(
+            locked.load().unwrap().lease_of("a").is_some(),
+            "the new lease stands"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

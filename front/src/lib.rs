@@ -9,4 +9,6 @@ extern crate std;
 
 pub mod args;
 pub mod config;
+pub mod journal;
 pub mod scan;
+pub mod state;
