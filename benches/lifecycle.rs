@@ -140,7 +140,11 @@ fn overhead(iterations: usize) {
         // runc itself spends on a GPU container, the floor under gpushare's own time.
         let b_edit = (!ann.is_empty()).then(|| {
             let b = Bundle::new("true", &ann, &[]);
-            std::fs::copy(b_shim.path().join("config.json"), b.path().join("config.json")).unwrap();
+            std::fs::copy(
+                b_shim.path().join("config.json"),
+                b.path().join("config.json"),
+            )
+            .unwrap();
             b
         });
         let (mut bare, mut ours, mut edit) = (Vec::new(), Vec::new(), Vec::new());
@@ -155,7 +159,13 @@ fn overhead(iterations: usize) {
             let n = runs.len();
             runs.rotate_left(i % n);
             for (out, via, bundle, tag) in runs {
-                out.push(lifecycle(via, engine.root.path(), bundle, &unique(tag), &node.config()));
+                out.push(lifecycle(
+                    via,
+                    engine.root.path(),
+                    bundle,
+                    &unique(tag),
+                    &node.config(),
+                ));
             }
         }
         if !ann.is_empty() {

@@ -258,7 +258,14 @@ mod entry {
             Err(_) => delegate_hook(p, Some(state)),
         };
         let ledger = ledger.bytes();
-        if !scan::may_mention(ledger, id) {
+        let path = Path::new(&[dir, b"/", journal::FILE]);
+        let journal = match Map::open(&path) {
+            Ok(m) => Some(m),
+            Err(sys::ENOENT) => None,
+            Err(_) => delegate_hook(p, Some(state)),
+        };
+        let journal = journal.as_ref().map_or(&[][..], Map::bytes);
+        if !journal::may_hold(ledger, journal, id) {
             sys::exit(0); // nothing of this container's (already released, or never granted)
         }
         // An MPS client's release may stop its daemon: the full hook's work.
@@ -268,21 +275,11 @@ mod entry {
         ) else {
             delegate_hook(p, Some(state))
         };
-        let path = Path::new(&[dir, b"/", journal::FILE]);
-        let journal = match Map::open(&path) {
-            Ok(m) => Some(m),
-            Err(sys::ENOENT) => None,
-            Err(_) => delegate_hook(p, Some(state)),
-        };
-        let journal = journal.as_ref().map_or(&[][..], Map::bytes);
-        if journal::lists(journal, id, generation) {
-            sys::exit(0);
-        }
         if journal.len() > journal::MAX_BYTES {
             delegate_hook(p, Some(state)); // the full hook folds the journal into the ledger
         }
         let mut line = [0u8; journal::MAX_ID + 64];
-        let Some(n) = journal::line(
+        let Some(n) = journal::release_line(
             id,
             sys::now(),
             generation,

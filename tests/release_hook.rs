@@ -19,7 +19,7 @@ fn state_dir(node: &SimNode) -> PathBuf {
 }
 
 fn journal(node: &SimNode) -> String {
-    std::fs::read_to_string(state_dir(node).join("released")).unwrap_or_default()
+    std::fs::read_to_string(state_dir(node).join("journal")).unwrap_or_default()
 }
 
 /// The ledger file as written, with no journal applied.

@@ -69,7 +69,7 @@ pub struct Grant {
 }
 
 impl Grant {
-    fn from_record(r: &InstanceRecord, m: &Made, warm: bool, fresh: bool) -> Grant {
+    pub(crate) fn from_record(r: &InstanceRecord, m: &Made, warm: bool, fresh: bool) -> Grant {
         Grant {
             gpu_index: r.gpu_index,
             gpu_uuid: r.gpu_uuid.clone(),
@@ -179,6 +179,7 @@ pub fn allocate(
         crate::failpoint!("alloc.warm.before_save");
         locked.save(&st)?;
         crate::failpoint!("alloc.warm.saved");
+        offer_after(cfg, locked, &st);
         return Ok(grant);
     }
 
@@ -196,9 +197,20 @@ pub fn allocate(
         st.stats.error(e);
     }
     st.stats.alloc_latency.observe(started.elapsed());
-    save_if_changed(&locked, &before, &st)?;
+    let saved = save_if_changed(&locked, &before, &st)?;
     crate::failpoint!("alloc.cold.saved");
+    if saved {
+        offer_after(cfg, locked, &st);
+    }
     result
+}
+
+/// Write the offers for the ledger this call left, once its lock is released (offers name
+/// their generation, so one written late by a slower process is merely unused).
+fn offer_after(cfg: &Config, locked: crate::ledger::Locked, st: &LedgerState) {
+    let generation = locked.generation();
+    drop(locked);
+    crate::offers::write(cfg, st, generation);
 }
 
 /// Release `container_id`'s slice into the idle pool; true if it held one. Idempotent.
@@ -209,22 +221,28 @@ pub fn release(cfg: &Config, container_id: &str, timeout: Duration) -> Result<bo
     crate::failpoint!("release.locked");
     let released =
         st.release(container_id) | crate::mps::release_client(cfg, &mut st, container_id);
-    if released || locked.folded() {
+    let changed = released || locked.folded();
+    if changed {
         locked.save(&st)?;
     }
     crate::failpoint!("release.saved");
+    if changed {
+        offer_after(cfg, locked, &st);
+    }
     Ok(released)
 }
 
+/// Save when this call changed the ledger (or folded its journal); whether it saved.
 fn save_if_changed(
     locked: &crate::ledger::Locked,
     before: &LedgerState,
     st: &LedgerState,
-) -> Result<(), LedgerError> {
-    if before != st || locked.folded() {
+) -> Result<bool, LedgerError> {
+    let changed = before != st || locked.folded();
+    if changed {
         locked.save(st)?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Release leases whose container the runtime no longer has. Leases younger than `grace_s` are
@@ -259,7 +277,7 @@ fn selects(device: Option<&DeviceSelector>, index: u32, uuid: &str) -> bool {
 
 /// Pool-aware: an idle instance is reused only where it sits at a best placement for its GPU's
 /// busy occupancy (from the ledger and the cached policy table; no NVML, no solving).
-fn pick_idle(
+pub(crate) fn pick_idle(
     cfg: &Config,
     st: &LedgerState,
     profile: &str,

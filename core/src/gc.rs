@@ -171,7 +171,7 @@ impl Report {
     }
 }
 
-fn cap_file(cfg: &Config, minor: u32, gi: u32, ci: Option<u32>) -> std::path::PathBuf {
+pub(crate) fn cap_file(cfg: &Config, minor: u32, gi: u32, ci: Option<u32>) -> std::path::PathBuf {
     let tail = match ci {
         Some(ci) => format!("gi{gi}/ci{ci}/access"),
         None => format!("gi{gi}/access"),

@@ -220,14 +220,57 @@ impl LedgerState {
         }
     }
 
-    /// Apply the release journal's lines written against this ledger's generation.
+    /// Apply the journal's lines written against this ledger's generation, in order.
     fn apply_journal(&mut self, journal: &[u8]) {
-        let generation = self.generation;
-        for e in gpushare_front::journal::entries(journal).filter(|e| e.generation == generation) {
-            // The hook journals only while no MPS daemon runs, so a line names a MIG or a
-            // time-slice lease; an id already released (a second hook run) changes nothing.
-            let id = std::str::from_utf8(e.id).expect("journal ids are ASCII");
-            self.release_at(id, e.time);
+        use gpushare_front::journal::{of_generation, Entry};
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .expect("journal words are ASCII")
+                .to_string()
+        };
+        for e in of_generation(journal, self.generation) {
+            match e {
+                // The hook journals only while no MPS daemon runs, so a release names a MIG or
+                // a time-slice lease; an id already released (a second hook run) changes nothing.
+                Entry::Release { id, time, .. } => {
+                    self.release_at(&text(id), time);
+                }
+                Entry::Grant {
+                    instance,
+                    id,
+                    time,
+                    runtime_root,
+                    latency_us,
+                    ..
+                } => {
+                    let at = self.instances.iter().position(|r| {
+                        r.lease.is_none()
+                            && r.made
+                                .as_ref()
+                                .is_some_and(|m| m.mig_uuid.as_bytes() == instance)
+                    });
+                    // `create` grants only an idle instance the offers name, under the lock.
+                    let Some(i) = at else {
+                        tracing::warn!(instance = %text(instance), container = %text(id),
+                            "a journaled grant names no idle instance; ignored");
+                        continue;
+                    };
+                    let r = &mut self.instances[i];
+                    r.lease = Some(Lease {
+                        container_id: text(id),
+                        since: time,
+                        runtime_root: runtime_root.map(text),
+                    });
+                    r.idle_since = None;
+                    let (gpu, profile) = (r.gpu_uuid.clone(), r.profile.clone());
+                    self.stats.grant(&gpu, true);
+                    self.stats
+                        .alloc_latency
+                        .observe(Duration::from_micros(latency_us));
+                    // The warm path keeps no history in memory: the event is only appended.
+                    self.history.arrive(&profile, time, true, usize::MAX);
+                }
+            }
         }
     }
 }
@@ -395,6 +438,11 @@ impl Locked {
             self.journaled.set(true);
         }
         Ok(st)
+    }
+
+    /// The generation of the ledger file as last loaded or saved through this lock.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
     }
 
     /// Whether the last load applied journal lines that only a save makes part of the ledger
@@ -567,7 +615,8 @@ mod tests {
         let raw = std::fs::read(dir.join(LEDGER_FILE)).unwrap();
         let g = gpushare_front::journal::generation(&raw).expect("the hook can read it");
         let mut buf = [0u8; 128];
-        let n = gpushare_front::journal::line(id.as_bytes(), t, g, false, &mut buf).unwrap();
+        let n =
+            gpushare_front::journal::release_line(id.as_bytes(), t, g, false, &mut buf).unwrap();
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mps;
 pub mod nvml;
+pub mod offers;
 pub mod placement;
 pub mod policy;
 pub mod request;

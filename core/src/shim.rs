@@ -296,7 +296,7 @@ fn runtime_root(runtime: &Path, args: &RuncArgs) -> Option<String> {
 }
 
 /// The release hook, with an explicit minimal env (never the container's).
-fn poststop_hook(cfg: &Config) -> Hook {
+pub(crate) fn poststop_hook(cfg: &Config) -> Hook {
     let path = cfg.hook_path();
     let mut args = vec!["gpushare-hook".to_string(), "poststop".to_string()];
     if let Some(src) = &cfg.source {

@@ -123,19 +123,12 @@ pub fn apply(spec: &mut Value, edit: &Edit, path: &Path) -> Result<(), SpecError
         let p = d.get("path").and_then(Value::as_str);
         !edit.devices.iter().any(|n| Some(n.path.as_str()) == p)
     });
-    devices.extend(edit.devices.iter().map(|n| {
-        json!({"path": n.path, "type": "c", "major": n.major, "minor": n.minor,
-               "fileMode": n.file_mode, "uid": 0, "gid": 0})
-    }));
+    devices.extend(edit.devices.iter().map(device_json));
     let resources =
         object_at(linux, "resources").ok_or_else(|| shape("linux.resources", "an object"))?;
     let rules = array_at(resources, "devices")
         .ok_or_else(|| shape("linux.resources.devices", "an array"))?;
-    let ours: Vec<Value> = edit
-        .devices
-        .iter()
-        .map(|n| json!({"allow": true, "type": "c", "major": n.major, "minor": n.minor, "access": "rwm"}))
-        .collect();
+    let ours: Vec<Value> = edit.devices.iter().map(rule_json).collect();
     rules.retain(|r| !ours.contains(r));
     rules.extend(ours);
 
@@ -211,9 +204,7 @@ pub fn apply(spec: &mut Value, edit: &Edit, path: &Path) -> Result<(), SpecError
                 .iter()
                 .any(|n| Some(n.destination.as_str()) == d)
         });
-        mounts.extend(edit.mounts.iter().map(|m| {
-            json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options})
-        }));
+        mounts.extend(edit.mounts.iter().map(mount_json));
     }
 
     if let Some(hook) = &edit.poststop {
@@ -221,13 +212,33 @@ pub fn apply(spec: &mut Value, edit: &Edit, path: &Path) -> Result<(), SpecError
         let poststop =
             array_at(hooks, "poststop").ok_or_else(|| shape("hooks.poststop", "an array"))?;
         poststop.retain(|h| h.get("path").and_then(Value::as_str) != Some(hook.path.as_str()));
-        let mut h = json!({"path": hook.path, "args": hook.args, "env": hook.env});
-        if let Some(t) = hook.timeout {
-            h["timeout"] = json!(t);
-        }
-        poststop.push(h);
+        poststop.push(hook_json(hook));
     }
     Ok(())
+}
+
+/// The `linux.devices` entry of a device node gpushare adds (also rendered into the offers
+/// the entry binary splices in, so both write the same JSON).
+pub fn device_json(n: &DeviceNode) -> Value {
+    json!({"path": n.path, "type": "c", "major": n.major, "minor": n.minor,
+           "fileMode": n.file_mode, "uid": 0, "gid": 0})
+}
+
+/// The `linux.resources.devices` allow rule for a node gpushare adds.
+pub fn rule_json(n: &DeviceNode) -> Value {
+    json!({"allow": true, "type": "c", "major": n.major, "minor": n.minor, "access": "rwm"})
+}
+
+pub fn mount_json(m: &Mount) -> Value {
+    json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options})
+}
+
+pub fn hook_json(hook: &Hook) -> Value {
+    let mut h = json!({"path": hook.path, "args": hook.args, "env": hook.env});
+    if let Some(t) = hook.timeout {
+        h["timeout"] = json!(t);
+    }
+    h
 }
 
 fn object_at<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {

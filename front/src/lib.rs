@@ -10,5 +10,7 @@ extern crate std;
 pub mod args;
 pub mod config;
 pub mod journal;
+pub mod offers;
 pub mod scan;
+pub mod splice;
 pub mod state;

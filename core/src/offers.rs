@@ -1,0 +1,484 @@
+//! Offers: the warm grants the `gpushare` entry binary may make by itself, with no parser, no
+//! allocator and no dynamic loader. After each allocation or release the full program writes,
+//! for the ledger generation it has just written, which idle instance it would itself grant
+//! for a plain request of each profile (the allocator's own pick), with the spec edit that
+//! grant makes, already rendered as JSON. The entry binary uses an offer only while the ledger
+//! is still that generation, its journal has changed nothing but releases it can account for,
+//! and the config file is the one the offers were made under; anything else is the full
+//! wrapper's, which then writes fresh offers. The format is `gpushare_front::offers`'s.
+//!
+//! Besides the node's state as written, offers are made for the state in which one of the most
+//! recently granted leases is released again: a container that stops and is replaced (a
+//! notebook restarted, a server rolled) is then granted without the full wrapper even though
+//! its release is still only a journal line.
+
+use crate::allocator;
+use crate::config::{Config, InjectMode};
+use crate::driver::Driver;
+use crate::ledger::LedgerState;
+use crate::spec::{Edit, Hook};
+use gpushare_front::journal::{is_plain_id, is_plain_root};
+use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// The offers file's name inside the state directory.
+pub const FILE: &str = "offers";
+/// For this many of the latest leases, offers are also made as if that lease were released.
+const RECENT_LEASES: usize = 4;
+
+/// Write the offers for `st`, the ledger of `generation`, or remove them when this node's
+/// config leaves grants to the full wrapper. Best effort: without offers every grant is the
+/// full wrapper's, which is slower, never wrong.
+pub fn write(cfg: &Config, st: &LedgerState, generation: u64) {
+    let path = cfg.state_dir.join(FILE);
+    let result = match render(cfg, st, generation) {
+        Some(text) => write_quick(&path, text.as_bytes()),
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    };
+    if let Err(e) = result {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// Temp file and rename, with no fsync: offers of an older generation than the ledger's are
+/// never used, so a crash that loses them costs nothing but one slower grant.
+fn write_quick(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_file_name(format!(".{FILE}.gpushare-tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether a word can stand in the line-based offers file as it is.
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b > b' ' && b != 0x7f && b != b'\\' && b != b'"')
+}
+
+/// The config file's identity, as the entry binary checks it: device, inode, size, mtime.
+fn config_identity(cfg: &Config) -> Option<String> {
+    match &cfg.source {
+        None => Some("-".into()),
+        Some(p) => {
+            let m = std::fs::metadata(p).ok()?;
+            Some(format!(
+                "{} {} {} {} {}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            ))
+        }
+    }
+}
+
+pub(crate) fn render(cfg: &Config, st: &LedgerState, generation: u64) -> Option<String> {
+    // Settings the entry binary cannot honour itself: a privileged check, another runtime for
+    // GPU containers, or a log line per grant.
+    let logs_grants = matches!(
+        cfg.log.level.to_ascii_lowercase().as_str(),
+        "info" | "debug" | "trace"
+    );
+    if cfg.policy.refuse_privileged
+        || cfg.inject.mode == InjectMode::NvidiaContainerRuntime
+        || logs_grants
+    {
+        return None;
+    }
+    let config = config_identity(cfg)?;
+    let majors = Driver::new(cfg).majors().ok()?;
+    let common = crate::inject::driver_edit(cfg).ok()?;
+    let hook = crate::shim::poststop_hook(cfg);
+    let mut out = header(generation, &config, &common, &hook)?;
+    let mut recent: Vec<_> = st
+        .instances
+        .iter()
+        .filter_map(|r| r.lease.as_ref().map(|l| (l, r.profile.as_str())))
+        .filter(|(l, _)| is_plain_id(l.container_id.as_bytes()))
+        .collect();
+    recent.sort_by_key(|(l, _)| std::cmp::Reverse(l.since));
+    let mut states: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
+    let mut idle: Vec<&str> = st
+        .instances
+        .iter()
+        .filter(|r| r.lease.is_none() && r.made.is_some())
+        .map(|r| r.profile.as_str())
+        .collect();
+    idle.sort_unstable();
+    idle.dedup();
+    states.push((None, idle));
+    for (lease, profile) in recent.into_iter().take(RECENT_LEASES) {
+        states.push((Some(lease.container_id.as_str()), vec![profile]));
+    }
+    for (released, profiles) in states {
+        let st = match released {
+            None => std::borrow::Cow::Borrowed(st),
+            Some(id) => {
+                let mut s = st.clone();
+                s.release(id);
+                std::borrow::Cow::Owned(s)
+            }
+        };
+        for profile in profiles {
+            if !cfg.profile_allowed(profile) {
+                continue;
+            }
+            let Some(i) = allocator::pick_idle(cfg, &st, profile, None) else {
+                continue;
+            };
+            let r = &st.instances[i];
+            let Some(m) = &r.made else { continue };
+            let cap = crate::gc::cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci));
+            let cap = cap.to_string_lossy();
+            let edit = allocator::Grant::from_record(r, m, true, true).edit(&majors, None);
+            offer(&mut out, released, profile, &m.mig_uuid, &cap, &edit);
+        }
+    }
+    out.push_str("end\n");
+    Some(out)
+}
+
+/// The offers' first lines: what every grant's edit shares (driver mounts, path variables, the
+/// release hook). None when a part cannot be written as a word of the file.
+pub(crate) fn header(generation: u64, config: &str, common: &Edit, hook: &Hook) -> Option<String> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "gpushare-offers 1\ngeneration {generation}\nconfig {config}"
+    );
+    for p in &common.env_paths {
+        if !plain(&p.name) || !plain(&p.dir) || !(p.default.is_empty() || plain(&p.default)) {
+            return None;
+        }
+        let _ = writeln!(
+            out,
+            "path-env {} {} {} ={}",
+            p.name,
+            u8::from(p.prepend),
+            p.dir,
+            p.default
+        );
+    }
+    for m in &common.mounts {
+        if !plain(&m.destination) {
+            return None;
+        }
+        let _ = writeln!(
+            out,
+            "mount {} {}",
+            m.destination,
+            crate::spec::mount_json(m)
+        );
+    }
+    if !plain(&hook.path) {
+        return None;
+    }
+    let _ = writeln!(out, "hook {} {}", hook.path, crate::spec::hook_json(hook));
+    Some(out)
+}
+
+/// One offer: its instance's own nodes and env. Skipped (false) when a part is not a plain word.
+pub(crate) fn offer(
+    out: &mut String,
+    released: Option<&str>,
+    profile: &str,
+    mig_uuid: &str,
+    cap: &str,
+    edit: &Edit,
+) -> bool {
+    if !plain(profile)
+        || !is_plain_id(mig_uuid.as_bytes())
+        || !is_plain_root(cap.as_bytes())
+        || edit.devices.iter().any(|d| !plain(&d.path))
+        || edit.env.iter().any(|(k, v)| !plain(k) || !plain(v))
+    {
+        return false;
+    }
+    let _ = writeln!(
+        out,
+        "offer {} {profile} {mig_uuid} {cap}",
+        released.unwrap_or("-")
+    );
+    for d in &edit.devices {
+        let _ = writeln!(
+            out,
+            "device {} {} {} {} {}",
+            d.path,
+            d.major,
+            d.minor,
+            crate::spec::device_json(d),
+            crate::spec::rule_json(d)
+        );
+    }
+    for (k, v) in &edit.env {
+        let _ = writeln!(out, "env {k} {v}");
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::DeviceNode;
+    use crate::spec::{Mount, PathEnv};
+    use gpushare_front::{offers as front_offers, splice};
+    use serde_json::{json, Value};
+
+    const HOOK_PATH: &str = "/usr/bin/gpushare";
+
+    fn node(path: &str, major: u32, minor: u32, mode: u32) -> DeviceNode {
+        DeviceNode {
+            path: path.into(),
+            major,
+            minor,
+            file_mode: mode,
+        }
+    }
+
+    /// A grant's whole edit, as the full wrapper makes it, split as the offers file holds it.
+    fn edits() -> (Edit, Edit, Hook) {
+        let own = Edit {
+            devices: vec![
+                node("/dev/nvidiactl", 195, 255, 0o666),
+                node("/dev/nvidia-uvm", 238, 0, 0o666),
+                node("/dev/nvidia-uvm-tools", 238, 1, 0o666),
+                node("/dev/nvidia0", 195, 0, 0o666),
+                node("/dev/nvidia-caps/nvidia-cap120", 241, 120, 0o444),
+                node("/dev/nvidia-caps/nvidia-cap121", 241, 121, 0o444),
+            ],
+            env: vec![
+                ("CUDA_VISIBLE_DEVICES".into(), "MIG-abc".into()),
+                ("NVIDIA_VISIBLE_DEVICES".into(), "MIG-abc".into()),
+            ],
+            ..Edit::default()
+        };
+        let common = Edit {
+            mounts: vec![
+                Mount {
+                    destination: "/usr/local/gpushare".into(),
+                    source: "tmpfs".into(),
+                    kind: "tmpfs".into(),
+                    options: vec!["nosuid".into(), "mode=755".into()],
+                },
+                Mount {
+                    destination: "/usr/local/gpushare/lib/libcuda.so.1".into(),
+                    source: "/usr/lib/x86_64-linux-gnu/libcuda.so.580.1".into(),
+                    kind: "bind".into(),
+                    options: vec!["bind".into(), "ro".into()],
+                },
+            ],
+            env_paths: vec![
+                PathEnv {
+                    name: "LD_LIBRARY_PATH".into(),
+                    dir: "/usr/local/gpushare/lib".into(),
+                    prepend: true,
+                    default: String::new(),
+                },
+                PathEnv {
+                    name: "PATH".into(),
+                    dir: "/usr/local/gpushare/bin".into(),
+                    prepend: false,
+                    default: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                },
+            ],
+            ..Edit::default()
+        };
+        let hook = Hook {
+            path: HOOK_PATH.into(),
+            args: vec!["gpushare-hook".into(), "poststop".into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            timeout: Some(30),
+        };
+        (own, common, hook)
+    }
+
+    /// Every combination of a few shapes of each part the edit touches. A part's `bool` says
+    /// whether the full wrapper would have to replace or refuse something there.
+    fn specs() -> Vec<(Value, bool)> {
+        let linux: Vec<(Option<Value>, bool)> = vec![
+            (None, false),
+            (Some(json!({})), false),
+            (Some(json!({"devices": []})), false),
+            (
+                Some(
+                    json!({"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]}),
+                ),
+                false,
+            ),
+            (Some(json!({"resources": {}})), false),
+            (
+                Some(
+                    json!({"namespaces": [{"type": "pid"}], "resources": {"devices": [{"allow": false, "access": "rwm"}], "memory": {"limit": 1.5e9}}}),
+                ),
+                false,
+            ),
+            (Some(json!({"devices": [{"path": "/dev/nvidiactl"}]})), true),
+            (
+                Some(
+                    json!({"resources": {"devices": [{"allow": true, "type": "c", "major": 195, "minor": 0, "access": "rwm"}]}}),
+                ),
+                true,
+            ),
+            (Some(json!({"devices": {}})), true),
+            (Some(Value::Null), true),
+        ];
+        let process: Vec<(Option<Value>, bool)> = vec![
+            (None, false),
+            (Some(json!({})), false),
+            (Some(json!({"env": []})), false),
+            (
+                Some(json!({"args": ["sh"], "env": ["PATH=/bin", "HOME=/root"]})),
+                false,
+            ),
+            (Some(json!({"env": ["PATH=/bin", "PATH=/sbin"]})), false),
+            (
+                Some(
+                    json!({"env": ["A=1", "LD_LIBRARY_PATH=/usr/local/gpushare/lib:/opt/lib::", "NOEQ"]}),
+                ),
+                false,
+            ),
+            (
+                Some(json!({"env": ["PATH=/usr/local/gpushare/bin:/bin:/usr/local/gpushare/bin"]})),
+                false,
+            ),
+            (Some(json!({"env": ["CUDA_VISIBLE_DEVICES=0"]})), true),
+            (Some(json!({"env": ["NVIDIA_VISIBLE_DEVICES"]})), false),
+            (Some(json!({"env": [1]})), true),
+            (Some(json!([])), true),
+        ];
+        let mounts: Vec<(Option<Value>, bool)> = vec![
+            (None, false),
+            (Some(json!([])), false),
+            (
+                Some(json!([{"destination": "/proc", "type": "proc", "source": "proc"}])),
+                false,
+            ),
+            (Some(json!([{"destination": "/usr/local/gpushare"}])), true),
+            (Some(json!("x")), true),
+        ];
+        let hooks: Vec<(Option<Value>, bool)> = vec![
+            (None, false),
+            (Some(json!({})), false),
+            (Some(json!({"poststop": []})), false),
+            (Some(json!({"prestart": [{"path": "/x"}]})), false),
+            (
+                Some(json!({"poststop": [{"path": "/other", "args": ["a"]}]})),
+                false,
+            ),
+            (Some(json!({"poststop": [{"path": HOOK_PATH}]})), true),
+        ];
+        let mut out = Vec::new();
+        for (l, lc) in &linux {
+            for (p, pc) in &process {
+                for (m, mc) in &mounts {
+                    for (h, hc) in &hooks {
+                        let mut spec = json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                            "annotations": {"gpu.profile": "1g.10gb", "other": "x"}});
+                        for (k, v) in [("linux", l), ("process", p), ("mounts", m), ("hooks", h)] {
+                            if let Some(v) = v {
+                                spec[k] = v.clone();
+                            }
+                        }
+                        out.push((spec, *lc || *pc || *mc || *hc));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_entry_binarys_edit_is_the_full_wrappers_edit() {
+        let (own, common, hook) = edits();
+        let mut text = header(7, "-", &common, &hook).unwrap();
+        assert!(offer(
+            &mut text,
+            None,
+            "1g.10gb",
+            "MIG-abc",
+            "/proc/x/gi1/ci0/access",
+            &own
+        ));
+        text.push_str("end\n");
+        let offers = front_offers::parse(text.as_bytes()).expect("the front reads it");
+        let offer = offers.offer(None, b"1g.10gb").unwrap();
+        let mut whole = own.clone();
+        whole.extend(common.clone());
+        whole.poststop = Some(hook.clone());
+
+        let (mut edited, mut left) = (0, 0);
+        for (spec, conflict) in specs() {
+            for pretty in [false, true] {
+                let raw = match pretty {
+                    true => serde_json::to_vec_pretty(&spec).unwrap(),
+                    false => serde_json::to_vec(&spec).unwrap(),
+                };
+                assert_eq!(splice::plain_profile(&raw), Some(&b"1g.10gb"[..]));
+                let mut full = spec.clone();
+                let full =
+                    crate::spec::apply(&mut full, &whole, Path::new("config.json")).map(|()| full);
+                let plan = splice::plan(&raw, &offers, &offer);
+                match (&full, plan) {
+                    (Err(_), Ok(_)) => panic!(
+                        "the full wrapper refuses this spec, the entry binary edits it: {spec}"
+                    ),
+                    (_, Err(_)) => {
+                        assert!(
+                            conflict,
+                            "a plain spec was left to the full wrapper: {spec}"
+                        );
+                        left += 1;
+                    }
+                    (Ok(want), Ok(plan)) => {
+                        assert!(
+                            !conflict,
+                            "edited a spec the full wrapper changes otherwise: {spec}"
+                        );
+                        let mut buf = vec![0u8; splice::room(&raw, text.as_bytes())];
+                        let mut out = splice::Out::new(&mut buf);
+                        splice::write(&raw, &plan, &offers, &offer, &mut out).unwrap();
+                        let got: Value = serde_json::from_slice(out.bytes()).unwrap_or_else(|e| {
+                            panic!("{e}: {}", String::from_utf8_lossy(out.bytes()))
+                        });
+                        assert_eq!(&got, want, "from {spec}");
+                        edited += 1;
+                    }
+                }
+            }
+        }
+        assert!(edited > 1000 && left > 1000, "{edited} edited, {left} left");
+    }
+
+    #[test]
+    fn only_a_lone_gpu_profile_annotation_is_plain() {
+        for (spec, plain) in [
+            (&br#"{"annotations":{"gpu.profile":"2g.20gb"}}"#[..], Some(&b"2g.20gb"[..])),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb","gpu.device":"0"}}"#, None),
+            (br#"{"annotations":{"gpu.profile":1}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"a","gpu.profile":"b"}}"#, None),
+            (br#"{"annotations":{"gpu.mps":"50"}}"#, None),
+            (br#"{"annotations":{}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"process":{"env":["GPUSHARE_PROFILE=x"]}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb","io.kubernetes.cri.container-type":"container"}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb","x":"a\"b"}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"}} x"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"n":01}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"n":tru}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"n":-1.5e+3}"#, Some(&b"2g.20gb"[..])),
+        ] {
+            assert_eq!(splice::plain_profile(spec), plain, "{}", String::from_utf8_lossy(spec));
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! The spec edit of an offered grant, made on the spec's own bytes with no allocator: the same
+//! device nodes, allow rules, env, driver mounts and poststop hook that the full wrapper's
+//! `spec::apply` writes (rendered by it into the offers), added to a spec where none of them is
+//! there yet. Only that plain case is edited; whatever `spec::apply` would have to replace or
+//! remove, or a spec whose shape it would refuse, is left to the full wrapper ([`Refused`]).
+//! The engine's own bytes are kept as they are (formatting, key order, numbers): the result is
+//! the same JSON as the full wrapper's, not the same text.
+
+use crate::offers::{Offer, Offers, PathEnv};
+
+/// The spec is not the plain case; the full wrapper decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
+type R<T> = Result<T, Refused>;
+
+const MAX_DEPTH: u32 = 100;
+const MAX_OPS: usize = 24;
+const MAX_PATH_ENVS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Object,
+    Array,
+    String,
+    Scalar,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    kind: Kind,
+    start: usize,
+    end: usize,
+}
+
+struct Json<'a> {
+    s: &'a [u8],
+}
+
+impl<'a> Json<'a> {
+    fn ws(&self, mut i: usize) -> usize {
+        while matches!(self.s.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    }
+
+    /// The value starting at `i`, checked to the end (JSON's grammar, strictly).
+    fn value(&self, i: usize, depth: u32) -> R<Node> {
+        if depth > MAX_DEPTH {
+            return Err(Refused);
+        }
+        let node = |kind, end| {
+            Ok(Node {
+                kind,
+                start: i,
+                end,
+            })
+        };
+        match *self.s.get(i).ok_or(Refused)? {
+            b'"' => node(Kind::String, self.string_end(i)?),
+            b'{' | b'[' => {
+                let object = self.s[i] == b'{';
+                let close = if object { b'}' } else { b']' };
+                let mut j = self.ws(i + 1);
+                if self.s.get(j) == Some(&close) {
+                    return node(if object { Kind::Object } else { Kind::Array }, j + 1);
+                }
+                loop {
+                    if object {
+                        if self.s.get(j) != Some(&b'"') {
+                            return Err(Refused);
+                        }
+                        j = self.ws(self.string_end(j)?);
+                        if self.s.get(j) != Some(&b':') {
+                            return Err(Refused);
+                        }
+                        j = self.ws(j + 1);
+                    }
+                    j = self.ws(self.value(j, depth + 1)?.end);
+                    match self.s.get(j) {
+                        Some(b',') => j = self.ws(j + 1),
+                        Some(&c) if c == close => {
+                            return node(if object { Kind::Object } else { Kind::Array }, j + 1)
+                        }
+                        _ => return Err(Refused),
+                    }
+                }
+            }
+            b't' => node(Kind::Scalar, self.word(i, b"true")?),
+            b'f' => node(Kind::Scalar, self.word(i, b"false")?),
+            b'n' => node(Kind::Scalar, self.word(i, b"null")?),
+            _ => node(Kind::Scalar, self.number_end(i)?),
+        }
+    }
+
+    fn word(&self, i: usize, w: &[u8]) -> R<usize> {
+        match self.s[i..].starts_with(w) {
+            true => Ok(i + w.len()),
+            false => Err(Refused),
+        }
+    }
+
+    /// A string with no escape (the caller refused any backslash) and no control character.
+    fn string_end(&self, i: usize) -> R<usize> {
+        let body = &self.s[i + 1..];
+        let len = body.iter().position(|&b| b == b'"').ok_or(Refused)?;
+        if body[..len].iter().any(|&b| b < 0x20) {
+            return Err(Refused);
+        }
+        Ok(i + 1 + len + 1)
+    }
+
+    fn number_end(&self, i: usize) -> R<usize> {
+        let s = self.s;
+        let digits = |mut j: usize| {
+            let start = j;
+            while s.get(j).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            }
+            (j > start).then_some(j).ok_or(Refused)
+        };
+        let mut j = i;
+        if s.get(j) == Some(&b'-') {
+            j += 1;
+        }
+        j = match s.get(j) {
+            Some(b'0') => j + 1,
+            Some(b'1'..=b'9') => digits(j)?,
+            _ => return Err(Refused),
+        };
+        if s.get(j) == Some(&b'.') {
+            j = digits(j + 1)?;
+        }
+        if matches!(s.get(j), Some(b'e' | b'E')) {
+            j += 1;
+            if matches!(s.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+            j = digits(j)?;
+        }
+        Ok(j)
+    }
+
+    /// The members of a checked object, in order.
+    fn members(&self, obj: Node) -> impl Iterator<Item = (&'a [u8], Node)> + '_ {
+        let mut j = self.ws(obj.start + 1);
+        core::iter::from_fn(move || {
+            if j >= obj.end - 1 {
+                return None;
+            }
+            let key_end = self.string_end(j).ok()?;
+            let key = &self.s[j + 1..key_end - 1];
+            let v = self.value(self.ws(self.ws(key_end) + 1), 0).ok()?;
+            j = self.ws(v.end);
+            if self.s[j] == b',' {
+                j = self.ws(j + 1);
+            }
+            Some((key, v))
+        })
+    }
+
+    /// The elements of a checked array, in order.
+    fn elements(&self, arr: Node) -> impl Iterator<Item = Node> + '_ {
+        let mut j = self.ws(arr.start + 1);
+        core::iter::from_fn(move || {
+            if j >= arr.end - 1 {
+                return None;
+            }
+            let v = self.value(j, 0).ok()?;
+            j = self.ws(v.end);
+            if self.s[j] == b',' {
+                j = self.ws(j + 1);
+            }
+            Some(v)
+        })
+    }
+
+    /// A key of an object; a key given twice is refused (which one counts is the parser's).
+    fn get(&self, obj: Node, key: &[u8]) -> R<Option<Node>> {
+        let mut found = None;
+        for (k, v) in self.members(obj) {
+            if k == key {
+                if found.is_some() {
+                    return Err(Refused);
+                }
+                found = Some(v);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A key that must hold `kind` when present.
+    fn get_kind(&self, obj: Node, key: &[u8], kind: Kind) -> R<Option<Node>> {
+        match self.get(obj, key)? {
+            Some(n) if n.kind != kind => Err(Refused),
+            other => Ok(other),
+        }
+    }
+
+    fn text(&self, n: Node) -> &'a [u8] {
+        match n.kind {
+            Kind::String => &self.s[n.start + 1..n.end - 1],
+            _ => &self.s[n.start..n.end],
+        }
+    }
+
+    fn is_empty(&self, n: Node) -> bool {
+        self.ws(n.start + 1) == n.end - 1
+    }
+
+    /// Whether an element is an object whose `key` is the string `value`.
+    fn names(&self, n: Node, key: &[u8], value: &[u8]) -> bool {
+        n.kind == Kind::Object
+            && self
+                .get(n, key)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.kind == Kind::String && self.text(v) == value)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum What {
+    DeviceElems,
+    RuleElems,
+    DevicesMember,
+    RulesMember,
+    ResourcesMember,
+    LinuxMember,
+    /// The offer's variables, then the path variables the spec lacks (bit i: path-env i).
+    EnvElems(u8),
+    EnvMember(u8),
+    ProcessMember(u8),
+    /// Path-env `i`'s new value, computed from the spec's current one at `value` (its bytes).
+    EnvReplace(usize, usize, usize),
+    MountElems,
+    MountsMember,
+    HookElem,
+    PoststopMember,
+    HooksMember,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    at: usize,
+    end: usize,
+    what: What,
+    comma: bool,
+}
+
+/// The edits to make, in the order of the spec's bytes.
+pub struct Plan {
+    ops: [Option<Op>; MAX_OPS],
+    n: usize,
+}
+
+impl Plan {
+    fn push(&mut self, op: Op) -> R<()> {
+        if self.n == MAX_OPS {
+            return Err(Refused);
+        }
+        // Stable insertion by offset: edits at one place keep the order they were planned in.
+        let mut i = self.n;
+        while i > 0 && self.ops[i - 1].is_some_and(|o| o.at > op.at) {
+            self.ops[i] = self.ops[i - 1];
+            i -= 1;
+        }
+        self.ops[i] = Some(op);
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Add to the end of a container (before its closing bracket).
+    fn append(&mut self, json: &Json, container: Node, what: What) -> R<()> {
+        let at = container.end - 1;
+        let earlier = self.ops[..self.n].iter().flatten().any(|o| o.at == at);
+        self.push(Op {
+            at,
+            end: at,
+            what,
+            comma: earlier || !json.is_empty(container),
+        })
+    }
+}
+
+/// The request of a plain spec: `annotations` holds `gpu.profile` as a string, and no other
+/// `gpu.*` key. None when the spec asks for anything else or the full wrapper must look.
+pub fn plain_profile(spec: &[u8]) -> Option<&[u8]> {
+    let (json, root) = checked(spec).ok()?;
+    let ann = json.get_kind(root, b"annotations", Kind::Object).ok()??;
+    let mut profile = None;
+    for (k, v) in json.members(ann) {
+        if k.starts_with(b"gpu.") {
+            if k != b"gpu.profile" || v.kind != Kind::String || profile.is_some() {
+                return None;
+            }
+            profile = Some(json.text(v));
+        }
+    }
+    profile
+}
+
+/// Strings anywhere in the spec that make it the full wrapper's: env requests, Kubernetes
+/// (sandboxes and pod-level selection), a Podman precreate grant, and any escape (the plain
+/// case reads strings as their bytes).
+const NOT_PLAIN: &[&[u8]] = &[b"\\", b"GPUSHARE_", b"io.kubernetes", b"gpushare.lease"];
+
+fn checked(spec: &[u8]) -> R<(Json<'_>, Node)> {
+    if core::str::from_utf8(spec).is_err()
+        || NOT_PLAIN.iter().any(|n| crate::scan::contains(spec, n))
+    {
+        return Err(Refused);
+    }
+    let json = Json { s: spec };
+    let start = json.ws(0);
+    let root = json.value(start, 0)?;
+    if root.kind != Kind::Object || json.ws(root.end) != spec.len() {
+        return Err(Refused);
+    }
+    Ok((json, root))
+}
+
+/// Plan the edit of `spec` for `offer`; Refused unless every part of it is an addition.
+pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
+    let (json, root) = checked(spec)?;
+    let mut plan = Plan {
+        ops: [None; MAX_OPS],
+        n: 0,
+    };
+
+    // Device nodes and their allow rules.
+    if offer.devices().next().is_none() {
+        return Err(Refused);
+    }
+    match json.get_kind(root, b"linux", Kind::Object)? {
+        None => plan.append(&json, root, What::LinuxMember)?,
+        Some(linux) => {
+            match json.get_kind(linux, b"devices", Kind::Array)? {
+                None => plan.append(&json, linux, What::DevicesMember)?,
+                Some(list) => {
+                    for d in offer.devices() {
+                        let d = d.ok_or(Refused)?;
+                        if json.elements(list).any(|e| json.names(e, b"path", d.path)) {
+                            return Err(Refused);
+                        }
+                    }
+                    plan.append(&json, list, What::DeviceElems)?;
+                }
+            }
+            match json.get_kind(linux, b"resources", Kind::Object)? {
+                None => plan.append(&json, linux, What::ResourcesMember)?,
+                Some(res) => match json.get_kind(res, b"devices", Kind::Array)? {
+                    None => plan.append(&json, res, What::RulesMember)?,
+                    Some(rules) => {
+                        // A rule for one of these nodes might equal the one added (which the
+                        // full wrapper would not add twice): left to it.
+                        for d in offer.devices() {
+                            let d = d.ok_or(Refused)?;
+                            let same = |e: Node| {
+                                e.kind == Kind::Object
+                                    && json
+                                        .get(e, b"major")
+                                        .ok()
+                                        .flatten()
+                                        .is_some_and(|m| json.text(m) == d.major)
+                                    && json
+                                        .get(e, b"minor")
+                                        .ok()
+                                        .flatten()
+                                        .is_some_and(|m| json.text(m) == d.minor)
+                            };
+                            if json.elements(rules).any(same) {
+                                return Err(Refused);
+                            }
+                        }
+                        plan.append(&json, rules, What::RuleElems)?;
+                    }
+                },
+            }
+        }
+    }
+
+    // Env: the offer's variables are added; the path variables are added or extended.
+    let mut path_envs: [Option<PathEnv>; MAX_PATH_ENVS] = [None; MAX_PATH_ENVS];
+    for (i, pe) in offers.path_envs().enumerate() {
+        *path_envs.get_mut(i).ok_or(Refused)? = Some(pe.ok_or(Refused)?);
+    }
+    let mut absent: u8 = 0;
+    for (i, pe) in path_envs.iter().enumerate() {
+        if pe.is_some() {
+            absent |= 1 << i;
+        }
+    }
+    match json.get_kind(root, b"process", Kind::Object)? {
+        None => plan.append(&json, root, What::ProcessMember(absent))?,
+        Some(process) => match json.get_kind(process, b"env", Kind::Array)? {
+            None => plan.append(&json, process, What::EnvMember(absent))?,
+            Some(env) => {
+                for e in json.elements(env) {
+                    if e.kind != Kind::String {
+                        return Err(Refused);
+                    }
+                    let text = json.text(e);
+                    let name = text.split(|&b| b == b'=').next().unwrap_or(text);
+                    let has_eq = text.contains(&b'=');
+                    for v in offer.env() {
+                        let (k, _) = v.ok_or(Refused)?;
+                        if has_eq && name == k {
+                            return Err(Refused);
+                        }
+                    }
+                    for (i, pe) in path_envs.iter().enumerate() {
+                        let Some(pe) = pe else { continue };
+                        let first = absent & (1 << i) != 0;
+                        if first && has_eq && name == pe.name {
+                            absent &= !(1 << i);
+                            let value = e.start + 1 + name.len() + 1;
+                            plan.push(Op {
+                                at: e.start,
+                                end: e.end,
+                                what: What::EnvReplace(i, value, e.end - 1),
+                                comma: false,
+                            })?;
+                        }
+                    }
+                }
+                plan.append(&json, env, What::EnvElems(absent))?;
+            }
+        },
+    }
+
+    // Driver mounts.
+    if offers.mounts().next().is_some() {
+        match json.get_kind(root, b"mounts", Kind::Array)? {
+            None => plan.append(&json, root, What::MountsMember)?,
+            Some(list) => {
+                for m in offers.mounts() {
+                    let (dest, _) = m.ok_or(Refused)?;
+                    if json
+                        .elements(list)
+                        .any(|e| json.names(e, b"destination", dest))
+                    {
+                        return Err(Refused);
+                    }
+                }
+                plan.append(&json, list, What::MountElems)?;
+            }
+        }
+    }
+
+    // The release hook.
+    let (hook_path, _) = offers.hook().ok_or(Refused)?;
+    match json.get_kind(root, b"hooks", Kind::Object)? {
+        None => plan.append(&json, root, What::HooksMember)?,
+        Some(hooks) => match json.get_kind(hooks, b"poststop", Kind::Array)? {
+            None => plan.append(&json, hooks, What::PoststopMember)?,
+            Some(list) => {
+                if json
+                    .elements(list)
+                    .any(|e| json.names(e, b"path", hook_path))
+                {
+                    return Err(Refused);
+                }
+                plan.append(&json, list, What::HookElem)?;
+            }
+        },
+    }
+    Ok(plan)
+}
+
+/// A bounded output buffer.
+pub struct Out<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl<'b> Out<'b> {
+    pub fn new(buf: &'b mut [u8]) -> Out<'b> {
+        Out { buf, len: 0 }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn put(&mut self, b: &[u8]) -> R<()> {
+        let end = self.len.checked_add(b.len()).ok_or(Refused)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(Refused)?
+            .copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// How much room [`write`] may need for `spec` and these offers.
+pub fn room(spec: &[u8], offers_text: &[u8]) -> usize {
+    2 * spec.len() + 4 * offers_text.len() + 4096
+}
+
+/// The edited spec.
+pub fn write(spec: &[u8], plan: &Plan, offers: &Offers, offer: &Offer, out: &mut Out) -> R<()> {
+    let mut at = 0;
+    for op in plan.ops[..plan.n].iter().flatten() {
+        out.put(&spec[at..op.at])?;
+        if op.comma {
+            out.put(b",")?;
+        }
+        emit(spec, op.what, offers, offer, out)?;
+        at = op.end;
+    }
+    out.put(&spec[at..])
+}
+
+fn list<'x>(out: &mut Out, items: impl Iterator<Item = Option<&'x [u8]>>) -> R<()> {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.put(b",")?;
+        }
+        out.put(item.ok_or(Refused)?)?;
+    }
+    Ok(())
+}
+
+fn emit(spec: &[u8], what: What, offers: &Offers, offer: &Offer, out: &mut Out) -> R<()> {
+    let devices = || offer.devices().map(|d| d.map(|d| d.json));
+    let rules = || offer.devices().map(|d| d.map(|d| d.rule));
+    let nth_path_env = |i: usize| offers.path_envs().nth(i).flatten().ok_or(Refused);
+    match what {
+        What::DeviceElems => list(out, devices()),
+        What::RuleElems => list(out, rules()),
+        What::DevicesMember => {
+            out.put(b"\"devices\":[")?;
+            list(out, devices())?;
+            out.put(b"]")
+        }
+        What::RulesMember => {
+            out.put(b"\"devices\":[")?;
+            list(out, rules())?;
+            out.put(b"]")
+        }
+        What::ResourcesMember => {
+            out.put(b"\"resources\":{\"devices\":[")?;
+            list(out, rules())?;
+            out.put(b"]}")
+        }
+        What::LinuxMember => {
+            out.put(b"\"linux\":{\"devices\":[")?;
+            list(out, devices())?;
+            out.put(b"],\"resources\":{\"devices\":[")?;
+            list(out, rules())?;
+            out.put(b"]}}")
+        }
+        What::EnvElems(absent) => {
+            let mut first = true;
+            for v in offer.env() {
+                let (k, val) = v.ok_or(Refused)?;
+                if !first {
+                    out.put(b",")?;
+                }
+                first = false;
+                out.put(b"\"")?;
+                out.put(k)?;
+                out.put(b"=")?;
+                out.put(val)?;
+                out.put(b"\"")?;
+            }
+            for i in 0..MAX_PATH_ENVS {
+                if absent & (1 << i) == 0 {
+                    continue;
+                }
+                let pe = nth_path_env(i)?;
+                if !first {
+                    out.put(b",")?;
+                }
+                first = false;
+                path_value(out, &pe, pe.default)?;
+            }
+            Ok(())
+        }
+        What::EnvMember(absent) => {
+            out.put(b"\"env\":[")?;
+            emit(spec, What::EnvElems(absent), offers, offer, out)?;
+            out.put(b"]")
+        }
+        What::ProcessMember(absent) => {
+            out.put(b"\"process\":{\"env\":[")?;
+            emit(spec, What::EnvElems(absent), offers, offer, out)?;
+            out.put(b"]}")
+        }
+        What::EnvReplace(i, start, end) => {
+            let pe = nth_path_env(i)?;
+            path_value(out, &pe, &spec[start..end])
+        }
+        What::MountElems => list(out, offers.mounts().map(|m| m.map(|(_, j)| j))),
+        What::MountsMember => {
+            out.put(b"\"mounts\":[")?;
+            list(out, offers.mounts().map(|m| m.map(|(_, j)| j)))?;
+            out.put(b"]")
+        }
+        What::HookElem => out.put(offers.hook().ok_or(Refused)?.1),
+        What::PoststopMember => {
+            out.put(b"\"poststop\":[")?;
+            out.put(offers.hook().ok_or(Refused)?.1)?;
+            out.put(b"]")
+        }
+        What::HooksMember => {
+            out.put(b"\"hooks\":{\"poststop\":[")?;
+            out.put(offers.hook().ok_or(Refused)?.1)?;
+            out.put(b"]}")
+        }
+    }
+}
+
+/// `"NAME=dirs"`: `current`'s folders without the injected one, which goes first or last.
+fn path_value(out: &mut Out, pe: &PathEnv, current: &[u8]) -> R<()> {
+    out.put(b"\"")?;
+    out.put(pe.name)?;
+    out.put(b"=")?;
+    let mut first = true;
+    if pe.prepend {
+        out.put(pe.dir)?;
+        first = false;
+    }
+    for part in current.split(|&b| b == b':') {
+        if part.is_empty() || part == pe.dir {
+            continue;
+        }
+        if !first {
+            out.put(b":")?;
+        }
+        out.put(part)?;
+        first = false;
+    }
+    if !pe.prepend {
+        if !first {
+            out.put(b":")?;
+        }
+        out.put(pe.dir)?;
+    }
+    out.put(b"\"")
+}
