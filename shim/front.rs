@@ -25,7 +25,7 @@ mod sys;
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Map, Path};
-    use gpushare_front::{args, config, journal, scan, state};
+    use gpushare_front::{args, config, journal, offers, scan, splice, state};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
@@ -141,6 +141,19 @@ mod entry {
                 let spec = Path::new(&[bundle, b"/config.json"]);
                 match sys::read_spec(&spec, scan::MAX_SPEC_BYTES) {
                     Ok(m) if !scan::may_contain_request(m.bytes()) => exec_runtime(p, &runtime),
+                    Ok(m) => {
+                        let grant = Create {
+                            parsed: &parsed,
+                            config: &text,
+                            state_dir: top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR),
+                            runtime: &runtime,
+                            bundle,
+                            spec: m.bytes(),
+                        };
+                        if grant.offered(p).is_some() {
+                            exec_runtime(p, &runtime);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -177,23 +190,141 @@ mod entry {
         }
     }
 
-    /// The config file's text: the explicit path (flag, else $GPUSHARE_CONFIG), else the
-    /// default one if it exists. None when it cannot be read: the full program's case.
-    fn config_text(p: &Process, flag: Option<&'static [u8]>) -> Option<Option<Map>> {
-        let explicit = flag.or_else(|| env(p, config::ENV_CONFIG).filter(|v| !v.is_empty()));
-        match explicit {
-            Some(path) => Map::open(&Path::new(&[path])).ok().map(Some),
-            None => match Map::open(&Path::new(&[config::DEFAULT_PATH])) {
-                Ok(m) => Some(Some(m)),
-                Err(sys::ENOENT) => Some(None),
-                Err(_) => None,
-            },
+    /// A `create` whose spec asks for a GPU.
+    struct Create<'a> {
+        parsed: &'a args::Parsed<'static>,
+        config: &'a Option<(Map, Path)>,
+        state_dir: &'a [u8],
+        runtime: &'a Path,
+        bundle: &'a [u8],
+        spec: &'a [u8],
+    }
+
+    impl Create<'_> {
+        /// Grant what the ledger's offers hold for this spec and write the edited spec; Some
+        /// when done (the runtime is then exec'd). None hands the whole create, untouched so
+        /// far or with its grant journaled, to the full wrapper.
+        fn offered(&self, p: &Process) -> Option<()> {
+            let started = sys::monotonic_us();
+            // Crash tests kill the full wrapper at its failpoints: it must be the one to run.
+            if env(p, b"GPUSHARE_FAILPOINT").is_some() {
+                return None;
+            }
+            let id = self
+                .parsed
+                .container_id
+                .filter(|id| journal::is_plain_id(id))?;
+            let profile = splice::plain_profile(self.spec)?;
+            let dir = self.state_dir;
+            let offers_text = Map::open(&Path::new(&[dir, b"/", offers::FILE])).ok()?;
+            let offers = offers::parse(offers_text.bytes())?;
+            if !self.config_matches(offers.config) {
+                return None;
+            }
+            let runtime_root = match self.parsed.root {
+                Some(r) => Some(r),
+                None => match base_name(self.runtime.bytes()) {
+                    b"runc" => Some(&b"/run/runc"[..]),
+                    b"crun" => Some(&b"/run/crun"[..]),
+                    _ => None,
+                },
+            };
+            if runtime_root.is_some_and(|r| !journal::is_plain_root(r)) {
+                return None;
+            }
+            let spec_path = Path::new(&[self.bundle, b"/config.json"]);
+            let mode = sys::mode_of(&spec_path).ok()?;
+
+            let lock = sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS).ok()?;
+            let granted = (|| {
+                let ledger = Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])).ok()?;
+                let generation = journal::generation(ledger.bytes())?;
+                if generation != offers.generation {
+                    return None;
+                }
+                let journal_path = Path::new(&[dir, b"/", journal::FILE]);
+                let journal = match Map::open(&journal_path) {
+                    Ok(m) => Some(m),
+                    Err(sys::ENOENT) => None,
+                    Err(_) => return None,
+                };
+                let journal = journal.as_ref().map_or(&[][..], Map::bytes);
+                // The same container asking again keeps what it holds: the full wrapper's case.
+                if journal.len() > journal::MAX_GRANT_BYTES
+                    || journal::may_hold(ledger.bytes(), journal, id)
+                {
+                    return None;
+                }
+                let released = journal::net_release(journal, generation)?;
+                let offer = offers.offer(released, profile)?;
+                if !sys::exists(&Path::new(&[offer.cap_file])) {
+                    return None; // the instance is gone: the full wrapper prunes and picks again
+                }
+                let plan = splice::plan(self.spec, &offers, &offer).ok()?;
+                let mut line = [0u8; 2 * journal::MAX_ID + 4200];
+                let n = journal::grant_line(
+                    offer.instance,
+                    id,
+                    sys::now(),
+                    generation,
+                    runtime_root,
+                    sys::monotonic_us().saturating_sub(started),
+                    journal::torn(journal),
+                    &mut line,
+                )?;
+                sys::append_durably(&journal_path, &line[..n]).ok()?;
+                Some((offer, plan))
+            })();
+            sys::close(lock);
+            let (offer, plan) = granted?;
+            // From here the container holds the slice: a failure leaves the rest to the full
+            // wrapper, which finds the grant and finishes the same create.
+            let buf = sys::scratch(splice::room(self.spec, offers_text.bytes())).ok()?;
+            let mut out = splice::Out::new(buf);
+            splice::write(self.spec, &plan, &offers, &offer, &mut out).ok()?;
+            sys::replace_file(self.bundle, b"config.json", out.bytes(), mode).ok()?;
+            Some(())
+        }
+
+        /// Whether the config file is the one the offers were made under.
+        fn config_matches(&self, recorded: &[u8]) -> bool {
+            let Some((_, path)) = self.config else {
+                return recorded == b"-";
+            };
+            let Some(id) = sys::identity(path) else {
+                return false;
+            };
+            let mut words = recorded.split(|&b| b == b' ');
+            id.iter()
+                .all(|&v| words.next().is_some_and(|w| decimal(w) == Some(v)))
+                && words.next().is_none()
         }
     }
 
-    fn config_top(text: &Option<Map>) -> Option<config::TopLevel<'_>> {
+    fn decimal(s: &[u8]) -> Option<u64> {
+        if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        s.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+    }
+
+    /// The config file's text: the explicit path (flag, else $GPUSHARE_CONFIG), else the
+    /// default one if it exists. None when it cannot be read: the full program's case.
+    fn config_text(p: &Process, flag: Option<&'static [u8]>) -> Option<Option<(Map, Path)>> {
+        let explicit = flag.or_else(|| env(p, config::ENV_CONFIG).filter(|v| !v.is_empty()));
+        let path = Path::new(&[explicit.unwrap_or(config::DEFAULT_PATH)]);
+        match Map::open(&path) {
+            Ok(m) => Some(Some((m, path))),
+            Err(sys::ENOENT) if explicit.is_none() => Some(None),
+            Err(_) => None,
+        }
+    }
+
+    fn config_top(text: &Option<(Map, Path)>) -> Option<config::TopLevel<'_>> {
         match text {
-            Some(m) => config::scan(m.bytes()),
+            Some((m, _)) => config::scan(m.bytes()),
             None => Some(config::TopLevel::default()),
         }
     }

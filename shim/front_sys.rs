@@ -17,12 +17,16 @@ const SYS_LSEEK: usize = 8;
 const SYS_MMAP: usize = 9;
 const SYS_DUP2: usize = 33;
 const SYS_NANOSLEEP: usize = 35;
+const SYS_GETPID: usize = 39;
 const SYS_FORK: usize = 57;
 const SYS_EXECVE: usize = 59;
 const SYS_WAIT4: usize = 61;
 const SYS_FLOCK: usize = 73;
 const SYS_FSYNC: usize = 74;
+const SYS_RENAME: usize = 82;
+const SYS_UNLINK: usize = 87;
 const SYS_READLINK: usize = 89;
+const SYS_FCHMOD: usize = 91;
 const SYS_CAPSET: usize = 126;
 const SYS_PRCTL: usize = 157;
 const SYS_CLOCK_GETTIME: usize = 228;
@@ -43,6 +47,9 @@ const O_APPEND: usize = 0o2000;
 const O_NONBLOCK: usize = 0o4000;
 const LOCK_EX_NB: usize = 2 | 4;
 const CLOCK_REALTIME: usize = 0;
+const CLOCK_MONOTONIC: usize = 1;
+const O_TRUNC: usize = 0o1000;
+const O_DIRECTORY: usize = 0o200000;
 const O_NOFOLLOW: usize = 0o400000;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
@@ -129,6 +136,11 @@ impl Path {
 
     pub fn as_ptr(&self) -> *const u8 {
         self.buf.as_ptr()
+    }
+
+    /// The path's bytes (none for an unusable one).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len.unwrap_or(0)]
     }
 
     fn c(&self) -> Result<usize, i32> {
@@ -245,6 +257,134 @@ pub fn drop_all_caps() {
     }
 }
 
+/// Microseconds on the monotonic clock.
+pub fn monotonic_us() -> u64 {
+    let mut ts = [0u64; 2];
+    // SAFETY: ts is a struct timespec.
+    let r = unsafe {
+        syscall(
+            SYS_CLOCK_GETTIME,
+            CLOCK_MONOTONIC,
+            ts.as_mut_ptr() as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if errno(r).is_ok() {
+        ts[0] * 1_000_000 + ts[1] / 1_000
+    } else {
+        0
+    }
+}
+
+/// A file's identity as gpushare's offers record their config's: device, inode, size, mtime
+/// seconds and nanoseconds (symlinks followed).
+pub fn identity(path: &Path) -> Option<[u64; 5]> {
+    let mut st = [0u64; 18];
+    // SAFETY: st is a struct stat's size.
+    let r = unsafe {
+        syscall(
+            SYS_NEWFSTATAT,
+            AT_FDCWD as usize,
+            path.c().ok()?,
+            st.as_mut_ptr() as usize,
+            0,
+            0,
+            0,
+        )
+    };
+    errno(r).ok()?;
+    Some([st[0], st[1], st[6], st[11], st[12]])
+}
+
+/// Whether something is at `path` (symlinks followed).
+pub fn exists(path: &Path) -> bool {
+    identity(path).is_some()
+}
+
+/// The permission bits of the file at `path` itself (not following a symlink).
+pub fn mode_of(path: &Path) -> Result<u32, i32> {
+    lstat(path).map(|(mode, _)| mode & 0o7777)
+}
+
+/// Replace `dir/name` with `data` durably, as gpushare's full program does: a temp file in the
+/// same folder with `mode`, written, fsync'd, renamed over the file, then the folder fsync'd.
+pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: u32) -> Result<(), i32> {
+    // SAFETY: getpid takes nothing.
+    let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
+    let mut digits = [0u8; 20];
+    let mut n = digits.len();
+    let mut v = pid;
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", &digits[n..]]);
+    let target = Path::new(&[dir, b"/", name]);
+    let fd = open_mode(
+        &tmp,
+        O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW,
+        mode as usize,
+    )?;
+    let written = (|| {
+        // SAFETY: plain descriptor operations on a descriptor we own; data is valid.
+        errno(unsafe { syscall(SYS_FCHMOD, fd, mode as usize, 0, 0, 0, 0) })?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let r = unsafe { syscall(SYS_WRITE, fd, rest.as_ptr() as usize, rest.len(), 0, 0, 0) };
+            match errno(r) {
+                Ok(k) if k > 0 => rest = &rest[k..],
+                Err(4) => continue,
+                Ok(_) => return Err(EINVAL),
+                Err(e) => return Err(e),
+            }
+        }
+        errno(unsafe { syscall(SYS_FSYNC, fd, 0, 0, 0, 0, 0) })?;
+        Ok(())
+    })();
+    close(fd);
+    // SAFETY: NUL-terminated paths.
+    let renamed = written.and_then(|()| {
+        errno(unsafe { syscall(SYS_RENAME, tmp.c()?, target.c()?, 0, 0, 0, 0) }).map(drop)
+    });
+    if let Err(e) = renamed {
+        if let Ok(t) = tmp.c() {
+            // SAFETY: a NUL-terminated path.
+            unsafe { syscall(SYS_UNLINK, t, 0, 0, 0, 0, 0) };
+        }
+        return Err(e);
+    }
+    let dfd = open(&Path::new(&[dir]), O_DIRECTORY)?;
+    // SAFETY: fsync on a descriptor we own.
+    let synced = errno(unsafe { syscall(SYS_FSYNC, dfd, 0, 0, 0, 0, 0) });
+    close(dfd);
+    synced.map(drop)
+}
+
+/// Anonymous memory of `len` bytes, zeroed, never freed (the process execs or exits soon).
+pub fn scratch(len: usize) -> Result<&'static mut [u8], i32> {
+    // SAFETY: a fresh private anonymous mapping, owned by the returned slice alone.
+    let r = unsafe {
+        syscall(
+            SYS_MMAP,
+            0,
+            len,
+            PROT_READ_WRITE,
+            MAP_PRIVATE_ANONYMOUS,
+            usize::MAX,
+            0,
+        )
+    };
+    let p = errno(r)? as *mut u8;
+    Ok(unsafe { core::slice::from_raw_parts_mut(p, len) })
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     let mut ts = [0u64; 2];
@@ -324,7 +464,7 @@ pub fn restore_stdin(data: &[u8]) -> Result<(), i32> {
     r.map(drop)
 }
 
-fn close(fd: usize) {
+pub fn close(fd: usize) {
     // SAFETY: closes a descriptor this process opened.
     unsafe { syscall(SYS_CLOSE, fd, 0, 0, 0, 0, 0) };
 }

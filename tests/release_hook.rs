@@ -75,7 +75,7 @@ fn bare_delete(engine: &Engine, id: &str) {
 }
 
 #[test]
-fn a_plain_release_is_one_journal_line_that_the_next_grant_folds() {
+fn a_plain_release_is_one_journal_line_and_so_is_the_next_warm_grant() {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, Runtime::Runc);
@@ -108,15 +108,20 @@ fn a_plain_release_is_one_journal_line_that_the_next_grant_folds() {
     bare_delete(&engine, &id);
     assert_eq!(journal(&node).lines().count(), 1, "{}", journal(&node));
 
-    // The next grant takes the same instance and leaves the journal empty.
+    // The next grant takes the same instance: the entry binary grants it from the offers, as
+    // another journal line; the next locked change (here gc) writes both into the ledger.
     let next = unique("next");
     leased(&engine, &next);
+    assert!(journal(&node).contains(&format!(" {next} ")), "{}", journal(&node));
+    let st = node.ledger();
+    assert_eq!(st.instances.len(), 1, "the idle instance was reused");
+    assert!(st.lease_of(&next).is_some());
+    assert_eq!(st.stats.grants_warm, 1);
+    let gc = node.ctl(&["gc", "--grace", "0"]);
+    assert!(gc.status.success(), "{}", text(&gc.stderr));
     assert_eq!(journal(&node), "");
     assert!(!file_lease_of(&node, &id));
     assert!(file_lease_of(&node, &next));
-    let st = node.ledger();
-    assert_eq!(st.instances.len(), 1, "the idle instance was reused");
-    assert_eq!(st.stats.grants_warm, 1);
     let del = engine.delete(&next);
     assert!(del.status.success(), "{}", text(&del.stderr));
     invariants::check(&node, Some(engine.root.path())).unwrap();
