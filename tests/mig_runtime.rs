@@ -8,14 +8,28 @@ fn hex(major: u32, minor: u32) -> String {
     format!("{major:x}:{minor:x}")
 }
 
-fn one_slice_sees_exactly_its_nodes(rt: Runtime) {
+/// `warm`: an earlier container made the instance and released it, so this one is granted by
+/// the `gpushare` entry binary from the ledger's offers (a journal line), not the full wrapper.
+fn one_slice_sees_exactly_its_nodes(rt: Runtime, warm: bool) {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, rt);
+    if warm {
+        let first = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+        engine.run_to_end(&first, &unique("first"));
+    }
     let bundle = Bundle::new(SHOW_GPU, &[("gpu.profile", "1g.10gb")], &[]);
     let id = unique("mig1g");
     let out = engine.create(&bundle, &id);
     assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let journal = std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
+    assert_eq!(
+        journal
+            .lines()
+            .any(|l| l.starts_with('+') && l.contains(&format!(" {id} "))),
+        warm,
+        "granted by the entry binary when warm: {journal}"
+    );
 
     // While the container exists, the ledger and the simulated driver agree on its slice.
     let ledger = node.ledger();
@@ -92,13 +106,23 @@ fn one_slice_sees_exactly_its_nodes(rt: Runtime) {
 }
 
 #[test]
+fn runc_warm_slice_granted_by_the_entry_binary_sees_exactly_its_nodes() {
+    one_slice_sees_exactly_its_nodes(Runtime::Runc, true);
+}
+
+#[test]
+fn crun_warm_slice_granted_by_the_entry_binary_sees_exactly_its_nodes() {
+    one_slice_sees_exactly_its_nodes(Runtime::Crun, true);
+}
+
+#[test]
 fn runc_one_slice_sees_exactly_its_nodes() {
-    one_slice_sees_exactly_its_nodes(Runtime::Runc);
+    one_slice_sees_exactly_its_nodes(Runtime::Runc, false);
 }
 
 #[test]
 fn crun_one_slice_sees_exactly_its_nodes() {
-    one_slice_sees_exactly_its_nodes(Runtime::Crun);
+    one_slice_sees_exactly_its_nodes(Runtime::Crun, false);
 }
 
 /// A node the device cgroup does not allow opens with EPERM: the check above can fail.

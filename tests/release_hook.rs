@@ -112,7 +112,11 @@ fn a_plain_release_is_one_journal_line_and_so_is_the_next_warm_grant() {
     // another journal line; the next locked change (here gc) writes both into the ledger.
     let next = unique("next");
     leased(&engine, &next);
-    assert!(journal(&node).contains(&format!(" {next} ")), "{}", journal(&node));
+    assert!(
+        journal(&node).contains(&format!(" {next} ")),
+        "{}",
+        journal(&node)
+    );
     let st = node.ledger();
     assert_eq!(st.instances.len(), 1, "the idle instance was reused");
     assert!(st.lease_of(&next).is_some());

@@ -101,16 +101,48 @@ impl<'a> Json<'a> {
         }
     }
 
-    /// A string with no escape (the caller refused any backslash) and no control character.
+    /// The end of the string at `i`, its escapes checked as a JSON parser checks them (a
+    /// surrogate must come in a pair), and no raw control character in it.
     fn string_end(&self, i: usize) -> R<usize> {
-        let body = &self.s[i + 1..];
-        let len = body.iter().position(|&b| b == b'"').ok_or(Refused)?;
-        if body[..len].iter().any(|&b| b < 0x20) {
-            return Err(Refused);
+        let s = self.s;
+        let hex4 = |j: usize| -> R<u32> {
+            let h = s.get(j..j + 4).ok_or(Refused)?;
+            h.iter().try_fold(0u32, |n, &b| {
+                Ok(n * 16 + (b as char).to_digit(16).ok_or(Refused)?)
+            })
+        };
+        let mut j = i + 1;
+        loop {
+            match *s.get(j).ok_or(Refused)? {
+                b'"' => return Ok(j + 1),
+                b if b < 0x20 => return Err(Refused),
+                b'\\' => match *s.get(j + 1).ok_or(Refused)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j += 2,
+                    b'u' => {
+                        let u = hex4(j + 2)?;
+                        j += 6;
+                        if (0xdc00..0xe000).contains(&u) {
+                            return Err(Refused);
+                        }
+                        if (0xd800..0xdc00).contains(&u) {
+                            if s.get(j..j + 2) != Some(b"\\u") {
+                                return Err(Refused);
+                            }
+                            if !(0xdc00..0xe000).contains(&hex4(j + 2)?) {
+                                return Err(Refused);
+                            }
+                            j += 6;
+                        }
+                    }
+                    _ => return Err(Refused),
+                },
+                _ => j += 1,
+            }
         }
-        Ok(i + 1 + len + 1)
     }
 
+    /// The end of the number at `i`. One whose size is near f64's limit or past it is refused:
+    /// a JSON parser rejects it as out of range, and the full wrapper would not edit the spec.
     fn number_end(&self, i: usize) -> R<usize> {
         let s = self.s;
         let digits = |mut j: usize| {
@@ -118,26 +150,36 @@ impl<'a> Json<'a> {
             while s.get(j).is_some_and(u8::is_ascii_digit) {
                 j += 1;
             }
-            (j > start).then_some(j).ok_or(Refused)
+            (j > start).then_some((j, j - start)).ok_or(Refused)
         };
         let mut j = i;
         if s.get(j) == Some(&b'-') {
             j += 1;
         }
-        j = match s.get(j) {
-            Some(b'0') => j + 1,
+        let (mut j, int_digits) = match s.get(j) {
+            Some(b'0') => (j + 1, 1),
             Some(b'1'..=b'9') => digits(j)?,
             _ => return Err(Refused),
         };
         if s.get(j) == Some(&b'.') {
-            j = digits(j + 1)?;
+            j = digits(j + 1)?.0;
         }
+        let mut exponent: i64 = 0;
         if matches!(s.get(j), Some(b'e' | b'E')) {
             j += 1;
+            let negative = s.get(j) == Some(&b'-');
             if matches!(s.get(j), Some(b'+' | b'-')) {
                 j += 1;
             }
-            j = digits(j)?;
+            let (end, _) = digits(j)?;
+            let e = s[j..end].iter().fold(0i64, |n, &d| {
+                n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+            });
+            exponent = if negative { -e } else { e };
+            j = end;
+        }
+        if (int_digits as i64 - 1).saturating_add(exponent) >= 300 {
+            return Err(Refused);
         }
         Ok(j)
     }
@@ -150,6 +192,7 @@ impl<'a> Json<'a> {
                 return None;
             }
             let key_end = self.string_end(j).ok()?;
+            // (A key is its bytes here: callers refuse objects whose keys hold escapes.)
             let key = &self.s[j + 1..key_end - 1];
             let v = self.value(self.ws(self.ws(key_end) + 1), 0).ok()?;
             j = self.ws(v.end);
@@ -176,10 +219,14 @@ impl<'a> Json<'a> {
         })
     }
 
-    /// A key of an object; a key given twice is refused (which one counts is the parser's).
+    /// A key of an object; a key given twice is refused (which one counts is the parser's), and
+    /// so is an object with an escaped key (which might spell `key`).
     fn get(&self, obj: Node, key: &[u8]) -> R<Option<Node>> {
         let mut found = None;
         for (k, v) in self.members(obj) {
+            if k.contains(&b'\\') {
+                return Err(Refused);
+            }
             if k == key {
                 if found.is_some() {
                     return Err(Refused);
@@ -198,10 +245,18 @@ impl<'a> Json<'a> {
         }
     }
 
-    fn text(&self, n: Node) -> &'a [u8] {
+    /// A value's bytes: a string's between its quotes, refused if it holds an escape (the
+    /// plain case compares and copies strings as they are written).
+    fn text(&self, n: Node) -> R<&'a [u8]> {
         match n.kind {
-            Kind::String => &self.s[n.start + 1..n.end - 1],
-            _ => &self.s[n.start..n.end],
+            Kind::String => {
+                let t = &self.s[n.start + 1..n.end - 1];
+                match t.contains(&b'\\') {
+                    true => Err(Refused),
+                    false => Ok(t),
+                }
+            }
+            _ => Ok(&self.s[n.start..n.end]),
         }
     }
 
@@ -209,14 +264,26 @@ impl<'a> Json<'a> {
         self.ws(n.start + 1) == n.end - 1
     }
 
-    /// Whether an element is an object whose `key` is the string `value`.
-    fn names(&self, n: Node, key: &[u8], value: &[u8]) -> bool {
-        n.kind == Kind::Object
-            && self
-                .get(n, key)
-                .ok()
-                .flatten()
-                .is_some_and(|v| v.kind == Kind::String && self.text(v) == value)
+    /// Whether an element is an object whose `key` is the string `value`; refused when that
+    /// cannot be told from the bytes.
+    fn names(&self, n: Node, key: &[u8], value: &[u8]) -> R<bool> {
+        if n.kind != Kind::Object {
+            return Ok(false);
+        }
+        match self.get(n, key)? {
+            Some(v) if v.kind == Kind::String => Ok(self.text(v)? == value),
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether any element of an array [`Self::names`] `value`.
+    fn any_names(&self, list: Node, key: &[u8], value: &[u8]) -> R<bool> {
+        for e in self.elements(list) {
+            if self.names(e, key, value)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -291,20 +358,23 @@ pub fn plain_profile(spec: &[u8]) -> Option<&[u8]> {
     let ann = json.get_kind(root, b"annotations", Kind::Object).ok()??;
     let mut profile = None;
     for (k, v) in json.members(ann) {
+        if k.contains(&b'\\') {
+            return None; // an escaped key might be any request
+        }
         if k.starts_with(b"gpu.") {
             if k != b"gpu.profile" || v.kind != Kind::String || profile.is_some() {
                 return None;
             }
-            profile = Some(json.text(v));
+            profile = Some(json.text(v).ok()?);
         }
     }
     profile
 }
 
 /// Strings anywhere in the spec that make it the full wrapper's: env requests, Kubernetes
-/// (sandboxes and pod-level selection), a Podman precreate grant, and any escape (the plain
-/// case reads strings as their bytes).
-const NOT_PLAIN: &[&[u8]] = &[b"\\", b"GPUSHARE_", b"io.kubernetes", b"gpushare.lease"];
+/// (sandboxes and pod-level selection), a Podman precreate grant. (Written with escapes, any
+/// of them sits in a key or value this module refuses to read.)
+const NOT_PLAIN: &[&[u8]] = &[b"GPUSHARE_", b"io.kubernetes", b"gpushare.lease"];
 
 fn checked(spec: &[u8]) -> R<(Json<'_>, Node)> {
     if core::str::from_utf8(spec).is_err()
@@ -341,7 +411,7 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                 Some(list) => {
                     for d in offer.devices() {
                         let d = d.ok_or(Refused)?;
-                        if json.elements(list).any(|e| json.names(e, b"path", d.path)) {
+                        if json.any_names(list, b"path", d.path)? {
                             return Err(Refused);
                         }
                     }
@@ -357,21 +427,19 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                         // full wrapper would not add twice): left to it.
                         for d in offer.devices() {
                             let d = d.ok_or(Refused)?;
-                            let same = |e: Node| {
-                                e.kind == Kind::Object
-                                    && json
-                                        .get(e, b"major")
-                                        .ok()
-                                        .flatten()
-                                        .is_some_and(|m| json.text(m) == d.major)
-                                    && json
-                                        .get(e, b"minor")
-                                        .ok()
-                                        .flatten()
-                                        .is_some_and(|m| json.text(m) == d.minor)
-                            };
-                            if json.elements(rules).any(same) {
-                                return Err(Refused);
+                            for e in json.elements(rules) {
+                                if e.kind != Kind::Object {
+                                    continue;
+                                }
+                                let is = |key: &[u8], want: &[u8]| -> R<bool> {
+                                    Ok(match json.get(e, key)? {
+                                        Some(v) => json.text(v)? == want,
+                                        None => false,
+                                    })
+                                };
+                                if is(b"major", d.major)? && is(b"minor", d.minor)? {
+                                    return Err(Refused);
+                                }
                             }
                         }
                         plan.append(&json, rules, What::RuleElems)?;
@@ -401,7 +469,7 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                     if e.kind != Kind::String {
                         return Err(Refused);
                     }
-                    let text = json.text(e);
+                    let text = json.text(e)?;
                     let name = text.split(|&b| b == b'=').next().unwrap_or(text);
                     let has_eq = text.contains(&b'=');
                     for v in offer.env() {
@@ -437,10 +505,7 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
             Some(list) => {
                 for m in offers.mounts() {
                     let (dest, _) = m.ok_or(Refused)?;
-                    if json
-                        .elements(list)
-                        .any(|e| json.names(e, b"destination", dest))
-                    {
+                    if json.any_names(list, b"destination", dest)? {
                         return Err(Refused);
                     }
                 }
@@ -456,10 +521,7 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
         Some(hooks) => match json.get_kind(hooks, b"poststop", Kind::Array)? {
             None => plan.append(&json, hooks, What::PoststopMember)?,
             Some(list) => {
-                if json
-                    .elements(list)
-                    .any(|e| json.names(e, b"path", hook_path))
-                {
+                if json.any_names(list, b"path", hook_path)? {
                     return Err(Refused);
                 }
                 plan.append(&json, list, What::HookElem)?;

@@ -1,0 +1,55 @@
+//! The entry binary's spec splice (front/src/splice.rs) on whatever config.json an engine or an
+//! image produced: never a panic, and whenever it edits a spec, the result is JSON equal to what
+//! the full wrapper's `spec::apply` makes of the same spec.
+#![no_main]
+use gpushare_core::driver::DeviceNode;
+use gpushare_core::spec::{self, Edit, Hook, Mount, PathEnv};
+use gpushare_front::{offers, splice};
+use libfuzzer_sys::fuzz_target;
+use std::path::Path;
+use std::sync::OnceLock;
+
+fn edits() -> &'static (Edit, Edit, Hook, String) {
+    static E: OnceLock<(Edit, Edit, Hook, String)> = OnceLock::new();
+    E.get_or_init(|| {
+        let node = |path: &str, major, minor| DeviceNode { path: path.into(), major, minor, file_mode: 0o666 };
+        let own = Edit {
+            devices: vec![node("/dev/nvidiactl", 195, 255), node("/dev/nvidia0", 195, 0), node("/dev/nvidia-caps/nvidia-cap12", 241, 12)],
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), "MIG-fuzz".into()), ("NVIDIA_VISIBLE_DEVICES".into(), "MIG-fuzz".into())],
+            ..Default::default()
+        };
+        let common = Edit {
+            mounts: vec![Mount { destination: "/usr/local/gpushare".into(), source: "tmpfs".into(), kind: "tmpfs".into(), options: vec!["nosuid".into()] }],
+            env_paths: vec![
+                PathEnv { name: "LD_LIBRARY_PATH".into(), dir: "/usr/local/gpushare/lib".into(), prepend: true, default: String::new() },
+                PathEnv { name: "PATH".into(), dir: "/usr/local/gpushare/bin".into(), prepend: false, default: "/usr/bin:/bin".into() },
+            ],
+            ..Default::default()
+        };
+        let hook = Hook { path: "/usr/bin/gpushare".into(), args: vec!["gpushare-hook".into(), "poststop".into()], env: vec!["PATH=/usr/bin".into()], timeout: Some(30) };
+        let mut text = gpushare_core::offers::header(1, "-", &common, &hook).unwrap();
+        assert!(gpushare_core::offers::offer(&mut text, None, "1g.10gb", "MIG-fuzz", "/proc/x/access", &own));
+        text.push_str("end\n");
+        (own, common, hook, text)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (own, common, hook, text) = edits();
+    let _ = splice::plain_profile(data);
+    let o = offers::parse(text.as_bytes()).unwrap();
+    let offer = o.offer(None, b"1g.10gb").unwrap();
+    let Ok(plan) = splice::plan(data, &o, &offer) else {
+        return;
+    };
+    let mut buf = vec![0u8; splice::room(data, text.as_bytes())];
+    let mut out = splice::Out::new(&mut buf);
+    splice::write(data, &plan, &o, &offer, &mut out).expect("room is enough");
+    let got: serde_json::Value = serde_json::from_slice(out.bytes()).expect("the splice writes JSON");
+    let mut want: serde_json::Value = serde_json::from_slice(data).expect("a spec the splice edits is JSON");
+    let mut whole = own.clone();
+    whole.extend(common.clone());
+    whole.poststop = Some(hook.clone());
+    spec::apply(&mut want, &whole, Path::new("config.json")).expect("the full wrapper edits it too");
+    assert_eq!(got, want);
+});
