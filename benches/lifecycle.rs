@@ -118,8 +118,13 @@ fn overhead(iterations: usize) {
     ] {
         let b_shim = Bundle::new("true", &ann, &[]);
         let b_bare = Bundle::new("true", &ann, &[]);
+        // An engine writes a fresh config.json for every container: gpushare's edit of the last
+        // one is not what the next create finds.
+        let fresh_spec = b_shim.config_bytes();
+        let fresh = || std::fs::write(b_shim.path().join("config.json"), &fresh_spec).unwrap();
         // Warm the pool (and the page cache) before timing.
         for _ in 0..3 {
+            fresh();
             lifecycle(
                 &shim,
                 engine.root.path(),
@@ -158,6 +163,7 @@ fn overhead(iterations: usize) {
             }
             let n = runs.len();
             runs.rotate_left(i % n);
+            fresh();
             for (out, via, bundle, tag) in runs {
                 out.push(lifecycle(
                     via,

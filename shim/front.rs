@@ -235,28 +235,37 @@ mod entry {
             let spec_path = Path::new(&[self.bundle, b"/config.json"]);
             let mode = sys::mode_of(&spec_path).ok()?;
 
-            let lock = sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS).ok()?;
-            let granted = (|| {
-                let ledger = Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])).ok()?;
+            let ledger_path = Path::new(&[dir, b"/", config::LEDGER_FILE]);
+            let journal_path = Path::new(&[dir, b"/", journal::FILE]);
+            // Which offer applies, read from the ledger and its journal (None: the full
+            // wrapper's case). Looked at once without the lock: when many creates come at
+            // once, most find the offers spent and should not queue for the lock to learn it.
+            let applies = || {
+                let ledger = Map::open(&ledger_path).ok()?;
                 let generation = journal::generation(ledger.bytes())?;
                 if generation != offers.generation {
                     return None;
                 }
-                let journal_path = Path::new(&[dir, b"/", journal::FILE]);
                 let journal = match Map::open(&journal_path) {
                     Ok(m) => Some(m),
                     Err(sys::ENOENT) => None,
                     Err(_) => return None,
                 };
-                let journal = journal.as_ref().map_or(&[][..], Map::bytes);
+                let bytes = journal.as_ref().map_or(&[][..], Map::bytes);
                 // The same container asking again keeps what it holds: the full wrapper's case.
-                if journal.len() > journal::MAX_GRANT_BYTES
-                    || journal::may_hold(ledger.bytes(), journal, id)
+                if bytes.len() > journal::MAX_GRANT_BYTES
+                    || journal::may_hold(ledger.bytes(), bytes, id)
                 {
                     return None;
                 }
-                let released = journal::net_release(journal, generation)?;
+                let released = journal::net_release(bytes, generation)?;
                 let offer = offers.offer(released, profile)?;
+                Some((offer, generation, journal::torn(bytes)))
+            };
+            applies()?;
+            let lock = sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS).ok()?;
+            let granted = (|| {
+                let (offer, generation, torn) = applies()?;
                 if !sys::exists(&Path::new(&[offer.cap_file])) {
                     return None; // the instance is gone: the full wrapper prunes and picks again
                 }
@@ -269,7 +278,7 @@ mod entry {
                     generation,
                     runtime_root,
                     sys::monotonic_us().saturating_sub(started),
-                    journal::torn(journal),
+                    torn,
                     &mut line,
                 )?;
                 sys::append_durably(&journal_path, &line[..n]).ok()?;

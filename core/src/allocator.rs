@@ -179,7 +179,7 @@ pub fn allocate(
         crate::failpoint!("alloc.warm.before_save");
         locked.save(&st)?;
         crate::failpoint!("alloc.warm.saved");
-        offer_after(cfg, locked, &st);
+        offer_after(cfg, locked, st);
         return Ok(grant);
     }
 
@@ -200,17 +200,17 @@ pub fn allocate(
     let saved = save_if_changed(&locked, &before, &st)?;
     crate::failpoint!("alloc.cold.saved");
     if saved {
-        offer_after(cfg, locked, &st);
+        offer_after(cfg, locked, st);
     }
     result
 }
 
 /// Write the offers for the ledger this call left, once its lock is released (offers name
 /// their generation, so one written late by a slower process is merely unused).
-fn offer_after(cfg: &Config, locked: crate::ledger::Locked, st: &LedgerState) {
+fn offer_after(cfg: &Config, locked: crate::ledger::Locked, mut st: LedgerState) {
     let generation = locked.generation();
     drop(locked);
-    crate::offers::write(cfg, st, generation);
+    crate::offers::write(cfg, &mut st, generation);
 }
 
 /// Release `container_id`'s slice into the idle pool; true if it held one. Idempotent.
@@ -227,7 +227,7 @@ pub fn release(cfg: &Config, container_id: &str, timeout: Duration) -> Result<bo
     }
     crate::failpoint!("release.saved");
     if changed {
-        offer_after(cfg, locked, &st);
+        offer_after(cfg, locked, st);
     }
     Ok(released)
 }

@@ -25,12 +25,12 @@ use std::path::Path;
 /// The offers file's name inside the state directory.
 pub const FILE: &str = "offers";
 /// For this many of the latest leases, offers are also made as if that lease were released.
-const RECENT_LEASES: usize = 4;
+const RECENT_LEASES: usize = 2;
 
 /// Write the offers for `st`, the ledger of `generation`, or remove them when this node's
 /// config leaves grants to the full wrapper. Best effort: without offers every grant is the
 /// full wrapper's, which is slower, never wrong.
-pub fn write(cfg: &Config, st: &LedgerState, generation: u64) {
+pub fn write(cfg: &Config, st: &mut LedgerState, generation: u64) {
     let path = cfg.state_dir.join(FILE);
     let result = match render(cfg, st, generation) {
         Some(text) => write_quick(&path, text.as_bytes()),
@@ -84,7 +84,8 @@ fn config_identity(cfg: &Config) -> Option<String> {
     }
 }
 
-pub(crate) fn render(cfg: &Config, st: &LedgerState, generation: u64) -> Option<String> {
+/// `st` is changed while rendering (a lease taken off and put back) and left as it came.
+pub(crate) fn render(cfg: &Config, st: &mut LedgerState, generation: u64) -> Option<String> {
     // Settings the entry binary cannot honour itself: a privileged check, another runtime for
     // GPU containers, or a log line per grant.
     let logs_grants = matches!(
@@ -102,52 +103,71 @@ pub(crate) fn render(cfg: &Config, st: &LedgerState, generation: u64) -> Option<
     let common = crate::inject::driver_edit(cfg).ok()?;
     let hook = crate::shim::poststop_hook(cfg);
     let mut out = header(generation, &config, &common, &hook)?;
-    let mut recent: Vec<_> = st
+    let mut recent: Vec<(u64, usize)> = st
         .instances
         .iter()
-        .filter_map(|r| r.lease.as_ref().map(|l| (l, r.profile.as_str())))
+        .enumerate()
+        .filter_map(|(i, r)| r.lease.as_ref().map(|l| (l, i)))
         .filter(|(l, _)| is_plain_id(l.container_id.as_bytes()))
+        .map(|(l, i)| (l.since, i))
         .collect();
-    recent.sort_by_key(|(l, _)| std::cmp::Reverse(l.since));
-    let mut states: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
-    let mut idle: Vec<&str> = st
+    recent.sort_by_key(|&(since, _)| std::cmp::Reverse(since));
+    let mut idle: Vec<String> = st
         .instances
         .iter()
         .filter(|r| r.lease.is_none() && r.made.is_some())
-        .map(|r| r.profile.as_str())
+        .map(|r| r.profile.clone())
         .collect();
     idle.sort_unstable();
     idle.dedup();
-    states.push((None, idle));
-    for (lease, profile) in recent.into_iter().take(RECENT_LEASES) {
-        states.push((Some(lease.container_id.as_str()), vec![profile]));
+    for profile in &idle {
+        offer_for(cfg, st, None, profile, &majors, &mut out);
     }
-    for (released, profiles) in states {
-        let st = match released {
-            None => std::borrow::Cow::Borrowed(st),
-            Some(id) => {
-                let mut s = st.clone();
-                s.release(id);
-                std::borrow::Cow::Owned(s)
-            }
-        };
-        for profile in profiles {
-            if !cfg.profile_allowed(profile) {
-                continue;
-            }
-            let Some(i) = allocator::pick_idle(cfg, &st, profile, None) else {
-                continue;
-            };
-            let r = &st.instances[i];
-            let Some(m) = &r.made else { continue };
-            let cap = crate::gc::cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci));
-            let cap = cap.to_string_lossy();
-            let edit = allocator::Grant::from_record(r, m, true, true).edit(&majors, None);
-            offer(&mut out, released, profile, &m.mig_uuid, &cap, &edit);
-        }
+    // The same, as if one of the latest leases were released: the state its container's
+    // poststop hook leaves (as a journal line) when it is replaced.
+    for &(_, i) in recent.iter().take(RECENT_LEASES) {
+        let lease = st.instances[i].lease.take().expect("a leased record");
+        let profile = st.instances[i].profile.clone();
+        offer_for(
+            cfg,
+            st,
+            Some(&lease.container_id),
+            &profile,
+            &majors,
+            &mut out,
+        );
+        st.instances[i].lease = Some(lease);
     }
     out.push_str("end\n");
     Some(out)
+}
+
+fn offer_for(
+    cfg: &Config,
+    st: &LedgerState,
+    released: Option<&str>,
+    profile: &str,
+    majors: &crate::driver::Majors,
+    out: &mut String,
+) {
+    if !cfg.profile_allowed(profile) {
+        return;
+    }
+    let Some(i) = allocator::pick_idle(cfg, st, profile, None) else {
+        return;
+    };
+    let r = &st.instances[i];
+    let Some(m) = &r.made else { return };
+    let cap = crate::gc::cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci));
+    let edit = allocator::Grant::from_record(r, m, true, true).edit(majors, None);
+    offer(
+        out,
+        released,
+        profile,
+        &m.mig_uuid,
+        &cap.to_string_lossy(),
+        &edit,
+    );
 }
 
 /// The offers' first lines: what every grant's edit shares (driver mounts, path variables, the

@@ -17,9 +17,9 @@
 pub const FILE: &[u8] = b"journal";
 /// Past this size the hook leaves the release to the full hook, which folds the journal.
 pub const MAX_BYTES: usize = 64 << 10;
-/// Past this size `create` leaves the grant to the full wrapper (checking the journal's lines
-/// against each other costs the square of their number).
-pub const MAX_GRANT_BYTES: usize = 8 << 10;
+/// Past this size `create` leaves the grant to the full wrapper, which folds the journal (every
+/// grant reads it whole).
+pub const MAX_GRANT_BYTES: usize = 16 << 10;
 /// The longest id journaled; runc's own limit is far below.
 pub const MAX_ID: usize = 1024;
 
@@ -155,33 +155,38 @@ pub fn may_hold(ledger: &[u8], journal: &[u8], id: &[u8]) -> bool {
 /// How the journal of generation `g` leaves the ledger's leases, when that is simple enough
 /// for the ledger's offers to still apply: every grant it holds released again, and at most
 /// one lease of the ledger itself released (`Some(Some(id))`; `Some(None)`: none). None for
-/// anything else.
+/// anything else. One pass, with room for [`MAX_OUTSTANDING`] grants held at once.
 pub fn net_release(journal: &[u8], g: u64) -> Option<Option<&[u8]>> {
+    let mut held: [&[u8]; MAX_OUTSTANDING] = [&[]; MAX_OUTSTANDING];
+    let mut n = 0;
     let mut released: Option<&[u8]> = None;
-    for (i, e) in of_generation(journal, g).enumerate() {
-        let later_release = || {
-            of_generation(journal, g)
-                .skip(i + 1)
-                .any(|l| matches!(l, Entry::Release { .. }) && l.id() == e.id())
-        };
-        let earlier_grant = || {
-            of_generation(journal, g)
-                .take(i)
-                .any(|l| matches!(l, Entry::Grant { .. }) && l.id() == e.id())
-        };
+    for e in of_generation(journal, g) {
         match e {
-            Entry::Grant { .. } if !later_release() => return None,
-            Entry::Grant { .. } => {}
-            Entry::Release { id, .. } if !earlier_grant() => match released {
-                None => released = Some(id),
-                Some(r) if r == id => {}
-                Some(_) => return None,
+            Entry::Grant { id, .. } => {
+                if n == MAX_OUTSTANDING || held[..n].contains(&id) {
+                    return None;
+                }
+                held[n] = id;
+                n += 1;
+            }
+            Entry::Release { id, .. } => match held[..n].iter().position(|&h| h == id) {
+                Some(k) => {
+                    held[k] = held[n - 1];
+                    n -= 1;
+                }
+                None => match released {
+                    None => released = Some(id),
+                    Some(r) if r == id => {}
+                    Some(_) => return None,
+                },
             },
-            Entry::Release { .. } => {}
         }
     }
-    Some(released)
+    (n == 0).then_some(released)
 }
+
+/// The most grants [`net_release`] follows at once.
+pub const MAX_OUTSTANDING: usize = 64;
 
 /// The ledger's generation: the ledger writer puts it right after the format, so that the
 /// hook reads it with no parser. None for a ledger that does not start that way.
