@@ -167,9 +167,17 @@ mod entry {
                     exec_runtime(p, &runtime);
                     return;
                 }
-                // The container holds (or may hold) a slice: run the runtime's delete, whose
-                // poststop hook releases it; the full wrapper is needed only if the lease is
-                // still there after (a hook that timed out, a runtime that skipped hooks).
+                // runc's own state says it will run gpushare's poststop hook, which releases:
+                // nothing is left for gpushare to do after runc, which then replaces this
+                // process as for any other command. (A hook that fails leaves the lease to
+                // gc, which releases leases of containers the runtime no longer has.)
+                if runc_runs_our_hook(&parsed, &runtime, id) {
+                    exec_runtime(p, &runtime);
+                    return;
+                }
+                // Otherwise run the runtime's delete, whose poststop hook may release it; the
+                // full wrapper is needed only if the lease is still there after (a hook that
+                // timed out, a runtime that skipped hooks, a container it never had).
                 let code = match spawn_runtime(p, &runtime) {
                     // Nothing ran: the full wrapper takes the whole command.
                     sys::Spawned::NotStarted => return,
@@ -188,6 +196,22 @@ mod entry {
             }
             _ => exec_runtime(p, &runtime),
         }
+    }
+
+    /// Whether the runtime is runc and its state for container `id` holds gpushare's poststop
+    /// hook (runc runs a container's poststop hooks from that state when it deletes it).
+    fn runc_runs_our_hook(parsed: &args::Parsed, runtime: &Path, id: &[u8]) -> bool {
+        if base_name(runtime.bytes()) != b"runc"
+            || !journal::is_plain_id(id)
+            || id.starts_with(b".")
+        {
+            return false;
+        }
+        let root = parsed.root.unwrap_or(b"/run/runc");
+        let Ok(state) = Map::open(&Path::new(&[root, b"/", id, b"/state.json"])) else {
+            return false;
+        };
+        scan::contains(state.bytes(), b"[\"gpushare-hook\",\"poststop\"")
     }
 
     /// A `create` whose spec asks for a GPU.
