@@ -85,6 +85,12 @@ fn the_entry_binary_and_the_full_wrapper_write_the_same_spec() {
     invariants::check(&node, Some(engine.root.path())).unwrap();
     let st = node.ledger();
     assert_eq!((st.stats.grants_cold, st.stats.grants_warm), (1, 2));
+    assert_eq!(st.stats.grants_by_entry, 1);
+    let status = text(&node.ctl(&["status"]).stdout);
+    assert!(
+        status.contains("2 warm (1 of them by gpushare itself"),
+        "{status}"
+    );
 }
 
 #[test]

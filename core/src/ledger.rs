@@ -174,6 +174,9 @@ pub struct Stats {
     pub grants_warm: u64,
     pub grants_cold: u64,
     pub refused_no_room: u64,
+    /// Of the warm grants, those the `gpushare` entry binary made itself from the offers.
+    #[serde(default)]
+    pub grants_by_entry: u64,
     /// The same counters per GPU (by UUID), so an operator sees what sharing costs where.
     #[serde(default)]
     pub per_gpu: std::collections::BTreeMap<String, crate::metrics::GpuCounters>,
@@ -264,6 +267,7 @@ impl LedgerState {
                     r.idle_since = None;
                     let (gpu, profile) = (r.gpu_uuid.clone(), r.profile.clone());
                     self.stats.grant(&gpu, true);
+                    self.stats.grants_by_entry += 1;
                     self.stats
                         .alloc_latency
                         .observe(Duration::from_micros(latency_us));

@@ -276,8 +276,11 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "grants: {} warm, {} cold; refused for lack of room: {}",
-        s.stats.grants_warm, s.stats.grants_cold, s.stats.refused_no_room
+        "grants: {} warm ({} of them by gpushare itself, from the offers), {} cold; refused for lack of room: {}",
+        s.stats.grants_warm,
+        s.stats.grants_by_entry,
+        s.stats.grants_cold,
+        s.stats.refused_no_room
     );
     out
 }
