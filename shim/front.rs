@@ -211,7 +211,18 @@ mod entry {
         let Ok(state) = Map::open(&Path::new(&[root, b"/", id, b"/state.json"])) else {
             return false;
         };
-        scan::contains(state.bytes(), b"[\"gpushare-hook\",\"poststop\"")
+        // runc stops at the first poststop hook that fails: only a hook that runs first is sure
+        // to run. gpushare puts its own first; runc writes the spec's hooks in order.
+        let s = state.bytes();
+        let Some(at) = scan::find(s, b"\"poststop\":[{\"path\":\"") else {
+            return false;
+        };
+        let first = &s[at..];
+        let end = first.iter().position(|&b| b == b'}').unwrap_or(first.len());
+        scan::contains(
+            &first[..end],
+            b"\",\"args\":[\"gpushare-hook\",\"poststop\"",
+        )
     }
 
     /// A `create` whose spec asks for a GPU.
@@ -365,11 +376,14 @@ mod entry {
     /// Whether the ledger (with its release journal) may hold `id`'s slice; a ledger that
     /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`.
     fn may_hold(dir: &[u8], id: &[u8]) -> bool {
+        // The journal first: a fold between the two reads then shows in the ledger read after
+        // it (and the journal's lines, of the older generation, no longer apply). The other
+        // order could miss a grant folded in between.
+        let journal = Map::open(&Path::new(&[dir, b"/", journal::FILE]));
+        let journal = journal.as_ref().map_or(&[][..], Map::bytes);
         let Ok(ledger) = Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])) else {
             return false;
         };
-        let journal = Map::open(&Path::new(&[dir, b"/", journal::FILE]));
-        let journal = journal.as_ref().map_or(&[][..], Map::bytes);
         journal::may_hold(ledger.bytes(), journal, id)
     }
 

@@ -302,3 +302,41 @@ fn a_precreate_lease_is_released_by_the_full_hook() {
     );
     assert_eq!(journal(&node), "");
 }
+
+/// runc stops at the first poststop hook that fails (and still deletes): gpushare's release
+/// hook goes first, whether the full wrapper or the entry binary edited the spec.
+#[test]
+fn a_failing_hook_of_the_containers_own_does_not_keep_the_slice() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    for round in ["cold", "warm"] {
+        let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+        let mut spec = b.config();
+        spec["hooks"] = json!({"poststop": [{"path": "/bin/false", "args": ["false"]}]});
+        std::fs::write(
+            b.path().join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let id = unique(round);
+        let out = engine.create(&b, &id);
+        assert!(out.status.success(), "{round}: {}", text(&out.stderr));
+        let hooks = &b.config()["hooks"]["poststop"];
+        assert_eq!(hooks[0]["args"][0], "gpushare-hook", "{round}: {hooks}");
+        assert_eq!(
+            hooks[1]["path"], "/bin/false",
+            "{round}: the container's own is kept"
+        );
+        engine.start_and_wait(&b, &id);
+        let del = engine.delete(&id);
+        assert!(del.status.success(), "{round}: {}", text(&del.stderr));
+        assert!(node.ledger().lease_of(&id).is_none(), "{round}: released");
+    }
+    assert_eq!(
+        node.ledger().stats.grants_by_entry,
+        1,
+        "the second was the entry binary's"
+    );
+    invariants::check(&node, Some(engine.root.path())).unwrap();
+}

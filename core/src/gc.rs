@@ -487,9 +487,10 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
 /// a container that never asked for a GPU, or whose hook released it, costs no ledger lock. A
 /// false "maybe" only costs the locked release it saves.
 pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
+    // The journal first: see `snapshot`.
+    let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
     let Ok(raw) = std::fs::read(Ledger::new(&cfg.state_dir).path()) else {
         return false;
     };
-    let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
     gpushare_front::journal::may_hold(&raw, &journal, container_id.as_bytes())
 }

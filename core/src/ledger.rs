@@ -526,15 +526,17 @@ impl Locked {
 /// Read the ledger without taking the lock (a consistent snapshot thanks to atomic writes),
 /// with its journaled releases applied in memory; for read-only views like `status`.
 pub fn snapshot(dir: &Path) -> Result<LedgerState, LedgerError> {
+    // The journal before the ledger: if a locked change folds the journal in between, the ledger
+    // read second already holds its lines (and they, of the older generation, no longer apply).
+    // Read the other way round, a grant folded in between would be missing from both.
+    let journal = read_journal(&journal_path(dir))?;
     let path = dir.join(LEDGER_FILE);
     let mut st = match std::fs::read(&path) {
         Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerState::default(),
         Err(source) => return Err(LedgerError::Read { path, source }),
     };
-    // Lines of another generation (the ledger was rewritten between the two reads) are not
-    // applied: such a snapshot shows a lease a moment longer, never one released wrongly.
-    st.apply_journal(&read_journal(&journal_path(dir))?);
+    st.apply_journal(&journal);
     Ok(st)
 }
 
@@ -709,6 +711,36 @@ mod tests {
             locked.load().unwrap().lease_of("a").is_some(),
             "the new lease stands"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_edited_by_hand_never_stops_a_load() {
+        let dir = tmp("journal-odd");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.instances = vec![leased("a", 100)];
+        locked.save(&st).unwrap();
+        let g = locked.generation();
+        let mut raw = Vec::new();
+        for line in [
+            format!("+MIG-1 b 1 {g} /run/r\u{fc}nc 5;\n").into_bytes(),
+            format!("\u{fc} 1 {g};\nzz\n").into_bytes(),
+            [
+                &b"+MIG-1 c 1 "[..],
+                g.to_string().as_bytes(),
+                b" /run/\xfc 5;\n",
+            ]
+            .concat(),
+            format!("a 150 {g};\n").into_bytes(),
+        ] {
+            raw.extend_from_slice(&line);
+        }
+        std::fs::write(journal_path(&dir), raw).unwrap();
+        let st = locked.load().unwrap();
+        assert_eq!(st.lease_of("a"), None, "the good line applies");
+        assert!(snapshot(&dir).unwrap().lease_of("a").is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -212,7 +212,8 @@ pub fn apply(spec: &mut Value, edit: &Edit, path: &Path) -> Result<(), SpecError
         let poststop =
             array_at(hooks, "poststop").ok_or_else(|| shape("hooks.poststop", "an array"))?;
         poststop.retain(|h| h.get("path").and_then(Value::as_str) != Some(hook.path.as_str()));
-        poststop.push(hook_json(hook));
+        // First: runc stops at the first poststop hook that fails, and the release must run.
+        poststop.insert(0, hook_json(hook));
     }
     Ok(())
 }
@@ -328,7 +329,10 @@ mod tests {
         );
         assert_eq!(s["mounts"][0]["destination"], "/run/mps");
         assert_eq!(s["hooks"]["poststop"].as_array().unwrap().len(), 2);
-        assert_eq!(s["hooks"]["poststop"][1]["env"][0], "PATH=/usr/bin:/bin");
+        assert_eq!(
+            s["hooks"]["poststop"][0]["env"][0], "PATH=/usr/bin:/bin",
+            "gpushare's hook runs first (runc stops at the first that fails)"
+        );
     }
 
     #[test]

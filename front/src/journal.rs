@@ -33,12 +33,12 @@ pub fn is_plain_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'))
 }
 
-/// A runtime state root the journal can hold: an absolute path with no space, `;` or control
-/// character.
+/// A runtime state root the journal can hold: an absolute ASCII path with no space, `;` or
+/// control character.
 pub fn is_plain_root(root: &[u8]) -> bool {
     root.first() == Some(&b'/')
         && root.len() <= 4096
-        && root.iter().all(|&b| b > b' ' && b != b';' && b != 0x7f)
+        && root.iter().all(|&b| b > b' ' && b < 0x7f && b != b';')
 }
 
 /// One journal line.
@@ -484,7 +484,14 @@ mod tests {
             );
             assert_eq!(grant_line(bad, b"c", 1, 1, None, 0, false, &mut buf), None);
         }
-        for bad in [&b"run/runc"[..], b"/run/a b", b"/run/a;b", b"", b"/a\x01"] {
+        for bad in [
+            &b"run/runc"[..],
+            b"/run/a b",
+            b"/run/a;b",
+            b"",
+            b"/a\x01",
+            b"/run/r\xfcnc",
+        ] {
             assert_eq!(
                 grant_line(b"MIG-1", b"c", 1, 1, Some(bad), 0, false, &mut buf),
                 None

@@ -313,7 +313,10 @@ struct Op {
     at: usize,
     end: usize,
     what: What,
+    /// A `,` before the edit (an element or member added after others) or after it (one added
+    /// before others).
     comma: bool,
+    comma_after: bool,
 }
 
 /// The edits to make, in the order of the spec's bytes.
@@ -347,6 +350,19 @@ impl Plan {
             end: at,
             what,
             comma: earlier || !json.is_empty(container),
+            comma_after: false,
+        })
+    }
+
+    /// Add at the start of an array (after its opening bracket), the only edit there.
+    fn prepend(&mut self, json: &Json, container: Node, what: What) -> R<()> {
+        let at = container.start + 1;
+        self.push(Op {
+            at,
+            end: at,
+            what,
+            comma: false,
+            comma_after: !json.is_empty(container),
         })
     }
 }
@@ -489,6 +505,7 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                                 end: e.end,
                                 what: What::EnvReplace(i, value, e.end - 1),
                                 comma: false,
+                                comma_after: false,
                             })?;
                         }
                     }
@@ -524,7 +541,9 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                 if json.any_names(list, b"path", hook_path)? {
                     return Err(Refused);
                 }
-                plan.append(&json, list, What::HookElem)?;
+                // First, as the full wrapper puts it: runc stops at the first poststop hook
+                // that fails, and the release must run.
+                plan.prepend(&json, list, What::HookElem)?;
             }
         },
     }
@@ -571,6 +590,9 @@ pub fn write(spec: &[u8], plan: &Plan, offers: &Offers, offer: &Offer, out: &mut
             out.put(b",")?;
         }
         emit(spec, op.what, offers, offer, out)?;
+        if op.comma_after {
+            out.put(b",")?;
+        }
         at = op.end;
     }
     out.put(&spec[at..])
