@@ -257,26 +257,21 @@ pub fn drop_all_caps() {
     }
 }
 
-/// Microseconds on the monotonic clock.
-pub fn monotonic_us() -> u64 {
+/// A clock's (seconds, nanoseconds), or zeros if it cannot be read.
+fn clock(id: usize) -> (u64, u64) {
     let mut ts = [0u64; 2];
     // SAFETY: ts is a struct timespec.
-    let r = unsafe {
-        syscall(
-            SYS_CLOCK_GETTIME,
-            CLOCK_MONOTONIC,
-            ts.as_mut_ptr() as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    if errno(r).is_ok() {
-        ts[0] * 1_000_000 + ts[1] / 1_000
-    } else {
-        0
+    let r = unsafe { syscall(SYS_CLOCK_GETTIME, id, ts.as_mut_ptr() as usize, 0, 0, 0, 0) };
+    match errno(r) {
+        Ok(_) => (ts[0], ts[1]),
+        Err(_) => (0, 0),
     }
+}
+
+/// Microseconds on the monotonic clock.
+pub fn monotonic_us() -> u64 {
+    let (s, ns) = clock(CLOCK_MONOTONIC);
+    s * 1_000_000 + ns / 1_000
 }
 
 /// A file's identity as gpushare's offers record their config's: device, inode, size, mtime
@@ -387,24 +382,7 @@ pub fn scratch(len: usize) -> Result<&'static mut [u8], i32> {
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    let mut ts = [0u64; 2];
-    // SAFETY: ts is a struct timespec.
-    let r = unsafe {
-        syscall(
-            SYS_CLOCK_GETTIME,
-            CLOCK_REALTIME,
-            ts.as_mut_ptr() as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    if errno(r).is_ok() {
-        ts[0]
-    } else {
-        0
-    }
+    clock(CLOCK_REALTIME).0
 }
 
 /// Standard input, up to `max` bytes (one more tells that there was more), read into anonymous

@@ -45,12 +45,17 @@ fn run_hook(spec: &Value, state: &[u8]) -> std::process::Output {
     c.arg0(&args[0])
         .args(&args[1..])
         .env_clear()
-        .envs(env.iter().map(|e| e.split_once('=').unwrap()))
-        .stdin(Stdio::piped())
+        .envs(env.iter().map(|e| e.split_once('=').unwrap()));
+    with_stdin(&mut c, state)
+}
+
+/// Run `c` with `input` on its stdin; its output.
+fn with_stdin(c: &mut Command, input: &[u8]) -> std::process::Output {
+    c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(state).unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -141,19 +146,8 @@ fn the_entry_hook_and_the_full_hook_leave_the_same_ledger() {
         let b = leased(&engine, id);
         let out = if full {
             let mut c = Command::new(HOOK);
-            c.args(["poststop", "--config"])
-                .arg(node.config())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(&state_of(id, &b))
-                .unwrap();
-            child.wait_with_output().unwrap()
+            c.args(["poststop", "--config"]).arg(node.config());
+            with_stdin(&mut c, &state_of(id, &b))
         } else {
             run_hook(&b.config(), &state_of(id, &b))
         };
@@ -272,19 +266,8 @@ fn a_precreate_lease_is_released_by_the_full_hook() {
     let node = SimNode::new("h100-80gb", 1, true);
     let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     let mut c = Command::new(HOOK);
-    c.args(["precreate", "--config"])
-        .arg(node.config())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&b.config_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    c.args(["precreate", "--config"]).arg(node.config());
+    let out = with_stdin(&mut c, &b.config_bytes());
     assert!(out.status.success(), "precreate: {}", text(&out.stderr));
     let spec: Value = serde_json::from_slice(&out.stdout).unwrap();
     let claim = spec["annotations"]["gpushare.lease"]
