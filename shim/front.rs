@@ -25,7 +25,7 @@ mod sys;
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Map, Path};
-    use gpushare_front::{args, config, journal, offers, scan, splice, state};
+    use gpushare_front::{args, config, decimal, journal, offers, scan, splice, state};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
@@ -340,18 +340,9 @@ mod entry {
             };
             let mut words = recorded.split(|&b| b == b' ');
             id.iter()
-                .all(|&v| words.next().is_some_and(|w| decimal(w) == Some(v)))
+                .all(|&v| words.next().is_some_and(|w| decimal::parse(w) == Some(v)))
                 && words.next().is_none()
         }
-    }
-
-    fn decimal(s: &[u8]) -> Option<u64> {
-        if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        s.iter().try_fold(0u64, |n, &d| {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
     }
 
     /// The config file's text: the explicit path (flag, else $GPUSHARE_CONFIG), else the

@@ -310,17 +310,8 @@ pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: u32) -> Result<(
     // SAFETY: getpid takes nothing.
     let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
     let mut digits = [0u8; 20];
-    let mut n = digits.len();
-    let mut v = pid;
-    loop {
-        n -= 1;
-        digits[n] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", &digits[n..]]);
+    let pid = gpushare_front::decimal::format(pid, &mut digits);
+    let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", pid]);
     let target = Path::new(&[dir, b"/", name]);
     let fd = open_mode(
         &tmp,
@@ -388,32 +379,7 @@ pub fn now() -> u64 {
 /// Standard input, up to `max` bytes (one more tells that there was more), read into anonymous
 /// memory.
 pub fn read_stdin(max: usize) -> Result<Map, i32> {
-    let cap = max + 1;
-    // SAFETY: a fresh private anonymous mapping.
-    let r = unsafe {
-        syscall(
-            SYS_MMAP,
-            0,
-            cap,
-            PROT_READ_WRITE,
-            MAP_PRIVATE_ANONYMOUS,
-            usize::MAX,
-            0,
-        )
-    };
-    let buf = errno(r)? as *mut u8;
-    let mut len = 0;
-    while len < cap {
-        // SAFETY: buf has cap bytes; len < cap.
-        let r = unsafe { syscall(SYS_READ, 0, buf.add(len) as usize, cap - len, 0, 0, 0) };
-        match errno(r) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(4) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Map { ptr: buf, len })
+    read_fd(0, max + 1)
 }
 
 /// Make `data` this process's standard input again (a memory file, read from its start), for
@@ -471,40 +437,48 @@ impl Map {
         // One byte more than the file had: filling it means the file grew meanwhile, and a
         // file changing under the reader is the full wrapper's to read.
         let cap = size as usize + 1;
-        // SAFETY: a fresh private anonymous mapping.
-        let r = unsafe {
-            syscall(
-                SYS_MMAP,
-                0,
-                cap,
-                PROT_READ_WRITE,
-                MAP_PRIVATE_ANONYMOUS,
-                usize::MAX,
-                0,
-            )
-        };
-        let buf = errno(r)? as *mut u8;
-        let mut len = 0;
-        while len < cap {
-            // SAFETY: buf has cap bytes; len < cap.
-            let r = unsafe { syscall(SYS_READ, fd, buf.add(len) as usize, cap - len, 0, 0, 0) };
-            match errno(r) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(4) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        if len == cap {
+        let m = read_fd(fd, cap)?;
+        if m.len == cap {
             return Err(EINVAL);
         }
-        Ok(Map { ptr: buf, len })
+        Ok(m)
     }
 
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: len bytes of the buffer were read into and it lives until the process ends.
         unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
     }
+}
+
+/// Up to `cap` bytes read from `fd` into anonymous memory (never a mapping of a file itself,
+/// which a writer truncating it would turn into SIGBUS), until end of file.
+fn read_fd(fd: usize, cap: usize) -> Result<Map, i32> {
+    let buf = scratch(cap)?;
+    let mut len = 0;
+    while len < cap {
+        // SAFETY: buf has cap bytes; len < cap.
+        let r = unsafe {
+            syscall(
+                SYS_READ,
+                fd,
+                buf[len..].as_mut_ptr() as usize,
+                cap - len,
+                0,
+                0,
+                0,
+            )
+        };
+        match errno(r) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(4) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Map {
+        ptr: buf.as_ptr(),
+        len,
+    })
 }
 
 /// A bundle's config.json as gpushare agrees to read one: a regular file, not through a

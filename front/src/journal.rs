@@ -13,6 +13,8 @@
 //! ledger's write and the journal's emptying is never applied twice, not even to a new lease
 //! of a reused id.
 
+use crate::decimal;
+
 /// The journal's file name inside the state directory.
 pub const FILE: &[u8] = b"journal";
 /// Past this size the hook leaves the release to the full hook, which folds the journal.
@@ -94,9 +96,9 @@ fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
     if let Some(grant) = line.strip_prefix(b"+") {
         let mut w = grant.split(|&b| b == b' ');
         let (instance, id) = (w.next()?, w.next()?);
-        let (time, generation) = (number(w.next()?)?, number(w.next()?)?);
+        let (time, generation) = (decimal::parse(w.next()?)?, decimal::parse(w.next()?)?);
         let root = w.next()?;
-        let latency_us = number(w.next()?)?;
+        let latency_us = decimal::parse(w.next()?)?;
         let runtime_root = match root {
             b"-" => None,
             r if is_plain_root(r) => Some(r),
@@ -117,8 +119,8 @@ fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
     let mut words = line.split(|&b| b == b' ');
     let (id, time, generation) = (
         words.next()?,
-        number(words.next()?)?,
-        number(words.next()?)?,
+        decimal::parse(words.next()?)?,
+        decimal::parse(words.next()?)?,
     );
     if words.next().is_some() || !is_plain_id(id) {
         return None;
@@ -127,15 +129,6 @@ fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
         id,
         time,
         generation,
-    })
-}
-
-fn number(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
 }
 
@@ -193,7 +186,7 @@ pub const MAX_OUTSTANDING: usize = 64;
 pub fn generation(ledger: &[u8]) -> Option<u64> {
     let rest = ledger.strip_prefix(b"{\"format\":1,\"generation\":")?;
     let end = rest.iter().position(|&b| b == b',' || b == b'}')?;
-    number(&rest[..end])
+    decimal::parse(&rest[..end])
 }
 
 /// The line that releases `id` (a plain id) at `time` from the ledger of `generation`, written
@@ -270,18 +263,8 @@ impl Writer<'_> {
         Some(())
     }
 
-    fn number(&mut self, mut v: u64) -> Option<()> {
-        let mut digits = [0u8; 20];
-        let mut n = digits.len();
-        loop {
-            n -= 1;
-            digits[n] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.put(&digits[n..])
+    fn number(&mut self, v: u64) -> Option<()> {
+        self.put(decimal::format(v, &mut [0u8; 20]))
     }
 }
 

@@ -9,6 +9,7 @@ extern crate std;
 
 pub mod args;
 pub mod config;
+pub mod decimal;
 pub mod journal;
 pub mod offers;
 pub mod scan;

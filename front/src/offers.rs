@@ -16,6 +16,8 @@
 //!
 //! `device` and `env` lines belong to the `offer` above them.
 
+use crate::decimal;
+
 /// The offers file's name inside the state directory.
 pub const FILE: &[u8] = b"offers";
 
@@ -76,13 +78,6 @@ fn words<const N: usize>(rest: &[u8]) -> Option<([&[u8]; N], &[u8])> {
     Some((out, rest))
 }
 
-fn number(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
 /// The offers, if `text` is a whole offers file (it ends with `end`).
 pub fn parse(text: &[u8]) -> Option<Offers<'_>> {
     let body = text.strip_suffix(b"end\n")?;
@@ -90,7 +85,7 @@ pub fn parse(text: &[u8]) -> Option<Offers<'_>> {
     if it.next()? != b"gpushare-offers 1" {
         return None;
     }
-    let generation = number(tagged(it.next()?, b"generation")?)?;
+    let generation = decimal::parse(tagged(it.next()?, b"generation")?)?;
     let config = tagged(it.next()?, b"config")?;
     Some(Offers {
         text: body,
@@ -170,8 +165,8 @@ impl<'a> Offer<'a> {
             .filter_map(|l| tagged(l, b"device"))
             .map(|rest| {
                 let ([path, major, minor, json], rule) = words::<4>(rest)?;
-                number(major)?;
-                number(minor)?;
+                decimal::parse(major)?;
+                decimal::parse(minor)?;
                 Some(Device {
                     path,
                     major,
