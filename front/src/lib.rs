@@ -11,6 +11,7 @@ pub mod args;
 pub mod config;
 pub mod decimal;
 pub mod journal;
+mod json;
 pub mod offers;
 pub mod scan;
 pub mod splice;

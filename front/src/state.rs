@@ -4,130 +4,16 @@
 //! and the full hook (which parses it properly) decides.
 
 use crate::journal::is_plain_id;
+use crate::json::Kind;
 
 /// The state's `id`, when the document is plain enough to be sure of it.
 pub fn container_id(state: &[u8]) -> Option<&[u8]> {
     if state.contains(&b'\\') || crate::scan::contains(state, b"gpushare.lease") {
         return None;
     }
-    let mut p = Parser { s: state, at: 0 };
-    p.ws();
-    p.eat(b'{')?;
-    let mut id = None;
-    p.ws();
-    if p.peek() == Some(b'}') {
-        return None;
-    }
-    loop {
-        p.ws();
-        let key = p.string()?;
-        p.ws();
-        p.eat(b':')?;
-        p.ws();
-        if key == b"id" {
-            if id.is_some() {
-                return None;
-            }
-            id = Some(p.string()?);
-        } else {
-            p.value(0)?;
-        }
-        p.ws();
-        match p.next()? {
-            b',' => continue,
-            b'}' => break,
-            _ => return None,
-        }
-    }
-    p.ws();
-    if p.at != state.len() {
-        return None;
-    }
-    id.filter(|i| is_plain_id(i))
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.at).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let b = self.peek()?;
-        self.at += 1;
-        Some(b)
-    }
-
-    fn eat(&mut self, b: u8) -> Option<()> {
-        (self.next()? == b).then_some(())
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.at += 1;
-        }
-    }
-
-    /// A string with no escapes (the caller refused any backslash), its raw bytes.
-    fn string(&mut self) -> Option<&'a [u8]> {
-        self.eat(b'"')?;
-        let start = self.at;
-        let len = self.s[start..].iter().position(|&b| b == b'"')?;
-        let body = &self.s[start..start + len];
-        if body.iter().any(|&b| b < 0x20) {
-            return None;
-        }
-        self.at = start + len + 1;
-        Some(body)
-    }
-
-    fn value(&mut self, depth: u32) -> Option<()> {
-        if depth > 64 {
-            return None;
-        }
-        match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' | b'[' => {
-                let close = if self.next()? == b'{' { b'}' } else { b']' };
-                self.ws();
-                if self.peek() == Some(close) {
-                    self.at += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    if close == b'}' {
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.ws();
-                    }
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        c if c == close => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            _ => {
-                // A number or a literal: its characters up to a delimiter.
-                let start = self.at;
-                while self
-                    .peek()
-                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
-                {
-                    self.at += 1;
-                }
-                (self.at > start).then_some(())
-            }
-        }
-    }
+    let (json, root) = crate::json::object(state).ok()?;
+    let id = json.get_kind(root, b"id", Kind::String).ok()??;
+    json.text(id).ok().filter(|i| is_plain_id(i))
 }
 
 #[cfg(test)]
