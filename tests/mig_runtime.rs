@@ -175,6 +175,58 @@ fn three_slices_then_refusal(rt: Runtime) {
     uuids.dedup();
     assert_eq!(uuids.len(), 3, "three different instances: {uuids:?}");
 
+    // What an operator sees while the three hold their slices.
+    let status = node.status_json();
+    let gpu = &status["gpus"][0];
+    assert_eq!(gpu["mig_enabled"], true, "{status:#}");
+    let busy: Vec<&serde_json::Value> = gpu["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "busy")
+        .collect();
+    assert_eq!(busy.len(), 3, "{status:#}");
+    let mut starts: Vec<u64> = Vec::new();
+    for i in &busy {
+        assert_eq!(i["profile"], "2g.20gb", "{status:#}");
+        let owner = i["container_id"].as_str().unwrap();
+        assert!(ids.iter().any(|id| id == owner), "{owner} is one of ours");
+        assert!(uuids.contains(&i["mig_uuid"].as_str().unwrap().to_string()));
+        assert_eq!(i["placement"]["size"], 2, "{status:#}");
+        starts.push(i["placement"]["start"].as_u64().unwrap());
+    }
+    starts.sort();
+    starts.dedup();
+    assert_eq!(starts.len(), 3, "three placements: {status:#}");
+    let free = |name: &str| {
+        gpu["free"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f[0] == name)
+            .map(|f| f[1].as_u64().unwrap())
+    };
+    assert_eq!(free("2g.20gb"), Some(0), "{status:#}");
+    assert_eq!(free("1g.10gb"), Some(1), "{status:#}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let leases = status["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 3, "{status:#}");
+    for l in leases {
+        let since = l["since"].as_u64().unwrap();
+        assert!(
+            since <= now && now - since < 120,
+            "lease since {since}, now {now}"
+        );
+        assert_eq!(l["profile"], "2g.20gb");
+    }
+    let text_status = text(&node.ctl(&["status"]).stdout);
+    for id in &ids {
+        assert!(text_status.contains(id.as_str()), "{text_status}");
+    }
+
     let fourth = Bundle::new(SHOW_GPU, &[("gpu.profile", "2g.20gb")], &[]);
     let before = fourth.config_bytes();
     let id4 = unique("mig2g-4th");

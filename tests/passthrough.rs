@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use std::process::Output;
 
 #[test]
 fn runc_commands_pass_through_with_exit_codes() {
@@ -196,5 +197,181 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
                 "{what}: {steps:?} (SIGCHLD ignored: {no_sigchld}): gpushare (left) vs gpushare-runtime (right)"
             );
         }
+    }
+}
+
+/// A runtime that records exactly what reached it (argv NUL-separated, stdin), writes one line
+/// to each of stdout and stderr, and ends as `dir/ending` says: an exit code, or `sigNAME` to
+/// die by that signal.
+fn verbatim_runtime(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("verbatim-runtime");
+    let d = dir.display();
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do printf '%s\\0' \"$a\"; done > {d}/argv\n\
+             cat > {d}/stdin\n\
+             echo 'runtime stdout'\n\
+             echo 'runtime stderr' >&2\n\
+             ending=$(cat {d}/ending)\n\
+             case \"$ending\" in sig*) kill -s \"${{ending#sig}}\" $$ ;; esac\n\
+             exit \"$ending\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Runs `bin args` with `input` on stdin; what it printed and how it ended.
+fn run_with_stdin(bin: &str, config: &std::path::Path, args: &[String], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(bin)
+        .env("GPUSHARE_CONFIG", config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// state, kill, delete, features, --version and ps, with the global flags engines pass and an
+/// argument with spaces, through both binaries: the runtime receives exactly the argv and stdin
+/// it was given, its stdout and stderr are the caller's, and its ending (exit code or death by
+/// signal) is the caller's too.
+#[test]
+fn every_command_reaches_the_runtime_verbatim() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dir = TempDir::new("verbatim");
+    let runtime = verbatim_runtime(dir.path());
+    node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
+    let log = dir.path().join("engine log.json");
+    let global = [
+        "--root",
+        "/run/some engine/runc",
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--systemd-cgroup",
+    ];
+    let commands: [&[&str]; 9] = [
+        &["state", "c1"],
+        &["kill", "c1", "KILL"],
+        &["kill", "--all", "c1", "SIGTERM"],
+        &["delete", "c1"],
+        &["delete", "--force", "c1"],
+        &["features"],
+        &["--version"],
+        &["ps", "c1"],
+        &["ps", "--format", "json", "c1", "--", "-o", "pid, comm"],
+    ];
+    for bin in [SHIM, FULL] {
+        for (i, cmd) in commands.iter().enumerate() {
+            for (with_global, ending) in [(false, "0"), (true, "3"), (true, "sigTERM")] {
+                let mut args: Vec<String> = Vec::new();
+                if with_global && cmd[0] != "--version" {
+                    args.extend(global.iter().map(|s| s.to_string()));
+                }
+                args.extend(cmd.iter().map(|s| s.to_string()));
+                std::fs::write(dir.path().join("ending"), ending).unwrap();
+                let _ = std::fs::remove_file(dir.path().join("argv"));
+                let input = format!("stdin of case {i} {ending}\n");
+                let out = run_with_stdin(bin, &node.config(), &args, input.as_bytes());
+                let what = format!("{bin} {args:?} ending {ending}");
+                let argv = std::fs::read(dir.path().join("argv"))
+                    .unwrap_or_else(|_| panic!("{what}: the runtime never ran"));
+                let got: Vec<String> = argv
+                    .split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8(a.to_vec()).unwrap())
+                    .collect();
+                assert_eq!(got, args, "{what}: argv");
+                assert_eq!(
+                    std::fs::read_to_string(dir.path().join("stdin")).unwrap(),
+                    input,
+                    "{what}: stdin"
+                );
+                assert_eq!(text(&out.stdout), "runtime stdout\n", "{what}: stdout");
+                assert_eq!(text(&out.stderr), "runtime stderr\n", "{what}: stderr");
+                match ending.strip_prefix("sig") {
+                    Some(_) => assert_eq!(
+                        out.status.signal(),
+                        Some(libc::SIGTERM),
+                        "{what}: died by the runtime's signal"
+                    ),
+                    None => assert_eq!(
+                        out.status.code(),
+                        Some(ending.parse().unwrap()),
+                        "{what}: exit code"
+                    ),
+                }
+            }
+        }
+    }
+    assert!(node.status_json()["leases"].as_array().unwrap().is_empty());
+}
+
+/// `delete` of a container that holds a slice runs the runtime as a child (gpushare releases
+/// after it): the argv is still verbatim and the runtime's exit code is the caller's, whether
+/// the runtime refused (the container still exists: the slice stays) or deleted it (released).
+#[test]
+fn delete_of_a_leased_container_keeps_argv_and_exit_code() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dir = TempDir::new("verbatim-delete");
+    let runtime = verbatim_runtime(dir.path());
+    node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
+    let root = dir.path().join("state root");
+    let gpu = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let engine_spec = gpu.config_bytes();
+    for bin in [SHIM, FULL] {
+        let id = unique("held");
+        std::fs::write(dir.path().join("ending"), "0").unwrap();
+        let create: Vec<String> = ["--root", root.to_str().unwrap(), "create", "--bundle"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([gpu.path().display().to_string(), id.clone()])
+            .collect();
+        let out = run_with_stdin(bin, &node.config(), &create, b"");
+        assert!(out.status.success(), "{bin}: {}", text(&out.stderr));
+        assert!(node.ledger().lease_of(&id).is_some(), "{bin}: granted");
+        // The runtime still knows the container: its refusal keeps the slice.
+        std::fs::create_dir_all(root.join(&id)).unwrap();
+        let delete: Vec<String> = ["--root", root.to_str().unwrap(), "delete", "--force", &id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (ending, kept) in [("42", true), ("0", false)] {
+            std::fs::write(dir.path().join("ending"), ending).unwrap();
+            let out = run_with_stdin(bin, &node.config(), &delete, b"delete stdin");
+            let what = format!("{bin} delete ending {ending}");
+            assert_eq!(out.status.code(), Some(ending.parse().unwrap()), "{what}");
+            assert_eq!(text(&out.stdout), "runtime stdout\n", "{what}: stdout");
+            assert_eq!(text(&out.stderr), "runtime stderr\n", "{what}: stderr");
+            let argv = std::fs::read(dir.path().join("argv")).unwrap();
+            let got: Vec<String> = argv
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8(a.to_vec()).unwrap())
+                .collect();
+            assert_eq!(got, delete, "{what}: argv");
+            assert_eq!(
+                std::fs::read(dir.path().join("stdin")).unwrap(),
+                b"delete stdin",
+                "{what}: stdin"
+            );
+            assert_eq!(node.ledger().lease_of(&id).is_some(), kept, "{what}: lease");
+        }
+        std::fs::remove_dir_all(root.join(&id)).unwrap();
+        std::fs::write(gpu.path().join("config.json"), &engine_spec).unwrap();
     }
 }
