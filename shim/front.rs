@@ -273,8 +273,10 @@ mod entry {
             let ledger_path = Path::new(&[dir, b"/", config::LEDGER_FILE]);
             let journal_path = Path::new(&[dir, b"/", journal::FILE]);
             // Which offer applies, read from the ledger and its journal (None: the full
-            // wrapper's case). Looked at once without the lock: when many creates come at
-            // once, most find the offers spent and should not queue for the lock to learn it.
+            // wrapper's case). When the lock is busy it is looked at once without the lock
+            // first: when many creates come at once, most find the offers spent and should not
+            // queue for the lock to learn it. A free lock is taken at once, and the look made
+            // only under it.
             let applies = || {
                 let ledger = Map::open(&ledger_path).ok()?;
                 let generation = journal::generation(ledger.bytes())?;
@@ -297,8 +299,14 @@ mod entry {
                 let offer = offers.offer(released, profile)?;
                 Some((offer, generation, journal::torn(bytes)))
             };
-            applies()?;
-            let lock = sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS).ok()?;
+            let lock_path = Path::new(&[dir, b"/ledger.lock"]);
+            let lock = match sys::try_lock(&lock_path).ok()? {
+                Some(fd) => fd,
+                None => {
+                    applies()?;
+                    sys::lock_within(&lock_path, HOOK_LOCK_MS).ok()?
+                }
+            };
             let granted = (|| {
                 let (offer, generation, torn) = applies()?;
                 if !sys::exists(&Path::new(&[offer.cap_file])) {

@@ -199,6 +199,24 @@ fn open_mode(path: &Path, flags: usize, mode: usize) -> Result<usize, i32> {
     })
 }
 
+/// An exclusive lock on the file at `path` (which must exist) if it is free right now: the
+/// descriptor that holds it, or None when another process holds it.
+pub fn try_lock(path: &Path) -> Result<Option<usize>, i32> {
+    let fd = open(path, O_RDWR)?;
+    // SAFETY: flock on a descriptor we own.
+    match errno(unsafe { syscall(SYS_FLOCK, fd, LOCK_EX_NB, 0, 0, 0, 0) }) {
+        Ok(_) => Ok(Some(fd)),
+        Err(EWOULDBLOCK) | Err(4) => {
+            close(fd);
+            Ok(None)
+        }
+        Err(e) => {
+            close(fd);
+            Err(e)
+        }
+    }
+}
+
 /// An exclusive lock on the file at `path` (which must exist), waiting at most about
 /// `max_ms`; the descriptor holds it until the process exits or execs (close-on-exec).
 pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {

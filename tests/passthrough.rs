@@ -227,18 +227,12 @@ fn verbatim_runtime(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Runs `bin args` with `input` on stdin; what it printed and how it ended.
 fn run_with_stdin(bin: &str, config: &std::path::Path, args: &[String], input: &[u8]) -> Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = std::process::Command::new(bin)
-        .env("GPUSHARE_CONFIG", config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    with_stdin(
+        std::process::Command::new(bin)
+            .env("GPUSHARE_CONFIG", config)
+            .args(args),
+        input,
+    )
 }
 
 /// state, kill, delete, features, --version and ps, with the global flags engines pass and an

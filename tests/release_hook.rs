@@ -35,30 +35,6 @@ fn file_lease_of(node: &SimNode, id: &str) -> bool {
         .any(|r| r["lease"]["container_id"] == id)
 }
 
-/// The spec's poststop hook, run as runc runs it: its path, argv (argv[0] included) and env
-/// only, with `state` on stdin.
-fn run_hook(spec: &Value, state: &[u8]) -> std::process::Output {
-    let hook = &spec["hooks"]["poststop"][0];
-    let args: Vec<String> = serde_json::from_value(hook["args"].clone()).unwrap();
-    let env: Vec<String> = serde_json::from_value(hook["env"].clone()).unwrap();
-    let mut c = Command::new(hook["path"].as_str().unwrap());
-    c.arg0(&args[0])
-        .args(&args[1..])
-        .env_clear()
-        .envs(env.iter().map(|e| e.split_once('=').unwrap()));
-    with_stdin(&mut c, state)
-}
-
-/// Run `c` with `input` on its stdin; its output.
-fn with_stdin(c: &mut Command, input: &[u8]) -> std::process::Output {
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 fn state_of(id: &str, bundle: &Bundle) -> Vec<u8> {
     json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0,
            "bundle": bundle.path(), "annotations": {"gpu.profile": "1g.10gb"}})

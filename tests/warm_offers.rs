@@ -158,3 +158,50 @@ fn a_container_asking_again_keeps_its_slice_through_the_full_wrapper() {
     assert!(node.ledger().lease_of(&id).is_none());
     invariants::check(&node, Some(engine.root.path())).unwrap();
 }
+
+/// Grants and releases by the entry binary are journal lines; past a bound the next create goes
+/// to the full wrapper, which folds them into the ledger. Over many containers the journal stays
+/// short, nearly every grant is the entry binary's, and the ledger counts every one of them.
+#[test]
+fn the_journal_stays_short_and_every_grant_is_counted() {
+    require_root();
+    let node = warm_node();
+    node.configure("runtime = \"/bin/true\"");
+    let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let engine_spec = b.config_bytes();
+    let cycles: u64 = 150;
+    let mut longest = 0;
+    for i in 0..cycles {
+        std::fs::write(b.path().join("config.json"), &engine_spec).unwrap();
+        let id = format!("cycle-{i}");
+        let out = run(Command::new(SHIM)
+            .env("GPUSHARE_CONFIG", node.config())
+            .args(["create", "--bundle"])
+            .arg(b.path())
+            .arg(&id));
+        assert!(out.status.success(), "create {id}: {}", text(&out.stderr));
+        let state = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "stopped",
+            "pid": 0, "bundle": b.path(), "annotations": {"gpu.profile": "1g.10gb"}});
+        let out = run_hook(&b.config(), state.to_string().as_bytes());
+        assert!(out.status.success(), "hook {id}: {}", text(&out.stderr));
+        longest = longest.max(journal(&node).len());
+    }
+    // One container's grant and release lines are well under 200 bytes.
+    assert!(
+        longest <= gpushare_front::journal::MAX_GRANT_BYTES + 200,
+        "the journal grew to {longest} bytes"
+    );
+    let folds = cycles as usize - journal(&node).lines().count();
+    assert!(folds > 0, "the journal was folded at least once");
+    let st = node.status_json();
+    assert!(st["leases"].as_array().unwrap().is_empty(), "{st:#}");
+    let stats = &st["stats"];
+    // The first grant made the instance; every later one reused it.
+    assert_eq!(stats["grants_cold"], 1, "{st:#}");
+    assert_eq!(stats["grants_warm"], cycles - 1, "{st:#}");
+    let by_entry = stats["grants_by_entry"].as_u64().unwrap_or(0);
+    assert!(
+        by_entry * 10 >= cycles * 9,
+        "most grants were the entry binary's: {by_entry} of {cycles}"
+    );
+}

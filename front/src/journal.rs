@@ -19,9 +19,13 @@ use crate::decimal;
 pub const FILE: &[u8] = b"journal";
 /// Past this size the hook leaves the release to the full hook, which folds the journal.
 pub const MAX_BYTES: usize = 64 << 10;
-/// Past this size `create` leaves the grant to the full wrapper, which folds the journal (every
-/// grant reads it whole).
-pub const MAX_GRANT_BYTES: usize = 16 << 10;
+/// Past this size `create` leaves the grant to the full wrapper, which folds the journal. Every
+/// grant, release and delete of the entry binary reads it whole (about 4 ns a byte and pass,
+/// four passes a container), and a fold costs one full-wrapper run (about 2.7 ms more): at
+/// ~83 bytes a container's grant and release, 4 KiB folds every ~50 containers and keeps the
+/// reads at ~2 KiB on average (16 KiB cost a median container ~0.1 ms more; measured on the
+/// build VM, docs/benchmarks.md).
+pub const MAX_GRANT_BYTES: usize = 4 << 10;
 /// The longest id journaled; runc's own limit is far below.
 pub const MAX_ID: usize = 1024;
 

@@ -434,3 +434,28 @@ pub fn env_seen(out: &str, name: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The spec's poststop hook, run as runc runs it: its path, argv (argv[0] included) and env
+/// only, with `state` on stdin.
+pub fn run_hook(spec: &Value, state: &[u8]) -> std::process::Output {
+    let hook = &spec["hooks"]["poststop"][0];
+    let args: Vec<String> = serde_json::from_value(hook["args"].clone()).unwrap();
+    let env: Vec<String> = serde_json::from_value(hook["env"].clone()).unwrap();
+    let mut c = Command::new(hook["path"].as_str().unwrap());
+    std::os::unix::process::CommandExt::arg0(&mut c, &args[0])
+        .args(&args[1..])
+        .env_clear()
+        .envs(env.iter().map(|e| e.split_once('=').unwrap()));
+    with_stdin(&mut c, state)
+}
+
+/// Run `c` with `input` on its stdin; its output.
+pub fn with_stdin(c: &mut Command, input: &[u8]) -> std::process::Output {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    use std::io::Write;
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
