@@ -22,12 +22,28 @@ fn refused(engine: &Engine<'_>, annotations: &[(&str, &str)], env: &[&str]) -> S
         engine.state(&id).is_none(),
         "no container for {annotations:?}"
     );
-    let log = std::fs::read_to_string(bundle.path().join("runtime-log.json")).unwrap();
+    assert_logged(&bundle, &text(&out.stderr));
+    let st = engine.node.status_json();
     assert!(
-        log.contains("gpushare: "),
-        "error in the engine's log: {log}"
+        st["leases"].as_array().unwrap().is_empty()
+            && st["gpus"][0]["instances"].as_array().unwrap().is_empty(),
+        "nothing allocated for {annotations:?} {env:?}: {st:#}"
     );
     text(&out.stderr)
+}
+
+/// The engine's `--log` ends with gpushare's error as a runc JSON line (what containerd and
+/// Docker show), the same message as on stderr.
+fn assert_logged(bundle: &Bundle, stderr: &str) {
+    let log = std::fs::read_to_string(bundle.path().join("runtime-log.json")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(last["level"], "error", "{log}");
+    let msg = last["msg"].as_str().unwrap();
+    assert!(msg.starts_with("gpushare: "), "{log}");
+    assert!(
+        stderr.contains(msg),
+        "stderr {stderr:?} has the logged {msg:?}"
+    );
 }
 
 /// (annotations, env, substrings the error must contain)
@@ -63,7 +79,7 @@ fn malformed_and_impossible_requests_are_refused_cleanly() {
         (
             vec![("gpu.profile", "1g.10gb\u{1b}[2J")],
             vec![],
-            vec!["annotation gpu.profile", "control characters"],
+            vec!["annotation gpu.profile", "control characters", "accepted:"],
         ),
         // A real profile of another GPU model (H200), absent on the H100.
         (
@@ -137,4 +153,73 @@ fn policy_can_refuse_env_requests_and_profiles() {
     );
     assert_eq!(engine.run_to_end(&bundle, &unique("noenv")).trim(), "[]");
     assert!(node.ledger().instances.is_empty());
+}
+
+/// A request that is granted, but whose spec gpushare cannot edit (`linux.devices` is not a
+/// list): create fails with the reason, the slice taken for it goes back to the pool, and
+/// config.json is as the engine wrote it.
+#[test]
+fn a_spec_gpushare_cannot_edit_gives_the_slice_back() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let bundle = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let mut spec = bundle.config();
+    spec["linux"]["devices"] = serde_json::json!("not a list");
+    std::fs::write(
+        bundle.path().join("config.json"),
+        serde_json::to_vec_pretty(&spec).unwrap(),
+    )
+    .unwrap();
+    let before = bundle.config_bytes();
+    let id = unique("unshaped");
+    let out = engine.create(&bundle, &id);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("linux.devices"), "{err}");
+    assert_logged(&bundle, &err);
+    assert_eq!(bundle.config_bytes(), before, "config.json unchanged");
+    assert!(engine.state(&id).is_none());
+    let st = node.status_json();
+    assert!(st["leases"].as_array().unwrap().is_empty(), "{st:#}");
+    let instances = st["gpus"][0]["instances"].as_array().unwrap();
+    assert!(
+        instances.iter().all(|i| i["state"] == "idle"),
+        "what was taken is idle again: {st:#}"
+    );
+}
+
+/// A runtime that is there but cannot be run (not executable): create fails as exec does, the
+/// slice this create took goes back, and config.json is the engine's again.
+#[test]
+fn a_runtime_that_cannot_run_gives_the_slice_back() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dir = TempDir::new("noexec");
+    let runtime = dir.path().join("runc");
+    std::fs::write(&runtime, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o644)).unwrap();
+    node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
+    let bundle = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let before = bundle.config_bytes();
+    let out = run(std::process::Command::new(SHIM)
+        .env("GPUSHARE_CONFIG", node.config())
+        .args(["create", "--bundle"])
+        .arg(bundle.path())
+        .arg(unique("noexec")));
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot run"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        bundle.config_bytes(),
+        before,
+        "config.json is the engine's again"
+    );
+    let st = node.status_json();
+    assert!(st["leases"].as_array().unwrap().is_empty(), "{st:#}");
+    assert_eq!(st["gpus"][0]["instances"][0]["state"], "idle", "{st:#}");
 }

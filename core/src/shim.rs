@@ -161,8 +161,15 @@ fn create(
     // container, the lease is freed by the engine's `delete` (the runtime no longer knows the
     // id), by the next cold grant's reap, or by `gpusharectl gc`.
     let code = exec(runtime, argv);
-    // Still here: the runtime could not be started, so the container never came to be.
+    // Still here: the runtime could not be started, so the container never came to be. A
+    // slice this call took goes back, and the spec is the engine's again.
     if granted.fresh {
+        if let Err(e) = crate::fsutil::write_atomic(&config_path, &raw, None) {
+            eprintln!(
+                "gpushare: could not put back {} as the engine wrote it: {e}",
+                config_path.display()
+            );
+        }
         release_quietly(cfg, id);
     }
     code
