@@ -8,6 +8,8 @@ use common::*;
 use gpushare_core::allocator::{self, AllocError, Claimant};
 use gpushare_core::config::Config;
 use gpushare_core::nvml::Backend;
+use gpushare_core::placement::{self, Occupied};
+use gpushare_core::request::DeviceSelector;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -25,19 +27,54 @@ impl Rng {
     }
 }
 
-/// (gpu index, gi, ci, MIG uuid) of every compute instance the driver has.
-fn driver_view(cfg: &Config) -> BTreeSet<(u32, u32, u32, String)> {
+/// (gpu index, gi, ci, profile id, placement start, MIG uuid) of every compute instance the
+/// driver has.
+type DriverView = BTreeSet<(u32, u32, u32, u32, u32, String)>;
+
+fn driver_view(cfg: &Config) -> DriverView {
     let be = Backend::open(cfg).unwrap();
     let mut out = BTreeSet::new();
     for g in be.gpus().unwrap() {
         let profiles = be.profiles(g.index).unwrap();
         for gi in be.gpu_instances(g.index, &profiles).unwrap() {
-            for ci in gi.compute_instances {
-                out.insert((g.index, gi.id, ci, be.mig_uuid(g.index, gi.id, ci).unwrap()));
+            for &ci in &gi.compute_instances {
+                let uuid = be.mig_uuid(g.index, gi.id, ci).unwrap();
+                out.insert((g.index, gi.id, ci, gi.profile_id, gi.slot.start, uuid));
             }
         }
     }
     out
+}
+
+/// A refusal must be true: on every GPU the request could go to, no placement of the profile
+/// is free even with all of gpushare's idle instances destroyed (only leased ones stay).
+fn assert_nothing_fits(node: &SimNode, cfg: &Config, profile: &str, gpu: Option<u32>) {
+    let ledger = node.ledger();
+    let be = Backend::open(cfg).unwrap();
+    for g in be.gpus().unwrap() {
+        if gpu.is_some_and(|want| want != g.index) {
+            continue;
+        }
+        let profiles = be.profiles(g.index).unwrap();
+        let Some(target) = profiles.iter().find(|p| p.name == profile) else {
+            continue;
+        };
+        let busy: Vec<Occupied> = ledger
+            .instances
+            .iter()
+            .filter(|r| r.gpu_index == g.index && r.lease.is_some())
+            .map(|r| Occupied {
+                profile_id: r.profile_id,
+                slot: r.slot,
+            })
+            .collect();
+        let free = placement::free_placements(target, &busy);
+        assert!(
+            free.is_empty(),
+            "{profile} refused, but GPU {} could place it at {free:?} around the leased {busy:?}",
+            g.index
+        );
+    }
 }
 
 fn check_invariants(node: &SimNode, cfg: &Config, held: &HashMap<String, String>) {
@@ -66,12 +103,19 @@ fn check_invariants(node: &SimNode, cfg: &Config, held: &HashMap<String, String>
         held.len(),
         "every holder has exactly one lease"
     );
-    let ours: BTreeSet<_> = ledger
+    let ours: DriverView = ledger
         .instances
         .iter()
         .map(|r| {
             let m = r.made.as_ref().unwrap();
-            (r.gpu_index, m.gi, m.ci, m.mig_uuid.clone())
+            (
+                r.gpu_index,
+                m.gi,
+                m.ci,
+                r.profile_id,
+                r.slot.start,
+                m.mig_uuid.clone(),
+            )
         })
         .collect();
     assert_eq!(ours, driver_view(cfg), "ledger == driver");
@@ -92,6 +136,7 @@ fn random_sequences(model: &str, gpus: u32, seeds: u64, steps: usize) {
         assert!(!profiles.is_empty(), "{model} has MIG profiles");
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut held: HashMap<String, String> = HashMap::new();
+        let mut granted = 0;
         for step in 0..steps {
             if !held.is_empty() && rng.below(3) == 0 {
                 let ids: Vec<String> = held.keys().cloned().collect();
@@ -109,17 +154,30 @@ fn random_sequences(model: &str, gpus: u32, seeds: u64, steps: usize) {
                     container_id: &id,
                     runtime_root: None,
                 };
-                match allocator::allocate(&cfg, profile, None, &who) {
+                // On several GPUs, a third of the requests name one (gpu.device).
+                let gpu = (gpus > 1 && rng.below(3) == 0).then(|| rng.below(gpus as usize) as u32);
+                let device = gpu.map(DeviceSelector::Index);
+                match allocator::allocate(&cfg, profile, device.as_ref(), &who) {
                     Ok(g) => {
                         assert_eq!(&g.profile, profile);
+                        if let Some(want) = gpu {
+                            assert_eq!(g.gpu_index, want, "gpu.device={want} honoured");
+                        }
                         held.insert(id, g.mig_uuid);
+                        granted += 1;
                     }
-                    Err(AllocError::NoRoom { .. }) => {}
+                    Err(AllocError::NoRoom { .. }) => {
+                        assert_nothing_fits(&node, &cfg, profile, gpu)
+                    }
                     Err(e) => panic!("{model} seed {seed} step {step}: {profile}: unexpected {e}"),
                 }
             }
             check_invariants(&node, &cfg, &held);
         }
+        assert!(
+            granted * 4 >= steps,
+            "{model} seed {seed}: only {granted} grants in {steps} steps"
+        );
         for id in held.keys() {
             allocator::release(&cfg, id, Duration::from_secs(5)).unwrap();
         }
@@ -129,22 +187,22 @@ fn random_sequences(model: &str, gpus: u32, seeds: u64, steps: usize) {
 
 #[test]
 fn random_sequences_h100() {
-    random_sequences("h100-80gb", 1, 4, 50);
+    random_sequences("h100-80gb", 1, 6, 60);
 }
 
 #[test]
 fn random_sequences_h200_two_gpus() {
-    random_sequences("h200-141gb", 2, 3, 50);
+    random_sequences("h200-141gb", 2, 4, 60);
 }
 
 #[test]
 fn random_sequences_a100_40gb() {
-    random_sequences("a100-40gb", 1, 3, 50);
+    random_sequences("a100-40gb", 1, 4, 60);
 }
 
 #[test]
 fn random_sequences_a100_80gb() {
-    random_sequences("a100-80gb", 1, 3, 50);
+    random_sequences("a100-80gb", 1, 4, 60);
 }
 
 const CHILD_ENV: &str = "GPUSHARE_TEST_ALLOC_CHILD";
@@ -155,8 +213,19 @@ fn child_allocates_once() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (config, id) = spec.split_once('|').unwrap();
+    let mut parts = spec.splitn(3, '|');
+    let (config, id, go) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
     let cfg = Config::from_file(std::path::Path::new(config)).unwrap();
+    // All sixteen start together: each waits for the parent's signal, given once all exist.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(go).exists() {
+        assert!(std::time::Instant::now() < deadline, "no start signal");
+        std::thread::sleep(Duration::from_micros(200));
+    }
     let who = Claimant {
         container_id: id,
         runtime_root: None,
@@ -171,6 +240,7 @@ fn child_allocates_once() {
 fn sixteen_processes_race_for_seven_slices() {
     let node = SimNode::new("h100-80gb", 1, true);
     let exe = std::env::current_exe().unwrap();
+    let go = node.root().join("go");
     let children: Vec<_> = (0..16)
         .map(|i| {
             std::process::Command::new(&exe)
@@ -180,12 +250,18 @@ fn sixteen_processes_race_for_seven_slices() {
                     "--nocapture",
                     "--test-threads=1",
                 ])
-                .env(CHILD_ENV, format!("{}|race-{i}", node.config().display()))
+                .env(
+                    CHILD_ENV,
+                    format!("{}|race-{i}|{}", node.config().display(), go.display()),
+                )
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    // Let every child reach its wait, then start them all at once.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&go, b"go").unwrap();
     let mut ok = Vec::new();
     let mut refused = Vec::new();
     for c in children {
