@@ -91,14 +91,25 @@ fn init_lays_out_the_node() {
         std::fs::read_to_string(root.join("proc/driver/nvidia/capabilities/mig/config")).unwrap(),
         "DeviceFileMinor: 1\nDeviceFileMode: 256\nDeviceFileModify: 1\n"
     );
-    for p in [
-        "dev/nvidia0",
-        "dev/nvidia1",
-        "dev/nvidiactl",
-        "dev/nvidia-uvm",
-        "dev/nvidia-caps/nvidia-cap2",
+    // Character devices with the driver's real numbers (nvidia 195, nvidia-uvm 238, nvidia-caps 241).
+    for (p, major, minor) in [
+        ("dev/nvidia0", 195, 0),
+        ("dev/nvidia1", 195, 1),
+        ("dev/nvidiactl", 195, 255),
+        ("dev/nvidia-uvm", 238, 0),
+        ("dev/nvidia-uvm-tools", 238, 1),
+        ("dev/nvidia-caps/nvidia-cap1", 241, 1),
+        ("dev/nvidia-caps/nvidia-cap2", 241, 2),
     ] {
-        assert!(root.join(p).exists(), "{p}");
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::symlink_metadata(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(m.file_type().is_char_device(), "{p} is a character device");
+        let rdev = m.rdev();
+        assert_eq!(
+            (libc::major(rdev), libc::minor(rdev)),
+            (major, minor),
+            "{p}"
+        );
     }
     assert!(root
         .join("proc/driver/nvidia/capabilities/gpu1/mig")
