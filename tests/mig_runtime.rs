@@ -39,6 +39,15 @@ fn one_slice_sees_exactly_its_nodes(rt: Runtime, warm: bool) {
         .find(|r| r.lease.as_ref().is_some_and(|l| l.container_id == id));
     let rec = rec.expect("a lease for the container");
     let made = rec.made.clone().expect("instance made");
+    let be = gpushare_core::nvml::Backend::open(&node.cfg()).unwrap();
+    assert_eq!(
+        be.mig_uuid(0, made.gi, made.ci).unwrap(),
+        made.mig_uuid,
+        "the driver's UUID of GI {} CI {}",
+        made.gi,
+        made.ci
+    );
+    drop(be);
     let printed = engine.start_and_wait(&bundle, &id);
 
     assert_eq!(
