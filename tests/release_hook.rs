@@ -7,7 +7,6 @@ mod common;
 mod invariants;
 use common::*;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
