@@ -364,59 +364,56 @@ fn runc_poststop_hook_releases() {
 }
 
 /// The poststop hook gives up in bounded time while another process holds the ledger, saying
-/// so; `delete` (or `gc`) releases the slice afterwards.
+/// so; `delete` (or `gc`) releases the slice afterwards. Both programs: the full
+/// `gpushare-hook`, and the entry binary run under that name, as the hook gpushare writes into
+/// specs runs it (it waits briefly, then hands over to the full hook).
 #[test]
 fn poststop_hook_is_bounded_while_the_ledger_is_busy() {
-    let node = SimNode::new("h100-80gb", 1, true);
-    node.configure("[pool]\nhook_lock_timeout_ms = 300\n");
-    let cfg = node.cfg();
-    let who = gpushare_core::allocator::Claimant {
-        container_id: "busy-1",
-        runtime_root: None,
-    };
-    gpushare_core::allocator::allocate(&cfg, "1g.10gb", None, &who).unwrap();
-    let held = gpushare_core::ledger::Ledger::new(&cfg.state_dir)
-        .lock(std::time::Duration::from_secs(1))
-        .unwrap();
-    let start = std::time::Instant::now();
-    let mut child = std::process::Command::new(HOOK)
-        .args(["poststop", "--config"])
-        .arg(node.config())
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"ociVersion":"1.0.2","id":"busy-1","status":"stopped","bundle":"/x"}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let waited = start.elapsed();
-    assert!(
-        !out.status.success(),
-        "the hook reports that it could not release"
-    );
-    assert!(
-        text(&out.stderr).contains("is busy"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(
-        waited < std::time::Duration::from_secs(5),
-        "bounded: {waited:?}"
-    );
-    drop(held);
-    assert!(
-        node.ledger().lease_of("busy-1").is_some(),
-        "nothing half-done"
-    );
-    let released =
-        gpushare_core::allocator::release(&cfg, "busy-1", std::time::Duration::from_secs(5))
+    for program in [HOOK, SHIM] {
+        let node = SimNode::new("h100-80gb", 1, true);
+        node.configure("[pool]\nhook_lock_timeout_ms = 300\n");
+        let cfg = node.cfg();
+        let who = gpushare_core::allocator::Claimant {
+            container_id: "busy-1",
+            runtime_root: None,
+        };
+        gpushare_core::allocator::allocate(&cfg, "1g.10gb", None, &who).unwrap();
+        let held = gpushare_core::ledger::Ledger::new(&cfg.state_dir)
+            .lock(std::time::Duration::from_secs(1))
             .unwrap();
-    assert!(released, "a later release finds the lease");
+        let start = std::time::Instant::now();
+        let mut hook = std::process::Command::new(program);
+        std::os::unix::process::CommandExt::arg0(&mut hook, "gpushare-hook")
+            .args(["poststop", "--config"])
+            .arg(node.config());
+        let out = with_stdin(
+            &mut hook,
+            br#"{"ociVersion":"1.0.2","id":"busy-1","status":"stopped","bundle":"/x"}"#,
+        );
+        let waited = start.elapsed();
+        assert!(
+            !out.status.success(),
+            "{program}: the hook reports that it could not release"
+        );
+        assert!(
+            text(&out.stderr).contains("is busy"),
+            "{program}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            waited < std::time::Duration::from_secs(5),
+            "{program}: bounded: {waited:?}"
+        );
+        drop(held);
+        assert!(
+            node.ledger().lease_of("busy-1").is_some(),
+            "{program}: nothing half-done"
+        );
+        let released =
+            gpushare_core::allocator::release(&cfg, "busy-1", std::time::Duration::from_secs(5))
+                .unwrap();
+        assert!(released, "{program}: a later release finds the lease");
+    }
 }
 
 /// `[log]` sends gpushare's own log to a file, at the configured level.
