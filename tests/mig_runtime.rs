@@ -308,14 +308,24 @@ fn no_request_is_byte_identical(rt: Runtime) {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, rt);
-    let bundle = Bundle::new("echo hello", &[("org.example/other", "x")], &[]);
-    let before = bundle.config_bytes();
-    let id = unique("plain");
-    let out = engine.create(&bundle, &id);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(bundle.config_bytes(), before, "config.json byte-identical");
-    assert_eq!(engine.start_and_wait(&bundle, &id).trim(), "hello");
-    assert!(engine.delete(&id).status.success());
+    // Nothing of gpushare's in the spec (settled by the entry binary's byte scan), and a spec
+    // that mentions `gpu.` and `GPUSHARE_` without asking for anything (parsed by the full
+    // wrapper, which finds no request): both reach the runtime byte for byte.
+    let plain = Bundle::new("echo hello", &[("org.example/other", "x")], &[]);
+    let lookalike = Bundle::new(
+        "echo hello",
+        &[("org.example/gpu.vendor", "nvidia")],
+        &["NOT_GPUSHARE_PROFILE=1g.10gb"],
+    );
+    for bundle in [&plain, &lookalike] {
+        let before = bundle.config_bytes();
+        let id = unique("plain");
+        let out = engine.create(bundle, &id);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(bundle.config_bytes(), before, "config.json byte-identical");
+        assert_eq!(engine.start_and_wait(bundle, &id).trim(), "hello");
+        assert!(engine.delete(&id).status.success());
+    }
     assert!(node.ledger().instances.is_empty(), "nothing allocated");
 }
 
