@@ -164,13 +164,7 @@ fn a_spec_gpushare_cannot_edit_gives_the_slice_back() {
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, Runtime::Runc);
     let bundle = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
-    let mut spec = bundle.config();
-    spec["linux"]["devices"] = serde_json::json!("not a list");
-    std::fs::write(
-        bundle.path().join("config.json"),
-        serde_json::to_vec_pretty(&spec).unwrap(),
-    )
-    .unwrap();
+    bundle.edit_config(|spec| spec["linux"]["devices"] = serde_json::json!("not a list"));
     let before = bundle.config_bytes();
     let id = unique("unshaped");
     let out = engine.create(&bundle, &id);

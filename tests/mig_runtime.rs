@@ -476,13 +476,7 @@ fn runc_refused_create_is_freed_by_delete_or_gc() {
     let engine = Engine::new(&node, Runtime::Runc);
     for freed_by in ["delete", "gc"] {
         let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
-        let mut spec = b.config();
-        spec["root"]["path"] = serde_json::json!("no-such-rootfs");
-        std::fs::write(
-            b.path().join("config.json"),
-            serde_json::to_vec(&spec).unwrap(),
-        )
-        .unwrap();
+        b.edit_config(|spec| spec["root"]["path"] = serde_json::json!("no-such-rootfs"));
         let id = unique("refused");
         let out = engine.create(&b, &id);
         assert!(!out.status.success(), "runc refuses a missing rootfs");

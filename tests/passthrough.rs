@@ -225,6 +225,25 @@ fn verbatim_runtime(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// The argv the verbatim runtime in `dir` last received.
+fn recorded_argv(dir: &std::path::Path, what: &str) -> Vec<String> {
+    let argv =
+        std::fs::read(dir.join("argv")).unwrap_or_else(|_| panic!("{what}: the runtime never ran"));
+    argv.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8(a.to_vec()).unwrap())
+        .collect()
+}
+
+/// A node whose gpushare runs the verbatim runtime, and the runtime's folder.
+fn verbatim_node(prefix: &str) -> (SimNode, TempDir) {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dir = TempDir::new(prefix);
+    let runtime = verbatim_runtime(dir.path());
+    node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
+    (node, dir)
+}
+
 /// Runs `bin args` with `input` on stdin; what it printed and how it ended.
 fn run_with_stdin(bin: &str, config: &std::path::Path, args: &[String], input: &[u8]) -> Output {
     with_stdin(
@@ -243,10 +262,7 @@ fn run_with_stdin(bin: &str, config: &std::path::Path, args: &[String], input: &
 fn every_command_reaches_the_runtime_verbatim() {
     use std::os::unix::process::ExitStatusExt;
     require_root();
-    let node = SimNode::new("h100-80gb", 1, true);
-    let dir = TempDir::new("verbatim");
-    let runtime = verbatim_runtime(dir.path());
-    node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
+    let (node, dir) = verbatim_node("verbatim");
     let log = dir.path().join("engine log.json");
     let global = [
         "--root",
@@ -281,14 +297,7 @@ fn every_command_reaches_the_runtime_verbatim() {
                 let input = format!("stdin of case {i} {ending}\n");
                 let out = run_with_stdin(bin, &node.config(), &args, input.as_bytes());
                 let what = format!("{bin} {args:?} ending {ending}");
-                let argv = std::fs::read(dir.path().join("argv"))
-                    .unwrap_or_else(|_| panic!("{what}: the runtime never ran"));
-                let got: Vec<String> = argv
-                    .split(|&b| b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8(a.to_vec()).unwrap())
-                    .collect();
-                assert_eq!(got, args, "{what}: argv");
+                assert_eq!(recorded_argv(dir.path(), &what), args, "{what}: argv");
                 assert_eq!(
                     std::fs::read_to_string(dir.path().join("stdin")).unwrap(),
                     input,
@@ -320,10 +329,7 @@ fn every_command_reaches_the_runtime_verbatim() {
 #[test]
 fn delete_of_a_leased_container_keeps_argv_and_exit_code() {
     require_root();
-    let node = SimNode::new("h100-80gb", 1, true);
-    let dir = TempDir::new("verbatim-delete");
-    let runtime = verbatim_runtime(dir.path());
-    node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
+    let (node, dir) = verbatim_node("verbatim-delete");
     let root = dir.path().join("state root");
     let gpu = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     let engine_spec = gpu.config_bytes();
@@ -351,13 +357,7 @@ fn delete_of_a_leased_container_keeps_argv_and_exit_code() {
             assert_eq!(out.status.code(), Some(ending.parse().unwrap()), "{what}");
             assert_eq!(text(&out.stdout), "runtime stdout\n", "{what}: stdout");
             assert_eq!(text(&out.stderr), "runtime stderr\n", "{what}: stderr");
-            let argv = std::fs::read(dir.path().join("argv")).unwrap();
-            let got: Vec<String> = argv
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8(a.to_vec()).unwrap())
-                .collect();
-            assert_eq!(got, delete, "{what}: argv");
+            assert_eq!(recorded_argv(dir.path(), &what), delete, "{what}: argv");
             assert_eq!(
                 std::fs::read(dir.path().join("stdin")).unwrap(),
                 b"delete stdin",

@@ -296,6 +296,17 @@ impl Bundle {
     pub fn config(&self) -> Value {
         serde_json::from_slice(&self.config_bytes()).unwrap()
     }
+
+    /// Rewrite config.json through `edit`, as an engine that wrote it so would have.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Value)) {
+        let mut spec = self.config();
+        edit(&mut spec);
+        std::fs::write(
+            self.path().join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+    }
 }
 
 /// gpushare in front of a real runtime, with its own state root.
