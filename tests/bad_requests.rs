@@ -106,6 +106,16 @@ fn malformed_and_impossible_requests_are_refused_cleanly() {
             vec!["GPUSHARE_PROFILE=lots"],
             vec!["env GPUSHARE_PROFILE", "accepted:"],
         ),
+        // Valid, but not on this GPU: the refusal names the env variable that asked.
+        (
+            vec![],
+            vec!["GPUSHARE_PROFILE=1g.18gb"],
+            vec![
+                "no such MIG profile",
+                "accepted: 1g.10gb",
+                "asked with env GPUSHARE_PROFILE",
+            ],
+        ),
     ];
     for (ann, env, wants) in &cases {
         let err = refused(&engine, ann, env);

@@ -100,6 +100,30 @@ impl Found<'_> {
 }
 
 /// The request in `spec`, if any. `allow_env` is the trust policy for `GPUSHARE_*` variables.
+/// The env variables that made the spec's request, when it came from env (an old Docker's
+/// `-e GPUSHARE_PROFILE=...`) rather than from annotations: the names a refusal should quote.
+pub fn env_source(spec: &Value, allow_env: bool) -> Vec<&'static str> {
+    let annotated = spec
+        .get("annotations")
+        .and_then(Value::as_object)
+        .is_some_and(|a| KEYS.iter().any(|(k, _)| a.contains_key(*k)));
+    if annotated || !allow_env {
+        return Vec::new();
+    }
+    let env: Vec<&str> = spec
+        .pointer("/process/env")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    KEYS.iter()
+        .map(|&(_, var)| var)
+        .filter(|var| {
+            env.iter()
+                .any(|e| e.strip_prefix(var).is_some_and(|r| r.starts_with('=')))
+        })
+        .collect()
+}
+
 pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, RequestError> {
     let annotations = spec.get("annotations").and_then(Value::as_object);
     // An annotation (which only the engine's user can set) makes the request; an image's
@@ -344,6 +368,19 @@ mod tests {
         let a: serde_json::Map<String, Value> =
             ann.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         json!({"ociVersion": "1.0.2", "process": {"env": env}, "annotations": a})
+    }
+
+    #[test]
+    fn env_source_names_the_variables_only_when_env_asked() {
+        let env = ["PATH=/bin", "GPUSHARE_PROFILE=1g.10gb", "GPUSHARE_DEVICE=0"];
+        assert_eq!(
+            env_source(&spec_with(&[], &env), true),
+            ["GPUSHARE_PROFILE", "GPUSHARE_DEVICE"]
+        );
+        assert!(env_source(&spec_with(&[], &env), false).is_empty());
+        let annotated = spec_with(&[("gpu.profile", "1g.10gb")], &env);
+        assert!(env_source(&annotated, true).is_empty());
+        assert!(env_source(&spec_with(&[], &["GPUSHARE_PROFILES=x"]), true).is_empty());
     }
 
     #[test]

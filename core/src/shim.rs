@@ -143,9 +143,17 @@ fn create(
         _ => runtime.to_path_buf(),
     };
     let runtime = runtime.as_path();
+    // The allocator speaks of the request by its annotation's name; a user who asked with env
+    // (Docker < 24) should see the names they wrote.
+    let vars = request::env_source(&spec, cfg.policy.allow_env);
     let granted = match grant_into(cfg, &mut spec, &config_path, &req, &who) {
         Ok(g) => g,
-        Err(msg) => return fail(&msg),
+        Err(msg) => {
+            if vars.is_empty() {
+                return fail(&msg);
+            }
+            return fail(&format!("{msg} (asked with env {})", vars.join(", ")));
+        }
     };
     crate::failpoint!("shim.granted");
     if let Err(e) = spec::write(&config_path, &spec) {
