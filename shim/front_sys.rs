@@ -199,20 +199,25 @@ fn open_mode(path: &Path, flags: usize, mode: usize) -> Result<usize, i32> {
     })
 }
 
+/// Take the exclusive lock on `fd` if it is free: whether it was.
+fn flock_now(fd: usize) -> Result<bool, i32> {
+    // SAFETY: flock on a descriptor we own.
+    match errno(unsafe { syscall(SYS_FLOCK, fd, LOCK_EX_NB, 0, 0, 0, 0) }) {
+        Ok(_) => Ok(true),
+        Err(EWOULDBLOCK) | Err(4) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// An exclusive lock on the file at `path` (which must exist) if it is free right now: the
 /// descriptor that holds it, or None when another process holds it.
 pub fn try_lock(path: &Path) -> Result<Option<usize>, i32> {
     let fd = open(path, O_RDWR)?;
-    // SAFETY: flock on a descriptor we own.
-    match errno(unsafe { syscall(SYS_FLOCK, fd, LOCK_EX_NB, 0, 0, 0, 0) }) {
-        Ok(_) => Ok(Some(fd)),
-        Err(EWOULDBLOCK) | Err(4) => {
+    match flock_now(fd) {
+        Ok(true) => Ok(Some(fd)),
+        other => {
             close(fd);
-            Ok(None)
-        }
-        Err(e) => {
-            close(fd);
-            Err(e)
+            other.map(|_| None)
         }
     }
 }
@@ -223,10 +228,9 @@ pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {
     let fd = open(path, O_RDWR)?;
     let pause = [0usize, 100_000]; // struct timespec: 100 us
     for _ in 0..max_ms.saturating_mul(10).max(1) {
-        // SAFETY: flock on a descriptor we own.
-        match errno(unsafe { syscall(SYS_FLOCK, fd, LOCK_EX_NB, 0, 0, 0, 0) }) {
-            Ok(_) => return Ok(fd),
-            Err(EWOULDBLOCK) | Err(4) => {}
+        match flock_now(fd) {
+            Ok(true) => return Ok(fd),
+            Ok(false) => {}
             Err(e) => {
                 close(fd);
                 return Err(e);

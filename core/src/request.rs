@@ -99,10 +99,10 @@ impl Found<'_> {
     }
 }
 
-/// The request in `spec`, if any. `allow_env` is the trust policy for `GPUSHARE_*` variables.
-/// The env variables that made the spec's request, when it came from env (an old Docker's
-/// `-e GPUSHARE_PROFILE=...`) rather than from annotations: the names a refusal should quote.
-pub fn env_source(spec: &Value, allow_env: bool) -> Vec<&'static str> {
+/// The spec's env entries when env may make the request: the policy allows it, and no request
+/// annotation is there. An annotation (which only the engine's user can set) makes the
+/// request; an image's baked-in GPUSHARE_* must not fill in what the annotations left out.
+fn env_that_asks(spec: &Value, allow_env: bool) -> Vec<&str> {
     let annotated = spec
         .get("annotations")
         .and_then(Value::as_object)
@@ -110,11 +110,16 @@ pub fn env_source(spec: &Value, allow_env: bool) -> Vec<&'static str> {
     if annotated || !allow_env {
         return Vec::new();
     }
-    let env: Vec<&str> = spec
-        .pointer("/process/env")
+    spec.pointer("/process/env")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The env variables that made the spec's request, when it came from env (an old Docker's
+/// `-e GPUSHARE_PROFILE=...`) rather than from annotations: the names a refusal should quote.
+pub fn env_source(spec: &Value, allow_env: bool) -> Vec<&'static str> {
+    let env = env_that_asks(spec, allow_env);
     KEYS.iter()
         .map(|&(_, var)| var)
         .filter(|var| {
@@ -124,19 +129,10 @@ pub fn env_source(spec: &Value, allow_env: bool) -> Vec<&'static str> {
         .collect()
 }
 
+/// The request in `spec`, if any. `allow_env` is the trust policy for `GPUSHARE_*` variables.
 pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, RequestError> {
     let annotations = spec.get("annotations").and_then(Value::as_object);
-    // An annotation (which only the engine's user can set) makes the request; an image's
-    // baked-in GPUSHARE_* must not fill in what the annotations left out.
-    let annotated = annotations.is_some_and(|a| KEYS.iter().any(|(k, _)| a.contains_key(*k)));
-    let env: Vec<&str> = if allow_env && !annotated {
-        spec.pointer("/process/env")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let env = env_that_asks(spec, allow_env);
     let lookup = |ann: &'static str, var: &'static str| -> Option<Found<'_>> {
         if let Some(v) = annotations.and_then(|a| a.get(ann)).and_then(Value::as_str) {
             return Some(Found {

@@ -148,12 +148,8 @@ fn create(
     let vars = request::env_source(&spec, cfg.policy.allow_env);
     let granted = match grant_into(cfg, &mut spec, &config_path, &req, &who) {
         Ok(g) => g,
-        Err(msg) => {
-            if vars.is_empty() {
-                return fail(&msg);
-            }
-            return fail(&format!("{msg} (asked with env {})", vars.join(", ")));
-        }
+        Err(msg) if vars.is_empty() => return fail(&msg),
+        Err(msg) => return fail(&format!("{msg} (asked with env {})", vars.join(", "))),
     };
     crate::failpoint!("shim.granted");
     if let Err(e) = spec::write(&config_path, &spec) {
