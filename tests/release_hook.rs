@@ -34,13 +34,6 @@ fn file_lease_of(node: &SimNode, id: &str) -> bool {
         .any(|r| r["lease"]["container_id"] == id)
 }
 
-fn state_of(id: &str, bundle: &Bundle) -> Vec<u8> {
-    json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0,
-           "bundle": bundle.path(), "annotations": {"gpu.profile": "1g.10gb"}})
-    .to_string()
-    .into_bytes()
-}
-
 /// A container created through gpushare with a 1g.10gb slice (not started).
 fn leased(engine: &Engine, id: &str) -> Bundle {
     let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);

@@ -470,3 +470,11 @@ pub fn with_stdin(c: &mut Command, input: &[u8]) -> std::process::Output {
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// The state runc gives a poststop hook on stdin for a stopped 1g.10gb container.
+pub fn state_of(id: &str, bundle: &Bundle) -> Vec<u8> {
+    json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0,
+           "bundle": bundle.path(), "annotations": {"gpu.profile": "1g.10gb"}})
+    .to_string()
+    .into_bytes()
+}
