@@ -12,6 +12,7 @@ pub const NOT_FOUND: Ret = b::nvmlReturn_enum_NVML_ERROR_NOT_FOUND;
 pub const INSUFFICIENT_SIZE: Ret = b::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE;
 pub const DRIVER_NOT_LOADED: Ret = b::nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED;
 pub const IN_USE: Ret = b::nvmlReturn_enum_NVML_ERROR_IN_USE;
+pub const NO_PERMISSION: Ret = b::nvmlReturn_enum_NVML_ERROR_NO_PERMISSION;
 pub const INSUFFICIENT_RESOURCES: Ret = b::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES;
 pub const ARGUMENT_VERSION_MISMATCH: Ret = b::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
 pub const UNKNOWN: Ret = b::nvmlReturn_enum_NVML_ERROR_UNKNOWN;

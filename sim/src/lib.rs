@@ -6,6 +6,7 @@
 //! `gpushare-sim-state.json` beside itself, under an flock on `gpushare-sim-state.lock`, so all
 //! processes that load it see one node.
 
+pub mod compute_mode;
 pub mod driver_files;
 pub mod error;
 pub mod ffi;

@@ -39,6 +39,14 @@ impl From<LatencyArg> for Latency {
     }
 }
 
+/// nvidia-smi's `-c` names (EXCLUSIVE_THREAD is gone from the driver).
+#[derive(Clone, Copy, ValueEnum)]
+enum ComputeModeArg {
+    Default,
+    Prohibited,
+    ExclusiveProcess,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ProcAction {
     Add,
@@ -81,7 +89,17 @@ enum Cmd {
         #[arg(value_enum)]
         mode: OnOff,
     },
-    /// Attach or detach a simulated process to a GPU or MIG device.
+    /// Set a GPU's compute mode, as `nvidia-smi -i N -c MODE` does.
+    ComputeMode {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        gpu: u32,
+        #[arg(value_enum)]
+        mode: ComputeModeArg,
+    },
+    /// Attach or detach a simulated process to a GPU or MIG device (refused, as CUDA refuses
+    /// the context, where the GPU's compute mode does not admit it).
     Process {
         #[arg(value_enum)]
         action: ProcAction,
@@ -184,6 +202,14 @@ fn run(cli: Cli) -> Result<(), SimError> {
             println!("{s}");
         }
         Cmd::DestroyInstance { root, gpu, gi } => node::destroy_instance(&root, gpu, gi)?,
+        Cmd::ComputeMode { root, gpu, mode } => {
+            let m = match mode {
+                ComputeModeArg::Default => gpushare_sim::compute_mode::DEFAULT,
+                ComputeModeArg::Prohibited => gpushare_sim::compute_mode::PROHIBITED,
+                ComputeModeArg::ExclusiveProcess => gpushare_sim::compute_mode::EXCLUSIVE_PROCESS,
+            };
+            node::set_compute_mode(&root, gpu, m)?
+        }
         Cmd::Latency { root, mode } => node::set_latency(&root, mode.into())?,
     }
     Ok(())

@@ -365,6 +365,7 @@ mod tests {
                 model: model.into(),
                 mig_current: u32::from(mig),
                 mig_pending: u32::from(mig),
+                compute_mode: 0,
                 gpu_instances: vec![],
             }],
             processes: vec![],

@@ -13,6 +13,10 @@ const MODEL_FILES: &[(&str, &str)] = &[
     ("a100-80gb", include_str!("../models/a100-80gb.json")),
 ];
 
+/// Compute modes of the recorded models, whose files are the probes exactly as recorded (no
+/// field for it): both GPUs answered NVML_COMPUTEMODE_DEFAULT (shared/fixtures/README.md).
+const RECORDED_COMPUTE_MODE: &[(&str, u32)] = &[("h100-80gb", 0), ("h200-141gb", 0)];
+
 /// Number of memory slots a GPU instance placement is expressed in.
 pub const MEMORY_SLOTS: u32 = 8;
 
@@ -65,6 +69,10 @@ pub struct Model {
     pub memory_total: u64,
     /// Indexed by NVML profile index.
     pub profiles: Vec<ProfileSlot>,
+    /// The compute mode a GPU of this model starts in (`nvmlComputeMode_t`, what NVML answered
+    /// where it was recorded); None where the model has no compute modes: the getter and the
+    /// setter then answer NOT_SUPPORTED.
+    pub compute_mode: Option<u32>,
 }
 
 impl Model {
@@ -112,6 +120,8 @@ struct RawGpu {
     name: String,
     memory_total: u64,
     gi_profiles: Vec<RawProfile>,
+    #[serde(default)]
+    compute_mode: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +198,12 @@ pub fn parse_model(key: &str, text: &str) -> Result<Model, String> {
         name: gpu.name,
         memory_total: gpu.memory_total,
         profiles,
+        compute_mode: gpu.compute_mode.or_else(|| {
+            RECORDED_COMPUTE_MODE
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, m)| *m)
+        }),
     })
 }
 
@@ -232,6 +248,19 @@ mod tests {
             }
         }
         assert_eq!(model_keys().len(), all().len());
+    }
+
+    #[test]
+    fn compute_mode_comes_from_the_model_data() {
+        for (k, _) in MODEL_FILES {
+            assert_eq!(model(k).unwrap().compute_mode, Some(0), "{k} starts in Default");
+        }
+        // A model file without the field has no compute modes (NOT_SUPPORTED).
+        let (_, text) = MODEL_FILES.iter().find(|(k, _)| *k == "a100-40gb").unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["gpus"][0].as_object_mut().unwrap().remove("compute_mode");
+        let m = parse_model("other", &v.to_string()).unwrap();
+        assert_eq!(m.compute_mode, None);
     }
 
     fn fixture_matches(key: &str, fixture: &str) {

@@ -119,6 +119,7 @@ pub fn init(opts: &InitOptions) -> SimResult<InitReport> {
                 model: model.key.clone(),
                 mig_current: u32::from(opts.mig),
                 mig_pending: u32::from(opts.mig),
+                compute_mode: model.compute_mode.unwrap_or(0),
                 gpu_instances: vec![],
             });
         }
@@ -197,6 +198,21 @@ pub fn set_mig(root: &Path, gpu: u32, on: bool) -> SimResult<()> {
     })
 }
 
+/// `gpushare-sim compute-mode`: what `nvidia-smi -i N -c MODE` does.
+pub fn set_compute_mode(root: &Path, gpu: u32, mode: u32) -> SimResult<()> {
+    store_for(root)?.transact(|st| {
+        if st.gpu(gpu).is_none() {
+            return Err(SimError::Usage(format!("no GPU {gpu}")));
+        }
+        crate::compute_mode::set(st, gpu, mode).map_err(|e| match e {
+            SimError::Nvml(crate::error::NOT_SUPPORTED) => SimError::Usage(format!(
+                "GPU {gpu}: setting the compute mode is not supported (MIG enabled, or the model has none)"
+            )),
+            e => e,
+        })
+    })
+}
+
 /// `gpushare-sim latency`
 pub fn set_latency(root: &Path, latency: Latency) -> SimResult<()> {
     store_for(root)?.transact(|st| {
@@ -211,6 +227,9 @@ pub fn add_process(root: &Path, uuid: &str, pid: u32, used_memory: u64) -> SimRe
         let known = st.gpus.iter().any(|g| g.uuid == uuid) || st.find_mig(uuid).is_some();
         if !known {
             return Err(SimError::Usage(format!("no GPU or MIG device {uuid}")));
+        }
+        if let Some(g) = st.gpus.iter().find(|g| g.uuid == uuid) {
+            crate::compute_mode::may_open_context(st, g, pid).map_err(SimError::Usage)?;
         }
         st.processes.retain(|p| !(p.pid == pid && p.uuid == uuid));
         st.processes.push(Process {

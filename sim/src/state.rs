@@ -50,6 +50,10 @@ pub struct Gpu {
     /// NVML_DEVICE_MIG_ENABLE (1) or NVML_DEVICE_MIG_DISABLE (0).
     pub mig_current: u32,
     pub mig_pending: u32,
+    /// `nvmlComputeMode_t`: DEFAULT (0), PROHIBITED (2), EXCLUSIVE_PROCESS (3). A state written
+    /// before compute modes were modelled reads as DEFAULT, what Linux boots a GPU in.
+    #[serde(default)]
+    pub compute_mode: u32,
     #[serde(default)]
     pub gpu_instances: Vec<GpuInstance>,
 }

@@ -1,7 +1,9 @@
-//! Device queries: count, handles, UUID, name, memory, MIG mode, MIG device handles, processes.
+//! Device queries: count, handles, UUID, name, memory, MIG mode, compute mode, MIG device
+//! handles, processes.
 
 use super::*;
-use crate::error::{ARGUMENT_VERSION_MISMATCH, NOT_FOUND, NOT_SUPPORTED};
+use crate::compute_mode;
+use crate::error::{ARGUMENT_VERSION_MISMATCH, NOT_FOUND, NOT_SUPPORTED, NO_PERMISSION};
 use crate::mig::{self, MAX_MIG_DEVICES};
 use nvml_wrapper_sys::bindings as b;
 
@@ -265,6 +267,44 @@ pub unsafe extern "C" fn nvmlDeviceSetMigMode(
         })?;
         // SAFETY: NVML's contract.
         unsafe { out(activation_status, SUCCESS) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetComputeMode(
+    device: b::nvmlDevice_t,
+    mode: *mut b::nvmlComputeMode_t,
+) -> Ret {
+    guard(|| {
+        non_null(mode)?;
+        let m = query(|st| match dev(st, device)? {
+            Dev::Gpu(g) => compute_mode::get(g),
+            Dev::Mig(..) => Err(NOT_SUPPORTED.into()),
+        })?;
+        // SAFETY: NVML's contract.
+        unsafe { out(mode, m) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceSetComputeMode(
+    device: b::nvmlDevice_t,
+    mode: b::nvmlComputeMode_t,
+) -> Ret {
+    guard(|| {
+        // Root only, as on a real node: the one check a tenant's own NVML call meets.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(NO_PERMISSION.into());
+        }
+        mutate(|st| {
+            let g = match dev(st, device)? {
+                Dev::Gpu(g) => g.index,
+                Dev::Mig(..) => return Err(NOT_SUPPORTED.into()),
+            };
+            compute_mode::set(st, g, mode)
+        })?;
+        Ok(())
     })
 }
 

@@ -1,0 +1,138 @@
+//! Compute modes (`nvmlDeviceGetComputeMode` / `nvmlDeviceSetComputeMode`) and what they do to
+//! a process asking for a context.
+//!
+//! Modelled on the physical GPU only: NVML wants a MIG device's handle for a GPU in MIG mode
+//! ("If MIG is enabled on a GPU, device must be MIG device handle"), and gpushare never sets a
+//! MIG device's mode, so here the physical handle of a MIG-enabled GPU and every MIG device
+//! handle answer NOT_SUPPORTED, as does a GPU whose model has no compute modes.
+
+use crate::error::{SimError, SimResult, INVALID_ARGUMENT, NOT_SUPPORTED};
+use crate::mig;
+use crate::state::{Gpu, State};
+use nvml_wrapper_sys::bindings as b;
+
+pub const DEFAULT: u32 = b::nvmlComputeMode_enum_NVML_COMPUTEMODE_DEFAULT;
+pub const EXCLUSIVE_THREAD: u32 = b::nvmlComputeMode_enum_NVML_COMPUTEMODE_EXCLUSIVE_THREAD;
+pub const PROHIBITED: u32 = b::nvmlComputeMode_enum_NVML_COMPUTEMODE_PROHIBITED;
+pub const EXCLUSIVE_PROCESS: u32 = b::nvmlComputeMode_enum_NVML_COMPUTEMODE_EXCLUSIVE_PROCESS;
+
+/// nvidia-smi's names, for the CLI and messages.
+pub fn name(mode: u32) -> &'static str {
+    match mode {
+        DEFAULT => "Default",
+        EXCLUSIVE_THREAD => "Exclusive_Thread",
+        PROHIBITED => "Prohibited",
+        EXCLUSIVE_PROCESS => "Exclusive_Process",
+        _ => "unknown",
+    }
+}
+
+fn supported(g: &Gpu) -> SimResult<()> {
+    if mig::model_of(g)?.compute_mode.is_none() || g.mig_enabled() {
+        return Err(NOT_SUPPORTED.into());
+    }
+    Ok(())
+}
+
+pub fn get(g: &Gpu) -> SimResult<u32> {
+    supported(g)?;
+    Ok(g.compute_mode)
+}
+
+/// Takes effect at once and leaves running contexts alone (a process that already holds one
+/// keeps it), as the driver does.
+pub fn set(st: &mut State, gpu: u32, mode: u32) -> SimResult<()> {
+    let g = st.gpu_mut(gpu).ok_or(SimError::Nvml(INVALID_ARGUMENT))?;
+    supported(g)?;
+    match mode {
+        DEFAULT | PROHIBITED | EXCLUSIVE_PROCESS => {
+            g.compute_mode = mode;
+            Ok(())
+        }
+        // Support for it was removed from the driver.
+        EXCLUSIVE_THREAD => Err(NOT_SUPPORTED.into()),
+        _ => Err(INVALID_ARGUMENT.into()),
+    }
+}
+
+/// Whether process `pid` may open a context on the whole GPU `g`, as CUDA's context creation
+/// decides it: in EXCLUSIVE_PROCESS only while no other process holds one, in PROHIBITED never.
+/// Err carries CUDA's answer.
+pub fn may_open_context(st: &State, g: &Gpu, pid: u32) -> Result<(), String> {
+    const BUSY: &str = "all CUDA-capable devices are busy or unavailable";
+    match g.compute_mode {
+        PROHIBITED => Err(format!("{BUSY} (GPU {} is Prohibited)", g.index)),
+        EXCLUSIVE_PROCESS => match st.processes_on(&g.uuid).find(|p| p.pid != pid) {
+            Some(p) => Err(format!(
+                "{BUSY} (GPU {} is Exclusive_Process and process {} holds its context)",
+                g.index, p.pid
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Latency, Process, STATE_VERSION};
+
+    fn state(mig: bool) -> State {
+        State {
+            version: STATE_VERSION,
+            driver_root: "/nonexistent".into(),
+            latency: Latency::None,
+            next_serial: 1,
+            gpus: vec![Gpu {
+                index: 0,
+                minor: 0,
+                uuid: "GPU-test".into(),
+                model: "h100-80gb".into(),
+                mig_current: u32::from(mig),
+                mig_pending: u32::from(mig),
+                compute_mode: DEFAULT,
+                gpu_instances: vec![],
+            }],
+            processes: vec![],
+        }
+    }
+
+    #[test]
+    fn set_and_get() {
+        let mut st = state(false);
+        set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap();
+        assert_eq!(get(&st.gpus[0]).unwrap(), EXCLUSIVE_PROCESS);
+        assert_eq!(set(&mut st, 0, EXCLUSIVE_THREAD).unwrap_err().code(), NOT_SUPPORTED);
+        assert_eq!(set(&mut st, 0, 4).unwrap_err().code(), INVALID_ARGUMENT);
+        assert_eq!(set(&mut st, 1, DEFAULT).unwrap_err().code(), INVALID_ARGUMENT);
+        assert_eq!(get(&st.gpus[0]).unwrap(), EXCLUSIVE_PROCESS, "refusals change nothing");
+    }
+
+    #[test]
+    fn mig_enabled_gpu_has_no_compute_mode_on_its_physical_handle() {
+        let mut st = state(true);
+        assert_eq!(get(&st.gpus[0]).unwrap_err().code(), NOT_SUPPORTED);
+        assert_eq!(set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap_err().code(), NOT_SUPPORTED);
+    }
+
+    #[test]
+    fn exclusive_process_admits_one_context() {
+        let mut st = state(false);
+        st.processes.push(Process {
+            pid: 7,
+            uuid: "GPU-test".into(),
+            used_memory: 0,
+        });
+        let g = st.gpus[0].clone();
+        assert!(may_open_context(&st, &g, 8).is_ok(), "Default shares");
+        st.gpus[0].compute_mode = EXCLUSIVE_PROCESS;
+        let g = st.gpus[0].clone();
+        assert!(may_open_context(&st, &g, 7).is_ok(), "the holder itself");
+        let err = may_open_context(&st, &g, 8).unwrap_err();
+        assert!(err.contains("busy or unavailable") && err.contains("process 7"), "{err}");
+        st.gpus[0].compute_mode = PROHIBITED;
+        let g = st.gpus[0].clone();
+        assert!(may_open_context(&st, &g, 7).is_err());
+    }
+}
