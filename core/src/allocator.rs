@@ -312,6 +312,9 @@ fn cold(
     // Only the cold path places instances, so only it reads the request history it learns from.
     locked.load_history(st, cfg.placement.history);
     crate::gc::repair_intents(&be, st)?;
+    for f in crate::compute_mode::repair_with(&be, st).1 {
+        tracing::warn!("{f}");
+    }
     let gpus = be.gpus()?;
     if gpus.is_empty() {
         return Err(AllocError::NoGpu);

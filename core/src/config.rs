@@ -125,6 +125,11 @@ pub struct MpsConfig {
     pub mount_path: String,
     /// How long to wait for a new daemon's control socket.
     pub start_timeout_ms: u64,
+    /// Set a GPU to compute mode EXCLUSIVE_PROCESS while gpushare's MPS daemon serves it (the
+    /// mode found is put back after the daemon quits), so that no tenant can leave its share
+    /// by pointing CUDA at another pipe folder. `false`: the GPU's settings are never touched,
+    /// and shares there can be left.
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -165,6 +170,7 @@ impl Default for MpsConfig {
             multi_user: true,
             mount_path: "/tmp/nvidia-mps".into(),
             start_timeout_ms: 10_000,
+            exclusive: true,
         }
     }
 }

@@ -67,6 +67,8 @@ pub enum Action {
         slot: Slot,
         reason: &'static str,
     },
+    /// A crash left a GPU in the compute mode gpushare set for an MPS daemon that is gone.
+    RestoreComputeMode { gpu: u32, mode: &'static str },
     /// An idle instance older than `pool.idle_timeout_s`.
     DestroyIdle {
         gpu: u32,
@@ -129,6 +131,10 @@ impl std::fmt::Display for Action {
                 f,
                 "destroy {profile} GI {gi} at slot {} on GPU {gpu}: {reason}",
                 slot.start
+            ),
+            Action::RestoreComputeMode { gpu, mode } => write!(
+                f,
+                "put compute mode {mode} back on GPU {gpu}: its MPS daemon is gone (a crash)"
             ),
             Action::DestroyIdle {
                 gpu,
@@ -425,6 +431,25 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
                 runtime_root: root,
             });
         }
+    }
+
+    // 2b. Compute modes set for MPS daemons that are gone.
+    if opts.dry_run {
+        for r in crate::compute_mode::stranded(&st) {
+            report.actions.push(Action::RestoreComputeMode {
+                gpu: r.gpu_index,
+                mode: r.found.name(),
+            });
+        }
+    } else {
+        let (done, failed) = crate::compute_mode::repair_with(&be, &mut st);
+        for r in done {
+            report.actions.push(Action::RestoreComputeMode {
+                gpu: r.gpu_index,
+                mode: r.found.name(),
+            });
+        }
+        report.failed.extend(failed);
     }
 
     // 3. Idle instances past their time-out.

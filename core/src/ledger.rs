@@ -77,6 +77,10 @@ pub struct LedgerState {
     /// MPS control daemons gpushare started, with their clients.
     #[serde(default)]
     pub mps: Vec<MpsDaemon>,
+    /// GPUs whose compute mode gpushare changed for their MPS daemon, with the mode found:
+    /// written before the change, dropped once that mode is back (see [`crate::compute_mode`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compute_modes: Vec<crate::compute_mode::ComputeModeRecord>,
     /// On disk only: each GPU model's profile table, written once rather than once per GPU
     /// (a node of identical GPUs would otherwise read and rewrite N copies on every grant).
     /// Empty in memory, where every [`GpuRecord`] holds its own.

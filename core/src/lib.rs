@@ -7,6 +7,7 @@
 //! grant into the spec, and [`runc_log`] reports failures the way engines read them.
 
 pub mod allocator;
+pub mod compute_mode;
 pub mod config;
 pub mod doctor;
 pub mod driver;

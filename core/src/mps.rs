@@ -51,6 +51,8 @@ pub enum MpsError {
     },
     #[error("policy.max_mps_memory = {0:?} in the config is not a size like 8G")]
     BadPolicy(String),
+    #[error(transparent)]
+    ComputeMode(#[from] crate::compute_mode::ComputeModeError),
     #[error("MPS control daemon of GPU {gpu} refused `{command}`: {why}")]
     Command {
         gpu: u32,
@@ -106,6 +108,7 @@ pub fn grant(
         });
     }
     let mut warm = share::known_gpus(cfg, &mut st)?;
+    repair_modes(cfg, &locked, &mut st)?;
     let candidates: Vec<GpuRecord> = share::select(&st, device)?.into_iter().cloned().collect();
     let gpu = choose_gpu(cfg, &st, &candidates, percent, memory)?;
 
@@ -114,7 +117,7 @@ pub fn grant(
         Some(i) => {
             tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
             let (p, m) = (st.mps[i].percent, st.mps[i].memory);
-            let fresh = start(cfg, &gpu, p, m)?;
+            let fresh = start_exclusive(cfg, &locked, &mut st, &gpu, p, m)?;
             st.mps[i] = MpsDaemon {
                 clients: std::mem::take(&mut st.mps[i].clients),
                 ..fresh
@@ -127,7 +130,8 @@ pub fn grant(
                 MpsPolicy::Strict => (percent, memory),
                 MpsPolicy::Cooperative => (100, None),
             };
-            st.mps.push(start(cfg, &gpu, p, m)?);
+            let d = start_exclusive(cfg, &locked, &mut st, &gpu, p, m)?;
+            st.mps.push(d);
             warm = false;
             st.mps.len() - 1
         }
@@ -149,6 +153,51 @@ pub fn grant(
         gpu_uuid: gpu.uuid,
         edit,
         warm,
+    })
+}
+
+/// Put back compute modes a crash left changed, saving at once: the grant may still fail.
+pub(crate) fn repair_modes(
+    cfg: &Config,
+    locked: &crate::ledger::Locked,
+    st: &mut LedgerState,
+) -> Result<(), LedgerError> {
+    let (done, failed) = crate::compute_mode::repair(cfg, st);
+    for f in &failed {
+        tracing::warn!("{f}");
+    }
+    if !done.is_empty() {
+        locked.save(st)?;
+    }
+    Ok(())
+}
+
+/// [`start`], on a GPU made EXCLUSIVE_PROCESS first where `mps.exclusive` asks for it; a
+/// daemon that fails to start gives the mode back.
+fn start_exclusive(
+    cfg: &Config,
+    locked: &crate::ledger::Locked,
+    st: &mut LedgerState,
+    gpu: &GpuRecord,
+    percent: u8,
+    memory: Option<u64>,
+) -> Result<MpsDaemon, MpsError> {
+    if !cfg.mps.exclusive {
+        return start(cfg, gpu, percent, memory);
+    }
+    crate::compute_mode::take(cfg, locked, st, gpu)?;
+    start(cfg, gpu, percent, memory).inspect_err(|_| {
+        // Only a GPU without a daemon entry gets its mode back: a restarted daemon's clients
+        // keep theirs, and `gc` or the next grant settles it.
+        if st.mps.iter().any(|d| d.gpu_uuid == gpu.uuid) {
+            return;
+        }
+        match crate::compute_mode::give_back(cfg, st, &gpu.uuid) {
+            Ok(()) => {
+                let _ = locked.save(st);
+            }
+            Err(e) => tracing::warn!(gpu = gpu.index, "putting the compute mode back: {e}"),
+        }
     })
 }
 
@@ -304,6 +353,11 @@ pub fn release_client(cfg: &Config, st: &mut LedgerState, container_id: &str) ->
         if let Err(e) = stop(cfg, &d) {
             tracing::warn!(gpu = d.gpu_index, "stopping the MPS daemon: {e}");
             eprintln!("gpushare: {e}");
+        }
+        // After the daemon quit: the record stays for `gc` if the mode cannot be put back.
+        if let Err(e) = crate::compute_mode::give_back(cfg, st, &d.gpu_uuid) {
+            tracing::warn!(gpu = d.gpu_index, "putting the compute mode back: {e}");
+            eprintln!("gpushare: putting the compute mode of GPU {} back: {e} (`gpusharectl gc` retries)", d.gpu_index);
         }
     }
     true

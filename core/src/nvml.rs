@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::placement::{Occupied, Profile, Slot};
+use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::Nvml;
 use nvml_wrapper_sys::bindings as sys;
@@ -381,6 +382,43 @@ impl Backend {
         crate::failpoint!("nvml.destroy.cis_gone");
         // SAFETY: gi_h is valid and its compute instances are gone.
         nvml_try(unsafe { destroy_gi(gi_h) }).map_err(Self::call("nvmlGpuInstanceDestroy", gpu))
+    }
+}
+
+impl Backend {
+    /// The GPU's compute mode; None where NVML answers NOT_SUPPORTED (a MIG-enabled GPU's own
+    /// handle, a GPU without compute modes).
+    pub fn compute_mode(&self, gpu: u32) -> Result<Option<ComputeMode>, BackendError> {
+        let d = self
+            .nvml
+            .device_by_index(gpu)
+            .map_err(Self::call("device_by_index", gpu))?;
+        match d.compute_mode() {
+            Ok(m) => Ok(Some(m)),
+            Err(NvmlError::NotSupported) => Ok(None),
+            Err(e) => Err(Self::call("nvmlDeviceGetComputeMode", gpu)(e)),
+        }
+    }
+
+    pub fn set_compute_mode(&self, gpu: u32, mode: ComputeMode) -> Result<(), BackendError> {
+        let mut d = self
+            .nvml
+            .device_by_index(gpu)
+            .map_err(Self::call("device_by_index", gpu))?;
+        d.set_compute_mode(mode)
+            .map_err(Self::call("nvmlDeviceSetComputeMode", gpu))
+    }
+
+    /// Pids of the processes holding a compute context on the GPU (or on its MIG devices).
+    pub fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError> {
+        let d = self
+            .nvml
+            .device_by_index(gpu)
+            .map_err(Self::call("device_by_index", gpu))?;
+        let procs = d
+            .running_compute_processes()
+            .map_err(Self::call("nvmlDeviceGetComputeRunningProcesses_v3", gpu))?;
+        Ok(procs.into_iter().map(|p| p.pid).collect())
     }
 }
 

@@ -105,6 +105,8 @@ pub fn grant(
         Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
     let warm = known_gpus(cfg, &mut st)?;
+    // A GPU a crash left in EXCLUSIVE_PROCESS would admit one time-sliced container only.
+    crate::mps::repair_modes(cfg, &locked, &mut st)?;
     let candidates = select(&st, device)?;
     let usable: Vec<&GpuRecord> = candidates
         .iter()

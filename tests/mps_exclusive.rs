@@ -1,0 +1,185 @@
+//! MPS compute mode (`mps.exclusive`) on a simulated node, through real runc: the GPU is
+//! EXCLUSIVE_PROCESS while gpushare's MPS daemon serves it and back to the mode found after the
+//! last share is released; `mps.exclusive = false` leaves it alone; a GPU where another process
+//! holds a context is refused. Crash repair is in tests/crash_safety.rs.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+fn fake_control() -> PathBuf {
+    let p = target_dir().join("fake-mps-control");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace`",
+        p.display()
+    );
+    p
+}
+
+fn mps_node(extra: &str) -> SimNode {
+    let node = SimNode::new("h100-80gb", 1, false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}\n{extra}",
+        fake_control().display().to_string()
+    ));
+    node
+}
+
+/// The simulated GPU's compute mode, as its driver holds it (nvmlComputeMode_t).
+fn mode(node: &SimNode) -> u64 {
+    node.sim_state()["gpus"][0]["compute_mode"]
+        .as_u64()
+        .expect("compute_mode in the simulator's state")
+}
+
+const DEFAULT: u64 = 0;
+const EXCLUSIVE_PROCESS: u64 = 3;
+
+fn control_log(node: &SimNode) -> String {
+    let dir = node.cfg().state_dir.join("mps");
+    let mut out = String::new();
+    for gpu in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        out.push_str(
+            &std::fs::read_to_string(gpu.path().join("log/control.log")).unwrap_or_default(),
+        );
+    }
+    out
+}
+
+const MPS: [(&str, &str); 2] = [("gpu.mps", "25"), ("gpu.mps.memory", "4G")];
+
+#[test]
+fn gpu_is_exclusive_while_the_daemon_runs_and_found_mode_comes_back() {
+    require_root();
+    let node = mps_node("");
+    let engine = Engine::new(&node, Runtime::Runc);
+    assert_eq!(mode(&node), DEFAULT);
+    let (a, b) = (Bundle::new("true", &MPS, &[]), Bundle::new("true", &MPS, &[]));
+    let (ida, idb) = (unique("ex-a"), unique("ex-b"));
+    let out = engine.create(&a, &ida);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&node), EXCLUSIVE_PROCESS, "set before the daemon serves");
+    let st = node.ledger();
+    assert_eq!(st.compute_modes.len(), 1, "the mode found is recorded");
+    assert_eq!(
+        st.compute_modes[0].found,
+        gpushare_core::compute_mode::Mode::Default
+    );
+    assert!(engine.create(&b, &idb).status.success());
+    engine.start_and_wait(&a, &ida);
+    assert!(engine.delete(&ida).status.success());
+    assert_eq!(mode(&node), EXCLUSIVE_PROCESS, "the daemon still serves b");
+    engine.start_and_wait(&b, &idb);
+    assert!(engine.delete(&idb).status.success());
+    assert!(control_log(&node).contains("cmd quit"));
+    assert_eq!(mode(&node), DEFAULT, "put back after the last share");
+    let st = node.ledger();
+    assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
+}
+
+/// A GPU an operator already set to EXCLUSIVE_PROCESS stays so: gpushare puts back what it
+/// found, not Default.
+#[test]
+fn a_gpu_found_exclusive_is_left_exclusive() {
+    require_root();
+    let node = mps_node("");
+    let out = node.sim(&["compute-mode", "--gpu", "0", "exclusive-process"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new("true", &MPS, &[]);
+    engine.run_to_end(&b, &unique("found-ex"));
+    assert_eq!(mode(&node), EXCLUSIVE_PROCESS);
+    assert!(node.ledger().compute_modes.is_empty());
+}
+
+#[test]
+fn exclusive_false_leaves_the_mode_alone() {
+    require_root();
+    let node = mps_node("exclusive = false");
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new("true", &MPS, &[]);
+    let id = unique("leavable");
+    assert!(engine.create(&b, &id).status.success());
+    assert_eq!(mode(&node), DEFAULT, "never set");
+    assert!(node.ledger().compute_modes.is_empty());
+    engine.start_and_wait(&b, &id);
+    assert!(engine.delete(&id).status.success());
+    assert_eq!(mode(&node), DEFAULT);
+}
+
+#[test]
+fn refused_while_another_process_holds_a_context() {
+    require_root();
+    let node = mps_node("");
+    let uuid = node.sim_state()["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let add = node.sim(&["process", "add", "--uuid", &uuid, "--pid", "4242"]);
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new("true", &MPS, &[]);
+    let before = b.config_bytes();
+    let id = unique("busy");
+    let out = engine.create(&b, &id);
+    assert!(!out.status.success(), "granted beside process 4242");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("GPU 0")
+            && err.contains("4242")
+            && err.contains("EXCLUSIVE_PROCESS")
+            && err.contains("mps.exclusive = false"),
+        "{err}"
+    );
+    assert_eq!(b.config_bytes(), before, "config.json untouched");
+    assert_eq!(mode(&node), DEFAULT, "nothing changed");
+    let st = node.ledger();
+    assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
+    assert!(
+        !control_log(&node).contains("start pid="),
+        "no daemon started"
+    );
+
+    // Once the process is gone the same request is served.
+    let rm = node.sim(&["process", "remove", "--uuid", &uuid, "--pid", "4242"]);
+    assert!(rm.status.success());
+    engine.run_to_end(&b, &unique("after"));
+    assert_eq!(mode(&node), DEFAULT);
+}
+
+/// While the daemon serves the GPU, the driver admits no second context: a tenant that left
+/// the daemon (its own pipe folder) is refused one.
+#[test]
+fn the_simulated_driver_refuses_a_second_context_in_exclusive_process() {
+    require_root();
+    let node = mps_node("");
+    let uuid = node.sim_state()["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg = node.cfg();
+    let who = gpushare_core::allocator::Claimant {
+        container_id: "tenant",
+        runtime_root: None,
+    };
+    gpushare_core::mps::grant(&cfg, 25, None, None, &who).unwrap();
+    // The MPS server's context, then a tenant's own.
+    assert!(node
+        .sim(&["process", "add", "--uuid", &uuid, "--pid", "100"])
+        .status
+        .success());
+    let escape = node.sim(&["process", "add", "--uuid", &uuid, "--pid", "101"]);
+    assert!(!escape.status.success());
+    assert!(
+        text(&escape.stderr).contains("busy or unavailable"),
+        "{}",
+        text(&escape.stderr)
+    );
+    assert!(node
+        .sim(&["process", "remove", "--uuid", &uuid, "--pid", "100"])
+        .status
+        .success());
+    gpushare_core::allocator::release(&cfg, "tenant", std::time::Duration::from_secs(5)).unwrap();
+    assert_eq!(mode(&node), DEFAULT);
+}
