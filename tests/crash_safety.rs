@@ -49,6 +49,21 @@ const SCENARIOS: &[(&str, Setup)] = &[
     ("gc.before_release", Setup::GcRelease),
 ];
 
+/// Where an MPS crash happens (`mps.exclusive`: the compute mode changed for the daemon).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MpsSetup {
+    /// The first MPS share on the GPU: the crash is in its create.
+    Create,
+    /// The last MPS share's container ran; the crash is in the release that follows.
+    Release,
+}
+
+const MPS_SCENARIOS: &[(&str, MpsSetup)] = &[
+    ("mps.exclusive.recorded", MpsSetup::Create),
+    ("mps.exclusive.set", MpsSetup::Create),
+    ("mps.exclusive.before_restore", MpsSetup::Release),
+];
+
 fn killed(status: std::process::ExitStatus) -> bool {
     status.signal() == Some(libc::SIGKILL)
 }
@@ -279,8 +294,11 @@ fn every_failpoint_in_the_code_is_exercised() {
             }
         }
     }
-    let covered: std::collections::BTreeSet<String> =
-        SCENARIOS.iter().map(|(n, _)| n.to_string()).collect();
+    let covered: std::collections::BTreeSet<String> = SCENARIOS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .chain(MPS_SCENARIOS.iter().map(|(n, _)| n.to_string()))
+        .collect();
     let missing: Vec<&String> = names.difference(&covered).collect();
     assert!(
         missing.is_empty(),
@@ -301,5 +319,174 @@ fn kill_at_each_failpoint_then_next_call_repairs() {
     require_root();
     for &(point, setup) in SCENARIOS {
         scenario(point, setup, false);
+    }
+}
+
+fn mps_node() -> SimNode {
+    let node = SimNode::new("h100-80gb", 1, false);
+    let control = target_dir().join("fake-mps-control");
+    assert!(control.exists(), "{} missing", control.display());
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}",
+        control.display().to_string()
+    ));
+    node
+}
+
+/// The simulated GPU's compute mode (nvmlComputeMode_t).
+fn compute_mode(node: &SimNode) -> u64 {
+    node.sim_state()["gpus"][0]["compute_mode"]
+        .as_u64()
+        .unwrap()
+}
+
+const MPS_SHARE: [(&str, &str); 1] = [("gpu.mps", "25")];
+
+/// An MPS share after the crash, run to its end: the GPU is EXCLUSIVE_PROCESS while it is held.
+fn mps_next_call(node: &SimNode, engine: &Engine, label: &str) {
+    let b = Bundle::new("true", &MPS_SHARE, &[]);
+    let id = unique("next");
+    let out = engine.create(&b, &id);
+    assert!(
+        out.status.success(),
+        "{label}: the next create failed: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(compute_mode(node), 3, "{label}: held, not exclusive");
+    engine.start_and_wait(&b, &id);
+    let del = engine.delete(&id);
+    assert!(del.status.success(), "{label}: {}", text(&del.stderr));
+}
+
+fn mps_scenario(point: &str, setup: MpsSetup, gc_first: bool) {
+    let node = mps_node();
+    let engine = Engine::new(&node, Runtime::Runc);
+    let id = unique("victim");
+    let b = Bundle::new("true", &MPS_SHARE, &[]);
+    match setup {
+        MpsSetup::Create => {
+            let st = create_with(&engine, &b, &id, Some(point));
+            assert!(killed(st), "{point}: create was not killed ({st:?})");
+        }
+        MpsSetup::Release => {
+            let out = engine.create(&b, &id);
+            assert!(out.status.success(), "create: {}", text(&out.stderr));
+            engine.start_and_wait(&b, &id);
+            // The poststop hook killed half-way through its release, then the runtime forgets
+            // the container without gpushare.
+            let mut hook = Command::new(HOOK)
+                .args(["poststop", "--config"])
+                .arg(node.config())
+                .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            let state = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0, "bundle": b.path()});
+            hook.stdin
+                .take()
+                .unwrap()
+                .write_all(state.to_string().as_bytes())
+                .unwrap();
+            assert!(killed(hook.wait().unwrap()), "{point}: hook was not killed");
+            // runc runs the hooks its own state recorded: take them out of it.
+            let state_path = engine.root.path().join(&id).join("state.json");
+            let mut state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+            state["config"]["Hooks"] = serde_json::Value::Null;
+            state["config"]["hooks"] = serde_json::Value::Null;
+            std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+            let out = run(&mut engine.bare(&["delete", "--force", &id]));
+            assert!(out.status.success(), "runc delete: {}", text(&out.stderr));
+        }
+    }
+    if point != "mps.exclusive.recorded" {
+        assert_eq!(
+            compute_mode(&node),
+            3,
+            "{point}: the crash left the mode set"
+        );
+    }
+    assert_eq!(node.ledger().compute_modes.len(), 1, "{point}: recorded");
+    let label = format!(
+        "{point} ({setup:?}, {})",
+        if gc_first {
+            "gc first"
+        } else {
+            "next call first"
+        }
+    );
+    if gc_first {
+        let out = gc(&node, None);
+        assert!(
+            out.status.success(),
+            "{label}: gc: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_eq!(
+            compute_mode(&node),
+            0,
+            "{label}: gc put Default back: {}",
+            text(&out.stdout)
+        );
+        assert!(node.ledger().compute_modes.is_empty(), "{label}");
+        mps_next_call(&node, &engine, &label);
+    } else {
+        if setup == MpsSetup::Create {
+            // A time-sliced container after the crash: the GPU must admit more than one
+            // context again, so the grant puts the mode found back first.
+            let b = Bundle::new("true", &[("gpu.share", "timeslice")], &[]);
+            let id = unique("whole");
+            let out = engine.create(&b, &id);
+            assert!(out.status.success(), "{label}: {}", text(&out.stderr));
+            assert_eq!(
+                compute_mode(&node),
+                0,
+                "{label}: time-sliced on an exclusive GPU"
+            );
+            engine.start_and_wait(&b, &id);
+            assert!(engine.delete(&id).status.success());
+        }
+        mps_next_call(&node, &engine, &label);
+        let out = gc(&node, None);
+        assert!(
+            out.status.success(),
+            "{label}: gc: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        compute_mode(&node),
+        0,
+        "{label}: Default once no share is held"
+    );
+    let st = node.ledger();
+    assert!(
+        st.mps.is_empty() && st.compute_modes.is_empty(),
+        "{label}: {st:?}"
+    );
+    let again = gc(&node, None);
+    assert!(
+        text(&again.stdout).contains("nothing to repair"),
+        "{label}: {}",
+        text(&again.stdout)
+    );
+}
+
+#[test]
+fn mps_kill_at_each_failpoint_then_gc_repairs() {
+    require_root();
+    for &(point, setup) in MPS_SCENARIOS {
+        mps_scenario(point, setup, true);
+    }
+}
+
+#[test]
+fn mps_kill_at_each_failpoint_then_next_call_repairs() {
+    require_root();
+    for &(point, setup) in MPS_SCENARIOS {
+        mps_scenario(point, setup, false);
     }
 }

@@ -55,11 +55,18 @@ fn gpu_is_exclusive_while_the_daemon_runs_and_found_mode_comes_back() {
     let node = mps_node("");
     let engine = Engine::new(&node, Runtime::Runc);
     assert_eq!(mode(&node), DEFAULT);
-    let (a, b) = (Bundle::new("true", &MPS, &[]), Bundle::new("true", &MPS, &[]));
+    let (a, b) = (
+        Bundle::new("true", &MPS, &[]),
+        Bundle::new("true", &MPS, &[]),
+    );
     let (ida, idb) = (unique("ex-a"), unique("ex-b"));
     let out = engine.create(&a, &ida);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(mode(&node), EXCLUSIVE_PROCESS, "set before the daemon serves");
+    assert_eq!(
+        mode(&node),
+        EXCLUSIVE_PROCESS,
+        "set before the daemon serves"
+    );
     let st = node.ledger();
     assert_eq!(st.compute_modes.len(), 1, "the mode found is recorded");
     assert_eq!(

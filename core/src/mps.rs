@@ -357,7 +357,10 @@ pub fn release_client(cfg: &Config, st: &mut LedgerState, container_id: &str) ->
         // After the daemon quit: the record stays for `gc` if the mode cannot be put back.
         if let Err(e) = crate::compute_mode::give_back(cfg, st, &d.gpu_uuid) {
             tracing::warn!(gpu = d.gpu_index, "putting the compute mode back: {e}");
-            eprintln!("gpushare: putting the compute mode of GPU {} back: {e} (`gpusharectl gc` retries)", d.gpu_index);
+            eprintln!(
+                "gpushare: putting the compute mode of GPU {} back: {e} (`gpusharectl gc` retries)",
+                d.gpu_index
+            );
         }
     }
     true

@@ -103,17 +103,30 @@ mod tests {
         let mut st = state(false);
         set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap();
         assert_eq!(get(&st.gpus[0]).unwrap(), EXCLUSIVE_PROCESS);
-        assert_eq!(set(&mut st, 0, EXCLUSIVE_THREAD).unwrap_err().code(), NOT_SUPPORTED);
+        assert_eq!(
+            set(&mut st, 0, EXCLUSIVE_THREAD).unwrap_err().code(),
+            NOT_SUPPORTED
+        );
         assert_eq!(set(&mut st, 0, 4).unwrap_err().code(), INVALID_ARGUMENT);
-        assert_eq!(set(&mut st, 1, DEFAULT).unwrap_err().code(), INVALID_ARGUMENT);
-        assert_eq!(get(&st.gpus[0]).unwrap(), EXCLUSIVE_PROCESS, "refusals change nothing");
+        assert_eq!(
+            set(&mut st, 1, DEFAULT).unwrap_err().code(),
+            INVALID_ARGUMENT
+        );
+        assert_eq!(
+            get(&st.gpus[0]).unwrap(),
+            EXCLUSIVE_PROCESS,
+            "refusals change nothing"
+        );
     }
 
     #[test]
     fn mig_enabled_gpu_has_no_compute_mode_on_its_physical_handle() {
         let mut st = state(true);
         assert_eq!(get(&st.gpus[0]).unwrap_err().code(), NOT_SUPPORTED);
-        assert_eq!(set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap_err().code(), NOT_SUPPORTED);
+        assert_eq!(
+            set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap_err().code(),
+            NOT_SUPPORTED
+        );
     }
 
     #[test]
@@ -130,7 +143,10 @@ mod tests {
         let g = st.gpus[0].clone();
         assert!(may_open_context(&st, &g, 7).is_ok(), "the holder itself");
         let err = may_open_context(&st, &g, 8).unwrap_err();
-        assert!(err.contains("busy or unavailable") && err.contains("process 7"), "{err}");
+        assert!(
+            err.contains("busy or unavailable") && err.contains("process 7"),
+            "{err}"
+        );
         st.gpus[0].compute_mode = PROHIBITED;
         let g = st.gpus[0].clone();
         assert!(may_open_context(&st, &g, 7).is_err());

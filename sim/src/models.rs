@@ -253,7 +253,11 @@ mod tests {
     #[test]
     fn compute_mode_comes_from_the_model_data() {
         for (k, _) in MODEL_FILES {
-            assert_eq!(model(k).unwrap().compute_mode, Some(0), "{k} starts in Default");
+            assert_eq!(
+                model(k).unwrap().compute_mode,
+                Some(0),
+                "{k} starts in Default"
+            );
         }
         // A model file without the field has no compute modes (NOT_SUPPORTED).
         let (_, text) = MODEL_FILES.iter().find(|(k, _)| *k == "a100-40gb").unwrap();
