@@ -190,3 +190,138 @@ fn the_simulated_driver_refuses_a_second_context_in_exclusive_process() {
     gpushare_core::allocator::release(&cfg, "tenant", std::time::Duration::from_secs(5)).unwrap();
     assert_eq!(mode(&node), DEFAULT);
 }
+
+/// `status` lists MPS shares and time-sliced GPUs as leases beside MIG ones, with times a
+/// person reads; `--json` keeps the epoch seconds; each GPU shows its compute mode.
+#[test]
+fn status_shows_every_lease_with_readable_times_and_compute_modes() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 2, false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}",
+        fake_control().display().to_string()
+    ));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let (m, t) = (
+        Bundle::new("true", &MPS, &[]),
+        Bundle::new("true", &[("gpu.share", "timeslice")], &[]),
+    );
+    let (idm, idt) = (unique("st-mps"), unique("st-whole"));
+    assert!(engine.create(&m, &idm).status.success());
+    let out = engine.create(&t, &idt);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let s = text(&node.ctl(&["status"]).stdout);
+    assert!(s.contains("leases: 2"), "{s}");
+    let line = |id: &str| {
+        s.lines()
+            .skip_while(|l| !l.starts_with("leases:"))
+            .find(|l| l.trim_start().starts_with(id))
+            .unwrap_or_else(|| panic!("no lease line for {id}: {s}"))
+            .to_string()
+    };
+    let (lm, lt) = (line(&idm), line(&idt));
+    assert!(
+        lm.contains("GPU 0") && lm.contains("MPS 25% + 4096 MiB"),
+        "{lm}"
+    );
+    assert!(lt.contains("GPU 1") && lt.contains("time-sliced"), "{lt}");
+    for l in [&lm, &lt] {
+        let since = l.split("since ").nth(1).unwrap_or_else(|| panic!("{l}"));
+        let (clock, age) = since.split_once(", ").unwrap();
+        assert_eq!(clock.len(), 8, "hh:mm:ss: {l}");
+        assert!(age.ends_with("s ago"), "{l}");
+        assert!(
+            !l.contains("17965") && !l.contains("17966"),
+            "no epoch: {l}"
+        );
+    }
+    assert!(
+        s.contains("compute mode Exclusive_Process") && s.contains("compute mode Default"),
+        "{s}"
+    );
+    assert!(s.contains("no client can leave its share"), "{s}");
+
+    let json = node.status_json();
+    let leases = json["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 2, "{json:#}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for l in leases {
+        let since = l["since"].as_u64().expect("epoch seconds in --json");
+        assert!(since <= now && now - since < 120, "{l}");
+        assert!(l["container_id"].is_string() && l["gpu"].is_u64(), "{l}");
+    }
+    let mode_of = |id: &str| {
+        leases.iter().find(|l| l["container_id"] == id).unwrap()["mode"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(mode_of(&idm), "mps");
+    assert_eq!(mode_of(&idt), "timeslice");
+    assert_eq!(json["gpus"][0]["compute_mode"], "Exclusive_Process");
+    assert_eq!(json["gpus"][1]["compute_mode"], "Default");
+    assert_eq!(json["gpus"][0]["mps"]["exclusive"], true);
+    assert_eq!(json["mps_exclusive"], true);
+
+    let doctor: serde_json::Value =
+        serde_json::from_slice(&node.ctl(&["doctor", "--json"]).stdout).unwrap();
+    let gpu0 = doctor
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "GPU 0 MPS")
+        .unwrap_or_else(|| panic!("{doctor:#}"));
+    assert_eq!(gpu0["level"], "ok", "{doctor:#}");
+
+    // Someone puts the GPU back to Default under the running daemon: doctor fails it.
+    assert!(node
+        .sim(&["compute-mode", "--gpu", "0", "default"])
+        .status
+        .success());
+    let out = node.ctl(&["doctor"]);
+    assert!(!out.status.success(), "doctor exits 1");
+    let d = text(&out.stdout);
+    let line = d.lines().find(|l| l.contains("GPU 0 MPS")).unwrap();
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains("compute mode Default")
+            && line.contains("EXCLUSIVE_PROCESS"),
+        "{d}"
+    );
+    let s = text(&node.ctl(&["status"]).stdout);
+    assert!(s.contains("WARNING: compute mode Default"), "{s}");
+
+    for id in [&idm, &idt] {
+        assert!(engine.delete(id).status.success());
+    }
+    assert_eq!(node.status_json()["leases"].as_array().unwrap().len(), 0);
+}
+
+/// With `mps.exclusive = false`, status and doctor say the shares can be left.
+#[test]
+fn exclusive_false_is_flagged_by_status_and_doctor() {
+    require_root();
+    let node = mps_node("exclusive = false");
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new("true", &MPS, &[]);
+    let id = unique("flagged");
+    assert!(engine.create(&b, &id).status.success());
+    let s = text(&node.ctl(&["status"]).stdout);
+    assert!(
+        s.contains("WARNING: compute mode Default") && s.contains("mps.exclusive = false"),
+        "{s}"
+    );
+    let d = text(&node.ctl(&["doctor"]).stdout);
+    let warn = |name: &str| {
+        d.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no {name}: {d}"))
+            .starts_with("WARN")
+    };
+    assert!(warn("GPU 0 MPS") && warn("mps.exclusive = false"), "{d}");
+    assert!(engine.delete(&id).status.success());
+}

@@ -124,6 +124,11 @@ pub fn run(cfg: &Config) -> Vec<Check> {
         Err(e) => check(&mut out, "driver", Level::Fail, e.to_string()),
     }
 
+    if !cfg.mps.exclusive {
+        check(&mut out, "mps", Level::Warn,
+            "mps.exclusive = false: gpushare leaves compute modes alone, so on a GPU in compute mode Default a tenant can leave its MPS share (CUDA_MPS_PIPE_DIRECTORY pointed elsewhere gives an ordinary context: every SM, all memory)");
+    }
+
     match crate::status::collect(cfg) {
         Ok(s) => {
             check(
@@ -155,6 +160,7 @@ pub fn run(cfg: &Config) -> Vec<Check> {
                     level
                 };
                 check(&mut out, &format!("GPU {}", g.index), level, detail);
+                mps_checks(cfg, g, &mut out);
             }
         }
         Err(e) => check(&mut out, "nvml", Level::Fail, e.to_string()),
@@ -221,6 +227,29 @@ pub fn run(cfg: &Config) -> Vec<Check> {
     };
     check(&mut out, "cgroup", Level::Ok, cgroup);
     out
+}
+
+/// A GPU serving MPS shares must be in EXCLUSIVE_PROCESS, or a tenant can leave its share by
+/// pointing CUDA at another pipe folder.
+fn mps_checks(cfg: &Config, g: &crate::status::GpuStatus, out: &mut Vec<Check>) {
+    let name = format!("GPU {} MPS", g.index);
+    let mode = g.compute_mode.as_deref().unwrap_or("unknown");
+    let exclusive = mode == crate::compute_mode::Mode::ExclusiveProcess.name();
+    if g.mps.is_none() {
+        if let Some(found) = &g.compute_mode_found {
+            check(out, &name, Level::Warn, format!(
+                "compute mode {mode}, set by gpushare for an MPS daemon that is gone (a crash): the next grant or `gpusharectl gc` puts {found} back"));
+        }
+        return;
+    }
+    match (exclusive, cfg.mps.exclusive) {
+        (true, _) => check(out, &name, Level::Ok,
+            "serves MPS shares in compute mode Exclusive_Process: the MPS server is the one context, no tenant can leave its share"),
+        (false, true) => check(out, &name, Level::Fail, format!(
+            "serves MPS shares in compute mode {mode}, not Exclusive_Process as mps.exclusive expects: a tenant that points CUDA_MPS_PIPE_DIRECTORY elsewhere gets every SM and all memory. Someone changed it (nvidia-smi -c?): release the shares, or `nvidia-smi -i {} -c EXCLUSIVE_PROCESS`", g.index)),
+        (false, false) => check(out, &name, Level::Warn, format!(
+            "serves MPS shares in compute mode {mode} (mps.exclusive = false): a tenant that points CUDA_MPS_PIPE_DIRECTORY elsewhere leaves its share; set mps.exclusive = true, or `nvidia-smi -i {} -c EXCLUSIVE_PROCESS` yourself", g.index)),
+    }
 }
 
 /// `gpushare` hands GPU work to `gpushare-runtime` in its own folder (this binary's, as

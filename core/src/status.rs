@@ -1,6 +1,8 @@
-//! What `gpusharectl status` shows: the GPUs as NVML sees them, every MIG instance (gpushare's,
-//! busy or idle, and anyone else's), the leases, and free capacity per profile.
+//! What `gpusharectl status` shows: the GPUs as NVML sees them (compute mode included), every
+//! MIG instance (gpushare's, busy or idle, and anyone else's), the leases of every kind (MIG
+//! slices, MPS shares, time-sliced GPUs) in one list, and free capacity per profile.
 
+use crate::compute_mode::Mode;
 use crate::config::Config;
 use crate::ledger::{self, LedgerState};
 use crate::nvml::{self, Backend};
@@ -10,6 +12,8 @@ use serde::Serialize;
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub driver_version: Option<String>,
+    /// `mps.exclusive`: GPUs serving MPS shares are held in EXCLUSIVE_PROCESS.
+    pub mps_exclusive: bool,
     pub gpus: Vec<GpuStatus>,
     pub leases: Vec<LeaseStatus>,
     pub stats: ledger::Stats,
@@ -31,6 +35,11 @@ pub struct GpuStatus {
     /// MPS daemon and time-slice users on this GPU.
     pub mps: Option<MpsStatus>,
     pub timeslice_containers: Vec<String>,
+    /// As nvidia-smi names it (`Default`, `Exclusive_Process`, ...); None where NVML has no
+    /// compute mode for the GPU (MIG enabled).
+    pub compute_mode: Option<String>,
+    /// The mode gpushare found and puts back once this GPU's MPS daemon is gone.
+    pub compute_mode_found: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,6 +51,9 @@ pub struct MpsStatus {
     pub enforced_memory_mib: Option<u64>,
     /// (container, percent, memory MiB): what each container's env asks for.
     pub clients: Vec<(String, u8, Option<u64>)>,
+    /// The GPU is in EXCLUSIVE_PROCESS: no client can leave the daemon for a context of its
+    /// own. False: a client that points CUDA at another pipe folder escapes every limit.
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,9 +72,15 @@ pub struct InstanceStatus {
 pub struct LeaseStatus {
     pub container_id: String,
     pub gpu: u32,
+    /// MIG: the profile; MPS and time-slicing: the share (`25% + 4096 MiB`, `whole GPU`).
     pub profile: String,
-    pub mig_uuid: String,
+    /// None for MPS shares and time-sliced GPUs.
+    pub mig_uuid: Option<String>,
+    /// Unix time the lease was granted.
     pub since: u64,
+    /// `mig`, `mps` or `timeslice`.
+    pub mode: &'static str,
+    pub gpu_uuid: String,
 }
 
 pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
@@ -114,6 +132,20 @@ pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
         } else {
             Vec::new()
         };
+        // A driver that cannot say is shown as such, not a failed status.
+        let compute_mode = be
+            .compute_mode(g.index)
+            .unwrap_or_else(|e| {
+                tracing::warn!(gpu = g.index, "compute mode: {e}");
+                None
+            })
+            .map(|m| Mode::from(m).name().to_string());
+        let exclusive = compute_mode.as_deref() == Some(Mode::ExclusiveProcess.name());
+        let compute_mode_found = st
+            .compute_modes
+            .iter()
+            .find(|r| r.gpu_uuid == g.uuid)
+            .map(|r| r.found.name().to_string());
         let counters = st.stats.per_gpu.get(&g.uuid).cloned().unwrap_or_default();
         let mps = st
             .mps
@@ -135,6 +167,7 @@ pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
                         )
                     })
                     .collect(),
+                exclusive,
             });
         let timeslice_containers = st
             .shares
@@ -153,9 +186,22 @@ pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
             mig_enabled,
             instances,
             free,
+            compute_mode,
+            compute_mode_found,
         });
     }
-    let leases = st
+    Ok(Status {
+        driver_version: be.driver_version(),
+        mps_exclusive: cfg.mps.exclusive,
+        leases: leases(&st),
+        gpus,
+        stats: st.stats,
+    })
+}
+
+/// Every lease, MIG slices, MPS shares and time-sliced GPUs alike, oldest first.
+fn leases(st: &LedgerState) -> Vec<LeaseStatus> {
+    let mut out: Vec<LeaseStatus> = st
         .instances
         .iter()
         .filter_map(|r| {
@@ -164,20 +210,79 @@ pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
                 container_id: l.container_id.clone(),
                 gpu: r.gpu_index,
                 profile: r.profile.clone(),
-                mig_uuid: r
-                    .made
-                    .as_ref()
-                    .map_or_else(|| "(being made)".into(), |m| m.mig_uuid.clone()),
+                mig_uuid: Some(
+                    r.made
+                        .as_ref()
+                        .map_or_else(|| "(being made)".into(), |m| m.mig_uuid.clone()),
+                ),
                 since: l.since,
+                mode: "mig",
+                gpu_uuid: r.gpu_uuid.clone(),
             })
         })
         .collect();
-    Ok(Status {
-        driver_version: be.driver_version(),
-        gpus,
-        leases,
-        stats: st.stats,
-    })
+    for d in &st.mps {
+        for c in &d.clients {
+            out.push(LeaseStatus {
+                container_id: c.lease.container_id.clone(),
+                gpu: d.gpu_index,
+                profile: match c.memory {
+                    Some(m) => format!("{}% + {} MiB", c.percent, m >> 20),
+                    None => format!("{}%", c.percent),
+                },
+                mig_uuid: None,
+                since: c.lease.since,
+                mode: "mps",
+                gpu_uuid: d.gpu_uuid.clone(),
+            });
+        }
+    }
+    for s in &st.shares {
+        out.push(LeaseStatus {
+            container_id: s.lease.container_id.clone(),
+            gpu: s.gpu_index,
+            profile: "whole GPU".into(),
+            mig_uuid: None,
+            since: s.lease.since,
+            mode: "timeslice",
+            gpu_uuid: s.gpu_uuid.clone(),
+        });
+    }
+    out.sort_by(|a, b| (a.since, &a.container_id).cmp(&(b.since, &b.container_id)));
+    out
+}
+
+/// `since 03:22:52, 4m ago` in the node's local time; the date too when it is not today.
+pub fn since_text(since: u64, now: u64) -> String {
+    let at = |t: u64| {
+        // SAFETY: localtime_r reads the time and fills the struct we own.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let t = t as libc::time_t;
+        unsafe { libc::localtime_r(&t, &mut tm) };
+        tm
+    };
+    let (then, today) = (at(since), at(now));
+    let clock = format!("{:02}:{:02}:{:02}", then.tm_hour, then.tm_min, then.tm_sec);
+    let when = if (then.tm_year, then.tm_yday) == (today.tm_year, today.tm_yday) {
+        clock
+    } else {
+        format!(
+            "{}-{:02}-{:02} {clock}",
+            then.tm_year + 1900,
+            then.tm_mon + 1,
+            then.tm_mday
+        )
+    };
+    format!("since {when}, {}", ago(now.saturating_sub(since)))
+}
+
+fn ago(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h {}m ago", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h ago", s / 86400, s % 86400 / 3600),
+    }
 }
 
 /// The table a person reads.
@@ -195,7 +300,23 @@ pub fn render(s: &Status) -> String {
         } else {
             "MIG disabled"
         };
-        let _ = writeln!(out, "\nGPU {}  {}  {}  {}", g.index, g.name, g.uuid, mig);
+        let _ = writeln!(
+            out,
+            "\nGPU {}  {}  {}  {}  compute mode {}",
+            g.index,
+            g.name,
+            g.uuid,
+            mig,
+            g.compute_mode.as_deref().unwrap_or("-")
+        );
+        if let Some(found) = &g.compute_mode_found {
+            if g.mps.is_none() {
+                let _ = writeln!(
+                    out,
+                    "  compute mode changed by gpushare for an MPS daemon that is gone (a crash): the next grant or `gpusharectl gc` puts {found} back"
+                );
+            }
+        }
         if g.instances.is_empty() {
             let _ = writeln!(out, "  no MIG instances");
         } else {
@@ -243,6 +364,23 @@ pub fn render(s: &Status) -> String {
                 m.enforced_percent,
                 m.enforced_memory_mib.map_or("no limit on".into(), |v| format!("{v} MiB"))
             );
+            if m.exclusive {
+                let _ = writeln!(
+                    out,
+                    "  compute mode Exclusive_Process: the MPS server is the GPU's one context; no client can leave its share"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  WARNING: compute mode {}: a client that points CUDA_MPS_PIPE_DIRECTORY elsewhere leaves its share (every SM, all memory){}",
+                    g.compute_mode.as_deref().unwrap_or("unknown"),
+                    if s.mps_exclusive {
+                        "; gpushare expected Exclusive_Process: see `gpusharectl doctor`"
+                    } else {
+                        " (mps.exclusive = false)"
+                    }
+                );
+            }
             for (id, pct, mem) in &m.clients {
                 let mem = mem.map_or(String::new(), |v| format!(", {v} MiB"));
                 let _ = writeln!(out, "    {id}: asks {pct}%{mem} (its own env: cooperative below the enforced ceiling)");
@@ -267,11 +405,23 @@ pub fn render(s: &Status) -> String {
         );
     }
     let _ = writeln!(out, "\nleases: {}", s.leases.len());
+    let now = crate::fsutil::now_unix();
     for l in &s.leases {
+        let what = match l.mode {
+            "mig" => format!(
+                "MIG {}  {}",
+                l.profile,
+                l.mig_uuid.as_deref().unwrap_or("-")
+            ),
+            "mps" => format!("MPS {}", l.profile),
+            _ => format!("time-sliced, {} (no isolation)", l.profile),
+        };
         let _ = writeln!(
             out,
-            "  {}  GPU {}  {}  {}  since {}",
-            l.container_id, l.gpu, l.profile, l.mig_uuid, l.since
+            "  {}  GPU {}  {what}  {}",
+            l.container_id,
+            l.gpu,
+            since_text(l.since, now)
         );
     }
     let _ = writeln!(
@@ -283,4 +433,69 @@ pub fn render(s: &Status) -> String {
         s.stats.refused_no_room
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_a_clock_and_an_age() {
+        let now = 1_796_527_372;
+        let t = since_text(now - 4 * 60 - 3, now);
+        let (clock, age) = t
+            .strip_prefix("since ")
+            .and_then(|r| r.split_once(", "))
+            .unwrap();
+        // hh:mm:ss, with the date only when it is another day.
+        let hms = clock.rsplit(' ').next().unwrap();
+        assert_eq!(hms.len(), 8, "{t}");
+        assert_eq!(hms.matches(':').count(), 2, "{t}");
+        assert_eq!(age, "4m ago");
+        assert!(since_text(now - 3 * 86400, now).contains("3d 0h ago"));
+        assert!(since_text(now - 3 * 86400, now).contains('-'), "a date");
+        assert_eq!(ago(59), "59s ago");
+        assert_eq!(ago(3 * 3600 + 120), "3h 2m ago");
+        assert!(!t.contains("1796"), "no epoch seconds");
+    }
+
+    #[test]
+    fn mps_and_timeslice_leases_are_leases() {
+        let mut st = LedgerState::default();
+        let lease = |id: &str, since| ledger::Lease {
+            container_id: id.into(),
+            since,
+            runtime_root: None,
+        };
+        st.mps.push(ledger::MpsDaemon {
+            gpu_uuid: "GPU-a".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            pid: None,
+            pipe_dir: "/p".into(),
+            log_dir: "/l".into(),
+            percent: 25,
+            memory: Some(4 << 30),
+            started_at: 1,
+            clients: vec![ledger::MpsClient {
+                lease: lease("m", 5),
+                percent: 25,
+                memory: Some(4 << 30),
+            }],
+        });
+        st.shares.push(ledger::ShareLease {
+            gpu_uuid: "GPU-b".into(),
+            gpu_index: 1,
+            gpu_minor: 1,
+            lease: lease("t", 3),
+        });
+        let l = leases(&st);
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].container_id.as_str(), l[0].mode), ("t", "timeslice"));
+        assert_eq!(
+            (l[1].mode, l[1].profile.as_str()),
+            ("mps", "25% + 4096 MiB")
+        );
+        assert_eq!(l[1].gpu, 0);
+    }
 }
