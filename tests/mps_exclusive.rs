@@ -325,3 +325,39 @@ fn exclusive_false_is_flagged_by_status_and_doctor() {
     assert!(warn("GPU 0 MPS") && warn("mps.exclusive = false"), "{d}");
     assert!(engine.delete(&id).status.success());
 }
+
+/// The real-GPU script must never change the lent GPU's settings: its gpushare config turns
+/// `mps.exclusive` off (as gpushare itself reads that config), and it runs no setter itself.
+#[test]
+fn gpu_check_script_never_changes_the_compute_mode() {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu/check.sh"),
+    )
+    .unwrap();
+    let body = script
+        .split_once("cat > \"$work/config.toml\" <<TOML\n")
+        .and_then(|(_, rest)| rest.split_once("\nTOML\n"))
+        .expect("the script writes its config with a TOML heredoc")
+        .0;
+    // The heredoc's shell variables, as the script sets them, with placeholder values.
+    let dir = TempDir::new("gpu-check-config");
+    let toml = body
+        .replace("$RUNC", "/usr/sbin/runc")
+        .replace("$work", &dir.path().display().to_string())
+        .replace("$DRV", "/usr/local/nvidia")
+        .replace("$GPUSHARE_BIN", "/usr/local/bin");
+    assert!(!toml.contains('$'), "an unreplaced variable: {toml}");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let cfg = gpushare_core::config::Config::from_file(&path).unwrap();
+    assert!(!cfg.mps.exclusive, "check.sh must set mps.exclusive = false");
+    for setter in ["-c ", "--compute-mode", "-mig", "--multi-instance-gpu", "-pm "] {
+        assert!(
+            !script
+                .lines()
+                .filter(|l| l.contains("nvidia-smi"))
+                .any(|l| l.contains(setter)),
+            "check.sh runs nvidia-smi {setter}"
+        );
+    }
+}

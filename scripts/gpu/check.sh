@@ -7,8 +7,11 @@
 #   $OUT            where results go (gpu-results.md, status-real.json, ...)
 # It proves: no request -> no GPU; gpu.share=timeslice -> the whole GPU; two concurrent MPS
 # shares of 25% / 4G -> ~a quarter of the SMs each, 6 GiB allocations fail, kernels overlap,
-# the daemon gone afterwards; gpu.profile on a MIG-disabled GPU -> a clear refusal; and NVML's
-# MIG profile table equal to the simulator's model of the same GPU (sim/models).
+# the daemon gone afterwards; gpu.profile on a MIG-disabled GPU -> a clear refusal; NVML's
+# MIG profile table equal to the simulator's model of the same GPU (sim/models); and what
+# hostile MPS tenants get (env dropped, share raised, pipe folder redirected) in the compute
+# mode the GPU is found in. The config sets mps.exclusive = false: gpushare never calls the
+# compute-mode setter here (tests/mps_exclusive.rs checks that this config says so).
 set -uo pipefail
 : "${GPUSHARE_BIN:?}" "${RUNC_DEB:?}" "${OUT:?}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -33,6 +36,8 @@ driver_root = "/"
 hook_path = "$GPUSHARE_BIN/gpushare-hook"
 [mps]
 control = "$DRV/bin/nvidia-cuda-mps-control"
+# The lent GPU's settings are never changed, compute mode included.
+exclusive = false
 [inject]
 lib_dirs = ["$DRV/lib64"]
 bin_dirs = ["$DRV/bin"]
@@ -191,6 +196,39 @@ PYEOF
 )
 check "real profile table equals the simulator's" "$(echo "$cmp" | grep -q '^equal' && echo 0 || echo 1)" "$cmp"
 "$GPUSHARE_BIN/gpusharectl" status >> "$OUT/status-mps.txt" 2>&1
+
+note "## 6. hostile MPS tenants, gpu.mps=25 gpu.mps.memory=4G"
+# Each tenant gets the same share and then tries to leave it from inside: drop gpushare's MPS
+# env, raise the thread percentage, or point CUDA at an empty pipe folder of its own. Only
+# the GPU's compute mode decides the last one; gpushare does not change it here.
+mode_before=$(nvidia-smi -i 0 --query-gpu=compute_mode --format=csv,noheader)
+note "compute mode found: $mode_before (left so)"
+bundle env-dropped "env -u CUDA_MPS_PIPE_DIRECTORY -u CUDA_MPS_ACTIVE_THREAD_PERCENTAGE -u CUDA_MPS_PINNED_DEVICE_MEM_LIMIT python3 -c '$PROBE'" '{"gpu.mps": "25", "gpu.mps.memory": "4G"}'
+bundle share-raised "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100 python3 -c '$PROBE'" '{"gpu.mps": "25", "gpu.mps.memory": "4G"}'
+bundle pipe-redirected "mkdir -p /tmp/elsewhere && CUDA_MPS_PIPE_DIRECTORY=/tmp/elsewhere python3 -c '$PROBE'" '{"gpu.mps": "25", "gpu.mps.memory": "4G"}'
+for n in env-dropped share-raised pipe-redirected; do run_bg $n; done
+"$GPUSHARE_BIN/gpusharectl" status > "$OUT/status-hostile.txt" 2>&1
+"$GPUSHARE_BIN/gpusharectl" doctor > "$OUT/doctor-hostile.txt" 2>&1
+for n in env-dropped share-raised pipe-redirected; do finish $n; done
+held() { # held RESULT: the daemon's share bound it (fewer SMs than the GPU has, 6 GiB refused)
+  sms=$(field "$1" sms)
+  [ -n "$sms" ] && [ "$sms" != None ] && [ "$sms" -lt "$host_sms" ] && field "$1" alloc_6gib | grep -q '^failed'
+}
+for n in env-dropped share-raised; do
+  r=$(result $n)
+  check "$n tenant is held by the daemon" "$(held "$r" && echo 0 || echo 1)" "sms=$(field "$r" sms) of $host_sms, 6 GiB: $(field "$r" alloc_6gib)"
+done
+r=$(result pipe-redirected)
+escaped=1
+if [ "$(field "$r" available)" = True ] && ! held "$r"; then escaped=0; fi
+detail="sms=$(field "$r" sms) of $host_sms, 6 GiB: $(field "$r" alloc_6gib); printed: $(tail -c 300 "$work/pipe-redirected/out" | tr '\n' ' ')"
+case "$mode_before" in
+  Default) check "pipe-redirected tenant escapes in compute mode Default (why mps.exclusive exists)" "$escaped" "$detail" ;;
+  Exclusive_Process) check "pipe-redirected tenant gets no context of its own in Exclusive_Process" "$([ $escaped = 1 ] && echo 0 || echo 1)" "$detail" ;;
+  *) note "- pipe-redirected tenant in compute mode $mode_before (not judged): $detail" ;;
+esac
+mode_after=$(nvidia-smi -i 0 --query-gpu=compute_mode --format=csv,noheader)
+check "compute mode unchanged" "$([ "$mode_before" = "$mode_after" ] && echo 0 || echo 1)" "$mode_before before, $mode_after after"
 
 note ""
 note "$fails failed"
