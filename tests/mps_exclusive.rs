@@ -350,8 +350,17 @@ fn gpu_check_script_never_changes_the_compute_mode() {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &toml).unwrap();
     let cfg = gpushare_core::config::Config::from_file(&path).unwrap();
-    assert!(!cfg.mps.exclusive, "check.sh must set mps.exclusive = false");
-    for setter in ["-c ", "--compute-mode", "-mig", "--multi-instance-gpu", "-pm "] {
+    assert!(
+        !cfg.mps.exclusive,
+        "check.sh must set mps.exclusive = false"
+    );
+    for setter in [
+        "-c ",
+        "--compute-mode",
+        "-mig",
+        "--multi-instance-gpu",
+        "-pm ",
+    ] {
         assert!(
             !script
                 .lines()
