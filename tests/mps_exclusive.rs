@@ -370,3 +370,23 @@ fn gpu_check_script_never_changes_the_compute_mode() {
         );
     }
 }
+
+/// A daemon that fails to start gives the mode back at once.
+#[test]
+fn a_daemon_that_cannot_start_leaves_the_mode_as_found() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, false);
+    node.configure("[mps]\ncontrol = \"/bin/false\"");
+    let cfg = node.cfg();
+    let who = gpushare_core::allocator::Claimant {
+        container_id: "nostart",
+        runtime_root: None,
+    };
+    let err = gpushare_core::mps::grant(&cfg, 25, None, None, &who)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot start the MPS control daemon"), "{err}");
+    assert_eq!(mode(&node), DEFAULT);
+    let st = node.ledger();
+    assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
+}
