@@ -170,6 +170,17 @@ fn give_back_with(
     Ok(Some(r))
 }
 
+/// Whether a release may have a compute mode to put back: the ledger in `state_dir` records
+/// one. A byte scan of the file, no lock and no parse (the key is written only when a record
+/// exists), so releases on a node without MPS daemons pay nothing for it.
+pub fn may_put_back(state_dir: &std::path::Path) -> bool {
+    std::fs::read(crate::ledger::Ledger::new(state_dir).path())
+        .is_ok_and(|b| b.windows(KEY.len()).any(|w| w == KEY))
+}
+
+/// The ledger's key for [`ComputeModeRecord`]s.
+const KEY: &[u8] = b"\"compute_modes\"";
+
 /// Records whose GPU has no MPS daemon in the ledger: a crash left the mode changed.
 pub fn stranded(st: &LedgerState) -> Vec<ComputeModeRecord> {
     st.compute_modes
@@ -233,6 +244,26 @@ mod tests {
             serde_json::to_string(&Mode::ExclusiveProcess).unwrap(),
             "\"exclusive_process\""
         );
+    }
+
+    #[test]
+    fn a_release_keeps_sys_admin_only_while_a_mode_is_held() {
+        let dir = std::env::temp_dir().join(format!("gpushare-cm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!may_put_back(&dir), "no ledger");
+        let mut st = LedgerState::default();
+        let path = crate::ledger::Ledger::new(&dir).path();
+        std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
+        assert!(!may_put_back(&dir), "no record: the key is not written");
+        st.compute_modes.push(ComputeModeRecord {
+            gpu_uuid: "GPU-a".into(),
+            gpu_index: 0,
+            found: Mode::Default,
+            since: 1,
+        });
+        std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
+        assert!(may_put_back(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

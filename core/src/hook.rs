@@ -109,9 +109,10 @@ pub fn poststop(config: Option<&Path>, stdin: impl Read) -> Result<bool, HookErr
         .read_to_end(&mut buf)
         .map_err(HookError::Stdin)?;
     let id = lease_key(&buf)?;
-    // Releasing needs only the root-owned state directory: no capability at all.
-    let _ = crate::trust::drop_all_caps();
     let cfg = Config::load(config)?;
+    // Releasing needs only the root-owned state directory, no capability at all; except that
+    // putting a GPU's compute mode back (the last MPS share of a GPU) needs CAP_SYS_ADMIN.
+    let _ = crate::trust::drop_caps_for_release(crate::compute_mode::may_put_back(&cfg.state_dir));
     crate::logging::init(&cfg, "gpushare-hook");
     Ok(allocator::release(
         &cfg,

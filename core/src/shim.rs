@@ -241,7 +241,7 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
             return 127;
         }
     };
-    let _ = crate::trust::drop_all_caps();
+    let _ = crate::trust::drop_caps_for_release(crate::compute_mode::may_put_back(&cfg.state_dir));
     release_after_delete(cfg, runtime, args, code);
     code
 }
@@ -277,7 +277,7 @@ fn after_delete(
         return code;
     }
     crate::logging::init(cfg, "gpushare");
-    let _ = crate::trust::drop_all_caps();
+    let _ = crate::trust::drop_caps_for_release(crate::compute_mode::may_put_back(&cfg.state_dir));
     release_after_delete(cfg, runtime, args, code);
     code
 }

@@ -138,6 +138,21 @@ pub fn drop_all_caps() -> Result<(), caps::errors::CapsError> {
     caps::clear(None, CapSet::Permitted)
 }
 
+/// [`drop_all_caps`], keeping CAP_SYS_ADMIN alone where `keep_sys_admin`: the NVIDIA driver
+/// lets only a caller with it change a GPU's compute mode, which the release of a GPU's last MPS
+/// share puts back (see [`crate::compute_mode::may_put_back`]).
+pub fn drop_caps_for_release(keep_sys_admin: bool) -> Result<(), caps::errors::CapsError> {
+    use caps::{CapSet, Capability};
+    if !keep_sys_admin {
+        return drop_all_caps();
+    }
+    let only: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &only)?;
+    caps::set(None, CapSet::Permitted, &only)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,20 @@ pub fn set(st: &mut State, gpu: u32, mode: u32) -> SimResult<()> {
     }
 }
 
+/// Whether this process has CAP_SYS_ADMIN in its effective set, as the driver asks of a
+/// caller that changes a GPU's settings.
+pub fn caller_is_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|eff| eff & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 /// Whether process `pid` may open a context on the whole GPU `g`, as CUDA's context creation
 /// decides it: in EXCLUSIVE_PROCESS only while no other process holds one, in PROHIBITED never.
 /// Err carries CUDA's answer.

@@ -292,9 +292,9 @@ pub unsafe extern "C" fn nvmlDeviceSetComputeMode(
     mode: b::nvmlComputeMode_t,
 ) -> Ret {
     guard(|| {
-        // Root only, as on a real node: the one check a tenant's own NVML call meets.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        // The driver lets only a caller with CAP_SYS_ADMIN in its effective set change a
+        // GPU's settings (NV_IS_SUSER() is capable(CAP_SYS_ADMIN)): uid 0 alone is not enough.
+        if !compute_mode::caller_is_admin() {
             return Err(NO_PERMISSION.into());
         }
         mutate(|st| {
