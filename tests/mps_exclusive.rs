@@ -390,3 +390,51 @@ fn a_daemon_that_cannot_start_leaves_the_mode_as_found() {
     let st = node.ledger();
     assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
 }
+
+/// A GPU another process holds is passed over for the next one, left as it was.
+#[test]
+fn a_busy_gpu_is_passed_over_for_a_free_one() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 2, false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}",
+        fake_control().display().to_string()
+    ));
+    let uuid0 = node.sim_state()["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(node
+        .sim(&["process", "add", "--uuid", &uuid0, "--pid", "4242"])
+        .status
+        .success());
+    let cfg = node.cfg();
+    let who = |id| gpushare_core::allocator::Claimant {
+        container_id: id,
+        runtime_root: None,
+    };
+    let g = gpushare_core::mps::grant(&cfg, 25, None, None, &who("p1")).unwrap();
+    let modes = |n: &SimNode| -> Vec<u64> {
+        n.sim_state()["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["compute_mode"].as_u64().unwrap())
+            .collect()
+    };
+    assert_ne!(g.gpu_uuid, uuid0);
+    assert_eq!(modes(&node), [DEFAULT, EXCLUSIVE_PROCESS]);
+    // Asked for by name, the busy GPU is refused with the reason.
+    let err = gpushare_core::mps::grant(
+        &cfg,
+        25,
+        None,
+        Some(&gpushare_core::request::DeviceSelector::Index(0)),
+        &who("p2"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("4242") && err.contains("GPU 0"), "{err}");
+    gpushare_core::allocator::release(&cfg, "p1", std::time::Duration::from_secs(5)).unwrap();
+    assert_eq!(modes(&node), [DEFAULT, DEFAULT]);
+}

@@ -8,6 +8,7 @@
 //! ceiling and every container on that GPU gets the same share.
 
 use crate::allocator::Claimant;
+use crate::compute_mode::ComputeModeError;
 use crate::config::{Config, MpsPolicy};
 use crate::driver::{self, Driver, DriverError};
 use crate::fsutil::now_unix;
@@ -109,32 +110,66 @@ pub fn grant(
     }
     let mut warm = share::known_gpus(cfg, &mut st)?;
     repair_modes(cfg, &locked, &mut st)?;
-    let candidates: Vec<GpuRecord> = share::select(&st, device)?.into_iter().cloned().collect();
-    let gpu = choose_gpu(cfg, &st, &candidates, percent, memory)?;
-
-    let at = match st.mps.iter().position(|d| d.gpu_uuid == gpu.uuid) {
-        Some(i) if alive(&st.mps[i]) => i,
-        Some(i) => {
-            tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
-            let (p, m) = (st.mps[i].percent, st.mps[i].memory);
-            let fresh = start_exclusive(cfg, &locked, &mut st, &gpu, p, m)?;
-            st.mps[i] = MpsDaemon {
-                clients: std::mem::take(&mut st.mps[i].clients),
-                ..fresh
-            };
-            warm = false;
-            i
+    // GPUs where another process holds a context cannot take a new daemon: the next one may.
+    let mut busy: Vec<(String, MpsError)> = Vec::new();
+    let (at, gpu) = loop {
+        let candidates: Vec<GpuRecord> = share::select(&st, device)?
+            .into_iter()
+            .filter(|g| !busy.iter().any(|(u, _)| *u == g.uuid))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            if let Some((_, e)) = busy.pop() {
+                return Err(e);
+            }
         }
-        None => {
-            let (p, m) = match cfg.mps.policy {
-                MpsPolicy::Strict => (percent, memory),
-                MpsPolicy::Cooperative => (100, None),
-            };
-            let d = start_exclusive(cfg, &locked, &mut st, &gpu, p, m)?;
-            st.mps.push(d);
-            warm = false;
-            st.mps.len() - 1
-        }
+        let gpu = match choose_gpu(cfg, &st, &candidates, percent, memory) {
+            Err(MpsError::NoRoom {
+                percent,
+                memory,
+                reasons,
+            }) if !busy.is_empty() => {
+                let mut all: Vec<String> = busy.iter().map(|(_, e)| e.to_string()).collect();
+                all.extend((!reasons.is_empty()).then_some(reasons));
+                return Err(MpsError::NoRoom {
+                    percent,
+                    memory,
+                    reasons: all.join("; "),
+                });
+            }
+            g => g?,
+        };
+        let at = match st.mps.iter().position(|d| d.gpu_uuid == gpu.uuid) {
+            Some(i) if alive(&st.mps[i]) => i,
+            Some(i) => {
+                tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
+                let (p, m) = (st.mps[i].percent, st.mps[i].memory);
+                let fresh = start_exclusive(cfg, &locked, &mut st, &gpu, p, m)?;
+                st.mps[i] = MpsDaemon {
+                    clients: std::mem::take(&mut st.mps[i].clients),
+                    ..fresh
+                };
+                warm = false;
+                i
+            }
+            None => {
+                let (p, m) = match cfg.mps.policy {
+                    MpsPolicy::Strict => (percent, memory),
+                    MpsPolicy::Cooperative => (100, None),
+                };
+                match start_exclusive(cfg, &locked, &mut st, &gpu, p, m) {
+                    Ok(d) => st.mps.push(d),
+                    Err(e @ MpsError::ComputeMode(ComputeModeError::Busy { .. })) => {
+                        busy.push((gpu.uuid.clone(), e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                warm = false;
+                st.mps.len() - 1
+            }
+        };
+        break (at, gpu);
     };
     let lease = Lease {
         container_id: who.container_id.to_string(),

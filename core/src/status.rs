@@ -300,14 +300,14 @@ pub fn render(s: &Status) -> String {
         } else {
             "MIG disabled"
         };
+        let mode = g
+            .compute_mode
+            .as_deref()
+            .map_or(String::new(), |m| format!("  compute mode {m}"));
         let _ = writeln!(
             out,
-            "\nGPU {}  {}  {}  {}  compute mode {}",
-            g.index,
-            g.name,
-            g.uuid,
-            mig,
-            g.compute_mode.as_deref().unwrap_or("-")
+            "\nGPU {}  {}  {}  {mig}{mode}",
+            g.index, g.name, g.uuid
         );
         if let Some(found) = &g.compute_mode_found {
             if g.mps.is_none() {
