@@ -157,8 +157,11 @@ fn give_back_with(
         .find(|g| g.uuid == r.gpu_uuid)
         .map(|g| g.index);
     if let Some(index) = index {
-        if be.compute_mode(index)?.map(Mode::from) != Some(r.found) {
-            be.set_compute_mode(index, r.found.into())?;
+        // None: the GPU has no compute mode now (MIG was enabled since, which resets it).
+        if let Some(now) = be.compute_mode(index)? {
+            if Mode::from(now) != r.found {
+                be.set_compute_mode(index, r.found.into())?;
+            }
         }
         tracing::info!(
             gpu = index,
