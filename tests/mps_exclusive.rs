@@ -52,8 +52,14 @@ const MPS: [(&str, &str); 2] = [("gpu.mps", "25"), ("gpu.mps.memory", "4G")];
 #[test]
 fn gpu_is_exclusive_while_the_daemon_runs_and_found_mode_comes_back() {
     require_root();
+    for runtime in [Runtime::Runc, Runtime::Crun] {
+        exclusive_while_served(runtime);
+    }
+}
+
+fn exclusive_while_served(runtime: Runtime) {
     let node = mps_node("");
-    let engine = Engine::new(&node, Runtime::Runc);
+    let engine = Engine::new(&node, runtime);
     assert_eq!(mode(&node), DEFAULT);
     let (a, b) = (
         Bundle::new("true", &MPS, &[]),
