@@ -1,7 +1,7 @@
 //! `gpushare`, the binary engines run for every runtime command. It runs with no libc, no
 //! allocator and no dynamic loader, because most commands need nothing of gpushare: `start`,
-//! `state`, `kill`, a `create` whose spec asks for no GPU, a `delete` of a container the ledger
-//! never mentions. Those it hands to the runtime with one execve(), as the engine would have.
+//! `state`, `kill`, a `create` (or `run`) whose spec asks for no GPU, a `delete` or `exec` of a
+//! container the ledger never mentions. Those it hands to the runtime with one execve(), as the engine would have.
 //! Everything else, and anything it is not sure of, goes to `gpushare-runtime` (the full
 //! wrapper, next to this binary) with argv untouched.
 //!
@@ -133,7 +133,8 @@ mod entry {
             return;
         };
         match parsed.command {
-            Some(b"create") => {
+            // `run` is `create` and `start` in one: its spec is granted exactly as create's.
+            Some(b"create") | Some(b"run") => {
                 let bundle = parsed.bundle.unwrap_or(b".");
                 if bundle.is_empty() {
                     return; // "" is the working folder to the runtime: the full wrapper's case
@@ -193,6 +194,15 @@ mod entry {
                 // The full wrapper releases if the runtime deleted the container or no longer
                 // has it (a create it refused), and exits with the runtime's code.
                 delegate(p, Some(code));
+            }
+            // An exec into a container that holds a grant gets the grant's env from the full
+            // wrapper; any other exec reaches the runtime untouched, after one ledger scan.
+            Some(b"exec") => {
+                let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
+                if parsed.container_id.is_some_and(|id| may_hold(dir, id)) {
+                    return;
+                }
+                exec_runtime(p, &runtime)
             }
             _ => exec_runtime(p, &runtime),
         }

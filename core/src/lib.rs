@@ -11,6 +11,7 @@ pub mod compute_mode;
 pub mod config;
 pub mod doctor;
 pub mod driver;
+pub mod exec_env;
 pub mod failpoint;
 pub mod fsutil;
 pub mod gc;

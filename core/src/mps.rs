@@ -336,6 +336,29 @@ fn client_edit(
     percent: u8,
     memory: Option<u64>,
 ) -> Edit {
+    Edit {
+        devices: driver::gpu_nodes(majors, d.gpu_minor),
+        env: client_env(cfg, d, percent, memory),
+        mounts: vec![Mount {
+            destination: cfg.mps.mount_path.clone(),
+            source: d.pipe_dir.display().to_string(),
+            kind: "bind".into(),
+            options: ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                .map(String::from)
+                .to_vec(),
+        }],
+        ..Edit::default()
+    }
+}
+
+/// The env of an MPS client of daemon `d` with this share: what its container gets, and what
+/// every process exec'd into it gets too.
+pub(crate) fn client_env(
+    cfg: &Config,
+    d: &MpsDaemon,
+    percent: u8,
+    memory: Option<u64>,
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("CUDA_VISIBLE_DEVICES".to_string(), d.gpu_uuid.clone()),
         ("NVIDIA_VISIBLE_DEVICES".to_string(), d.gpu_uuid.clone()),
@@ -355,19 +378,7 @@ fn client_edit(
             format!("0={}M", m >> 20),
         ));
     }
-    Edit {
-        devices: driver::gpu_nodes(majors, d.gpu_minor),
-        env,
-        mounts: vec![Mount {
-            destination: cfg.mps.mount_path.clone(),
-            source: d.pipe_dir.display().to_string(),
-            kind: "bind".into(),
-            options: ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                .map(String::from)
-                .to_vec(),
-        }],
-        ..Edit::default()
-    }
+    env
 }
 
 /// Release `container_id`'s MPS share; the daemon is told to quit when its last client goes.

@@ -37,8 +37,12 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             let code = own.after_delete.map_or(1, i32::from);
             after_delete(&cfg, broken, &runtime, &args, code)
         }
-        (Some("create"), broken) => create(&cfg, broken.as_deref(), &runtime, &argv, &args),
+        // `run` is create and start in one: the spec is granted exactly as for `create`, and
+        // the poststop hook gpushare writes releases when the runtime deletes the container
+        // at its exit (or the engine's `delete` does, after `run --keep` or `--detach`).
+        (Some("create" | "run"), broken) => create(&cfg, broken.as_deref(), &runtime, &argv, &args),
         (Some("delete"), None) => delete(&cfg, &runtime, &argv, &args),
+        (Some("exec"), None) => crate::exec_env::exec(&cfg, &runtime, &argv, &args),
         (_, broken) => {
             if let Some(e) = broken {
                 eprintln!("gpushare: {e}");

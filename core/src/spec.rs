@@ -64,6 +64,23 @@ pub struct PathEnv {
     pub default: String,
 }
 
+impl PathEnv {
+    /// The variable's value with this directory added once, in its place (`current`: the value
+    /// the process has, None when it has no such variable).
+    pub fn value_with_dir(&self, current: Option<&str>) -> String {
+        let mut dirs: Vec<&str> = current
+            .unwrap_or(&self.default)
+            .split(':')
+            .filter(|d| !d.is_empty() && *d != self.dir)
+            .collect();
+        match self.prepend {
+            true => dirs.insert(0, &self.dir),
+            false => dirs.push(&self.dir),
+        }
+        dirs.join(":")
+    }
+}
+
 /// An OCI mount; edits replace any mount at the same destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -174,20 +191,8 @@ pub fn apply(spec: &mut Value, edit: &Edit, path: &Path) -> Result<(), SpecError
             let at = env
                 .iter()
                 .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)));
-            let current = match at {
-                Some(i) => env[i].as_str().unwrap_or_default()[prefix.len()..].to_string(),
-                None => p.default.clone(),
-            };
-            let mut dirs: Vec<&str> = current
-                .split(':')
-                .filter(|d| !d.is_empty() && *d != p.dir)
-                .collect();
-            if p.prepend {
-                dirs.insert(0, &p.dir);
-            } else {
-                dirs.push(&p.dir);
-            }
-            let value = Value::String(format!("{prefix}{}", dirs.join(":")));
+            let current = at.map(|i| &env[i].as_str().unwrap_or_default()[prefix.len()..]);
+            let value = Value::String(format!("{prefix}{}", p.value_with_dir(current)));
             match at {
                 Some(i) => env[i] = value,
                 None => env.push(value),

@@ -22,13 +22,34 @@ const GLOBAL_WITH_VALUE: &[&[u8]] = &[
     // crun's
     b"log-level",
 ];
-/// `create`/`run` flags that take a value.
+/// `create`/`run` flags that take a value (and those of any other command but `exec`).
 const CREATE_WITH_VALUE: &[&[u8]] = &[
     b"bundle",
     b"b",
     b"console-socket",
     b"pid-file",
     b"preserve-fds",
+];
+/// `exec` flags that take a value, runc's and crun's.
+const EXEC_WITH_VALUE: &[&[u8]] = &[
+    b"console-socket",
+    b"pidfd-socket",
+    b"cwd",
+    b"env",
+    b"e",
+    b"user",
+    b"u",
+    b"additional-gids",
+    b"g",
+    b"process",
+    b"p",
+    b"pid-file",
+    b"process-label",
+    b"apparmor",
+    b"cap",
+    b"c",
+    b"preserve-fds",
+    b"cgroup",
 ];
 
 /// What one argument is.
@@ -98,12 +119,16 @@ enum State<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Roles<'a> {
     state: State<'a>,
+    /// The subcommand is `exec`: its own flags take values, and everything after the container
+    /// id is the command run in the container (whose `-e` is not the runtime's).
+    exec: bool,
 }
 
 impl Default for Roles<'_> {
     fn default() -> Self {
         Roles {
             state: State::Globals,
+            exec: false,
         }
     }
 }
@@ -117,7 +142,10 @@ impl<'a> Roles<'a> {
                 (Role::FlagValue { name }, State::Command { dashdash: false })
             }
             State::Globals => match flag_name(arg) {
-                None => (Role::Command, State::Command { dashdash: false }),
+                None => {
+                    self.exec = arg == b"exec";
+                    (Role::Command, State::Command { dashdash: false })
+                }
                 Some((name, value)) if name == CONFIG_FLAG => (
                     Role::Own { name, value },
                     match value {
@@ -141,14 +169,21 @@ impl<'a> Roles<'a> {
                 (Role::DashDash, State::Command { dashdash: true })
             }
             State::Command { dashdash: false } => match flag_name(arg) {
+                None if self.exec => (Role::Positional, State::Command { dashdash: true }),
                 None => (Role::Positional, self.state),
-                Some((name, value)) => (
-                    Role::Flag { name, value },
-                    match value.is_none() && CREATE_WITH_VALUE.contains(&name) {
-                        true => State::FlagValue(name),
-                        false => self.state,
-                    },
-                ),
+                Some((name, value)) => {
+                    let with_value = match self.exec {
+                        true => EXEC_WITH_VALUE,
+                        false => CREATE_WITH_VALUE,
+                    };
+                    (
+                        Role::Flag { name, value },
+                        match value.is_none() && with_value.contains(&name) {
+                            true => State::FlagValue(name),
+                            false => self.state,
+                        },
+                    )
+                }
             },
         };
         self.state = state;
@@ -270,5 +305,26 @@ mod tests {
         assert_eq!(a.container_id, Some(&b"id"[..]));
         let a = parse(words("exec -- --not-a-flag").iter().copied());
         assert_eq!(a.container_id, Some(&b"--not-a-flag"[..]));
+    }
+
+    #[test]
+    fn exec_flags_take_their_values_and_the_command_is_positional() {
+        let w = words("--root /r exec -e A=1 --env=B=2 --process /p.json -u 0 --tty c1 grep -e x");
+        let a = parse(w.iter().copied());
+        assert_eq!(a.command, Some(&b"exec"[..]));
+        assert_eq!(a.container_id, Some(&b"c1"[..]));
+        let mut roles = Roles::default();
+        let roles: Vec<Role> = w.iter().map(|arg| roles.next(arg)).collect();
+        assert_eq!(roles[4], Role::FlagValue { name: b"e" });
+        assert_eq!(roles[7], Role::FlagValue { name: b"process" });
+        assert_eq!(roles[11], Role::Positional);
+        // The container's own `grep -e x` is not an env flag of the runtime's.
+        assert!(
+            roles[12..].iter().all(|r| *r == Role::Positional),
+            "{roles:?}"
+        );
+        // Other commands read as before: `-e` takes no value there.
+        let a = parse(words("create -e c2").iter().copied());
+        assert_eq!(a.container_id, Some(&b"c2"[..]));
     }
 }

@@ -478,3 +478,94 @@ pub fn state_of(id: &str, bundle: &Bundle) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+
+impl Engine<'_> {
+    /// `run [flags] --bundle B ID` (create and start in one), with the container's stdout and
+    /// stderr going to files in the bundle dir as for [`Engine::create`]; returns when gpushare
+    /// does (at the container's exit, unless `--detach`).
+    pub fn run_container(&self, bundle: &Bundle, id: &str, flags: &[&str]) -> Output {
+        let log = bundle.path().join("runtime-log.json");
+        let mut c = Command::new(SHIM);
+        c.env("GPUSHARE_CONFIG", self.node.config())
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json", "run"])
+            .args(flags)
+            .arg("--bundle")
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(bundle.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(bundle.path().join("stderr")).unwrap());
+        let status = c.status().unwrap();
+        Output {
+            status,
+            stdout: std::fs::read(bundle.path().join("stdout")).unwrap(),
+            stderr: std::fs::read(bundle.path().join("stderr")).unwrap(),
+        }
+    }
+
+    /// create + start a container that keeps running (its script should sleep).
+    pub fn start_detached(&self, bundle: &Bundle, id: &str) {
+        let out = self.create(bundle, id);
+        assert!(out.status.success(), "create {id}: {}", text(&out.stderr));
+        let out = run(&mut self.cmd(&["start", id]));
+        assert!(out.status.success(), "start {id}: {}", text(&out.stderr));
+    }
+}
+
+/// Whether the ledger holds anything of `id`'s: a MIG slice, a time-slice share or an MPS
+/// share.
+pub fn holds(node: &SimNode, id: &str) -> bool {
+    let st = node.ledger();
+    st.lease_of(id).is_some()
+        || st.shares.iter().any(|s| s.lease.container_id == id)
+        || st
+            .mps
+            .iter()
+            .any(|d| d.clients.iter().any(|c| c.lease.container_id == id))
+}
+
+/// The stand-in MPS control program built with the simulator (records what it was told).
+pub fn fake_mps_control() -> PathBuf {
+    let p = target_dir().join("fake-mps-control");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// A simulated node without MIG whose MPS daemons are the stand-in control program.
+pub fn mps_node() -> SimNode {
+    let node = SimNode::new("h100-80gb", 1, false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}\n",
+        fake_mps_control().display().to_string()
+    ));
+    node
+}
+
+/// Put a host driver library and tool below the node's driver root, so that GPU containers get
+/// them injected (and `LD_LIBRARY_PATH`/`PATH` additions with them).
+pub fn host_driver_files(node: &SimNode) {
+    let lib = node.root().join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("libcuda.so.580.159.04"), b"host libcuda\n").unwrap();
+    std::os::unix::fs::symlink("libcuda.so.580.159.04", lib.join("libcuda.so.1")).unwrap();
+    std::fs::create_dir_all(node.root().join("usr/bin")).unwrap();
+    std::fs::write(
+        node.root().join("usr/bin/nvidia-smi"),
+        b"#!/bin/sh\necho fake nvidia-smi\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        node.root().join("usr/bin/nvidia-smi"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
