@@ -154,6 +154,16 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
                 dir.path(),
                 true,
             ),
+            (
+                vec![
+                    sv(&["run", "--detach", "--bundle", &gb, "g"]),
+                    sv(&["exec", "g", "true"]),
+                    sv(&["exec", "--env", "A=1", "p", "true"]),
+                    sv(&["delete", "--force", "g"]),
+                ],
+                dir.path(),
+                false,
+            ),
         ];
         for (steps, cwd, no_sigchld) in cases {
             let mut seen = Vec::new();
@@ -368,4 +378,131 @@ fn delete_of_a_leased_container_keeps_argv_and_exit_code() {
         std::fs::remove_dir_all(root.join(&id)).unwrap();
         std::fs::write(gpu.path().join("config.json"), &engine_spec).unwrap();
     }
+}
+
+/// `exec` of a container that holds no grant reaches the runtime byte for byte through both
+/// binaries (argv with its env flags and process file, stdin, output, exit code, the process
+/// file itself) while another container holds a slice; a GPU `run` reaches it with the
+/// engine's argv unchanged. An exec into the slice's container gets an edited copy of the
+/// process file, past the descriptors the runtime hands on, with every other field kept.
+#[test]
+fn exec_and_run_reach_the_runtime_verbatim() {
+    require_root();
+    let (node, dir) = verbatim_node("verbatim-exec");
+    let gpu = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let process = dir.path().join("process.json");
+    let engine_process = br#"{"args":["sh"],"env":["PATH=/bin"],"cwd":"/","x-engine":[1]}"#;
+    std::fs::write(&process, engine_process).unwrap();
+    let sv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let gb = gpu.path().display().to_string();
+    let console = dir.path().join("console.sock").display().to_string();
+    let pid_file = dir.path().join("pid").display().to_string();
+    let run_args = sv(&[
+        "--root",
+        "/run/some engine/runc",
+        "run",
+        "-d",
+        "--keep",
+        "--pid-file",
+        &pid_file,
+        "--console-socket",
+        &console,
+        "-b",
+        &gb,
+        "held",
+    ]);
+    std::fs::write(dir.path().join("ending"), "0").unwrap();
+    let out = run_with_stdin(SHIM, &node.config(), &run_args, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(recorded_argv(dir.path(), "run"), run_args, "run: argv");
+    assert!(node.ledger().lease_of("held").is_some(), "run granted");
+
+    let pf = process.display().to_string();
+    let commands = [
+        sv(&[
+            "exec",
+            "--process",
+            &pf,
+            "--detach",
+            "--pid-file",
+            "/p",
+            "plain",
+        ]),
+        sv(&["exec", "-p", &pf, "plain"]),
+        sv(&[
+            "exec",
+            "-e",
+            "CUDA_VISIBLE_DEVICES=x",
+            "-t",
+            "plain",
+            "sh",
+            "-e",
+            "-c",
+            "a b",
+        ]),
+        sv(&["exec", "plain", "nvidia-smi", "--env", "x"]),
+    ];
+    for bin in [SHIM, FULL] {
+        for (i, cmd) in commands.iter().enumerate() {
+            std::fs::write(dir.path().join("ending"), "5").unwrap();
+            let input = format!("exec stdin {i}");
+            let out = run_with_stdin(bin, &node.config(), cmd, input.as_bytes());
+            let what = format!("{bin} {cmd:?}");
+            assert_eq!(recorded_argv(dir.path(), &what), *cmd, "{what}: argv");
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("stdin")).unwrap(),
+                input,
+                "{what}: stdin"
+            );
+            assert_eq!(text(&out.stdout), "runtime stdout\n", "{what}");
+            assert_eq!(text(&out.stderr), "runtime stderr\n", "{what}");
+            assert_eq!(out.status.code(), Some(5), "{what}");
+            assert_eq!(std::fs::read(&process).unwrap(), engine_process, "{what}");
+        }
+    }
+
+    // Into the slice's container: the runtime reads the edited copy where argv now points.
+    // (The node's runtime, rewritten: the config names it by path.)
+    std::fs::write(
+        dir.path().join("verbatim-runtime"),
+        format!(
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --process ] && cat \"$2\" > {d}/copy && echo \"$2\" > {d}/where; shift; done\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let exec = sv(&["exec", "--preserve-fds", "7", "--process", &pf, "held"]);
+    let out = run_with_stdin(SHIM, &node.config(), &exec, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("copy")).unwrap()).unwrap();
+    assert_eq!(copy["x-engine"], serde_json::json!([1]), "{copy}");
+    assert_eq!(copy["args"], serde_json::json!(["sh"]));
+    let uuid = {
+        let st = node.ledger();
+        st.instances[st.lease_of("held").unwrap()]
+            .made
+            .clone()
+            .unwrap()
+            .mig_uuid
+    };
+    assert!(
+        copy["env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!("CUDA_VISIBLE_DEVICES={uuid}"))),
+        "{copy}"
+    );
+    let at = std::fs::read_to_string(dir.path().join("where")).unwrap();
+    let fd: u32 = at
+        .trim()
+        .strip_prefix("/proc/self/fd/")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        fd >= 3 + 7,
+        "the copy is past the preserved descriptors: {at}"
+    );
+    assert_eq!(std::fs::read(&process).unwrap(), engine_process);
 }

@@ -213,6 +213,9 @@ struct ExecArgv {
     process: Option<(usize, Vec<u8>)>,
     /// (index, the part before `K=V` in that argument) of each `--env` value.
     env: Vec<(usize, Vec<u8>)>,
+    /// The env flag as the engine wrote it (`-e`, `--env`): runc refuses an exec that mixes
+    /// the two forms.
+    env_flag: Option<Vec<u8>>,
     preserve_fds: u32,
 }
 
@@ -227,14 +230,22 @@ fn read_argv(argv: &[OsString]) -> ExecArgv {
             Role::Command => out.command = i,
             Role::Flag { name, value } => match (name, value) {
                 (b"process" | b"p", Some(v)) => out.process = Some((i, prefix(v))),
-                (b"env" | b"e", Some(v)) => out.env.push((i, prefix(v))),
+                (b"env" | b"e", Some(v)) => {
+                    out.env.push((i, prefix(v)));
+                    let flag = &bytes[..bytes.len() - v.len() - 1];
+                    out.env_flag.get_or_insert_with(|| flag.to_vec());
+                }
                 (b"preserve-fds", Some(v)) => out.preserve_fds = decimal(v),
                 (b"preserve-fds", None) => pending = true,
                 _ => {}
             },
             Role::FlagValue { name } => match name {
                 b"process" | b"p" => out.process = Some((i, Vec::new())),
-                b"env" | b"e" => out.env.push((i, Vec::new())),
+                b"env" | b"e" => {
+                    out.env.push((i, Vec::new()));
+                    let flag = argv[i - 1].as_bytes();
+                    out.env_flag.get_or_insert_with(|| flag.to_vec());
+                }
                 b"preserve-fds" if pending => out.preserve_fds = decimal(bytes),
                 _ => {}
             },
@@ -282,9 +293,10 @@ fn with_grant(grant: &GrantEnv, argv: &[OsString]) -> Result<Vec<OsString>, Exec
         arg.extend_from_slice(value.as_bytes());
         out[*i] = OsStr::from_bytes(&arg).to_os_string();
     }
+    let flag = OsStr::from_bytes(found.env_flag.as_deref().unwrap_or(b"--env")).to_os_string();
     let added = edited[values.len()..]
         .iter()
-        .flat_map(|e| [OsString::from("--env"), OsString::from(e)]);
+        .flat_map(|e| [flag.clone(), OsString::from(e)]);
     let at = found.command + 1;
     out.splice(at..at, added);
     Ok(out)
@@ -424,13 +436,14 @@ mod tests {
     #[test]
     fn argv_form_edits_env_flags_in_place_and_adds_the_rest() {
         let g = mps_grant();
-        let argv = os("gpushare --root /r exec -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90 --env=PATH=/x -t c1 sh -e -c env");
+        let argv = os("gpushare --root /r exec -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90 -e=PATH=/x -t c1 sh -e -c env");
         let out = with_grant(&g, &argv).unwrap();
+        // In the form the engine used: runc refuses `-e` and `--env` in one exec.
         let want = "gpushare --root /r exec \
-            --env CUDA_VISIBLE_DEVICES=GPU-1 --env NVIDIA_VISIBLE_DEVICES=GPU-1 \
-            --env CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps \
-            --env CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4096M \
-            -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 --env=PATH=/x:/usr/local/gpushare/bin \
+            -e CUDA_VISIBLE_DEVICES=GPU-1 -e NVIDIA_VISIBLE_DEVICES=GPU-1 \
+            -e CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps \
+            -e CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4096M \
+            -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 -e=PATH=/x:/usr/local/gpushare/bin \
             -t c1 sh -e -c env";
         assert_eq!(out, os(want));
         // No env flag: the runtime's own (the edited spec's) env applies, argv untouched.
