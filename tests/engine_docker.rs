@@ -210,3 +210,58 @@ fn docker_no_request_is_exactly_plain_runc() {
     assert!(!text(&a.stdout).contains("nvidia"));
     assert_nothing_made(&node);
 }
+
+/// `docker exec` builds the exec's process from Docker's own container config (which never had
+/// gpushare's edit) and hands it to the runtime as `exec --process FILE`: the exec'd process
+/// still sees the container's slice, the engine's `-e` wins, and the slice is freed as before.
+#[test]
+fn docker_exec_sees_the_slice() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dk = Docker::start(&node);
+    let name = unique("dk-exec");
+    let out = dk.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--runtime",
+        "gpushare",
+        "-e",
+        "GPUSHARE_PROFILE=1g.10gb",
+        &dk.image,
+        "/bin/sleep",
+        "60",
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run -d: {}\n{}",
+        text(&out.stderr),
+        dk.daemon.log_text()
+    );
+    let out = dk.docker(&["exec", &name, "/bin/sh", "-c", SHOW_GPU]);
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "docker exec: {}", text(&out.stderr));
+    let mig = assert_sees_one_slice(&node, &printed);
+    let out = dk.docker(&[
+        "exec",
+        "-e",
+        "CUDA_VISIBLE_DEVICES=x",
+        &name,
+        "/bin/sh",
+        "-c",
+        SHOW_GPU,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert_eq!(env_seen(&printed, "CUDA_VISIBLE_DEVICES"), "x", "{printed}");
+    assert_eq!(
+        env_seen(&printed, "NVIDIA_VISIBLE_DEVICES"),
+        mig,
+        "{printed}"
+    );
+    let out = dk.docker(&["rm", "--force", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, Some(&mig));
+}

@@ -364,3 +364,41 @@ fn podman_no_request_is_exactly_plain_runtime() {
     }
     assert_nothing_made(&node);
 }
+
+/// `podman exec` hands the runtime a process built from Podman's own container config (which
+/// never had gpushare's edit): through `--runtime gpushare` the exec'd process still sees the
+/// container's slice. (In hooks-only mode no gpushare code runs for an exec: no OCI hook stage
+/// can change an exec's env; docs/engines.md says so.)
+#[test]
+fn podman_runtime_exec_sees_the_slice() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let name = unique("pm-exec");
+    let out = pm.detach(
+        Via::Runtime,
+        &name,
+        &["--annotation", "gpu.profile=1g.10gb"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let flag = format!("gpushare-config={}", pm.node_config.display());
+    let out = pm.podman(
+        false,
+        &[
+            "--runtime",
+            "gpushare",
+            "--runtime-flag",
+            &flag,
+            "exec",
+            &name,
+            "/bin/sh",
+            "-c",
+            SHOW_GPU,
+        ],
+    );
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "podman exec: {}", text(&out.stderr));
+    let mig = assert_sees_one_slice(&node, &printed);
+    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, Some(&mig));
+}
