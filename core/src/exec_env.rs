@@ -143,7 +143,7 @@ impl GrantEnv {
 
     /// Edit an OCI process (an `exec --process` file) as a JSON value: its `env` only, every
     /// other field kept as it is.
-    pub fn edit_process(&self, process: &mut Value) -> Result<(), ()> {
+    fn edit_process(&self, process: &mut Value) -> Result<(), ()> {
         let obj = process.as_object_mut().ok_or(())?;
         let env = match obj.get("env") {
             None | Some(Value::Null) => Vec::new(),
