@@ -267,3 +267,36 @@ fn runc_exec_of_a_container_without_a_grant_gets_nothing() {
 fn crun_exec_of_a_container_without_a_grant_gets_nothing() {
     exec_of_a_container_without_a_grant_gets_nothing(Runtime::Crun);
 }
+
+/// A time-sliced container's exec sees its whole GPU.
+fn exec_into_a_timeslice_container(rt: Runtime) {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, false);
+    let engine = Engine::new(&node, rt);
+    let bundle = Bundle::new("sleep 60", &[("gpu.share", "timeslice")], &[]);
+    let id = unique("exec-ts");
+    engine.start_detached(&bundle, &id);
+    let uuid = node.ledger().gpus[0].uuid.clone();
+    let dir = TempDir::new("engine-exec");
+    let file = process_file(dir.path(), &["PATH=/bin"]);
+    let out = seen(&exec(&engine, &["--process", file.to_str().unwrap(), &id]));
+    assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), uuid, "{out}");
+    assert_eq!(env_seen(&out, "NVIDIA_VISIBLE_DEVICES"), uuid, "{out}");
+    assert_eq!(
+        env_seen(&out, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+        "",
+        "{out}"
+    );
+    assert!(engine.delete(&id).status.success());
+    assert!(!holds(&node, &id));
+}
+
+#[test]
+fn runc_exec_into_a_timeslice_container() {
+    exec_into_a_timeslice_container(Runtime::Runc);
+}
+
+#[test]
+fn crun_exec_into_a_timeslice_container() {
+    exec_into_a_timeslice_container(Runtime::Crun);
+}

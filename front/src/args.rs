@@ -308,6 +308,15 @@ mod tests {
     }
 
     #[test]
+    fn run_reads_as_create() {
+        let w = words("--root /r run -d --keep --console-socket /s --pid-file /p -b /b id9");
+        let a = parse(w.iter().copied());
+        assert_eq!(a.command, Some(&b"run"[..]));
+        assert_eq!(a.bundle, Some(&b"/b"[..]));
+        assert_eq!(a.container_id, Some(&b"id9"[..]));
+    }
+
+    #[test]
     fn exec_flags_take_their_values_and_the_command_is_positional() {
         let w = words("--root /r exec -e A=1 --env=B=2 --process /p.json -u 0 --tty c1 grep -e x");
         let a = parse(w.iter().copied());
