@@ -38,6 +38,8 @@ pub enum ExecEnvError {
     Read(#[from] crate::trust::SpecFileError),
     #[error("exec --process {path}: `env` is not a list of strings; gpushare cannot give the exec its container's GPU env")]
     Shape { path: String },
+    #[error("exec --process: the file is not JSON")]
+    NotJson,
     #[error("cannot hold the edited exec process in memory: {0}")]
     Copy(std::io::Error),
     #[error(transparent)]
@@ -178,7 +180,13 @@ pub fn exec(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) ->
         runc_log::error(args.log.as_deref(), args.log_format_json, msg);
         1
     };
-    let grant = args.container_id.as_deref().and_then(|id| {
+    // As for `delete`: a container the ledger never mentions costs a byte scan, not a parse
+    // (where this binary is the entry point itself, on other architectures).
+    let id = args
+        .container_id
+        .as_deref()
+        .filter(|id| crate::gc::may_hold(cfg, id));
+    let grant = id.and_then(|id| {
         let st = ledger::snapshot(&cfg.state_dir)
             .map_err(|e| eprintln!("gpushare: {e}; the exec gets no GPU env from gpushare"))
             .ok()?;
@@ -191,9 +199,10 @@ pub fn exec(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) ->
     };
     match with_grant(&grant, argv) {
         Ok(argv) => run_runtime(runtime, &argv),
-        Err(ExecEnvError::Read(crate::trust::SpecFileError::Missing(_))) => {
-            run_runtime(runtime, argv) // the runtime says the file is missing, in its words
-        }
+        // A missing file, or one that is not JSON: the runtime refuses it in its own words.
+        Err(
+            ExecEnvError::Read(crate::trust::SpecFileError::Missing(_)) | ExecEnvError::NotJson,
+        ) => run_runtime(runtime, argv),
         Err(e) => fail(&e.to_string()),
     }
 }
@@ -222,7 +231,6 @@ struct ExecArgv {
 fn read_argv(argv: &[OsString]) -> ExecArgv {
     let mut out = ExecArgv::default();
     let mut roles = Roles::default();
-    let mut pending = false;
     for (i, arg) in argv.iter().enumerate().skip(1) {
         let bytes = arg.as_bytes();
         let prefix = |v: &[u8]| bytes[..bytes.len() - v.len()].to_vec();
@@ -236,7 +244,6 @@ fn read_argv(argv: &[OsString]) -> ExecArgv {
                     out.env_flag.get_or_insert_with(|| flag.to_vec());
                 }
                 (b"preserve-fds", Some(v)) => out.preserve_fds = decimal(v),
-                (b"preserve-fds", None) => pending = true,
                 _ => {}
             },
             Role::FlagValue { name } => match name {
@@ -246,7 +253,7 @@ fn read_argv(argv: &[OsString]) -> ExecArgv {
                     let flag = argv[i - 1].as_bytes();
                     out.env_flag.get_or_insert_with(|| flag.to_vec());
                 }
-                b"preserve-fds" if pending => out.preserve_fds = decimal(bytes),
+                b"preserve-fds" => out.preserve_fds = decimal(bytes),
                 _ => {}
             },
             _ => {}
@@ -311,7 +318,7 @@ fn edited_process(grant: &GrantEnv, path: &Path, found: &ExecArgv) -> Result<i32
     let shape = || ExecEnvError::Shape {
         path: path.display().to_string(),
     };
-    let mut process: Value = serde_json::from_slice(&raw).map_err(|_| shape())?;
+    let mut process: Value = serde_json::from_slice(&raw).map_err(|_| ExecEnvError::NotJson)?;
     grant.edit_process(&mut process).map_err(|_| shape())?;
     let data = serde_json::to_vec(&process).expect("a JSON value always serializes");
     // runc and crun pass fds 3..3+N (N: --preserve-fds, and crun adds $LISTEN_FDS) to the exec'd
