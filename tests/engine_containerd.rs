@@ -243,3 +243,67 @@ fn containerd_loads_the_shipped_cri_runtime_entry() {
         assert!(section.contains(want), "{want} missing in:\n{section}");
     }
 }
+
+/// `ctr task exec` hands the runtime a process built from containerd's own container spec
+/// (never the one gpushare edited) as `exec --process FILE`: the exec'd process still sees the
+/// slice.
+#[test]
+fn ctr_task_exec_sees_the_slice() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let ctd = Containerd::start(&node);
+    let id = unique("c");
+    let rootfs = ctd.rootfs.display().to_string();
+    let out = ctd.ctr(&[
+        "run",
+        "-d",
+        "--rootfs",
+        "--runc-binary",
+        SHIM,
+        "--annotation",
+        "gpu.profile=1g.10gb",
+        &rootfs,
+        &id,
+        "/bin/sleep",
+        "60",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}\n{}",
+        text(&out.stderr),
+        ctd.daemon.log_text()
+    );
+    let out = ctd.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "show",
+        &id,
+        "/bin/sh",
+        "-c",
+        SHOW_GPU,
+    ]);
+    let printed = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr tasks exec: {}",
+        text(&out.stderr)
+    );
+    let mig = assert_sees_one_slice(&node, &printed);
+    for args in [
+        &["tasks", "kill", "--signal", "SIGKILL", &id][..],
+        &["tasks", "delete", &id],
+        &["containers", "delete", &id],
+    ] {
+        // The task may still be stopping when delete comes: try it for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = ctd.ctr(args);
+            if out.status.success() || std::time::Instant::now() > deadline {
+                assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    assert_all_free(&node, Some(&mig));
+}
