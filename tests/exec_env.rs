@@ -83,6 +83,17 @@ fn exec_sees_the_grant(rt: Runtime) {
     let beside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(beside.len(), 1, "no copy left beside it");
 
+    // The exec'd process holds no more descriptors than it would without gpushare (the edited
+    // copy stays with the runtime).
+    let fds = dir.path().join("fds.json");
+    let list_fds = json!({"args": ["/bin/ls", "/proc/self/fd"], "env": ["PATH=/bin"], "cwd": "/",
+                          "user": {"uid": 0, "gid": 0}});
+    std::fs::write(&fds, list_fds.to_string()).unwrap();
+    let ours = seen(&exec(&engine, &["--process", fds.to_str().unwrap(), &id]));
+    let bare = run(&mut engine.bare(&["exec", "--process", fds.to_str().unwrap(), &id]));
+    assert_eq!(ours, seen(&bare), "descriptors of the exec'd process");
+    std::fs::remove_file(&fds).unwrap();
+
     // The engine's own value wins.
     let file = process_file(dir.path(), &["PATH=/bin", "CUDA_VISIBLE_DEVICES=x"]);
     let out = seen(&exec(&engine, &["-p", file.to_str().unwrap(), &id]));

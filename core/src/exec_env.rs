@@ -295,7 +295,11 @@ fn with_grant(grant: &GrantEnv, argv: &[OsString]) -> Result<Vec<OsString>, Exec
     // Path variables the exec does not set come from the container's env under runc; under crun
     // an exec with `--env` has only those, as the engine asked.
     let edited = grant.edit_list(&values, false);
-    for ((i, prefix), value) in found.env.iter().zip(&edited) {
+    for (((i, prefix), value), was) in found.env.iter().zip(&edited).zip(&values) {
+        // Unchanged ones keep their bytes (a value that is not UTF-8 included).
+        if value == was {
+            continue;
+        }
         let mut arg = prefix.clone();
         arg.extend_from_slice(value.as_bytes());
         out[*i] = OsStr::from_bytes(&arg).to_os_string();
