@@ -155,6 +155,11 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
                 true,
             ),
             (
+                vec![sv(&["run", "--keep", "--bundle", &pb, "p"])],
+                dir.path(),
+                false,
+            ),
+            (
                 vec![
                     sv(&["run", "--detach", "--bundle", &gb, "g"]),
                     sv(&["exec", "g", "true"]),

@@ -295,3 +295,41 @@ fn runc_refused_run_is_freed_by_delete_or_gc() {
         assert!(!holds(&node, &id), "freed by {freed_by}");
     }
 }
+
+/// A `run` whose spec asks for nothing reaches the runtime with the spec byte for byte as the
+/// engine wrote it, and the container runs as under the bare runtime.
+fn run_without_a_request_is_untouched(rt: Runtime) {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, rt);
+    let script = "echo \"env $(env | sort | tr '\\n' ' ')\"; ls /dev";
+    let plain = Bundle::new(script, &[], &["X=1"]);
+    let before = plain.config_bytes();
+    let out = engine.run_container(&plain, &unique("plain"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(plain.config_bytes(), before, "config.json byte for byte");
+    let ours = text(&out.stdout);
+    let bare = {
+        let id = unique("bare");
+        let out = run(engine
+            .bare(&["run", "--bundle"])
+            .arg(plain.path())
+            .arg(&id)
+            .stdin(std::process::Stdio::null()));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(ours, bare);
+    assert!(ours.contains(" X=1 ") && !ours.contains("nvidia"), "{ours}");
+    assert!(node.ledger().instances.is_empty());
+}
+
+#[test]
+fn runc_run_without_a_request_is_untouched() {
+    run_without_a_request_is_untouched(Runtime::Runc);
+}
+
+#[test]
+fn crun_run_without_a_request_is_untouched() {
+    run_without_a_request_is_untouched(Runtime::Crun);
+}
