@@ -1,7 +1,8 @@
 //! `gpushare`, the binary engines run for every runtime command. It runs with no libc, no
 //! allocator and no dynamic loader, because most commands need nothing of gpushare: `start`,
 //! `state`, `kill`, a `create` (or `run`) whose spec asks for no GPU, a `delete` or `exec` of a
-//! container the ledger never mentions. Those it hands to the runtime with one execve(), as the engine would have.
+//! container the ledger never mentions. Those it hands to the runtime with one execve(), as the
+//! engine would have.
 //! Everything else, and anything it is not sure of, goes to `gpushare-runtime` (the full
 //! wrapper, next to this binary) with argv untouched.
 //!
