@@ -94,6 +94,19 @@ fn exec_sees_the_grant(rt: Runtime) {
     assert_eq!(ours, seen(&bare), "descriptors of the exec'd process");
     std::fs::remove_file(&fds).unwrap();
 
+    // A process file that is a symlink is not followed: the exec is refused, and says why.
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let out = exec(&engine, &["--process", link.to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is a symlink") && out.stdout.is_empty(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    std::fs::remove_file(&link).unwrap();
+
     // The engine's own value wins.
     let file = process_file(dir.path(), &["PATH=/bin", "CUDA_VISIBLE_DEVICES=x"]);
     let out = seen(&exec(&engine, &["-p", file.to_str().unwrap(), &id]));

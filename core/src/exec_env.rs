@@ -36,6 +36,8 @@ const PIPE: &str = "CUDA_MPS_PIPE_DIRECTORY";
 pub enum ExecEnvError {
     #[error("exec --process: {0}")]
     Read(#[from] crate::trust::SpecFileError),
+    #[error("exec --process {path} is {what}: gpushare reads an exec's process only from a regular file, never through a symlink, to give it its container's GPU env; the engine writes a plain file")]
+    NotRegular { path: String, what: &'static str },
     #[error("exec --process {path}: `env` is not a list of strings; gpushare cannot give the exec its container's GPU env")]
     Shape { path: String },
     #[error("exec --process: the file is not JSON")]
@@ -318,7 +320,12 @@ fn with_grant(grant: &GrantEnv, argv: &[OsString]) -> Result<Vec<OsString>, Exec
 /// lies, and nothing is left behind. Returns its descriptor, above those the runtime hands on
 /// to the exec'd process.
 fn edited_process(grant: &GrantEnv, path: &Path, found: &ExecArgv) -> Result<i32, ExecEnvError> {
-    let raw = crate::trust::read_spec(path)?;
+    let raw = crate::trust::read_spec(path).map_err(|e| match e {
+        crate::trust::SpecFileError::NotRegular { path, what } => {
+            ExecEnvError::NotRegular { path, what }
+        }
+        e => e.into(),
+    })?;
     let shape = || ExecEnvError::Shape {
         path: path.display().to_string(),
     };
