@@ -146,6 +146,29 @@ fn cri_pod_with_profile_gets_one_slice_and_frees_it_on_pod_removal() {
     assert_all_free(&node, Some(&mig));
 }
 
+/// `kubectl exec` into a pod's GPU container (CRI ExecSync): containerd builds the exec's
+/// process from its own container spec, never the one gpushare edited, and the exec'd process
+/// still sees the container's slice.
+#[test]
+fn cri_exec_into_a_gpu_container_sees_its_slice() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let cri = Cri::start(&node);
+    let pod = cri
+        .run_pod("exec-demo", HANDLER, &[PROFILE])
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", cri.daemon_log()));
+    let cid = cri
+        .run_container(&pod, "app", &show_and_hold())
+        .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", cri.daemon_log()));
+    let mig = assert_sees_one_slice(&node, &cri.wait_log(&pod, "app", "READY"));
+    let out = cri
+        .exec_sync(&cid, &["/bin/sh", "-c", SHOW_GPU])
+        .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", cri.daemon_log()));
+    assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+    assert_eq!(assert_sees_one_slice(&node, &text(&out.stdout)), mig);
+    cri.delete_pod(&pod.id);
+    assert_nothing_leaked(&node, &cri, &[cid, pod.id.clone()]);
+}
+
 #[test]
 fn cri_gpu_containers_restricts_the_pod_request_and_each_container_gets_its_own() {
     let node = SimNode::new("h100-80gb", 1, true);

@@ -19,6 +19,7 @@ use k8s_cri::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StatusRequest,
     StopContainerRequest, StopPodSandboxRequest,
 };
+use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -463,6 +464,20 @@ impl Cri {
         let id = self.create_container(pod, name, script)?;
         self.start_container(&id)?;
         Ok(id)
+    }
+
+    /// ExecSync: what `kubectl exec` (and an exec probe) makes containerd do, a process run in
+    /// the container through the runtime's `exec --process FILE`.
+    pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<ExecSyncResponse, tonic::Status> {
+        let mut c = self.client.clone();
+        let req = ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 30,
+        };
+        Ok(self
+            .block_on(async move { c.exec_sync(req).await })?
+            .into_inner())
     }
 
     pub fn container_status(&self, id: &str) -> ContainerStatus {
