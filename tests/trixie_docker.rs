@@ -154,13 +154,44 @@ fn leases(node: &SimNode) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Wait (bounded) until `cond` holds.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+/// Wait (bounded) until `probe` gives a value; on a time-out, fail with what it saw last.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within 30 s: {what}");
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() > deadline => {
+                panic!("not within 30 s: {what}; last seen:\n{seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
+}
+
+/// The slice a detached container printed first (`CUDA_VISIBLE_DEVICES=...` in its logs).
+fn printed_slice(what: &str, mut logs: impl FnMut() -> Output) -> String {
+    wait_for(&format!("{what} prints its slice"), || {
+        let out = logs();
+        let seen = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        let mig = env_seen(&seen, "CUDA_VISIBLE_DEVICES");
+        if mig.is_empty() {
+            Err(seen)
+        } else {
+            Ok(mig)
+        }
+    })
+}
+
+/// Wait until the node holds no lease, failing with what it holds.
+fn wait_no_lease(node: &SimNode, what: &str) {
+    wait_for(what, || {
+        let held = leases(node);
+        if held.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    })
 }
 
 #[test]
@@ -247,14 +278,7 @@ fn docker26_eight_detached_seven_slices_then_no_free() {
         let name = format!("seven-{i}");
         let out = dk.detach(&name, &req, hold);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
-        let mut mig = String::new();
-        wait_for(&format!("{name} prints its slice"), || {
-            mig = env_seen(
-                &text(&dk.docker(&["logs", &name]).stdout),
-                "CUDA_VISIBLE_DEVICES",
-            );
-            !mig.is_empty()
-        });
+        let mig = printed_slice(&name, || dk.docker(&["logs", &name]));
         assert!(mig.starts_with("MIG-"), "{name}: {mig}");
         migs.push(mig);
     }
@@ -309,7 +333,7 @@ fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
 
     let out = dk.docker(&["stop", "-t", "1", "gpu-c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for("stop releases", || leases(&node).is_empty());
+    wait_no_lease(&node, "stop releases");
 
     let out = dk.docker(&["start", "gpu-c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -321,7 +345,7 @@ fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
 
     let out = dk.docker(&["kill", "gpu-c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for("kill releases", || leases(&node).is_empty());
+    wait_no_lease(&node, "kill releases");
 
     let out = dk.docker(&["start", "gpu-c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -397,13 +421,14 @@ fn dockerd_sigkill_slice_comes_back(live_restore: bool) {
 
     dk.kill_and_restart_daemon();
 
-    let mut state = String::new();
-    wait_for("the container runs again after dockerd's restart", || {
-        state = text(
-            &dk.docker(&["inspect", "--format", "{{.State.Status}} {{.State.Pid}}", "gpu-c"])
-                .stdout,
-        );
-        state.starts_with("running ")
+    let state = wait_for("the container runs again after dockerd's restart", || {
+        let out = dk.docker(&["inspect", "--format", "{{.State.Status}} {{.State.Pid}}", "gpu-c"]);
+        let state = text(&out.stdout);
+        if state.starts_with("running ") {
+            Ok(state)
+        } else {
+            Err(format!("{state}{}", text(&out.stderr)))
+        }
     });
     assert_one_lease_for(&node, &id);
     let pid_after = state.trim().trim_start_matches("running ").to_string();
@@ -453,4 +478,79 @@ fn docker26_no_request_is_exactly_plain_runc() {
     assert_eq!(text(&a.stdout), text(&b.stdout));
     assert!(!text(&a.stdout).contains("nvidia"));
     assert_nothing_made(&node);
+}
+
+/// packaging/compose.yaml as shipped (`runtime: gpushare`, `annotations:` per service), with
+/// the test's image and a command that holds the slice layered over it by a second file.
+#[test]
+fn compose2_three_services_three_slices_down_releases() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dk = Docker::start(&node, false);
+    let d = dk.tx.dir().to_path_buf();
+    let version = dk.docker(&["compose", "version", "--short"]);
+    assert!(
+        text(&version.stdout).starts_with("2."),
+        "trixie's Compose should be 2.x: {}{}",
+        text(&version.stdout),
+        text(&version.stderr)
+    );
+    std::fs::copy(
+        repo_root().join("packaging/compose.yaml"),
+        d.join("compose.yaml"),
+    )
+    .unwrap();
+    let hold = "echo CUDA_VISIBLE_DEVICES=$$CUDA_VISIBLE_DEVICES; exec sleep 600";
+    let mut over = String::from("services:\n");
+    for svc in ["chat", "code", "assist"] {
+        over += &format!(
+            "  {svc}:\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {hold:?}]\n    \
+             network_mode: none\n    ports: !reset []\n",
+            dk.image
+        );
+    }
+    std::fs::write(d.join("test.yaml"), over).unwrap();
+    let compose = |args: &[&str]| {
+        let f1 = d.join("compose.yaml");
+        let f2 = d.join("test.yaml");
+        let mut all = vec![
+            "compose",
+            "--ansi",
+            "never",
+            "-p",
+            "llm",
+            "-f",
+            f1.to_str().unwrap(),
+            "-f",
+            f2.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        dk.docker(&all)
+    };
+    let out = compose(&["up", "-d"]);
+    assert!(
+        out.status.success(),
+        "compose up: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let mut migs = Vec::new();
+    for svc in ["chat", "code", "assist"] {
+        // Compose names the container <project>-<service>-<n>.
+        let name = format!("llm-{svc}-1");
+        let mig = printed_slice(svc, || dk.docker(&["logs", &name]));
+        assert!(mig.starts_with("MIG-"), "{svc}: {mig}");
+        migs.push(mig);
+    }
+    let mut distinct = migs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "three distinct slices: {migs:?}");
+    let held = leases(&node);
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(held.iter().all(|(p, _)| p == "2g.20gb"), "{held:?}");
+
+    let out = compose(&["down", "-t", "1"]);
+    assert!(out.status.success(), "compose down: {}", text(&out.stderr));
+    wait_all_free(&node);
+    assert_all_free(&node, None);
 }
