@@ -10,6 +10,7 @@ mod common;
 mod cri;
 
 use common::engines::*;
+use common::trixie::Trixie;
 use common::*;
 use cri::*;
 use k8s_cri::v1::ContainerState;
@@ -61,8 +62,8 @@ fn lease_ids(node: &SimNode) -> Vec<String> {
 }
 
 /// The runc state dir the shim keeps for a CRI container exists.
-fn in_runc_root(id: &str) -> bool {
-    std::path::Path::new(RUNC_ROOT).join(id).exists()
+fn in_runc_root(cri: &Cri, id: &str) -> bool {
+    cri.runc_root().join(id).exists()
 }
 
 /// Nothing left: no pod, container, runc state or lease; every instance the simulated driver
@@ -77,7 +78,10 @@ fn assert_nothing_leaked(node: &SimNode, cri: &Cri, ids: &[String]) {
         cri.container_ids(None)
     );
     for id in ids {
-        assert!(!in_runc_root(id), "runc state of {id} left in {RUNC_ROOT}");
+        assert!(
+            !in_runc_root(cri, id),
+            "runc state of {id} left in {RUNC_ROOT}"
+        );
     }
     let sim = node.sim_state();
     let in_driver = sim["gpus"]
@@ -94,10 +98,9 @@ fn assert_nothing_leaked(node: &SimNode, cri: &Cri, ids: &[String]) {
     );
 }
 
-#[test]
-fn cri_pod_with_profile_gets_one_slice_and_frees_it_on_pod_removal() {
+fn cri_pod_with_profile_gets_one_slice_and_frees_it_on_pod_removal(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let cri = Cri::start(&node);
+    let cri = Cri::start_on(&node, on);
     let pod = cri
         .run_pod("mig-demo", HANDLER, &[PROFILE])
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", cri.daemon_log()));
@@ -149,10 +152,9 @@ fn cri_pod_with_profile_gets_one_slice_and_frees_it_on_pod_removal() {
 /// `kubectl exec` into a pod's GPU container (CRI ExecSync): containerd builds the exec's
 /// process from its own container spec, never the one gpushare edited, and the exec'd process
 /// still sees the container's slice.
-#[test]
-fn cri_exec_into_a_gpu_container_sees_its_slice() {
+fn cri_exec_into_a_gpu_container_sees_its_slice(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let cri = Cri::start(&node);
+    let cri = Cri::start_on(&node, on);
     let pod = cri
         .run_pod("exec-demo", HANDLER, &[PROFILE])
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", cri.daemon_log()));
@@ -169,10 +171,9 @@ fn cri_exec_into_a_gpu_container_sees_its_slice() {
     assert_nothing_leaked(&node, &cri, &[cid, pod.id.clone()]);
 }
 
-#[test]
-fn cri_gpu_containers_restricts_the_pod_request_and_each_container_gets_its_own() {
+fn cri_gpu_containers_restricts_the_pod_request_and_each_container_gets_its_own(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let cri = Cri::start(&node);
+    let cri = Cri::start_on(&node, on);
     let script = show_and_hold();
     // gpu.containers names one of two containers: only that one gets a slice.
     let pod = cri
@@ -244,10 +245,9 @@ fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
     }
 }
 
-#[test]
-fn cri_eight_pods_at_once_seven_run_and_the_eighth_is_refused() {
+fn cri_eight_pods_at_once_seven_run_and_the_eighth_is_refused(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let cri = Cri::start(&node);
+    let cri = Cri::start_on(&node, on);
     let script = show_and_hold();
     let results: Vec<(Pod, Result<String, tonic::Status>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -308,10 +308,9 @@ fn cri_eight_pods_at_once_seven_run_and_the_eighth_is_refused() {
     assert_eq!(node.ledger().instances.len(), 7);
 }
 
-#[test]
-fn cri_pod_annotations_the_config_does_not_pass_reach_nothing() {
+fn cri_pod_annotations_the_config_does_not_pass_reach_nothing(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let cri = Cri::start(&node);
+    let cri = Cri::start_on(&node, on);
     let script = show_and_hold();
     // A tenant holding a slice.
     let owner = cri.run_pod("owner", HANDLER, &[PROFILE]).unwrap();
@@ -353,10 +352,9 @@ fn cri_pod_annotations_the_config_does_not_pass_reach_nothing() {
     assert_all_free(&node, Some(&mig));
 }
 
-#[test]
-fn cri_containerd_sigkilled_and_restarted_every_slice_released_once() {
+fn cri_containerd_sigkilled_and_restarted_every_slice_released_once(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let mut cri = Cri::start(&node);
+    let mut cri = Cri::start_on(&node, on);
     let script = show_and_hold();
     let pa = cri.run_pod("crash-a", HANDLER, &[PROFILE]).unwrap();
     let a = cri.run_container(&pa, "app", &script).unwrap();
@@ -368,7 +366,7 @@ fn cri_containerd_sigkilled_and_restarted_every_slice_released_once() {
 
     cri.kill_containerd();
     // The shims and containers outlive containerd; their slices stay held.
-    assert!(in_runc_root(&a) && in_runc_root(&b));
+    assert!(in_runc_root(&cri, &a) && in_runc_root(&cri, &b));
     let mut both = vec![a.clone(), b.clone()];
     both.sort();
     assert_eq!(lease_ids(&node), both);
@@ -400,10 +398,9 @@ fn cri_containerd_sigkilled_and_restarted_every_slice_released_once() {
     assert_nothing_leaked(&node, &cri, &[a, b, c]);
 }
 
-#[test]
-fn cri_pod_without_request_runs_exactly_as_with_plain_runc() {
+fn cri_pod_without_request_runs_exactly_as_with_plain_runc(on: Containerd) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let cri = Cri::start(&node);
+    let cri = Cri::start_on(&node, on);
     let mut seen = Vec::new();
     for handler in [RUNC, HANDLER] {
         let pod = cri
@@ -426,18 +423,21 @@ fn cri_pod_without_request_runs_exactly_as_with_plain_runc() {
 /// The shipped 1.x drop-in, installed as install.sh installs it (imported from a config.toml
 /// that has nothing else), keeps containerd's CRI plugin loadable: on 1.x an import replaces
 /// the whole CRI section, so the file must carry the default runc runtime itself.
-#[test]
-fn cri_plugin_loads_with_the_shipped_drop_in_imported() {
+fn cri_plugin_loads_with_the_shipped_drop_in_imported(on: Containerd) {
     require_root();
     let dir = ShortDir::new("gs-crimp");
     let d = dir.path();
     std::fs::create_dir_all(d.join("conf.d")).unwrap();
     std::fs::create_dir_all(d.join("cni")).unwrap();
-    std::fs::write(
-        d.join("conf.d/gpushare.toml"),
-        packaging_file("containerd/gpushare-v2.toml"),
-    )
-    .unwrap();
+    // Verbatim in the trixie root, where gpushare sits at its installed path.
+    let shipped = match on {
+        Containerd::Host => packaging_file("containerd/gpushare-v2.toml"),
+        Containerd::Trixie => {
+            std::fs::read_to_string(repo_root().join("packaging/containerd/gpushare-v2.toml"))
+                .unwrap()
+        }
+    };
+    std::fs::write(d.join("conf.d/gpushare.toml"), shipped).unwrap();
     let sock = d.join("c.sock");
     let main = format!(
         "version = 2\nroot = {:?}\nstate = {:?}\nimports = [{:?}]\n[grpc]\n  address = {:?}\n\
@@ -449,11 +449,15 @@ fn cri_plugin_loads_with_the_shipped_drop_in_imported() {
         format!("{}.ttrpc", sock.display()),
     );
     std::fs::write(d.join("config.toml"), main).unwrap();
-    let daemon = start_containerd(d, &sock, None);
-    let out = run(Command::new("ctr")
-        .arg("-a")
-        .arg(&sock)
-        .args(["plugins", "ls"]));
+    // A node only for the trixie root's namespace; this containerd runs no container.
+    let node = SimNode::new("h100-80gb", 1, true);
+    let tx = (on == Containerd::Trixie).then(|| Trixie::enter_sharing(&node, &[d]));
+    let daemon = spawn_containerd(tx.as_ref(), d, &sock, &node.config());
+    let mut ctr = match &tx {
+        Some(tx) => tx.cmd("ctr"),
+        None => Command::new("ctr"),
+    };
+    let out = run(ctr.arg("-a").arg(&sock).args(["plugins", "ls"]));
     let plugins = text(&out.stdout);
     let cri_line = plugins
         .lines()
@@ -466,3 +470,33 @@ fn cri_plugin_loads_with_the_shipped_drop_in_imported() {
     );
     drop(daemon);
 }
+
+/// Every CRI test above, against this machine's containerd (bookworm: 1.6) and Debian
+/// trixie's 1.7 (tests/common/trixie.rs).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod containerd16 {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Containerd::Host)
+            })*
+        }
+        mod containerd17 {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Containerd::Trixie)
+            })*
+        }
+    };
+}
+
+on_both!(
+    cri_pod_with_profile_gets_one_slice_and_frees_it_on_pod_removal,
+    cri_exec_into_a_gpu_container_sees_its_slice,
+    cri_gpu_containers_restricts_the_pod_request_and_each_container_gets_its_own,
+    cri_eight_pods_at_once_seven_run_and_the_eighth_is_refused,
+    cri_pod_annotations_the_config_does_not_pass_reach_nothing,
+    cri_containerd_sigkilled_and_restarted_every_slice_released_once,
+    cri_pod_without_request_runs_exactly_as_with_plain_runc,
+    cri_plugin_loads_with_the_shipped_drop_in_imported,
+);

@@ -199,7 +199,12 @@ fn docker26_annotation_and_env_requests_see_their_slice_and_free_it() {
     let node = SimNode::new("h100-80gb", 1, true);
     let dk = Docker::start(&node, false);
     let out = dk.run(
-        &["--runtime", "gpushare", "--annotation", "gpu.profile=1g.10gb"],
+        &[
+            "--runtime",
+            "gpushare",
+            "--annotation",
+            "gpu.profile=1g.10gb",
+        ],
         SHOW_GPU,
     );
     let printed = text(&out.stdout);
@@ -272,7 +277,12 @@ fn docker26_eight_detached_seven_slices_then_no_free() {
     let node = SimNode::new("h100-80gb", 1, true);
     let dk = Docker::start(&node, false);
     let hold = "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; exec sleep 600";
-    let req = ["--runtime", "gpushare", "--annotation", "gpu.profile=1g.10gb"];
+    let req = [
+        "--runtime",
+        "gpushare",
+        "--annotation",
+        "gpu.profile=1g.10gb",
+    ];
     let mut migs = Vec::new();
     for i in 0..7 {
         let name = format!("seven-{i}");
@@ -325,7 +335,12 @@ fn assert_one_lease_for(node: &SimNode, id: &str) {
 fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
     let node = SimNode::new("h100-80gb", 1, true);
     let dk = Docker::start(&node, false);
-    let req = ["--runtime", "gpushare", "--annotation", "gpu.profile=2g.20gb"];
+    let req = [
+        "--runtime",
+        "gpushare",
+        "--annotation",
+        "gpu.profile=2g.20gb",
+    ];
     let out = dk.detach("gpu-c", &req, "exec sleep 600");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = full_id(&dk, "gpu-c");
@@ -363,7 +378,12 @@ fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
 fn docker26_exec_sees_the_slice_and_injected_paths() {
     let node = SimNode::new("h100-80gb", 1, true);
     let dk = Docker::start(&node, false);
-    let req = ["--runtime", "gpushare", "--annotation", "gpu.profile=1g.10gb"];
+    let req = [
+        "--runtime",
+        "gpushare",
+        "--annotation",
+        "gpu.profile=1g.10gb",
+    ];
     let out = dk.detach("gpu-c", &req, "exec sleep 600");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = dk.docker(&[
@@ -417,12 +437,20 @@ fn dockerd_sigkill_slice_comes_back(live_restore: bool) {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = full_id(&dk, "gpu-c");
     assert_one_lease_for(&node, &id);
-    let pid_before = text(&dk.docker(&["inspect", "--format", "{{.State.Pid}}", "gpu-c"]).stdout);
+    let pid_before = text(
+        &dk.docker(&["inspect", "--format", "{{.State.Pid}}", "gpu-c"])
+            .stdout,
+    );
 
     dk.kill_and_restart_daemon();
 
     let state = wait_for("the container runs again after dockerd's restart", || {
-        let out = dk.docker(&["inspect", "--format", "{{.State.Status}} {{.State.Pid}}", "gpu-c"]);
+        let out = dk.docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.Pid}}",
+            "gpu-c",
+        ]);
         let state = text(&out.stdout);
         if state.starts_with("running ") {
             Ok(state)

@@ -226,7 +226,11 @@ fn restart_keeps_one_lease(via: Via) {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(lease_count(&node), 1, "{:?}", node.ledger());
     let out = pm.podman(via == Via::Hooks, &["restart", "--time", "1", &name]);
-    assert!(out.status.success(), "podman restart: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "podman restart: {}",
+        text(&out.stderr)
+    );
     assert_eq!(lease_count(&node), 1, "{:?}", node.ledger());
     let out = pm.podman(via == Via::Hooks, &["rm", "--force", "--time", "0", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -255,7 +259,11 @@ fn podman5_runtime_exec_sees_the_slice_and_injected_paths() {
     let node = SimNode::new("h100-80gb", 1, true);
     let pm = Podman::new(&node);
     let name = unique("ex");
-    let out = pm.detach(Via::Runtime, &name, &["--annotation", "gpu.profile=1g.10gb"]);
+    let out = pm.detach(
+        Via::Runtime,
+        &name,
+        &["--annotation", "gpu.profile=1g.10gb"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = pm.podman(
         false,

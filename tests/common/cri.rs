@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use crate::common::engines::*;
+use crate::common::trixie::Trixie;
 use crate::common::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -24,7 +25,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -167,6 +168,11 @@ pub fn oci_image_tar(
 /// config.toml's whole CRI section, so a node with CRI settings of its own pastes the shipped
 /// tables into config.toml, as here.
 pub fn containerd_config(d: &Path, sock: &Path) -> String {
+    containerd_config_with(d, sock, &packaging_file("containerd/gpushare-v2.toml"))
+}
+
+/// [`containerd_config`] around `shipped`, the drop-in's text.
+pub fn containerd_config_with(d: &Path, sock: &Path, shipped: &str) -> String {
     format!(
         "root = {root:?}\nstate = {state:?}\n\n{shipped}\n\
          [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n\n\
@@ -176,7 +182,6 @@ pub fn containerd_config(d: &Path, sock: &Path) -> String {
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n",
         root = d.join("root").display().to_string(),
         state = d.join("state").display().to_string(),
-        shipped = packaging_file("containerd/gpushare-v2.toml"),
         sock = sock.display().to_string(),
         ttrpc = format!("{}.ttrpc", sock.display()),
         pause = PAUSE_IMAGE,
@@ -193,6 +198,16 @@ pub struct Pod {
     pub config: PodSandboxConfig,
 }
 
+/// Which containerd a [`Cri`] drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containerd {
+    /// This machine's (Debian bookworm: 1.6), with this build's binaries where they are.
+    Host,
+    /// Debian trixie's 1.7 in the trixie root (tests/common/trixie.rs), gpushare as installed
+    /// there: the shipped drop-in verbatim, /etc/gpushare/config.toml.
+    Trixie,
+}
+
 /// A privately started containerd with its CRI plugin, and a CRI client to it.
 pub struct Cri {
     // Dropped in this order after `Drop::drop` removed every pod: client, daemon, directory.
@@ -202,6 +217,8 @@ pub struct Cri {
     pub sock: PathBuf,
     pub node_config: PathBuf,
     pub dir: ShortDir,
+    // Last: the namespace the daemon ran in outlives it.
+    trixie: Option<Trixie>,
 }
 
 fn ns_option(mode: NamespaceMode) -> NamespaceOption {
@@ -217,24 +234,43 @@ impl Cri {
     /// containerd on `node` (its gpushare config in containerd's environment), with the pause
     /// and busybox images imported.
     pub fn start(node: &SimNode) -> Cri {
+        Cri::start_on(node, Containerd::Host)
+    }
+
+    /// The same, with the containerd `which` names.
+    pub fn start_on(node: &SimNode, which: Containerd) -> Cri {
         require_root();
-        node.configure(&format!(
-            "runtime = {:?}",
-            Runtime::Runc.path().display().to_string()
-        ));
+        let runc = match which {
+            Containerd::Host => Runtime::Runc.path().display().to_string(),
+            Containerd::Trixie => "/usr/sbin/runc".to_string(),
+        };
+        node.configure(&format!("runtime = {runc:?}"));
         let dir = ShortDir::new("gs-cri");
         let d = dir.path().to_path_buf();
         let sock = d.join("c.sock");
         for sub in ["cni/bin", "cni/conf", "pods"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        std::fs::write(d.join("config.toml"), containerd_config(&d, &sock)).unwrap();
+        let (config, trixie) = match which {
+            Containerd::Host => (containerd_config(&d, &sock), None),
+            Containerd::Trixie => {
+                let shipped = std::fs::read_to_string(
+                    repo_root().join("packaging/containerd/gpushare-v2.toml"),
+                )
+                .unwrap();
+                (
+                    containerd_config_with(&d, &sock, &shipped),
+                    Some(Trixie::enter_sharing(node, &[&d])),
+                )
+            }
+        };
+        std::fs::write(d.join("config.toml"), config).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let daemon = start_containerd(&d, &sock, Some(&node.config()));
+        let daemon = spawn_containerd(trixie.as_ref(), &d, &sock, &node.config());
         let client = connect(&rt, &sock);
         let mut cri = Cri {
             rt,
@@ -243,6 +279,7 @@ impl Cri {
             sock,
             node_config: node.config(),
             dir,
+            trixie,
         };
         cri.wait_cri_ready();
         // Images: the pause program and busybox, each an OCI layout tarball.
@@ -275,7 +312,11 @@ impl Cri {
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {
-        run(Command::new("ctr")
+        let mut ctr = match &self.trixie {
+            Some(tx) => tx.cmd("ctr"),
+            None => Command::new("ctr"),
+        };
+        run(ctr
             .arg("-a")
             .arg(&self.sock)
             .args(["-n", "k8s.io"])
@@ -616,6 +657,14 @@ impl Cri {
             .unwrap_or_default()
     }
 
+    /// The shim's runc root for the `k8s.io` namespace, as seen from this process.
+    pub fn runc_root(&self) -> PathBuf {
+        match &self.trixie {
+            Some(tx) => tx.outside(Path::new(RUNC_ROOT)),
+            None => PathBuf::from(RUNC_ROOT),
+        }
+    }
+
     /// The OCI spec containerd wrote for a container's (or sandbox's) task, as the runtime
     /// read it (gpushare's edits included).
     pub fn task_spec(&self, id: &str) -> Value {
@@ -647,10 +696,11 @@ impl Cri {
     pub fn restart_containerd(&mut self) {
         assert!(self.daemon.is_none(), "containerd is still running");
         let _ = std::fs::remove_file(&self.sock);
-        self.daemon = Some(start_containerd(
+        self.daemon = Some(spawn_containerd(
+            self.trixie.as_ref(),
             self.dir.path(),
             &self.sock,
-            Some(&self.node_config),
+            &self.node_config,
         ));
         self.client = connect(&self.rt, &self.sock);
         self.wait_cri_ready();
@@ -668,6 +718,46 @@ impl Drop for Cri {
             let _ = self.remove_pod(&id);
         }
     }
+}
+
+/// containerd on the config in `d`: on this machine with `node_config` in its environment,
+/// or in the trixie root, where gpushare reads /etc/gpushare/config.toml.
+pub fn spawn_containerd(
+    trixie: Option<&Trixie>,
+    d: &Path,
+    sock: &Path,
+    node_config: &Path,
+) -> Daemon {
+    let Some(tx) = trixie else {
+        return start_containerd(d, sock, Some(node_config));
+    };
+    let version = run(tx.cmd("containerd").arg("--version"));
+    assert!(
+        text(&version.stdout).contains(" 1.7."),
+        "trixie's containerd should be 1.7: {}{}",
+        text(&version.stdout),
+        text(&version.stderr)
+    );
+    let mut cmd = tx.cmd("containerd");
+    cmd.arg("--config").arg(d.join("config.toml"));
+    let mut daemon = Daemon::start(
+        "containerd",
+        cmd,
+        d.join("containerd.pid"),
+        d.join("containerd.log"),
+        true,
+    );
+    let mut probe = tx.cmd("ctr");
+    probe
+        .arg("-a")
+        .arg(sock)
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    daemon.wait_ready("answering", || {
+        sock.exists() && probe.status().is_ok_and(|s| s.success())
+    });
+    daemon
 }
 
 async fn connect_async(sock: &Path) -> Channel {

@@ -69,6 +69,11 @@ pub struct Trixie {
 impl Trixie {
     /// Enter a fresh namespace for `node`. Engines' own state belongs under [`Trixie::dir`].
     pub fn enter(node: &SimNode) -> Trixie {
+        Trixie::enter_sharing(node, &[])
+    }
+
+    /// The same, with `shared` directories also seen at their own paths inside.
+    pub fn enter_sharing(node: &SimNode, shared: &[&Path]) -> Trixie {
         require_root();
         let root = root();
         let dir = ShortDir::new("gs-tx");
@@ -78,6 +83,9 @@ impl Trixie {
             format!("{}=/etc/gpushare/config.toml", node.config().display()),
             format!("{}={}", d.display(), d.display()),
         ];
+        for p in shared {
+            binds.push(format!("{}={}", p.display(), p.display()));
+        }
         for (bin, name) in [
             (SHIM, "gpushare"),
             (FULL, "gpushare-runtime"),
@@ -87,10 +95,19 @@ impl Trixie {
             binds.push(format!("{bin}=/usr/bin/{name}"));
         }
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", ENTER, "sh"])
-            .arg(root)
-            .arg(&d)
-            .args(&binds);
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            ENTER,
+            "sh",
+        ])
+        .arg(root)
+        .arg(&d)
+        .args(&binds);
         // unshare and sh exec in place: the child is the holder, its pid the namespace's.
         let mut holder = Daemon::start(
             "trixie namespace",
@@ -107,6 +124,15 @@ impl Trixie {
     /// A scratch directory seen at the same path inside and outside.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where `inside` (an absolute path in the namespace) is seen from outside it.
+    pub fn outside(&self, inside: &Path) -> PathBuf {
+        let pid = std::fs::read_to_string(&self.holder.pid_file).unwrap();
+        Path::new("/proc")
+            .join(pid.trim())
+            .join("root")
+            .join(inside.strip_prefix("/").unwrap_or(inside))
     }
 
     /// `program` run inside the namespace (resolved in the trixie root's PATH).
