@@ -112,6 +112,7 @@ if [ "$print_only" = 0 ]; then
   if [ "$here" != "$destdir$share" ]; then
     install -d "$destdir$share"
     cp -R "$here/docker" "$here/podman" "$here/containerd" "$here/crio" "$here/kubernetes" \
+      "$here/compose.yaml" \
       "$here/config.toml" "$destdir$share/"
     say "reference configs in $share"
   fi

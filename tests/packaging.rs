@@ -34,6 +34,7 @@ fn install_stages_binaries_config_hooks_and_engine_configs() {
         "etc/containerd/config.toml",
         "etc/crio/crio.conf.d/50-gpushare.conf",
         "usr/share/gpushare/kubernetes/runtimeclass.yaml",
+        "usr/share/gpushare/compose.yaml",
     ] {
         assert!(dest.path().join(f).exists(), "{f} not installed");
     }
@@ -115,6 +116,7 @@ fn deb_holds_binaries_config_and_hooks() {
         "./usr/share/containers/oci/hooks.d/gpushare-poststop.json",
         "./usr/share/gpushare/install.sh",
         "./usr/share/gpushare/containerd/gpushare-v3.toml",
+        "./usr/share/gpushare/compose.yaml",
     ] {
         assert!(listing.contains(f), "{f} not in the .deb:\n{listing}");
     }
