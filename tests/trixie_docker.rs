@@ -371,12 +371,13 @@ fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
     assert_all_free(&node, None);
 }
 
-/// What gpushare gave the container's process, and what `docker exec` gets: the same slice
-/// and the same injected paths.
+/// What gpushare gave the container's process, and what `docker exec` gets: the same slice,
+/// the same injected paths, and the injected nvidia-smi on its PATH.
 #[test]
 #[ignore = "fails until issue #15's exec env injection (branch run-exec) is merged: then drop this ignore"]
-fn docker26_exec_sees_the_slice_and_injected_paths() {
+fn docker26_exec_sees_the_slice_and_injected_tools() {
     let node = SimNode::new("h100-80gb", 1, true);
+    plant_nvidia_smi(&node);
     let dk = Docker::start(&node, false);
     let req = [
         "--runtime",
@@ -410,6 +411,24 @@ fn docker26_exec_sees_the_slice_and_injected_paths() {
             "docker exec must see the container's {var}:\n{printed}"
         );
     }
+    // The injected tool is found on the exec's PATH and sees the slice.
+    assert!(
+        env_seen(init, "PATH").contains("/usr/local/gpushare/bin"),
+        "{init}"
+    );
+    let out = dk.docker(&["exec", "gpu-c", "nvidia-smi"]);
+    assert!(
+        out.status.success(),
+        "docker exec nvidia-smi: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!(
+            "nvidia-smi sees CUDA_VISIBLE_DEVICES={}",
+            env_seen(init, "CUDA_VISIBLE_DEVICES")
+        )
+    );
     let out = dk.docker(&["rm", "-f", "gpu-c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_all_free(&node);

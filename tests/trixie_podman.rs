@@ -255,8 +255,9 @@ fn podman5_hooks_only_restart_keeps_one_lease() {
 /// and the same injected paths (the wrapper's job; hooks-only mode has no part in exec).
 #[test]
 #[ignore = "fails until issue #15's exec env injection (branch run-exec) is merged: then drop this ignore"]
-fn podman5_runtime_exec_sees_the_slice_and_injected_paths() {
+fn podman5_runtime_exec_sees_the_slice_and_injected_tools() {
     let node = SimNode::new("h100-80gb", 1, true);
+    plant_nvidia_smi(&node);
     let pm = Podman::new(&node);
     let name = unique("ex");
     let out = pm.detach(
@@ -294,6 +295,24 @@ fn podman5_runtime_exec_sees_the_slice_and_injected_paths() {
             "podman exec must see the container's {var}:\n{printed}"
         );
     }
+    // The injected tool is found on the exec's PATH and sees the slice.
+    assert!(
+        env_seen(init, "PATH").contains("/usr/local/gpushare/bin"),
+        "{init}"
+    );
+    let out = pm.podman(false, &["exec", &name, "nvidia-smi"]);
+    assert!(
+        out.status.success(),
+        "podman exec nvidia-smi: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!(
+            "nvidia-smi sees CUDA_VISIBLE_DEVICES={}",
+            env_seen(init, "CUDA_VISIBLE_DEVICES")
+        )
+    );
     let out = pm.podman(false, &["rm", "--force", "--time", "0", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_all_free(&node, None);

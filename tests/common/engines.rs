@@ -303,3 +303,18 @@ pub fn start_containerd(dir: &Path, sock: &Path, gpushare_config: Option<&Path>)
     });
     daemon
 }
+
+/// A stand-in `nvidia-smi` in the node's driver root, which gpushare injects into GPU
+/// containers (at /usr/local/gpushare/bin, added to PATH): it prints the slice it was given.
+pub fn plant_nvidia_smi(node: &SimNode) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = node.root().join("usr/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = bin.join("nvidia-smi");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\necho \"nvidia-smi sees CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
