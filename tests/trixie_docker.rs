@@ -598,6 +598,16 @@ fn compose2_three_services_three_slices_down_releases() {
     assert_eq!(held.len(), 3, "{held:?}");
     assert!(held.iter().all(|(p, _)| p == "2g.20gb"), "{held:?}");
 
+    // An H100 has three 2g.20gb slices: a fourth replica is refused, and Compose shows why.
+    let out = compose(&["up", "-d", "--scale", "chat=2"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(DOCKER26_PREFIX) && err.contains("no free 2g.20gb slice"),
+        "compose up must show gpushare's message: {err}"
+    );
+    assert_eq!(leases(&node).len(), 3, "the refusal holds nothing");
+
     let out = compose(&["down", "-t", "1"]);
     assert!(out.status.success(), "compose down: {}", text(&out.stderr));
     wait_all_free(&node);
