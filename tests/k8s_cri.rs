@@ -1,4 +1,5 @@
-//! Kubernetes for real, without a cluster: gpushare behind containerd 1.6's CRI plugin, driven
+//! Kubernetes for real, without a cluster: gpushare behind containerd's CRI plugin (this
+//! machine's 1.6, and Debian trixie's 1.7 in the trixie root: every test runs on both), driven
 //! over the CRI gRPC API the way kubelet drives it (RunPodSandbox with gpushare's runtime
 //! handler and host networking, CreateContainer/StartContainer, ContainerStatus and the
 //! container's log file, StopPodSandbox/RemovePodSandbox), on a simulated H100. containerd runs

@@ -1,9 +1,9 @@
 //! A Debian trixie root with today's engines (Docker 26, Compose 2, Podman 5, containerd 1.7),
 //! made and cached by scripts/trixie-root, entered through a private mount namespace.
 //!
-//! Each [`Trixie`] is one mount namespace: the cached root under a fresh overlay (tests never
-//! write to the cache), bind-mounted `pivot_root` target, with gpushare's binaries at their
-//! installed paths (/usr/bin), the node's config at /etc/gpushare/config.toml, and the node and
+//! Each [`Trixie`] is one mount namespace: a fresh overlay on the cached root (tests never
+//! write to the cache; being a mount point, it can be the `pivot_root` target, and Docker's
+//! `import` needs `/` to be one), with gpushare's binaries at their installed paths (/usr/bin), the node's config at /etc/gpushare/config.toml, and the node and
 //! the test's scratch directory at the same paths as outside, so what the test reads outside
 //! (ledger, status) is what the engines wrote inside. `pivot_root`, not `chroot`: runc/crun
 //! `exec` setns into the container's mount namespace and then resolve paths from that
