@@ -22,6 +22,8 @@ enum Via {
     Runtime,
     /// The default runtime with the shipped hooks.d files.
     Hooks,
+    /// `--runtime gpushare` and the hooks.d files.
+    Both,
     /// `--runtime runc`, no gpushare at all.
     PlainRunc,
     /// The default runtime (crun), no gpushare at all.
@@ -102,7 +104,7 @@ impl Podman {
 
     fn runtime_args(via: Via) -> Vec<&'static str> {
         match via {
-            Via::Runtime => vec!["--runtime", "gpushare"],
+            Via::Runtime | Via::Both => vec!["--runtime", "gpushare"],
             Via::PlainRunc => vec!["--runtime", "runc"],
             Via::Hooks | Via::PlainDefault => vec![],
         }
@@ -115,7 +117,7 @@ impl Podman {
         args.extend_from_slice(&LIMITS);
         args.extend_from_slice(opts);
         args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
-        self.podman(via == Via::Hooks, &args)
+        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
     }
 
     /// `podman [--runtime R] run -d --name NAME ... sleep 600`: a container that holds its grant.
@@ -125,7 +127,7 @@ impl Podman {
         args.extend_from_slice(&LIMITS);
         args.extend_from_slice(opts);
         args.extend_from_slice(&[&self.image, "/bin/sleep", "600"]);
-        self.podman(via == Via::Hooks, &args)
+        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
     }
 }
 
@@ -249,6 +251,70 @@ fn podman5_runtime_restart_keeps_one_lease() {
 #[test]
 fn podman5_hooks_only_restart_keeps_one_lease() {
     restart_keeps_one_lease(Via::Hooks);
+}
+
+/// While a hooks-only container runs, the precreate grant is leased to the claim its spec
+/// carries (`gpushare.lease`, which `podman inspect` shows).
+#[test]
+fn podman5_hooks_only_lease_is_held_by_the_claim_while_running() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let name = unique("held");
+    let out = pm.detach(Via::Hooks, &name, &["--annotation", "gpu.profile=2g.20gb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ledger = node.ledger();
+    let leases: Vec<_> = ledger
+        .instances
+        .iter()
+        .filter_map(|r| {
+            r.lease
+                .as_ref()
+                .map(|l| (r.profile.clone(), l.container_id.clone()))
+        })
+        .collect();
+    assert_eq!(leases.len(), 1, "{ledger:?}");
+    assert_eq!(leases[0].0, "2g.20gb");
+    let out = pm.podman(
+        true,
+        &[
+            "inspect",
+            "--format",
+            "{{index .Config.Annotations \"gpushare.lease\"}}",
+            &name,
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        leases[0].1,
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, None);
+}
+
+/// Hooks and `--runtime gpushare` together: precreate grants, the wrapper sees a spec that is
+/// already granted and takes nothing more.
+#[test]
+fn podman5_hooks_and_runtime_together_grant_once() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let pm = Podman::new(&node);
+    let name = unique("both");
+    let out = pm.detach(Via::Both, &name, &["--annotation", "gpu.profile=1g.10gb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ledger = node.ledger();
+    let leases: Vec<String> = ledger
+        .instances
+        .iter()
+        .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.clone()))
+        .collect();
+    assert_eq!(ledger.instances.len(), 1, "{ledger:?}");
+    assert_eq!(leases.len(), 1, "{ledger:?}");
+    assert!(leases[0].starts_with("precreate-"), "{leases:?}");
+    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_all_free(&node, None);
 }
 
 /// What gpushare gave the container's process, and what `podman exec` gets: the same slice
