@@ -210,15 +210,17 @@ pub enum Containerd {
 
 /// A privately started containerd with its CRI plugin, and a CRI client to it.
 pub struct Cri {
-    // Dropped in this order after `Drop::drop` removed every pod: client, daemon, directory.
+    // Dropped in this order after `Drop::drop` removed every pod: client, daemon, namespace,
+    // directory.
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
     daemon: Option<Daemon>,
     pub sock: PathBuf,
     pub node_config: PathBuf,
-    pub dir: ShortDir,
-    // Last: the namespace the daemon ran in outlives it.
+    // After the daemon, before the directory: the namespace the daemon ran in (its mounts of
+    // the directory go with it).
     trixie: Option<Trixie>,
+    pub dir: ShortDir,
 }
 
 fn ns_option(mode: NamespaceMode) -> NamespaceOption {
