@@ -1,4 +1,5 @@
-//! The configuration the README shows is one gpushare accepts, with the defaults it states.
+//! The configuration the README shows is one gpushare accepts, with the defaults it states;
+//! the compose file docs/engines.md shows is the one packaging/ ships (and the tests run).
 
 use gpushare_core::config::Config;
 
@@ -36,5 +37,22 @@ fn readme_config_example_parses_and_matches_the_defaults() {
     assert_eq!(
         shown.placement.reuse_tolerance,
         default.placement.reuse_tolerance
+    );
+}
+
+#[test]
+fn engines_doc_shows_the_shipped_compose_file() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/engines.md")).unwrap();
+    let shipped = std::fs::read_to_string(format!("{root}/packaging/compose.yaml")).unwrap();
+    let shown = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("runtime: gpushare"))
+        .expect("a compose file in docs/engines.md");
+    assert_eq!(
+        shown, shipped,
+        "docs/engines.md must show packaging/compose.yaml as shipped"
     );
 }
