@@ -374,7 +374,6 @@ fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
 /// What gpushare gave the container's process, and what `docker exec` gets: the same slice,
 /// the same injected paths, and the injected nvidia-smi on its PATH.
 #[test]
-#[ignore = "fails until issue #15's exec env injection (branch run-exec) is merged: then drop this ignore"]
 fn docker26_exec_sees_the_slice_and_injected_tools() {
     let node = SimNode::new("h100-80gb", 1, true);
     plant_nvidia_smi(&node);

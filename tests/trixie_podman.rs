@@ -320,7 +320,6 @@ fn podman5_hooks_and_runtime_together_grant_once() {
 /// What gpushare gave the container's process, and what `podman exec` gets: the same slice
 /// and the same injected paths (the wrapper's job; hooks-only mode has no part in exec).
 #[test]
-#[ignore = "fails until issue #15's exec env injection (branch run-exec) is merged: then drop this ignore"]
 fn podman5_runtime_exec_sees_the_slice_and_injected_tools() {
     let node = SimNode::new("h100-80gb", 1, true);
     plant_nvidia_smi(&node);
