@@ -49,6 +49,21 @@ enum Cmd {
     },
     /// Counters and gauges in Prometheus' text format (for a textfile collector or a scrape).
     Metrics,
+    /// Rebuild a lost or corrupt ledger's MIG records from the driver's instances, gpushare's
+    /// instance log and the runtimes' containers (their specs' MIG UUIDs): instances containers
+    /// run on are leased to them, gpushare's others go idle, half-made ones are destroyed,
+    /// others' are left alone. A corrupt ledger is moved aside first.
+    Repair {
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A low-level runtime's state root to scan for containers, besides /run/runc,
+        /// /run/crun, Docker's and containerd's and those the ledger and journal name.
+        #[arg(long = "runtime-root", value_name = "DIR")]
+        roots: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Release what a container (or a Podman precreate claim, `precreate-…`) holds: its MIG
     /// slice goes to the idle pool, its MPS share or time-slice lease ends. For leases no
     /// runtime state names, which `gc` cannot judge.
@@ -91,6 +106,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 print!("{}", report.render());
             }
             if !report.failed.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Repair {
+            dry_run,
+            roots,
+            json: as_json,
+        } => {
+            let opts = gpushare_core::repair::RepairOptions { dry_run, roots };
+            let report = gpushare_core::repair::run(&cfg, &opts).map_err(|e| e.to_string())?;
+            if as_json {
+                println!("{}", json(&report));
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.failed.is_empty() || !report.conflicts.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -24,6 +24,8 @@ pub enum AllocError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error(transparent)]
+    InstanceLog(#[from] crate::instance_log::InstanceLogError),
     #[error("NVML reports no GPU on this node")]
     NoGpu,
     #[error("gpu.device={selector}: no such GPU; this node has {count} GPU(s): {known}")]
@@ -311,7 +313,7 @@ fn cold(
     let be = Backend::open(cfg)?;
     // Only the cold path places instances, so only it reads the request history it learns from.
     locked.load_history(st, cfg.placement.history);
-    crate::gc::repair_intents(&be, st)?;
+    crate::gc::repair_intents(cfg, &be, st)?;
     for f in crate::compute_mode::repair_with(&be, st).1 {
         tracing::warn!("{f}");
     }
@@ -336,6 +338,7 @@ fn cold(
     }
     refresh_gpus(&be, st, &gpus)?;
     let mut misses = Vec::new();
+    let mut owned = None;
     for gpu in targets {
         let profiles = st
             .gpus
@@ -359,13 +362,15 @@ fn cold(
             });
             continue;
         };
-        let existing = be.gpu_instances(gpu.index, &profiles)?;
+        let mut existing = be.gpu_instances(gpu.index, &profiles)?;
+        let owned = owned.get_or_insert_with(|| crate::instance_log::owned(&cfg.state_dir));
+        destroy_logged_leftovers(cfg, &be, st, gpu, owned, &mut existing)?;
         let occupied = nvml::occupancy(&existing);
         let choice = crate::policy::node::cold_place(cfg, st, &gpu.uuid, p, &profiles, &existing)
             .or_else(|| reclaim(st, gpu, p, &existing));
         let slot = match choice {
             Some((slot, victims)) => {
-                destroy_idle(&be, st, gpu, victims)?;
+                destroy_idle(cfg, &be, st, gpu, victims)?;
                 crate::failpoint!("alloc.cold.victims_destroyed");
                 Some(slot)
             }
@@ -394,6 +399,15 @@ fn cold(
             idle_since: None,
         });
         let at = st.instances.len() - 1;
+        // The instance log names the placement before NVML is asked, so that whatever a crash
+        // leaves there is known to be gpushare's even if the ledger loses the intent.
+        if let Err(e) = crate::instance_log::append(
+            &cfg.state_dir,
+            &[crate::instance_log::intent(&gpu.uuid, slot, &p.name, p.id)],
+        ) {
+            st.instances.pop();
+            return Err(e.into());
+        }
         locked.save(st)?;
         crate::failpoint!("alloc.cold.intent_saved");
         let made = be
@@ -412,6 +426,24 @@ fn cold(
         crate::failpoint!("alloc.cold.made");
         return match made {
             Ok(m) => {
+                crate::instance_log::note(
+                    &cfg.state_dir,
+                    &[crate::instance_log::Event::Made {
+                        gpu: gpu.uuid.clone(),
+                        slot,
+                        profile: p.name.clone(),
+                        profile_id: p.id,
+                        gi: m.gi,
+                        ci: m.ci,
+                        mig: m.mig_uuid.clone(),
+                        t: now_unix(),
+                        root: st.instances[at]
+                            .lease
+                            .as_ref()
+                            .and_then(|l| l.runtime_root.clone()),
+                    }],
+                );
+                crate::failpoint!("alloc.cold.logged");
                 st.instances[at].made = Some(m.clone());
                 st.stats.grant(&gpu.uuid, false);
                 Ok(Grant::from_record(&st.instances[at], &m, false, true))
@@ -420,6 +452,10 @@ fn cold(
                 // NVML refused the GPU instance itself (say another manager just took that
                 // placement): nothing of ours is there, and what is there is not ours to reclaim.
                 st.instances.remove(at);
+                crate::instance_log::note(
+                    &cfg.state_dir,
+                    &[crate::instance_log::gone(&gpu.uuid, slot)],
+                );
                 Err(e)
             }
             Err(e) => {
@@ -566,8 +602,53 @@ fn reclaim(
     best.map(|(_, slot, victims)| (slot, victims))
 }
 
+/// Destroy what no ledger record claims but the instance log says gpushare made, where it has
+/// no compute instance: a create or destroy that died half-way, whose record the ledger lost. No container can run on it. Whole ones are left to
+/// `gc`, which looks for a container holding them before it adopts them.
+fn destroy_logged_leftovers(
+    cfg: &Config,
+    be: &Backend,
+    st: &LedgerState,
+    gpu: &GpuInfo,
+    owned: &[crate::instance_log::Owned],
+    existing: &mut Vec<nvml::GpuInstance>,
+) -> Result<(), AllocError> {
+    let claimed = |gi: &nvml::GpuInstance| {
+        st.instances.iter().any(|r| {
+            r.gpu_uuid == gpu.uuid
+                && r.slot == gi.slot
+                && r.made.as_ref().is_none_or(|m| m.gi == gi.id)
+        })
+    };
+    let mut i = 0;
+    while i < existing.len() {
+        let gi = &existing[i];
+        let half = gi.compute_instances.is_empty()
+            && owned
+                .iter()
+                .any(|o| o.gpu == gpu.uuid && o.matches(gi.id, gi.profile_id, gi.slot));
+        if !half || claimed(gi) {
+            i += 1;
+            continue;
+        }
+        be.destroy(gpu.index, gi.id, &gi.compute_instances)?;
+        tracing::warn!(
+            gpu = gpu.index,
+            gi = gi.id,
+            "destroyed a half-made instance of gpushare's that the ledger had lost"
+        );
+        crate::instance_log::note(
+            &cfg.state_dir,
+            &[crate::instance_log::gone(&gpu.uuid, gi.slot)],
+        );
+        existing.remove(i);
+    }
+    Ok(())
+}
+
 /// Destroy idle instances of gpushare's (compute instances first) and forget them.
 fn destroy_idle(
+    cfg: &Config,
     be: &Backend,
     st: &mut LedgerState,
     gpu: &GpuInfo,
@@ -575,8 +656,17 @@ fn destroy_idle(
 ) -> Result<(), AllocError> {
     for (gi, cis) in victims {
         be.destroy(gpu.index, gi, &cis)?;
-        st.instances
-            .retain(|r| !(r.gpu_uuid == gpu.uuid && r.made.as_ref().is_some_and(|m| m.gi == gi)));
+        let ours = |r: &InstanceRecord| {
+            r.gpu_uuid == gpu.uuid && r.made.as_ref().is_some_and(|m| m.gi == gi)
+        };
+        let gone: Vec<_> = st
+            .instances
+            .iter()
+            .filter(|r| ours(r))
+            .map(|r| crate::instance_log::gone(&gpu.uuid, r.slot))
+            .collect();
+        crate::instance_log::note(&cfg.state_dir, &gone);
+        st.instances.retain(|r| !ours(r));
         tracing::info!(
             gpu = gpu.index,
             gi,

@@ -69,6 +69,16 @@ pub enum Action {
     },
     /// A crash left a GPU in the compute mode gpushare set for an MPS daemon that is gone.
     RestoreComputeMode { gpu: u32, mode: &'static str },
+    /// An instance the ledger lost that gpushare's instance log says it made, whole (its
+    /// compute instance and MIG UUID as logged): recorded again, idle or held by the container
+    /// whose spec names it.
+    Adopt {
+        gpu: u32,
+        profile: String,
+        gi: u32,
+        slot: Slot,
+        container_id: Option<String>,
+    },
     /// An idle instance older than `pool.idle_timeout_s`.
     DestroyIdle {
         gpu: u32,
@@ -135,6 +145,21 @@ impl std::fmt::Display for Action {
             Action::RestoreComputeMode { gpu, mode } => write!(
                 f,
                 "put compute mode {mode} back on GPU {gpu}: its MPS daemon is gone (a crash)"
+            ),
+            Action::Adopt {
+                gpu,
+                profile,
+                gi,
+                slot,
+                container_id,
+            } => write!(
+                f,
+                "adopt {profile} GI {gi} at slot {} on GPU {gpu}: the ledger lost it, gpushare's instance log names it; {}",
+                slot.start,
+                match container_id {
+                    Some(id) => format!("held by container {id}, whose spec names it"),
+                    None => "idle".into(),
+                }
             ),
             Action::DestroyIdle {
                 gpu,
@@ -234,7 +259,11 @@ fn at_slot(existing: &[GpuInstance], slot: Slot, profile_id: u32) -> Option<&Gpu
 /// Destroy what intents left behind (called with the ledger locked, NVML open: the cold path
 /// does it before placing anything). Returns what was destroyed; a destroy that fails keeps
 /// its record for the next try and is only logged.
-pub fn repair_intents(be: &Backend, st: &mut LedgerState) -> Result<Vec<Action>, BackendError> {
+pub fn repair_intents(
+    cfg: &Config,
+    be: &Backend,
+    st: &mut LedgerState,
+) -> Result<Vec<Action>, BackendError> {
     let mut done = Vec::new();
     let mut i = 0;
     while i < st.instances.len() {
@@ -264,6 +293,10 @@ pub fn repair_intents(be: &Backend, st: &mut LedgerState) -> Result<Vec<Action>,
                 reason: "an allocation died before recording it",
             });
         }
+        crate::instance_log::note(
+            &cfg.state_dir,
+            &[crate::instance_log::gone(&r.gpu_uuid, r.slot)],
+        );
         st.instances.remove(i);
     }
     Ok(done)
@@ -301,6 +334,8 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
         live.push((g.index, g.uuid.clone(), profiles, existing));
     }
     let mut claimed: Vec<(u32, u32)> = Vec::new();
+    // What to tell the instance log once the ledger is saved.
+    let mut gone = Vec::new();
 
     // 1. Records against the driver.
     let mut keep = Vec::with_capacity(st.instances.len());
@@ -368,6 +403,13 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
                     continue;
                 }
             }
+        }
+        // Nothing of this record's is at its placement any more (destroyed, or never made);
+        // an instance there with another MIG UUID is judged below, on its own.
+        let emptied =
+            matches!(action, Action::DestroyLeftover { .. }) || here.is_none() || r.made.is_none();
+        if !opts.dry_run && emptied {
+            gone.push(crate::instance_log::gone(&r.gpu_uuid, r.slot));
         }
         report.actions.push(action);
     }
@@ -477,17 +519,46 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
                     keep.push(r);
                     continue;
                 }
+                gone.push(crate::instance_log::gone(&r.gpu_uuid, r.slot));
             }
             report.actions.push(action);
         }
         st.instances = keep;
     }
 
-    // 4. Whatever else the driver shows is someone else's.
-    for (index, _, profiles, existing) in &live {
+    // 4. What the ledger lost but gpushare's instance log names is gpushare's: adopted when
+    // whole, else destroyed. Whatever else the driver shows is someone else's.
+    let owned = crate::instance_log::owned(&cfg.state_dir);
+    let mut holders: Option<Vec<crate::repair::Container>> = None;
+    for (index, uuid, profiles, existing) in &live {
         for gi in existing {
             if claimed.contains(&(*index, gi.id)) {
                 continue;
+            }
+            if let Some(o) = owned
+                .iter()
+                .find(|o| o.gpu == *uuid && o.matches(gi.id, gi.profile_id, gi.slot))
+            {
+                let holders = holders.get_or_insert_with(|| {
+                    crate::repair::scan(&crate::repair::roots(cfg, &st, None, &[]))
+                });
+                match reclaim_logged(cfg, &be, &gpus, *index, gi, o, holders, opts.dry_run) {
+                    Ok(Some((action, record))) => {
+                        if let Some(r) = record {
+                            st.instances.push(r);
+                        } else if !opts.dry_run {
+                            gone.push(crate::instance_log::gone(uuid, gi.slot));
+                        }
+                        report.actions.push(action);
+                        continue;
+                    }
+                    Err(e) => {
+                        report.failed.push(e);
+                        continue;
+                    }
+                    // Another compute instance than the one logged: someone else's instance.
+                    Ok(None) => {}
+                }
             }
             report.foreign.push(Foreign {
                 gpu: *index,
@@ -504,7 +575,85 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
     if !opts.dry_run && (st != before || locked.folded()) {
         locked.save(&st)?;
     }
+    if !gone.is_empty() {
+        crate::instance_log::note(&cfg.state_dir, &gone);
+    }
     Ok(report)
+}
+
+/// An instance the ledger lost and the instance log names (`o`): adopt it (a record, idle or
+/// leased to the container whose spec names its MIG UUID) when its compute instance is the
+/// one logged; destroy it when it has none, or when the log holds only the intent (the create
+/// died before its result was recorded anywhere, so no container was given it). None when it
+/// has compute instances but not the logged one: not the instance the log speaks of.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reclaim_logged(
+    cfg: &Config,
+    be: &Backend,
+    gpus: &[crate::nvml::GpuInfo],
+    index: u32,
+    gi: &GpuInstance,
+    o: &crate::instance_log::Owned,
+    holders: &[crate::repair::Container],
+    dry_run: bool,
+) -> Result<Option<(Action, Option<InstanceRecord>)>, String> {
+    let whole = o.made.as_ref().filter(|(_, ci, mig)| {
+        gi.compute_instances.contains(ci) && be.mig_uuid(index, gi.id, *ci).is_ok_and(|u| u == *mig)
+    });
+    if o.made.is_some() && whole.is_none() && !gi.compute_instances.is_empty() {
+        return Ok(None);
+    }
+    let gpu = gpus.iter().find(|g| g.index == index);
+    if let (Some((_, ci, mig)), Some(gpu)) = (whole, gpu) {
+        let driver = crate::driver::Driver::new(cfg);
+        if let Ok((gi_cap_minor, ci_cap_minor)) = driver.cap_minors(gpu.minor, gi.id, *ci) {
+            let holder = holders.iter().find(|c| c.migs.iter().any(|m| m == mig));
+            let now = now_unix();
+            let record = InstanceRecord {
+                gpu_uuid: gpu.uuid.clone(),
+                gpu_index: index,
+                gpu_minor: gpu.minor,
+                profile: o.profile.clone(),
+                profile_id: o.profile_id,
+                slot: gi.slot,
+                made: Some(crate::ledger::Made {
+                    gi: gi.id,
+                    ci: *ci,
+                    mig_uuid: mig.clone(),
+                    gi_cap_minor,
+                    ci_cap_minor,
+                }),
+                created_at: o.since,
+                lease: holder.map(|c| crate::ledger::Lease {
+                    container_id: c.id.clone(),
+                    since: now,
+                    runtime_root: Some(c.root.clone()),
+                }),
+                idle_since: holder.is_none().then_some(now),
+            };
+            let action = Action::Adopt {
+                gpu: index,
+                profile: o.profile.clone(),
+                gi: gi.id,
+                slot: gi.slot,
+                container_id: holder.map(|c| c.id.clone()),
+            };
+            return Ok(Some((action, (!dry_run).then_some(record))));
+        }
+    }
+    let action = Action::DestroyLeftover {
+        gpu: index,
+        profile: o.profile.clone(),
+        gi: gi.id,
+        slot: gi.slot,
+        reason: "the ledger lost it; gpushare's instance log says gpushare made it",
+    };
+    if !dry_run {
+        crate::failpoint!("gc.logged.before_destroy");
+        be.destroy(index, gi.id, &gi.compute_instances)
+            .map_err(|e| format!("{action}: {e}"))?;
+    }
+    Ok(Some((action, None)))
 }
 
 /// Whether the ledger on disk could hold anything of `container_id`'s: a read of the file (and

@@ -36,7 +36,7 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("ledger {path} is corrupt ({source}); move it aside and run `gpusharectl gc`")]
+    #[error("ledger {path} is corrupt ({source}); run `gpusharectl repair` to rebuild it from the driver's instances, gpushare's instance log and the runtimes' containers (moving it aside and running `gpusharectl gc` instead would leave every instance, busy ones included, foreign)")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
@@ -839,7 +839,7 @@ mod tests {
         std::fs::write(ledger.path(), b"{not json").unwrap();
         let err = locked.load().unwrap_err().to_string();
         assert!(
-            err.contains("corrupt") && err.contains("gpusharectl gc"),
+            err.contains("corrupt") && err.contains("`gpusharectl repair`"),
             "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();

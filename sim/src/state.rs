@@ -297,6 +297,7 @@ impl Store {
         let out = f(&mut state)?;
         if state != before {
             driver_files::sync_capabilities(&state)?;
+            kill_point();
             self.write(&state)?;
         }
         Ok(out)
@@ -316,6 +317,27 @@ impl Store {
         }
         driver_files::sync_capabilities(state)?;
         self.write(state)
+    }
+}
+
+/// For crash tests: `GPUSHARE_SIM_KILL_AT=N` kills the calling process (SIGKILL) in its N-th
+/// state-changing transaction, after the driver's files were brought in line with the new
+/// state and before that state is written: the moment where a killed caller leaves the two
+/// disagreeing (the files say an instance is gone that NVML still lists).
+fn kill_point() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let Some(at) = std::env::var("GPUSHARE_SIM_KILL_AT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        // SAFETY: raising a signal at ourselves has no preconditions.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
     }
 }
 
