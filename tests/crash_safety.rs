@@ -23,6 +23,10 @@ enum Setup {
     /// A crash left a lease of a container that never came to be; the crash is in gc
     /// releasing it.
     GcRelease,
+    /// A destroy killed inside the GPU instance's destroy (after the driver's files went) left
+    /// a GPU instance that the ledger no longer records and the instance log names; the crash
+    /// is in gc destroying it.
+    GcLogged,
 }
 
 const SCENARIOS: &[(&str, Setup)] = &[
@@ -47,6 +51,8 @@ const SCENARIOS: &[(&str, Setup)] = &[
     ("shim.deleted", Setup::Release),
     ("gc.leftover.before_destroy", Setup::Gc),
     ("gc.before_release", Setup::GcRelease),
+    ("alloc.cold.logged", Setup::Cold),
+    ("gc.logged.before_destroy", Setup::GcLogged),
 ];
 
 /// Where an MPS crash happens (`mps.exclusive`: the compute mode changed for the daemon).
@@ -118,6 +124,27 @@ fn set_up(engine: &Engine, setup: Setup) {
             let st = create_with(engine, &b, &unique("orphan"), Some("shim.spec_written"));
             assert!(killed(st), "setting up an orphaned lease");
         }
+        Setup::GcLogged => {
+            run_profile(engine, "7g.80gb");
+            let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+            let st = engine
+                .cmd(&["create", "--bundle"])
+                .arg(b.path())
+                .arg(unique("half"))
+                .env("GPUSHARE_SIM_KILL_AT", "2")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(killed(st), "setting up a half-destroyed instance");
+            // The ledger drops the record, as the next grant's check of the driver files does.
+            let path = engine.node.cfg().state_dir.join("ledger.json");
+            let mut raw: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            raw["instances"] = serde_json::json!([]);
+            std::fs::write(&path, raw.to_string()).unwrap();
+        }
     }
 }
 
@@ -183,7 +210,7 @@ fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
                 assert!(out.status.success(), "runc delete: {}", text(&out.stderr));
             }
         }
-        Setup::Gc | Setup::GcRelease => {
+        Setup::Gc | Setup::GcRelease | Setup::GcLogged => {
             let out = gc(node, Some(point));
             assert!(
                 killed(out.status),

@@ -382,7 +382,7 @@ fn concurrent_loops_with_random_sigkills() {
                     }
                     let (st, hung) = wait_bounded(&mut child, std::time::Duration::from_secs(20));
                     let what = match (kill, st.success()) {
-                        _ if hung => "hung (killed after 20 s)",
+                        _ if hung => hung_label(op),
                         (true, _) if st.code().is_none() => "killed",
                         (_, true) => op,
                         _ => "failed",
@@ -473,5 +473,13 @@ fn reap(engine: &Engine, ids: &[String]) {
             }
         }
         let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(id));
+    }
+}
+
+fn hung_label(op: &str) -> &'static str {
+    match op {
+        "create" => "hung create (killed after 20 s)",
+        "start" => "hung start (killed after 20 s)",
+        _ => "hung delete (killed after 20 s)",
     }
 }
