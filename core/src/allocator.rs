@@ -363,8 +363,7 @@ fn cold(
             continue;
         };
         let mut existing = be.gpu_instances(gpu.index, &profiles)?;
-        let owned = owned.get_or_insert_with(|| crate::instance_log::owned(&cfg.state_dir));
-        destroy_logged_leftovers(cfg, &be, st, gpu, owned, &mut existing)?;
+        destroy_logged_leftovers(cfg, &be, st, gpu, &mut owned, &mut existing)?;
         let occupied = nvml::occupancy(&existing);
         let choice = crate::policy::node::cold_place(cfg, st, &gpu.uuid, p, &profiles, &existing)
             .or_else(|| reclaim(st, gpu, p, &existing));
@@ -610,7 +609,7 @@ fn destroy_logged_leftovers(
     be: &Backend,
     st: &LedgerState,
     gpu: &GpuInfo,
-    owned: &[crate::instance_log::Owned],
+    owned: &mut Option<Vec<crate::instance_log::Owned>>,
     existing: &mut Vec<nvml::GpuInstance>,
 ) -> Result<(), AllocError> {
     let claimed = |gi: &nvml::GpuInstance| {
@@ -623,11 +622,14 @@ fn destroy_logged_leftovers(
     let mut i = 0;
     while i < existing.len() {
         let gi = &existing[i];
+        // The log is read only when the driver shows a GPU instance with no compute instance.
         let half = gi.compute_instances.is_empty()
+            && !claimed(gi)
             && owned
+                .get_or_insert_with(|| crate::instance_log::owned(&cfg.state_dir))
                 .iter()
                 .any(|o| o.gpu == gpu.uuid && o.matches(gi.id, gi.profile_id, gi.slot));
-        if !half || claimed(gi) {
+        if !half {
             i += 1;
             continue;
         }

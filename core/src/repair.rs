@@ -422,3 +422,62 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
     crate::offers::write(cfg, &mut st, generation);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_ledger_still_names_its_roots() {
+        let raw = r#"{"instances":[{"lease":{"container_id":"a","runtime_root": "/run/x"}},{"lease":{"runtime_root":"/run/y","#;
+        assert_eq!(quoted_after(raw, "\"runtime_root\":"), ["/run/x", "/run/y"]);
+    }
+
+    #[test]
+    fn scan_reads_runc_and_crun_state() {
+        let dir = std::env::temp_dir().join(format!("gpushare-repair-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = |env: &str, ann: &str| {
+            format!(r#"{{"process":{{"env":["PATH=/bin",{env}]}},"annotations":{{{ann}}}}}"#)
+        };
+        // runc: state.json names the bundle in its labels.
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            spec(
+                r#""CUDA_VISIBLE_DEVICES=MIG-a""#,
+                r#""gpu.profile":"1g.10gb""#,
+            ),
+        )
+        .unwrap();
+        let runc = dir.join("runc");
+        std::fs::create_dir_all(runc.join("c1")).unwrap();
+        std::fs::write(
+            runc.join("c1/state.json"),
+            format!(
+                r#"{{"config":{{"labels":["bundle={}"]}}}}"#,
+                bundle.display()
+            ),
+        )
+        .unwrap();
+        // crun: its own copy of the spec.
+        let crun = dir.join("crun");
+        std::fs::create_dir_all(crun.join("c2")).unwrap();
+        std::fs::write(
+            crun.join("c2/config.json"),
+            spec(r#""NVIDIA_VISIBLE_DEVICES=MIG-b,MIG-c""#, ""),
+        )
+        .unwrap();
+        std::fs::create_dir_all(crun.join("junk")).unwrap();
+        let roots = [runc.display().to_string(), crun.display().to_string()];
+        let found = scan(&roots);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].id, "c1");
+        assert_eq!(found[0].migs, ["MIG-a"]);
+        assert!(found[0].requested);
+        assert_eq!(found[1].migs, ["MIG-b", "MIG-c"]);
+        assert!(!found[1].requested);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
