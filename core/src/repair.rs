@@ -349,9 +349,30 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
                 }
             }
             let now = now_unix();
-            report.recorded.push(match holder {
-                Some(c) => format!("{label}: leased to container {} ({})", c.id, c.root),
-                None => format!("{label}: idle"),
+            // A lease the old ledger still holds for a container the runtime does not have yet
+            // may be a `create` still running (granted, its state not yet written): kept while
+            // younger than the grace period, as `gc` keeps it.
+            let young = old
+                .instances
+                .iter()
+                .filter(|r| r.made.as_ref().is_some_and(|m| m.mig_uuid == mig))
+                .filter_map(|r| r.lease.clone())
+                .find(|l| now.saturating_sub(l.since) < cfg.pool.gc_grace_s);
+            let lease = match (holder, young) {
+                (Some(c), _) => Some(Lease {
+                    container_id: c.id.clone(),
+                    since: now,
+                    runtime_root: Some(c.root.clone()),
+                }),
+                (None, young) => young,
+            };
+            report.recorded.push(match (&lease, holder) {
+                (Some(l), Some(c)) => format!("{label}: leased to container {} ({})", l.container_id, c.root),
+                (Some(l), None) => format!(
+                    "{label}: leased to container {}, kept: the runtime has no such container yet and the lease is younger than {} s",
+                    l.container_id, cfg.pool.gc_grace_s
+                ),
+                (None, _) => format!("{label}: idle"),
             });
             st.instances.push(InstanceRecord {
                 gpu_uuid: g.uuid.clone(),
@@ -368,12 +389,8 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
                     ci_cap_minor,
                 }),
                 created_at: now,
-                lease: holder.map(|c| Lease {
-                    container_id: c.id.clone(),
-                    since: now,
-                    runtime_root: Some(c.root.clone()),
-                }),
-                idle_since: holder.is_none().then_some(now),
+                idle_since: lease.is_none().then_some(now),
+                lease,
             });
             if !by_log && !opts.dry_run {
                 gone.push(crate::instance_log::Event::Made {
