@@ -602,8 +602,9 @@ fn reclaim(
 }
 
 /// Destroy what no ledger record claims but the instance log says gpushare made, where it has
-/// no compute instance: a create or destroy that died half-way, whose record the ledger lost. No container can run on it. Whole ones are left to
-/// `gc`, which looks for a container holding them before it adopts them.
+/// no compute instance: a create or destroy that died half-way, whose record the ledger lost.
+/// No container can run on it. Whole ones are left to `gc`, which looks for a container
+/// holding them before it adopts them.
 fn destroy_logged_leftovers(
     cfg: &Config,
     be: &Backend,
@@ -628,7 +629,7 @@ fn destroy_logged_leftovers(
             && owned
                 .get_or_insert_with(|| crate::instance_log::owned(&cfg.state_dir))
                 .iter()
-                .any(|o| o.gpu == gpu.uuid && o.matches(gi.id, gi.profile_id, gi.slot));
+                .any(|o| o.gpu == gpu.uuid && o.claims(gi));
         if !half {
             i += 1;
             continue;

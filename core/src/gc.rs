@@ -535,10 +535,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
             if claimed.contains(&(*index, gi.id)) {
                 continue;
             }
-            if let Some(o) = owned
-                .iter()
-                .find(|o| o.gpu == *uuid && o.matches(gi.id, gi.profile_id, gi.slot))
-            {
+            if let Some(o) = owned.iter().find(|o| o.gpu == *uuid && o.claims(gi)) {
                 let holders = holders.get_or_insert_with(|| {
                     crate::repair::scan(&crate::repair::roots(cfg, &st, None, &[]))
                 });
@@ -572,6 +569,20 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
         }
     }
 
+    // Log entries of placements where the driver shows nothing of theirs (a crash between the
+    // log's intent and the ledger's) go, so the log names only what may still be there.
+    for o in &owned {
+        let Some((_, _, _, existing)) = live.iter().find(|l| l.1 == o.gpu) else {
+            continue;
+        };
+        if !opts.dry_run
+            && !existing
+                .iter()
+                .any(|gi| o.matches(gi.id, gi.profile_id, gi.slot))
+        {
+            gone.push(crate::instance_log::gone(&o.gpu, o.slot));
+        }
+    }
     if !opts.dry_run && (st != before || locked.folded()) {
         locked.save(&st)?;
     }

@@ -86,6 +86,17 @@ impl Owned {
     }
 }
 
+impl Owned {
+    /// [`Owned::matches`] as `gc` and the cold path judge an instance no record claims: an
+    /// entry that is only an intent claims a GPU instance without compute instances alone (a
+    /// create that died between the two calls), never a whole one, which another manager may
+    /// have made at that placement since.
+    pub fn claims(&self, gi: &crate::nvml::GpuInstance) -> bool {
+        self.matches(gi.id, gi.profile_id, gi.slot)
+            && (self.made.is_some() || gi.compute_instances.is_empty())
+    }
+}
+
 fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
