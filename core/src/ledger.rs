@@ -36,7 +36,7 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("ledger {path} is corrupt ({source}); run `gpusharectl repair` to rebuild it from the driver's instances, gpushare's instance log and the runtimes' containers (moving it aside and running `gpusharectl gc` instead would leave every instance, busy ones included, foreign)")]
+    #[error("ledger {path} is corrupt ({source}); run `gpusharectl repair` to rebuild it from the driver's instances, gpushare's instance log and the runtimes' containers (`gpusharectl repair --dry-run` shows what it would record); do not delete it")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
