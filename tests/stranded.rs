@@ -312,3 +312,41 @@ fn gc_adopts_whole_instances_the_ledger_lost() {
     assert!(engine.delete(&busy_id).status.success());
     invariants::check(&node, Some(engine.root.path())).unwrap();
 }
+
+/// A ledger deleted outright: `repair` finds the runtime root in the instance log (no
+/// `--runtime-root`), leases the running container's slice back to it, and a dry run first
+/// changes nothing.
+#[test]
+fn repair_rebuilds_a_deleted_ledger_from_the_roots_the_log_names() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Crun);
+    let busy = Bundle::new("sleep 600", &[("gpu.profile", "3g.40gb")], &[]);
+    let busy_id = unique("busy");
+    assert!(engine.create(&busy, &busy_id).status.success());
+    let held = node.ledger().instances[0].made.clone().unwrap().mig_uuid;
+    std::fs::remove_file(node.cfg().state_dir.join("ledger.json")).unwrap();
+
+    let out = node.ctl(&["repair", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["recorded"].as_array().unwrap().len(), 1, "{report}");
+    assert!(
+        !node.cfg().state_dir.join("ledger.json").exists(),
+        "a dry run writes nothing"
+    );
+
+    let out = node.ctl(&["repair"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let st = node.ledger();
+    let i = st.lease_of(&busy_id).expect("leased again");
+    assert_eq!(st.instances[i].made.as_ref().unwrap().mig_uuid, held);
+    assert_eq!(gc_json(&node)["foreign"], serde_json::json!([]));
+    assert!(engine.delete(&busy_id).status.success());
+    invariants::check(&node, Some(engine.root.path())).unwrap();
+}
