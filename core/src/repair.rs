@@ -261,14 +261,10 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
     let owned = crate::instance_log::owned(&cfg.state_dir);
     let be = Backend::open(cfg)?;
     let gpus = be.gpus()?;
+    // Everything but the MIG records is kept from a readable ledger (empty from a corrupt one).
     let mut st = LedgerState {
-        format: old.format,
-        gpus: old.gpus.clone(),
-        stats: old.stats.clone(),
-        placement: old.placement.clone(),
-        shares: old.shares.clone(),
-        mps: old.mps.clone(),
-        ..Default::default()
+        instances: Vec::new(),
+        ..old.clone()
     };
     crate::allocator::refresh_gpus(&be, &mut st, &gpus)?;
     let driver = crate::driver::Driver::new(cfg);
