@@ -36,4 +36,5 @@ pub mod share;
 pub mod shim;
 pub mod spec;
 pub mod status;
+pub mod strict_json;
 pub mod trust;

@@ -75,6 +75,91 @@ pub enum RequestError {
         value: String,
         allowed: String,
     },
+    #[error("annotation {key} is {found}, not a string; accepted: {accepted}")]
+    NotString {
+        key: String,
+        found: &'static str,
+        accepted: &'static str,
+    },
+    #[error("annotation {key} is not one of gpushare's (a typo?); accepted: {known}")]
+    Unknown { key: String, known: String },
+    #[error("env {var} is given {count} times ({values}): the container would see the first, gpushare would read another; give it once")]
+    Repeated {
+        var: &'static str,
+        count: usize,
+        values: String,
+    },
+    #[error("{key} belongs to an MPS share ({ANN_MPS}), not to {mode}: ask for one way of sharing a GPU")]
+    WrongMode { key: String, mode: String },
+}
+
+/// gpushare's annotations: the request's, and the Kubernetes pod's container selection.
+pub const ANNOTATIONS: [&str; 6] = [
+    ANN_PROFILE,
+    ANN_DEVICE,
+    ANN_MPS,
+    ANN_MPS_MEMORY,
+    ANN_SHARE,
+    crate::kube::ANN_CONTAINERS,
+];
+
+/// An annotation in gpushare's namespace: `gpu.` and no `/` (a key with one, such as
+/// `gpu.example.com/x`, is another owner's, as Kubernetes prefixes keys).
+fn in_our_namespace(key: &str) -> bool {
+    key.starts_with("gpu.") && !key.contains('/')
+}
+
+/// Annotations that cannot be read as a request: a key in gpushare's namespace it does not
+/// know (a typo would otherwise run the container without the GPU it asked for), or one of its
+/// keys holding something other than a string (`"gpu.profile": null` likewise).
+fn check_annotations(spec: &Value) -> Result<(), RequestError> {
+    let Some(annotations) = spec.get("annotations").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    for (key, value) in annotations {
+        if !in_our_namespace(key) {
+            continue;
+        }
+        if !ANNOTATIONS.contains(&key.as_str()) {
+            return Err(RequestError::Unknown {
+                key: shown(key),
+                known: ANNOTATIONS.join(", "),
+            });
+        }
+        let found = match value {
+            Value::String(_) => continue,
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        };
+        return Err(RequestError::NotString {
+            key: key.clone(),
+            found,
+            accepted: "a string, e.g. \"1g.10gb\"",
+        });
+    }
+    Ok(())
+}
+
+/// A `GPUSHARE_*` variable given more than once in the env that asks: `getenv` in the
+/// container finds the first, so gpushare must not pick one.
+fn check_repeated(env: &[&str]) -> Result<(), RequestError> {
+    for (_, var) in KEYS {
+        let values: Vec<&str> = env
+            .iter()
+            .filter_map(|e| e.strip_prefix(var).and_then(|r| r.strip_prefix('=')))
+            .collect();
+        if values.len() > 1 {
+            return Err(RequestError::Repeated {
+                var,
+                count: values.len(),
+                values: values.iter().map(|v| shown(v)).collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where a request value came from, so messages name what the user actually wrote.
@@ -131,8 +216,10 @@ pub fn env_source(spec: &Value, allow_env: bool) -> Vec<&'static str> {
 
 /// The request in `spec`, if any. `allow_env` is the trust policy for `GPUSHARE_*` variables.
 pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, RequestError> {
+    check_annotations(spec)?;
     let annotations = spec.get("annotations").and_then(Value::as_object);
     let env = env_that_asks(spec, allow_env);
+    check_repeated(&env)?;
     let lookup = |ann: &'static str, var: &'static str| -> Option<Found<'_>> {
         if let Some(v) = annotations.and_then(|a| a.get(ann)).and_then(Value::as_str) {
             return Some(Found {
@@ -141,7 +228,7 @@ pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, Reque
                 value: v,
             });
         }
-        // Later entries win in an OCI env list, as they do for execve.
+        // (A variable given twice was refused above.)
         env.iter().rev().find_map(|e| {
             e.strip_prefix(var)
                 .and_then(|rest| rest.strip_prefix('='))
@@ -170,6 +257,12 @@ pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, Reque
                 .map(|f| f.label())
                 .collect::<Vec<_>>()
                 .join(", "),
+        });
+    }
+    if let (Some(m), Some(other)) = (&mps_memory, profile.as_ref().or(share.as_ref())) {
+        return Err(RequestError::WrongMode {
+            key: m.label(),
+            mode: other.label(),
         });
     }
     if let Some(p) = &profile {
@@ -542,6 +635,98 @@ mod tests {
         let s = spec_with(&[("gpu.mps", "10"), ("gpu.profile", "1g.10gb")], &[]);
         let err = from_spec(&s, true).unwrap_err().to_string();
         assert!(err.contains("not several"), "{err}");
+    }
+
+    #[test]
+    fn null_and_other_non_string_values_are_refused() {
+        for (v, found) in [
+            (json!(null), "null"),
+            (json!(1), "a number"),
+            (json!(["1g.10gb"]), "a list"),
+            (json!(true), "a boolean"),
+        ] {
+            for key in ANNOTATIONS {
+                let s = json!({"annotations": {key: v.clone()}});
+                let err = from_spec(&s, true).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("annotation {key} is {found}, not a string")),
+                    "{err}"
+                );
+            }
+        }
+        // Before the fix, a null profile was no request at all.
+        let s = json!({"annotations": {"gpu.profile": null}});
+        assert!(matches!(
+            from_spec(&s, true),
+            Err(RequestError::NotString { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_in_gpushares_namespace_are_refused() {
+        for key in ["gpu.prfile", "gpu.", "gpu.profile.x", "gpu.mps_memory"] {
+            let s = spec_with(&[(key, "1g.10gb")], &[]);
+            let err = from_spec(&s, true).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("annotation {key:?} is not one of gpushare's"))
+                    && err.contains("accepted: gpu.profile, gpu.device"),
+                "{err}"
+            );
+        }
+        // Another owner's key (Kubernetes-prefixed), and keys outside the namespace.
+        for key in ["gpu.example.com/model", "gpus", "gpushare.lease", "nvidia.com/gpu"] {
+            let s = spec_with(&[(key, "x"), ("gpu.profile", "1g.10gb")], &[]);
+            assert!(from_spec(&s, true).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_variable_given_twice_is_refused_only_where_env_asks() {
+        let env = ["GPUSHARE_PROFILE=1g.10gb", "PATH=/bin", "GPUSHARE_PROFILE=7g.80gb"];
+        let err = from_spec(&spec_with(&[], &env), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(r#"env GPUSHARE_PROFILE is given 2 times ("1g.10gb", "7g.80gb")"#),
+            "{err}"
+        );
+        // Env that does not ask is no request at all.
+        assert_eq!(from_spec(&spec_with(&[], &env), false), Ok(None));
+        let annotated = spec_with(&[("gpu.profile", "2g.20gb")], &env);
+        assert!(from_spec(&annotated, true).is_ok());
+    }
+
+    #[test]
+    fn mps_memory_beside_another_mode_is_refused() {
+        for (ann, env, mode) in [
+            (
+                vec![("gpu.profile", "1g.10gb"), ("gpu.mps.memory", "4G")],
+                vec![],
+                "annotation gpu.profile",
+            ),
+            (
+                vec![("gpu.share", "timeslice"), ("gpu.mps.memory", "4G")],
+                vec![],
+                "annotation gpu.share",
+            ),
+            (
+                vec![],
+                vec!["GPUSHARE_PROFILE=1g.10gb", "GPUSHARE_MPS_MEMORY=4G"],
+                "env GPUSHARE_PROFILE",
+            ),
+        ] {
+            let err = from_spec(&spec_with(&ann, &env), true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("gpu.mps.memory") || err.contains("GPUSHARE_MPS_MEMORY"),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!("belongs to an MPS share (gpu.mps), not to {mode}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

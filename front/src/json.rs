@@ -2,6 +2,12 @@
 //! grammar as strictly as a parser does (so a document it reads is one the full program reads
 //! too) and then answers look-ups by walking the bytes again. Strings are used as written:
 //! callers refuse an escaped key or value wherever they compare or copy one.
+//!
+//! The check also refuses what the full program refuses before it reads a spec: a key given
+//! twice in one object, which runc's decoder reads differently (it merges the two), and a
+//! key that runc would take as one of the fields gpushare reads but serde_json would not
+//! (another case). Keys are compared as bytes, so a key with an escape or a non-ASCII
+//! character (which might decode or fold to any other) is refused too.
 
 /// The document is not one the plain case reads; the full program decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,6 +16,10 @@ pub struct Refused;
 pub(crate) type R<T> = Result<T, Refused>;
 
 const MAX_DEPTH: u32 = 100;
+/// The most keys held at once by the objects open at one point of a check (an object's own
+/// and its enclosing objects'); real specs stay far below, and a larger one is the full
+/// program's.
+const MAX_OPEN_KEYS: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -41,6 +51,11 @@ impl<'a> Json<'a> {
 
     /// The value starting at `i`, checked to the end (JSON's grammar, strictly).
     pub(crate) fn value(&self, i: usize, depth: u32) -> R<Node> {
+        self.checked_value(i, depth, &mut Unchecked)
+    }
+
+    /// [`Self::value`], each object's keys also shown to `keys`.
+    fn checked_value<K: Keys>(&self, i: usize, depth: u32, keys: &mut K) -> R<Node> {
         if depth > MAX_DEPTH {
             return Err(Refused);
         }
@@ -60,22 +75,26 @@ impl<'a> Json<'a> {
                 if self.s.get(j) == Some(&close) {
                     return node(if object { Kind::Object } else { Kind::Array }, j + 1);
                 }
+                let mark = keys.open();
                 loop {
                     if object {
                         if self.s.get(j) != Some(&b'"') {
                             return Err(Refused);
                         }
-                        j = self.ws(self.string_end(j)?);
+                        let key_end = self.string_end(j)?;
+                        keys.key(self.s, mark, j + 1, key_end - 1)?;
+                        j = self.ws(key_end);
                         if self.s.get(j) != Some(&b':') {
                             return Err(Refused);
                         }
                         j = self.ws(j + 1);
                     }
-                    j = self.ws(self.value(j, depth + 1)?.end);
+                    j = self.ws(self.checked_value(j, depth + 1, keys)?.end);
                     match self.s.get(j) {
                         Some(b',') => j = self.ws(j + 1),
                         Some(&c) if c == close => {
-                            return node(if object { Kind::Object } else { Kind::Array }, j + 1)
+                            keys.close(mark);
+                            return node(if object { Kind::Object } else { Kind::Array }, j + 1);
                         }
                         _ => return Err(Refused),
                     }
@@ -281,13 +300,80 @@ impl<'a> Json<'a> {
     }
 }
 
-/// A whole document that is one JSON object (whitespace around it allowed), checked.
+/// What a check does with each object's keys.
+trait Keys {
+    /// An object opens; the mark is what [`Keys::key`] and [`Keys::close`] are given for it.
+    fn open(&mut self) -> usize;
+    /// The object's next key, `doc[start..end]` (between its quotes).
+    fn key(&mut self, doc: &[u8], mark: usize, start: usize, end: usize) -> R<()>;
+    fn close(&mut self, mark: usize);
+}
+
+/// Walks of a document already checked look at no key.
+struct Unchecked;
+
+impl Keys for Unchecked {
+    fn open(&mut self) -> usize {
+        0
+    }
+    fn key(&mut self, _: &[u8], _: usize, _: usize, _: usize) -> R<()> {
+        Ok(())
+    }
+    fn close(&mut self, _: usize) {}
+}
+
+/// The keys of the objects open at one point of the check, on the stack.
+struct Open {
+    keys: [(u32, u32); MAX_OPEN_KEYS],
+    n: usize,
+}
+
+impl Keys for Open {
+    fn open(&mut self) -> usize {
+        self.n
+    }
+
+    fn key(&mut self, doc: &[u8], mark: usize, start: usize, end: usize) -> R<()> {
+        let key = &doc[start..end];
+        // Go's decoder folds case (ASCII and beyond) when it matches a field, so two keys of
+        // one object that differ only in case are the same field to runc.
+        if key.iter().any(|&b| b == b'\\' || b >= 0x80) || crate::scan::case_variant(key).is_some()
+        {
+            return Err(Refused);
+        }
+        let same = |&(a, b): &(u32, u32)| {
+            let other = &doc[a as usize..b as usize];
+            other.len() == key.len() && other.eq_ignore_ascii_case(key)
+        };
+        if self.keys[mark..self.n].iter().any(same) {
+            return Err(Refused);
+        }
+        let span = (
+            u32::try_from(start).map_err(|_| Refused)?,
+            u32::try_from(end).map_err(|_| Refused)?,
+        );
+        *self.keys.get_mut(self.n).ok_or(Refused)? = span;
+        self.n += 1;
+        Ok(())
+    }
+
+    fn close(&mut self, mark: usize) {
+        self.n = mark;
+    }
+}
+
+/// A whole document that is one JSON object (whitespace around it allowed), checked, its keys
+/// included (see the module's comment).
 pub(crate) fn object(doc: &[u8]) -> R<(Json<'_>, Node)> {
     if core::str::from_utf8(doc).is_err() {
         return Err(Refused);
     }
     let json = Json { s: doc };
-    let root = json.value(json.ws(0), 0)?;
+    let mut open = Open {
+        keys: [(0, 0); MAX_OPEN_KEYS],
+        n: 0,
+    };
+    let root = json.checked_value(json.ws(0), 0, &mut open)?;
     if root.kind != Kind::Object || json.ws(root.end) != doc.len() {
         return Err(Refused);
     }

@@ -38,6 +38,58 @@ fn escapes_a_name_char(raw: &[u8]) -> bool {
     false
 }
 
+/// Names of the spec's fields that gpushare reads or writes, or that decide which devices a
+/// container may open. runc reads its spec with Go's `encoding/json`, which takes a key that
+/// matches a field's name only when letters are folded to one case (`"Major"`, `"DEVICES"`,
+/// even `"deviceſ"`) as that field; serde_json (and this crate) take only the exact name.
+/// Such a spelling would make gpushare and runc read two different specs, so a spec with one
+/// is not read (see [`case_variant`]).
+pub const RUNTIME_FIELDS: &[&str] = &[
+    "access",
+    "allow",
+    "ambient",
+    "annotations",
+    "args",
+    "bounding",
+    "capabilities",
+    "createContainer",
+    "createRuntime",
+    "destination",
+    "devices",
+    "effective",
+    "env",
+    "fileMode",
+    "gid",
+    "hooks",
+    "inheritable",
+    "linux",
+    "major",
+    "minor",
+    "mounts",
+    "options",
+    "path",
+    "permitted",
+    "poststart",
+    "poststop",
+    "prestart",
+    "process",
+    "resources",
+    "source",
+    "startContainer",
+    "timeout",
+    "type",
+    "uid",
+];
+
+/// The field of [`RUNTIME_FIELDS`] that an ASCII `key` spells in another case, if any (an
+/// exact name is not a variant). Keys with other characters are the caller's to refuse.
+pub fn case_variant(key: &[u8]) -> Option<&'static str> {
+    RUNTIME_FIELDS
+        .iter()
+        .find(|f| f.len() == key.len() && f.as_bytes() != key && f.as_bytes().eq_ignore_ascii_case(key))
+        .copied()
+}
+
 /// Whether the ledger's JSON could mention `container_id`: its JSON string, quotes included,
 /// occurs in the file. An id that JSON would escape (or that is not UTF-8) is always a "maybe":
 /// a false "maybe" only costs the locked look-up it would have saved.
@@ -117,6 +169,16 @@ mod tests {
             "an escaped backslash"
         );
         assert!(!may_contain_request(br#"{"a":"\u00"}"#));
+    }
+
+    #[test]
+    fn case_variants_of_the_fields_runc_reads() {
+        assert_eq!(case_variant(b"Major"), Some("major"));
+        assert_eq!(case_variant(b"DEVICES"), Some("devices"));
+        assert_eq!(case_variant(b"filemode"), Some("fileMode"));
+        assert_eq!(case_variant(b"major"), None);
+        assert_eq!(case_variant(b"majors"), None);
+        assert_eq!(case_variant(b"gpu.profile"), None);
     }
 
     #[test]

@@ -127,6 +127,48 @@ fn checked(spec: &[u8]) -> R<(Json<'_>, Node)> {
     crate::json::object(spec)
 }
 
+/// Refused unless `major` is a plain number that is none of the driver's majors (those of the
+/// offer's nodes: the GPUs', nvidia-uvm's and nvidia-caps').
+fn driver_major(json: &Json, major: Node, offer: &Offer) -> R<()> {
+    let text = json.text(major)?;
+    if major.kind != Kind::Scalar || text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return Err(Refused);
+    }
+    for d in offer.devices() {
+        if d.ok_or(Refused)?.major == text {
+            return Err(Refused);
+        }
+    }
+    Ok(())
+}
+
+/// Refused when an allow rule might open one of the driver's nodes, as runc reads the rule: a
+/// missing type is every type, a missing major every major; a rule that only allows mknod
+/// (`c *:* m`, which Docker and Podman add to every container) opens nothing. The full wrapper
+/// judges the rest (`policy.allow_foreign_devices`), and the minor too.
+fn opens_driver_nodes(json: &Json, rule: Node, offer: &Offer) -> R<()> {
+    if rule.kind != Kind::Object {
+        return Err(Refused);
+    }
+    let allow = json.get(rule, b"allow")?;
+    if !allow.is_some_and(|a| a.kind == Kind::Scalar && json.text(a) == Ok(b"true")) {
+        return Ok(());
+    }
+    let access = match json.get(rule, b"access")? {
+        Some(a) if a.kind == Kind::String => json.text(a)?,
+        _ => return Err(Refused),
+    };
+    if !access.is_empty() && access.iter().all(|&b| b == b'm') {
+        return Ok(());
+    }
+    if let Some(t) = json.get(rule, b"type")? {
+        if t.kind == Kind::String && json.text(t)? == b"b" {
+            return Ok(());
+        }
+    }
+    driver_major(json, json.get(rule, b"major")?.ok_or(Refused)?, offer)
+}
+
 /// Plan the edit of `spec` for `offer`; Refused unless every part of it is an addition.
 pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
     let (json, root) = checked(spec)?;
@@ -149,6 +191,16 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                         let d = d.ok_or(Refused)?;
                         if json.any_names(list, b"path", d.path)? {
                             return Err(Refused);
+                        }
+                    }
+                    // A node of the driver's the spec brings itself (another tenant's
+                    // capability, at any path) is the full wrapper's to judge.
+                    for e in json.elements(list) {
+                        if e.kind != Kind::Object {
+                            return Err(Refused);
+                        }
+                        if let Some(major) = json.get(e, b"major")? {
+                            driver_major(&json, major, offer)?;
                         }
                     }
                     plan.append(&json, list, What::DeviceElems)?;
@@ -177,6 +229,9 @@ pub fn plan(spec: &[u8], offers: &Offers, offer: &Offer) -> R<Plan> {
                                     return Err(Refused);
                                 }
                             }
+                        }
+                        for e in json.elements(rules) {
+                            opens_driver_nodes(&json, e, offer)?;
                         }
                         plan.append(&json, rules, What::RuleElems)?;
                     }
