@@ -70,6 +70,11 @@ pub struct PolicyConfig {
     /// Refuse GPU requests from privileged containers (all devices allowed, or CAP_SYS_ADMIN):
     /// such a container can open every slice's nodes, so a slice isolates nothing.
     pub refuse_privileged: bool,
+    /// Grant GPU requests from specs that already carry nodes or allow rules of the driver's
+    /// devices beyond what gpushare grants (another GPU, another slice's capability, a
+    /// wildcard over the driver's majors). Off: such a request is refused, naming the entry,
+    /// so that a slice's container reaches no other tenant's slice.
+    pub allow_foreign_devices: bool,
     /// The largest MPS active-thread percentage a container may ask for (1-100).
     pub max_mps_percent: u8,
     /// The largest MPS pinned-memory limit a container may ask for, as `gpu.mps.memory` is
@@ -212,6 +217,7 @@ impl Default for PolicyConfig {
             allow_env: true,
             allowed_profiles: Vec::new(),
             refuse_privileged: false,
+            allow_foreign_devices: false,
             max_mps_percent: 100,
             max_mps_memory: None,
         }

@@ -144,8 +144,8 @@ pub fn precreate(
     if !crate::request::may_contain_request(&raw) {
         return pass(&mut stdout);
     }
-    let mut spec: Value =
-        serde_json::from_slice(&raw).map_err(|e| HookError::Spec(e.to_string()))?;
+    let mut spec = crate::strict_json::from_slice(&raw)
+        .map_err(|e| HookError::Grant(shim::unreadable(Path::new("the spec on stdin"), &e)))?;
     if !spec.is_object() {
         return Err(HookError::Spec("not a JSON object".into()));
     }

@@ -357,6 +357,33 @@ mod tests {
                 false,
             ),
             (Some(Value::Null), true),
+            // Docker's and Podman's default device cgroup: nothing of the driver's.
+            (
+                Some(json!({"resources": {"devices": [
+                    {"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "access": "m"},
+                    {"allow": true, "type": "b", "access": "m"},
+                    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 136, "access": "rwm"}]}})),
+                false,
+            ),
+            // The driver's nodes the spec brings itself are the full wrapper's to judge.
+            (
+                Some(
+                    json!({"devices": [{"path": "/opt/evil", "type": "c", "major": 241, "minor": 7}]}),
+                ),
+                true,
+            ),
+            (
+                Some(
+                    json!({"resources": {"devices": [{"allow": true, "type": "c", "major": 241, "minor": -1, "access": "rwm"}]}}),
+                ),
+                true,
+            ),
+            (
+                Some(json!({"resources": {"devices": [{"allow": true, "access": "rw"}]}})),
+                true,
+            ),
         ];
         let process: Vec<(Option<Value>, bool)> = vec![
             (None, false),
@@ -476,6 +503,7 @@ mod tests {
                             !conflict,
                             "edited a spec the full wrapper changes otherwise: {spec}"
                         );
+                        assert_eq!(full_wrapper_grants(&raw), Ok(()), "{spec}");
                         let mut buf = vec![0u8; splice::room(&raw, text.as_bytes())];
                         let mut out = splice::Out::new(&mut buf);
                         splice::write(&raw, &plan, &offers, &offer, &mut out).unwrap();
@@ -489,6 +517,25 @@ mod tests {
             }
         }
         assert!(edited > 1000 && left > 1000, "{edited} edited, {left} left");
+    }
+
+    /// What the full wrapper checks before it grants a plain request (the strict read, the
+    /// request, the devices the spec carries), for a spec the entry binary edits.
+    fn full_wrapper_grants(raw: &[u8]) -> Result<(), String> {
+        let spec = crate::strict_json::from_slice(raw).map_err(|e| e.to_string())?;
+        match crate::request::from_spec(&spec, true) {
+            Ok(Some(crate::request::Request::Mig { profile, device: None })) if profile == "1g.10gb" => {}
+            other => return Err(format!("{other:?}")),
+        }
+        let majors = crate::driver::Majors {
+            nvidia: 195,
+            uvm: 238,
+            caps: 241,
+        };
+        match crate::trust::foreign_devices(&spec, &majors) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     #[test]
@@ -516,10 +563,24 @@ mod tests {
             // Out of f64's range: a JSON parser refuses the whole spec (found by fuzzing).
             (br#"{"annotations":{"gpu.profile":"2g.20gb"},"n":1e400}"#, None),
             (br#"{"annotations":{"gpu.profile":"2g.20gb"},"n":1e-400}"#, Some(&b"2g.20gb"[..])),
+            // What the full wrapper refuses (issue 16): null and unknown keys, repeated
+            // variables, and keys runc and serde_json read differently, at any level.
+            (br#"{"annotations":{"gpu.profile":null}}"#, None),
+            (br#"{"annotations":{"gpu.prfile":"2g.20gb"}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb","gpu.prfile":"x"}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"process":{"env":["GPUSHARE_PROFILE=a","GPUSHARE_PROFILE=b"]}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"linux":{},"linux":{}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"x":[{"a":1,"b":{"c":1,"c":2}}]}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"x":{"Ab":1,"aB":2}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"Linux":{}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"x":{"\u0061":1}}"#, None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"linux":{"devices":[{"MAJOR":241}]}}"#, None),
+            (b"{\"annotations\":{\"gpu.profile\":\"2g.20gb\"},\"x\":{\"caf\xc3\xa9\":1}}", None),
+            (br#"{"annotations":{"gpu.profile":"2g.20gb"},"x":{"a":1},"y":{"a":1}}"#, Some(&b"2g.20gb"[..])),
         ] {
             assert_eq!(splice::plain_profile(spec), plain, "{}", String::from_utf8_lossy(spec));
             if plain.is_some() {
-                serde_json::from_slice::<Value>(spec).expect("what the splice reads, a parser reads");
+                crate::strict_json::from_slice(spec).expect("what the splice reads, the full wrapper reads");
             }
         }
     }

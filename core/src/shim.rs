@@ -110,9 +110,11 @@ fn create(
         runc_log::error(args.log.as_deref(), args.log_format_json, msg);
         1
     };
-    let mut spec: serde_json::Value = match serde_json::from_slice(&raw) {
+    // The spec mentions a request: one that cannot be read (not JSON, or not read the same by
+    // runc) is refused, not run without the GPU it may ask for.
+    let mut spec = match crate::strict_json::from_slice(&raw) {
         Ok(v) => v,
-        Err(_) => return exec(runtime, argv),
+        Err(e) => return fail(&unreadable(&config_path, &e)),
     };
     if crate::hook::granted_by_precreate(cfg, &spec) {
         // Podman's precreate hook already granted the slice and edited this very spec.
@@ -183,6 +185,14 @@ fn create(
     code
 }
 
+/// The refusal of a spec that mentions a request but cannot be read as one.
+pub(crate) fn unreadable(path: &Path, e: &crate::strict_json::StrictJsonError) -> String {
+    format!(
+        "{} mentions a GPU request (gpu.* or GPUSHARE_*) but cannot be read as one: {e}",
+        path.display()
+    )
+}
+
 /// What the spec asks for, if anything, and whether this node serves it. Shared by the
 /// wrapper's `create` and the Podman precreate hook so that both read a spec the same way.
 pub fn wanted(cfg: &Config, spec: &serde_json::Value) -> Result<Option<request::Request>, String> {
@@ -191,16 +201,33 @@ pub fn wanted(cfg: &Config, spec: &serde_json::Value) -> Result<Option<request::
     }
     let req = request::from_spec(spec, cfg.policy.allow_env).map_err(|e| e.to_string())?;
     if req.is_some() {
-        if let Some(why) = cfg
-            .policy
-            .refuse_privileged
-            .then(|| crate::trust::privileged(spec))
-            .flatten()
-        {
+        devices_allowed(cfg, spec)?;
+    }
+    Ok(req)
+}
+
+/// The trust policy on what the spec already lets the container open, before anything is
+/// granted to it.
+fn devices_allowed(cfg: &Config, spec: &serde_json::Value) -> Result<(), String> {
+    use crate::trust;
+    let foreign = !cfg.policy.allow_foreign_devices && trust::carries_devices(spec);
+    if !cfg.policy.refuse_privileged && !foreign {
+        return Ok(());
+    }
+    let majors = crate::driver::Driver::new(cfg)
+        .majors()
+        .map_err(|e| e.to_string())?;
+    if cfg.policy.refuse_privileged {
+        if let Some(why) = trust::privileged(spec, &majors) {
             return Err(format!("this node refuses GPU requests from privileged containers (policy.refuse_privileged), and this one is privileged: {why}"));
         }
     }
-    Ok(req)
+    if foreign {
+        if let Some(entry) = trust::foreign_devices(spec, &majors) {
+            return Err(format!("the spec already lets the container open NVIDIA devices beyond the slice gpushare grants: {entry}; with it a container could reach another tenant's GPU or slice, so the request is refused (an operator who trusts such specs sets policy.allow_foreign_devices = true)"));
+        }
+    }
+    Ok(())
 }
 
 /// Grant `req` to `who` and write the grant (nodes, allow rules, env, mounts, release hook)

@@ -1,6 +1,7 @@
 //! The trust policy's checks on what an engine hands gpushare: the bundle's spec file, whether
 //! a container is privileged, and dropping the capabilities gpushare's own work does not need.
 
+use crate::driver::Majors;
 use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -96,34 +97,187 @@ pub fn read_spec(path: &Path) -> Result<Vec<u8>, SpecFileError> {
     Ok(buf)
 }
 
-/// Why a spec is privileged, if it is: a container that may open every device, or holds
-/// CAP_SYS_ADMIN, can reach every tenant's slice, so a slice given to it isolates nothing.
-pub fn privileged(spec: &Value) -> Option<&'static str> {
-    let rules = spec
-        .pointer("/linux/resources/devices")
-        .and_then(Value::as_array);
-    // A wildcard rule for character devices (`c *:* rwm`, or `c 195:*`) reaches every GPU and
-    // every slice's capability nodes just as an allow-all rule does.
-    let wildcard = rules.is_some_and(|rules| {
-        rules.iter().any(|r| {
-            r.get("allow").and_then(Value::as_bool) == Some(true)
-                && matches!(
-                    r.get("type").and_then(Value::as_str),
-                    None | Some("a") | Some("c")
-                )
-                && (r.get("major").is_none_or(Value::is_null)
-                    || r.get("minor").is_none_or(Value::is_null))
-        })
-    });
-    if wildcard {
-        return Some("its device cgroup allows all character devices of a major, or every device");
+/// A device number of a rule or node as runc reads it: a missing or null number, and -1, are
+/// the wildcard `*`; anything that is not a whole number runc would refuse, and gpushare
+/// cannot tell what it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Num {
+    Any,
+    Is(u32),
+    Unreadable,
+}
+
+fn num(v: Option<&Value>) -> Num {
+    match v {
+        None | Some(Value::Null) => Num::Any,
+        Some(n) => match n.as_i64() {
+            Some(-1) => Num::Any,
+            Some(n) => u32::try_from(n).map_or(Num::Unreadable, Num::Is),
+            None => Num::Unreadable,
+        },
+    }
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Any => f.write_str("*"),
+            Num::Is(n) => write!(f, "{n}"),
+            Num::Unreadable => f.write_str("?"),
+        }
+    }
+}
+
+/// An allow rule of `linux.resources.devices` that may open a character device, as runc reads
+/// it: `allow` true; a missing or empty `type` is `a` (every type), `b` reaches no character
+/// device; a rule that allows only mknod (`c *:* m`, in every Docker and Podman container)
+/// opens nothing. Returns (type, major, minor).
+fn opening_rule(r: &Value) -> Option<(&str, Num, Num)> {
+    if r.get("allow").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    if let Some(access) = r.get("access").and_then(Value::as_str) {
+        if !access.is_empty() && access.chars().all(|c| c == 'm') {
+            return None;
+        }
+    }
+    let kind = match r.get("type").and_then(Value::as_str) {
+        None | Some("") => "a",
+        Some("b") => return None,
+        Some(t) => t,
+    };
+    Some((kind, num(r.get("major")), num(r.get("minor"))))
+}
+
+fn rules(spec: &Value) -> impl Iterator<Item = (usize, (&str, Num, Num))> {
+    spec.pointer("/linux/resources/devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, r)| opening_rule(r).map(|o| (i, o)))
+}
+
+/// Which of the driver's majors `major` is, if any.
+fn driver_major(m: &Majors, major: u32) -> Option<&'static str> {
+    match major {
+        _ if major == m.caps => Some("nvidia-caps, the MIG slices' capabilities"),
+        _ if major == m.nvidia => Some("nvidia, the GPUs"),
+        _ if major == m.uvm => Some("nvidia-uvm"),
+        _ => None,
+    }
+}
+
+/// Nodes every GPU container gets from gpushare whatever it asked for (nvidiactl, nvidia-uvm,
+/// nvidia-uvm-tools): a spec may carry them already.
+fn shared_node(m: &Majors, major: u32, minor: u32) -> bool {
+    (major == m.nvidia && minor == crate::driver::NVIDIACTL_MINOR)
+        || (major == m.uvm && minor <= 1)
+}
+
+/// Why a spec is privileged, if it is: a container whose device cgroup opens every device, or
+/// every minor of one of the driver's majors (`m`), or holds CAP_SYS_ADMIN, can reach every
+/// tenant's slice, so a slice given to it isolates nothing.
+pub fn privileged(spec: &Value, m: &Majors) -> Option<String> {
+    if let Some(why) = wildcard_rule(spec, m) {
+        return Some(why);
     }
     let sys_admin = ["bounding", "effective", "permitted"].iter().any(|set| {
         spec.pointer(&format!("/process/capabilities/{set}"))
             .and_then(Value::as_array)
             .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some("CAP_SYS_ADMIN")))
     });
-    sys_admin.then_some("it has CAP_SYS_ADMIN")
+    sys_admin.then(|| "it has CAP_SYS_ADMIN".to_string())
+}
+
+/// An allow rule that opens every device, or every minor of one of the driver's majors (or
+/// cannot be read as numbers, which runc would refuse).
+fn wildcard_rule(spec: &Value, m: &Majors) -> Option<String> {
+    for (i, (kind, major, minor)) in rules(spec) {
+        let at = format!("linux.resources.devices[{i}] allows {kind} {major}:{minor}");
+        match (major, minor) {
+            (Num::Any, Num::Any) => {
+                return Some(format!("its device cgroup allows every device ({at})"))
+            }
+            (Num::Any, _) => {
+                return Some(format!(
+                    "its device cgroup allows a minor of every major, the driver's included ({at})"
+                ))
+            }
+            (Num::Unreadable, _) | (Num::Is(_), Num::Unreadable) => {
+                return Some(format!(
+                    "its device cgroup has a rule runc cannot read as numbers ({at})"
+                ))
+            }
+            (Num::Is(major), Num::Any) => {
+                if let Some(name) = driver_major(m, major) {
+                    return Some(format!(
+                        "its device cgroup allows every minor of major {major} ({name}; {at})"
+                    ));
+                }
+            }
+            (Num::Is(_), Num::Is(_)) => {}
+        }
+    }
+    None
+}
+
+/// Whether the spec carries device nodes or allow rules at all: only then does
+/// [`foreign_devices`] need the driver's majors.
+pub fn carries_devices(spec: &Value) -> bool {
+    let nodes = spec
+        .pointer("/linux/devices")
+        .and_then(Value::as_array)
+        .is_some_and(|d| !d.is_empty());
+    nodes || rules(spec).next().is_some()
+}
+
+/// The first device node (`linux.devices`) or allow rule (`linux.resources.devices`) the spec
+/// brings itself that reaches one of the driver's nodes beyond the ones gpushare grants every
+/// GPU container: another GPU, another tenant's capability (at whatever path), a wildcard over
+/// the driver's majors. runc creates and allows what the spec says, so gpushare's own nodes
+/// would not be all the container can open.
+pub fn foreign_devices(spec: &Value, m: &Majors) -> Option<String> {
+    if let Some(why) = wildcard_rule(spec, m) {
+        return Some(why);
+    }
+    for (i, (kind, major, minor)) in rules(spec) {
+        if let (Num::Is(major), Num::Is(minor)) = (major, minor) {
+            if let Some(name) = driver_major(m, major) {
+                if !shared_node(m, major, minor) {
+                    return Some(format!(
+                        "linux.resources.devices[{i}] allows {kind} {major}:{minor} ({name})"
+                    ));
+                }
+            }
+        }
+    }
+    let nodes = spec.pointer("/linux/devices").and_then(Value::as_array);
+    for (i, d) in nodes.into_iter().flatten().enumerate() {
+        // runc makes character nodes of type c (and u); a missing number is 0 to it.
+        if !matches!(d.get("type").and_then(Value::as_str), Some("c" | "u")) {
+            continue;
+        }
+        let number = |key| match d.get(key) {
+            None | Some(Value::Null) => Num::Is(0),
+            v => num(v),
+        };
+        let path = d.get("path").and_then(Value::as_str).unwrap_or("(no path)");
+        let at = |what: String| format!("linux.devices[{i}] ({path:?}, c {what})");
+        match (number("major"), number("minor")) {
+            (Num::Is(major), Num::Is(minor)) => {
+                if let Some(name) = driver_major(m, major) {
+                    if !shared_node(m, major, minor) {
+                        return Some(at(format!("{major}:{minor}, {name}")));
+                    }
+                }
+            }
+            (major, minor) => {
+                return Some(at(format!("{major}:{minor}, numbers runc cannot read")))
+            }
+        }
+    }
+    None
 }
 
 /// Drop every capability of this process (effective, permitted, inheritable, ambient). Called
@@ -158,19 +312,124 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const M: Majors = Majors {
+        nvidia: 195,
+        uvm: 238,
+        caps: 241,
+    };
+
+    fn with_rules(rules: Value) -> Value {
+        json!({"linux": {"resources": {"devices": rules}}})
+    }
+
+    /// What Docker and Podman put in every container's device cgroup (moby's and
+    /// containers/common's defaults): none of it reaches the driver's nodes.
+    fn engine_defaults() -> Value {
+        json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "access": "m"},
+            {"allow": true, "type": "b", "access": "m"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"},
+            {"allow": false, "type": "c", "major": 241, "access": "rwm"}
+        ])
+    }
+
     #[test]
     fn privileged_specs_are_recognised() {
-        assert!(privileged(&json!({})).is_none());
-        let docker_privileged = json!({"linux": {"resources": {"devices": [
-            {"allow": false, "access": "rwm"}, {"allow": true, "access": "rwm"}]}}});
-        assert!(privileged(&docker_privileged).is_some());
-        let scoped = json!({"linux": {"resources": {"devices": [
+        assert!(privileged(&json!({}), &M).is_none());
+        assert!(privileged(&with_rules(engine_defaults()), &M).is_none());
+        let docker_privileged = with_rules(json!([
+            {"allow": false, "access": "rwm"}, {"allow": true, "access": "rwm"}]));
+        assert!(privileged(&docker_privileged, &M)
+            .unwrap()
+            .contains("every device"));
+        let scoped = with_rules(json!([
             {"allow": false, "access": "rwm"},
-            {"allow": true, "type": "c", "major": 195, "minor": 0, "access": "rwm"}]}}});
-        assert!(privileged(&scoped).is_none());
+            {"allow": true, "type": "c", "major": 195, "minor": 0, "access": "rwm"}]));
+        assert!(privileged(&scoped, &M).is_none());
         let admin =
             json!({"process": {"capabilities": {"bounding": ["CAP_CHOWN", "CAP_SYS_ADMIN"]}}});
-        assert_eq!(privileged(&admin), Some("it has CAP_SYS_ADMIN"));
+        assert_eq!(privileged(&admin, &M).as_deref(), Some("it has CAP_SYS_ADMIN"));
+    }
+
+    /// runc reads a missing, null or -1 minor (or major) as `*`, and a missing or empty type
+    /// as `a`: each is a wildcard over a slice's capability nodes.
+    #[test]
+    fn every_wildcard_runc_reads_is_privileged() {
+        for rule in [
+            json!({"allow": true, "type": "c", "major": 241, "minor": -1, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": 241, "minor": null, "access": "rw"}),
+            json!({"allow": true, "type": "c", "major": 241, "access": "r"}),
+            json!({"allow": true, "major": 241, "access": "rwm"}),
+            json!({"allow": true, "type": "a", "major": 241, "access": "rwm"}),
+            json!({"allow": true, "type": "", "major": 195, "minor": -1, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": -1, "minor": 120, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": null, "minor": 120, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": 241, "minor": 1.5, "access": "rwm"}),
+        ] {
+            let spec = with_rules(json!([{"allow": false, "access": "rwm"}, rule]));
+            let why = privileged(&spec, &M).unwrap_or_else(|| panic!("{rule}"));
+            assert!(why.contains("linux.resources.devices[1]"), "{why}");
+            assert_eq!(foreign_devices(&spec, &M), Some(why), "{rule}");
+        }
+        // Denied, mknod only, block devices, other majors: no reach.
+        for rule in [
+            json!({"allow": false, "type": "c", "major": 241, "access": "rwm"}),
+            json!({"allow": null, "type": "c", "major": 241, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": 241, "access": "m"}),
+            json!({"allow": true, "type": "b", "major": 241, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": 10, "access": "rwm"}),
+        ] {
+            assert!(privileged(&with_rules(json!([rule])), &M).is_none(), "{rule}");
+        }
+    }
+
+    #[test]
+    fn foreign_nodes_and_rules_are_named() {
+        let defaults = with_rules(engine_defaults());
+        assert!(!carries_devices(&json!({})));
+        assert!(carries_devices(&defaults));
+        assert_eq!(foreign_devices(&defaults, &M), None);
+        let mut spec = defaults.clone();
+        spec["linux"]["devices"] = json!([
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+            {"path": "/dev/nvidiactl", "type": "c", "major": 195, "minor": 255},
+            {"path": "/dev/nvidia-uvm", "type": "c", "major": 238, "minor": 0},
+            {"path": "/dev/sda", "type": "b", "major": 241, "minor": 1}
+        ]);
+        spec["linux"]["resources"]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"allow": true, "type": "c", "major": 238, "minor": 1, "access": "rwm"}));
+        assert_eq!(foreign_devices(&spec, &M), None, "what gpushare grants anyway");
+
+        let mut evil = spec.clone();
+        evil["linux"]["devices"].as_array_mut().unwrap().push(
+            json!({"path": "/opt/evil", "type": "c", "major": 241, "minor": 120, "fileMode": 438}),
+        );
+        let why = foreign_devices(&evil, &M).unwrap();
+        assert_eq!(
+            why,
+            r#"linux.devices[4] ("/opt/evil", c 241:120, nvidia-caps, the MIG slices' capabilities)"#
+        );
+        assert!(privileged(&evil, &M).is_none(), "a node alone is no wildcard");
+
+        let mut gpu = spec.clone();
+        gpu["linux"]["resources"]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"allow": true, "type": "c", "major": 195, "minor": 1, "access": "rw"}));
+        let why = foreign_devices(&gpu, &M).unwrap();
+        assert!(why.contains("allows c 195:1 (nvidia, the GPUs)"), "{why}");
+
+        let mut odd = spec;
+        odd["linux"]["devices"] = json!([{"path": "/dev/x", "type": "c", "major": "241"}]);
+        let why = foreign_devices(&odd, &M).unwrap();
+        assert!(why.contains("numbers runc cannot read"), "{why}");
     }
 
     #[test]
