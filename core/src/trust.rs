@@ -241,17 +241,6 @@ pub fn foreign_devices(spec: &Value, m: &Majors) -> Option<String> {
     if let Some(why) = wildcard_rule(spec, m) {
         return Some(why);
     }
-    for (i, (kind, major, minor)) in rules(spec) {
-        if let (Num::Is(major), Num::Is(minor)) = (major, minor) {
-            if let Some(name) = driver_major(m, major) {
-                if !shared_node(m, major, minor) {
-                    return Some(format!(
-                        "linux.resources.devices[{i}] allows {kind} {major}:{minor} ({name})"
-                    ));
-                }
-            }
-        }
-    }
     let nodes = spec.pointer("/linux/devices").and_then(Value::as_array);
     for (i, d) in nodes.into_iter().flatten().enumerate() {
         // runc makes character nodes of type c (and u); a missing number is 0 to it.
@@ -274,6 +263,17 @@ pub fn foreign_devices(spec: &Value, m: &Majors) -> Option<String> {
             }
             (major, minor) => {
                 return Some(at(format!("{major}:{minor}, numbers runc cannot read")))
+            }
+        }
+    }
+    for (i, (kind, major, minor)) in rules(spec) {
+        if let (Num::Is(major), Num::Is(minor)) = (major, minor) {
+            if let Some(name) = driver_major(m, major) {
+                if !shared_node(m, major, minor) {
+                    return Some(format!(
+                        "linux.resources.devices[{i}] allows {kind} {major}:{minor} ({name})"
+                    ));
+                }
             }
         }
     }
