@@ -480,10 +480,8 @@ fn foreign_driver_nodes_are_refused_unless_the_policy_allows_them() {
         .collect();
     assert_eq!(caps.len(), 2);
     let (major, minor) = (caps[1]["major"].clone(), caps[1]["minor"].clone());
-    let evil_node =
-        serde_json::json!({"path": "/opt/evil", "type": "c", "major": major, "minor": minor, "fileMode": 438});
-    let evil_rule =
-        serde_json::json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"});
+    let evil_node = serde_json::json!({"path": "/opt/evil", "type": "c", "major": major, "minor": minor, "fileMode": 438});
+    let evil_rule = serde_json::json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"});
 
     let hostile = || {
         let b = with_rules(engine_default_rules());
@@ -514,7 +512,9 @@ fn foreign_driver_nodes_are_refused_unless_the_policy_allows_them() {
     refused_spec(
         &engine,
         &rule_only,
-        &[&format!("linux.resources.devices[12] allows c {major}:{minor} (nvidia-caps")],
+        &[&format!(
+            "linux.resources.devices[12] allows c {major}:{minor} (nvidia-caps"
+        )],
     );
     let wildcard = with_rules(serde_json::json!([
         {"allow": false, "access": "rwm"},
@@ -527,8 +527,7 @@ fn foreign_driver_nodes_are_refused_unless_the_policy_allows_them() {
     let id = unique("docker");
     let out = engine.create(&docker, &id);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let journal =
-        std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
+    let journal = std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
     assert!(
         journal
             .lines()
@@ -544,4 +543,37 @@ fn foreign_driver_nodes_are_refused_unless_the_policy_allows_them() {
     let printed = engine.run_to_end(&hostile(), &unique("allowed"));
     assert!(printed.contains("CUDA_VISIBLE_DEVICES=MIG-"), "{printed}");
     let _ = engine.delete(&victim_id);
+}
+
+/// Podman's hooks-only mode reads the spec in the precreate hook: it refuses what the wrapper
+/// refuses (a spec read one way by runc and another by serde_json granted before the fix).
+#[test]
+fn the_precreate_hook_refuses_what_the_wrapper_refuses() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let mut not_utf8 = br#"{"ociVersion":"1.0.2","hostname":"x"#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\",\"annotations\":{\"gpu.profile\":\"1g.10gb\"}}");
+    for (spec, want) in [
+        (
+            br#"{"ociVersion":"1.0.2","annotations":{"gpu.profile":"7g.80gb","gpu.profile":"1g.10gb"}}"#.to_vec(),
+            r#"key "gpu.profile" is given twice in "annotations""#,
+        ),
+        (
+            not_utf8,
+            "the spec on stdin mentions a GPU request (gpu.* or GPUSHARE_*) but cannot be read as one",
+        ),
+        (
+            br#"{"ociVersion":"1.0.2","annotations":{"gpu.profile":"1g.10gb"},"linux":{"devices":[{"path":"/opt/evil","type":"c","major":241,"minor":30}]}}"#.to_vec(),
+            r#"linux.devices[0] ("/opt/evil", c 241:30"#,
+        ),
+    ] {
+        let mut c = std::process::Command::new(HOOK);
+        c.args(["precreate", "--config"]).arg(node.config());
+        let out = with_stdin(&mut c, &spec);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{}: {err}", String::from_utf8_lossy(&spec));
+        assert!(out.stdout.is_empty(), "no spec for a refused request");
+        assert!(err.contains(want), "{want:?} missing in: {err}");
+    }
+    assert!(node.ledger().instances.is_empty(), "nothing allocated");
 }

@@ -524,7 +524,10 @@ mod tests {
     fn full_wrapper_grants(raw: &[u8]) -> Result<(), String> {
         let spec = crate::strict_json::from_slice(raw).map_err(|e| e.to_string())?;
         match crate::request::from_spec(&spec, true) {
-            Ok(Some(crate::request::Request::Mig { profile, device: None })) if profile == "1g.10gb" => {}
+            Ok(Some(crate::request::Request::Mig {
+                profile,
+                device: None,
+            })) if profile == "1g.10gb" => {}
             other => return Err(format!("{other:?}")),
         }
         let majors = crate::driver::Majors {
@@ -532,7 +535,7 @@ mod tests {
             uvm: 238,
             caps: 241,
         };
-        match crate::trust::foreign_devices(&spec, &majors) {
+        match crate::trust::foreign_devices(&spec, &majors, &[]) {
             None => Ok(()),
             Some(e) => Err(e),
         }

@@ -155,7 +155,11 @@ fn check_repeated(env: &[&str]) -> Result<(), RequestError> {
             return Err(RequestError::Repeated {
                 var,
                 count: values.len(),
-                values: values.iter().map(|v| shown(v)).collect::<Vec<_>>().join(", "),
+                values: values
+                    .iter()
+                    .map(|v| shown(v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
     }
@@ -674,7 +678,12 @@ mod tests {
             );
         }
         // Another owner's key (Kubernetes-prefixed), and keys outside the namespace.
-        for key in ["gpu.example.com/model", "gpus", "gpushare.lease", "nvidia.com/gpu"] {
+        for key in [
+            "gpu.example.com/model",
+            "gpus",
+            "gpushare.lease",
+            "nvidia.com/gpu",
+        ] {
             let s = spec_with(&[(key, "x"), ("gpu.profile", "1g.10gb")], &[]);
             assert!(from_spec(&s, true).is_ok(), "{key}");
         }
@@ -682,7 +691,11 @@ mod tests {
 
     #[test]
     fn a_variable_given_twice_is_refused_only_where_env_asks() {
-        let env = ["GPUSHARE_PROFILE=1g.10gb", "PATH=/bin", "GPUSHARE_PROFILE=7g.80gb"];
+        let env = [
+            "GPUSHARE_PROFILE=1g.10gb",
+            "PATH=/bin",
+            "GPUSHARE_PROFILE=7g.80gb",
+        ];
         let err = from_spec(&spec_with(&[], &env), true)
             .unwrap_err()
             .to_string();

@@ -200,34 +200,63 @@ pub fn wanted(cfg: &Config, spec: &serde_json::Value) -> Result<Option<request::
         return Ok(None);
     }
     let req = request::from_spec(spec, cfg.policy.allow_env).map_err(|e| e.to_string())?;
-    if req.is_some() {
-        devices_allowed(cfg, spec)?;
+    if req.is_some() && cfg.policy.refuse_privileged {
+        let majors = crate::driver::Driver::new(cfg)
+            .majors()
+            .map_err(|e| e.to_string())?;
+        if let Some(why) = crate::trust::privileged(spec, &majors) {
+            return Err(format!("this node refuses GPU requests from privileged containers (policy.refuse_privileged), and this one is privileged: {why}"));
+        }
     }
     Ok(req)
 }
 
-/// The trust policy on what the spec already lets the container open, before anything is
-/// granted to it.
-fn devices_allowed(cfg: &Config, spec: &serde_json::Value) -> Result<(), String> {
+/// The trust policy on the driver's nodes the spec already lets the container open, before
+/// anything is granted to `holder`: none beyond what gpushare grants (and what `holder`
+/// already holds, when an engine retries a create on the spec gpushare edited).
+fn devices_allowed(cfg: &Config, spec: &serde_json::Value, holder: &str) -> Result<(), String> {
     use crate::trust;
-    let foreign = !cfg.policy.allow_foreign_devices && trust::carries_devices(spec);
-    if !cfg.policy.refuse_privileged && !foreign {
+    if cfg.policy.allow_foreign_devices || !trust::carries_devices(spec) {
         return Ok(());
     }
     let majors = crate::driver::Driver::new(cfg)
         .majors()
         .map_err(|e| e.to_string())?;
-    if cfg.policy.refuse_privileged {
-        if let Some(why) = trust::privileged(spec, &majors) {
-            return Err(format!("this node refuses GPU requests from privileged containers (policy.refuse_privileged), and this one is privileged: {why}"));
+    if trust::foreign_devices(spec, &majors, &[]).is_none() {
+        return Ok(());
+    }
+    let own = held_nodes(cfg, &majors, holder);
+    match trust::foreign_devices(spec, &majors, &own) {
+        None => Ok(()),
+        Some(entry) => Err(format!("the spec already lets the container open NVIDIA devices beyond the slice gpushare grants: {entry}; with it a container could reach another tenant's GPU or slice, so the request is refused (an operator who trusts such specs sets policy.allow_foreign_devices = true)")),
+    }
+}
+
+/// The (major, minor) of the driver's nodes `holder`'s current lease gives it, if it has one.
+fn held_nodes(cfg: &Config, m: &crate::driver::Majors, holder: &str) -> Vec<(u32, u32)> {
+    let Ok(st) = crate::ledger::snapshot(&cfg.state_dir) else {
+        return Vec::new();
+    };
+    let mut own = Vec::new();
+    if let Some(r) = st.lease_of(holder).map(|i| &st.instances[i]) {
+        own.push((m.nvidia, r.gpu_minor));
+        if let Some(made) = &r.made {
+            own.extend([(m.caps, made.gi_cap_minor), (m.caps, made.ci_cap_minor)]);
         }
     }
-    if foreign {
-        if let Some(entry) = trust::foreign_devices(spec, &majors) {
-            return Err(format!("the spec already lets the container open NVIDIA devices beyond the slice gpushare grants: {entry}; with it a container could reach another tenant's GPU or slice, so the request is refused (an operator who trusts such specs sets policy.allow_foreign_devices = true)"));
-        }
-    }
-    Ok(())
+    let whole = st
+        .shares
+        .iter()
+        .filter(|s| s.lease.container_id == holder)
+        .map(|s| s.gpu_minor)
+        .chain(
+            st.mps
+                .iter()
+                .filter(|d| d.clients.iter().any(|c| c.lease.container_id == holder))
+                .map(|d| d.gpu_minor),
+        );
+    own.extend(whole.map(|minor| (m.nvidia, minor)));
+    own
 }
 
 /// Grant `req` to `who` and write the grant (nodes, allow rules, env, mounts, release hook)
@@ -240,6 +269,7 @@ pub fn grant_into(
     req: &request::Request,
     who: &Claimant<'_>,
 ) -> Result<grant::Granted, String> {
+    devices_allowed(cfg, spec, who.container_id)?;
     let granted = grant::grant(cfg, req, who, poststop_hook(cfg)).map_err(|e| e.to_string())?;
     if let Err(e) = spec::apply(spec, &granted.edit, spec_path) {
         if granted.fresh {

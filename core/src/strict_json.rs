@@ -175,26 +175,35 @@ mod tests {
             "{e}"
         );
         let e = err(r#"{"linux":{"resources":{}},"linux":{"devices":[]}}"#);
-        assert!(e.contains(r#""linux" is given twice in the top level"#), "{e}");
-        let e = err(r#"{"linux":{"devices":[{"path":"/a"},{"major":1,"major":241}]}}"#);
         assert!(
-            e.contains(r#"given twice in "linux"."devices"[1]"#),
+            e.contains(r#""linux" is given twice in the top level"#),
             "{e}"
         );
+        let e = err(r#"{"linux":{"devices":[{"path":"/a"},{"major":1,"major":241}]}}"#);
+        assert!(e.contains(r#"given twice in "linux"."devices"[1]"#), "{e}");
         assert!(e.contains("line 1 column"), "serde_json says where: {e}");
         // One key to Go's decoder, two to serde_json.
         let e = err(r#"{"x":{"Foo":1,"foo":2}}"#);
-        assert!(e.contains(r#"(as "Foo" and "foo", one key to runc)"#), "{e}");
+        assert!(
+            e.contains(r#"(as "Foo" and "foo", one key to runc)"#),
+            "{e}"
+        );
     }
 
     #[test]
     fn another_spelling_of_a_field_runc_reads_is_refused() {
         for (raw, field) in [
             (r#"{"Linux":{}}"#, "linux"),
-            (r#"{"linux":{"resources":{"devices":[{"Allow":true}]}}}"#, "allow"),
+            (
+                r#"{"linux":{"resources":{"devices":[{"Allow":true}]}}}"#,
+                "allow",
+            ),
             (r#"{"linux":{"devices":[{"MAJOR":241}]}}"#, "major"),
             (r#"{"linux":{"deviceſ":[]}}"#, "devices"),
-            (r#"{"annotations":{"gpu.profile":"1g.10gb"},"annotatıons":{}}"#, "annotations"),
+            (
+                r#"{"annotations":{"gpu.profile":"1g.10gb"},"annotatıons":{}}"#,
+                "annotations",
+            ),
         ] {
             let e = err(raw);
             assert!(

@@ -169,10 +169,11 @@ fn driver_major(m: &Majors, major: u32) -> Option<&'static str> {
 }
 
 /// Nodes every GPU container gets from gpushare whatever it asked for (nvidiactl, nvidia-uvm,
-/// nvidia-uvm-tools): a spec may carry them already.
-fn shared_node(m: &Majors, major: u32, minor: u32) -> bool {
+/// nvidia-uvm-tools), or that `own` (major, minor) lists: a spec may carry them already.
+fn granted_anyway(m: &Majors, own: &[(u32, u32)], major: u32, minor: u32) -> bool {
     (major == m.nvidia && minor == crate::driver::NVIDIACTL_MINOR)
         || (major == m.uvm && minor <= 1)
+        || own.contains(&(major, minor))
 }
 
 /// Why a spec is privileged, if it is: a container whose device cgroup opens every device, or
@@ -236,8 +237,9 @@ pub fn carries_devices(spec: &Value) -> bool {
 /// brings itself that reaches one of the driver's nodes beyond the ones gpushare grants every
 /// GPU container: another GPU, another tenant's capability (at whatever path), a wildcard over
 /// the driver's majors. runc creates and allows what the spec says, so gpushare's own nodes
-/// would not be all the container can open.
-pub fn foreign_devices(spec: &Value, m: &Majors) -> Option<String> {
+/// would not be all the container can open. `own` lists the (major, minor) of what the
+/// container already holds (an engine retrying `create` on the spec gpushare edited).
+pub fn foreign_devices(spec: &Value, m: &Majors, own: &[(u32, u32)]) -> Option<String> {
     if let Some(why) = wildcard_rule(spec, m) {
         return Some(why);
     }
@@ -256,7 +258,7 @@ pub fn foreign_devices(spec: &Value, m: &Majors) -> Option<String> {
         match (number("major"), number("minor")) {
             (Num::Is(major), Num::Is(minor)) => {
                 if let Some(name) = driver_major(m, major) {
-                    if !shared_node(m, major, minor) {
+                    if !granted_anyway(m, own, major, minor) {
                         return Some(at(format!("{major}:{minor}, {name}")));
                     }
                 }
@@ -269,7 +271,7 @@ pub fn foreign_devices(spec: &Value, m: &Majors) -> Option<String> {
     for (i, (kind, major, minor)) in rules(spec) {
         if let (Num::Is(major), Num::Is(minor)) = (major, minor) {
             if let Some(name) = driver_major(m, major) {
-                if !shared_node(m, major, minor) {
+                if !granted_anyway(m, own, major, minor) {
                     return Some(format!(
                         "linux.resources.devices[{i}] allows {kind} {major}:{minor} ({name})"
                     ));
@@ -353,7 +355,10 @@ mod tests {
         assert!(privileged(&scoped, &M).is_none());
         let admin =
             json!({"process": {"capabilities": {"bounding": ["CAP_CHOWN", "CAP_SYS_ADMIN"]}}});
-        assert_eq!(privileged(&admin, &M).as_deref(), Some("it has CAP_SYS_ADMIN"));
+        assert_eq!(
+            privileged(&admin, &M).as_deref(),
+            Some("it has CAP_SYS_ADMIN")
+        );
     }
 
     /// runc reads a missing, null or -1 minor (or major) as `*`, and a missing or empty type
@@ -374,7 +379,7 @@ mod tests {
             let spec = with_rules(json!([{"allow": false, "access": "rwm"}, rule]));
             let why = privileged(&spec, &M).unwrap_or_else(|| panic!("{rule}"));
             assert!(why.contains("linux.resources.devices[1]"), "{why}");
-            assert_eq!(foreign_devices(&spec, &M), Some(why), "{rule}");
+            assert_eq!(foreign_devices(&spec, &M, &[]), Some(why), "{rule}");
         }
         // Denied, mknod only, block devices, other majors: no reach.
         for rule in [
@@ -384,7 +389,10 @@ mod tests {
             json!({"allow": true, "type": "b", "major": 241, "access": "rwm"}),
             json!({"allow": true, "type": "c", "major": 10, "access": "rwm"}),
         ] {
-            assert!(privileged(&with_rules(json!([rule])), &M).is_none(), "{rule}");
+            assert!(
+                privileged(&with_rules(json!([rule])), &M).is_none(),
+                "{rule}"
+            );
         }
     }
 
@@ -393,7 +401,7 @@ mod tests {
         let defaults = with_rules(engine_defaults());
         assert!(!carries_devices(&json!({})));
         assert!(carries_devices(&defaults));
-        assert_eq!(foreign_devices(&defaults, &M), None);
+        assert_eq!(foreign_devices(&defaults, &M, &[]), None);
         let mut spec = defaults.clone();
         spec["linux"]["devices"] = json!([
             {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
@@ -405,30 +413,42 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({"allow": true, "type": "c", "major": 238, "minor": 1, "access": "rwm"}));
-        assert_eq!(foreign_devices(&spec, &M), None, "what gpushare grants anyway");
+        assert_eq!(
+            foreign_devices(&spec, &M, &[]),
+            None,
+            "what gpushare grants anyway"
+        );
 
         let mut evil = spec.clone();
         evil["linux"]["devices"].as_array_mut().unwrap().push(
             json!({"path": "/opt/evil", "type": "c", "major": 241, "minor": 120, "fileMode": 438}),
         );
-        let why = foreign_devices(&evil, &M).unwrap();
+        let why = foreign_devices(&evil, &M, &[]).unwrap();
         assert_eq!(
             why,
             r#"linux.devices[4] ("/opt/evil", c 241:120, nvidia-caps, the MIG slices' capabilities)"#
         );
-        assert!(privileged(&evil, &M).is_none(), "a node alone is no wildcard");
+        assert!(
+            privileged(&evil, &M).is_none(),
+            "a node alone is no wildcard"
+        );
+        assert_eq!(
+            foreign_devices(&evil, &M, &[(241, 120)]),
+            None,
+            "the container's own slice"
+        );
 
         let mut gpu = spec.clone();
         gpu["linux"]["resources"]["devices"]
             .as_array_mut()
             .unwrap()
             .push(json!({"allow": true, "type": "c", "major": 195, "minor": 1, "access": "rw"}));
-        let why = foreign_devices(&gpu, &M).unwrap();
+        let why = foreign_devices(&gpu, &M, &[]).unwrap();
         assert!(why.contains("allows c 195:1 (nvidia, the GPUs)"), "{why}");
 
         let mut odd = spec;
         odd["linux"]["devices"] = json!([{"path": "/dev/x", "type": "c", "major": "241"}]);
-        let why = foreign_devices(&odd, &M).unwrap();
+        let why = foreign_devices(&odd, &M, &[]).unwrap();
         assert!(why.contains("numbers runc cannot read"), "{why}");
     }
 

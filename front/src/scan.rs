@@ -86,7 +86,9 @@ pub const RUNTIME_FIELDS: &[&str] = &[
 pub fn case_variant(key: &[u8]) -> Option<&'static str> {
     RUNTIME_FIELDS
         .iter()
-        .find(|f| f.len() == key.len() && f.as_bytes() != key && f.as_bytes().eq_ignore_ascii_case(key))
+        .find(|f| {
+            f.len() == key.len() && f.as_bytes() != key && f.as_bytes().eq_ignore_ascii_case(key)
+        })
         .copied()
 }
 

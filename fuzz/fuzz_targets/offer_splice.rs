@@ -1,6 +1,9 @@
 //! The entry binary's spec splice (front/src/splice.rs) on whatever config.json an engine or an
 //! image produced: never a panic, and whenever it edits a spec, the result is JSON equal to what
-//! the full wrapper's `spec::apply` makes of the same spec.
+//! the full wrapper's `spec::apply` makes of the same spec; and whenever the entry binary would
+//! grant a spec by itself (its plain request, an edit planned), the full wrapper would grant it
+//! too: it reads the spec strictly (no duplicate or case-folded keys), finds that very request
+//! and no foreign driver node or rule.
 #![no_main]
 use gpushare_core::driver::DeviceNode;
 use gpushare_core::spec::{self, Edit, Hook, Mount, PathEnv};
@@ -14,7 +17,13 @@ fn edits() -> &'static (Edit, Edit, Hook, String) {
     E.get_or_init(|| {
         let node = |path: &str, major, minor| DeviceNode { path: path.into(), major, minor, file_mode: 0o666 };
         let own = Edit {
-            devices: vec![node("/dev/nvidiactl", 195, 255), node("/dev/nvidia0", 195, 0), node("/dev/nvidia-caps/nvidia-cap12", 241, 12)],
+            devices: vec![
+                node("/dev/nvidiactl", 195, 255),
+                node("/dev/nvidia-uvm", 238, 0),
+                node("/dev/nvidia-uvm-tools", 238, 1),
+                node("/dev/nvidia0", 195, 0),
+                node("/dev/nvidia-caps/nvidia-cap12", 241, 12),
+            ],
             env: vec![("CUDA_VISIBLE_DEVICES".into(), "MIG-fuzz".into()), ("NVIDIA_VISIBLE_DEVICES".into(), "MIG-fuzz".into())],
             ..Default::default()
         };
@@ -34,6 +43,21 @@ fn edits() -> &'static (Edit, Edit, Hook, String) {
     })
 }
 
+/// The full wrapper's checks before it grants, which the entry binary must never skip.
+fn full_wrapper_grants(data: &[u8]) {
+    let spec = gpushare_core::strict_json::from_slice(data).expect("the full wrapper reads it");
+    match gpushare_core::request::from_spec(&spec, true) {
+        Ok(Some(gpushare_core::request::Request::Mig { profile, device: None })) => {
+            assert_eq!(profile, "1g.10gb")
+        }
+        other => panic!("the full wrapper reads another request: {other:?}"),
+    }
+    let majors = gpushare_core::driver::Majors { nvidia: 195, uvm: 238, caps: 241 };
+    if let Some(entry) = gpushare_core::trust::foreign_devices(&spec, &majors, &[]) {
+        panic!("the full wrapper refuses {entry}");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let (own, common, hook, text) = edits();
     let _ = splice::plain_profile(data);
@@ -42,6 +66,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = splice::plan(data, &o, &offer) else {
         return;
     };
+    if splice::plain_profile(data) == Some(b"1g.10gb") {
+        full_wrapper_grants(data);
+    }
     let mut buf = vec![0u8; splice::room(data, text.as_bytes())];
     let mut out = splice::Out::new(&mut buf);
     splice::write(data, &plan, &o, &offer, &mut out).expect("room is enough");
