@@ -337,13 +337,16 @@ impl Keys for Open {
         let key = &doc[start..end];
         // Go's decoder folds case (ASCII and beyond) when it matches a field, so two keys of
         // one object that differ only in case are the same field to runc.
-        if key.iter().any(|&b| b == b'\\' || b >= 0x80) || crate::scan::case_variant(key).is_some()
-        {
+        let (mut odd, mut upper) = (false, false);
+        for &b in key {
+            odd |= b == b'\\' || b >= 0x80;
+            upper |= b.is_ascii_uppercase();
+        }
+        if odd || crate::scan::case_variant_of(key, upper).is_some() {
             return Err(Refused);
         }
         let same = |&(a, b): &(u32, u32)| {
-            let other = &doc[a as usize..b as usize];
-            other.len() == key.len() && other.eq_ignore_ascii_case(key)
+            (b - a) as usize == key.len() && doc[a as usize..b as usize].eq_ignore_ascii_case(key)
         };
         if self.keys[mark..self.n].iter().any(same) {
             return Err(Refused);

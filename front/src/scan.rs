@@ -84,13 +84,32 @@ pub const RUNTIME_FIELDS: &[&str] = &[
 /// The field of [`RUNTIME_FIELDS`] that an ASCII `key` spells in another case, if any (an
 /// exact name is not a variant). Keys with other characters are the caller's to refuse.
 pub fn case_variant(key: &[u8]) -> Option<&'static str> {
-    RUNTIME_FIELDS
+    case_variant_of(key, key.iter().any(u8::is_ascii_uppercase))
+}
+
+/// [`case_variant`] for a key whose upper-case letters the caller already looked for.
+pub(crate) fn case_variant_of(key: &[u8], has_upper: bool) -> Option<&'static str> {
+    // Every spec key passes here on the entry binary's warm path: a key with no upper-case
+    // letter (nearly all of them) can only be a lower-cased camelCase field.
+    let fields: &[&'static str] = match has_upper {
+        true => RUNTIME_FIELDS,
+        false => CAMEL_CASE_FIELDS,
+    };
+    fields
         .iter()
         .find(|f| {
             f.len() == key.len() && f.as_bytes() != key && f.as_bytes().eq_ignore_ascii_case(key)
         })
         .copied()
 }
+
+/// The fields of [`RUNTIME_FIELDS`] with an upper-case letter.
+const CAMEL_CASE_FIELDS: &[&str] = &[
+    "createContainer",
+    "createRuntime",
+    "fileMode",
+    "startContainer",
+];
 
 /// Whether the ledger's JSON could mention `container_id`: its JSON string, quotes included,
 /// occurs in the file. An id that JSON would escape (or that is not UTF-8) is always a "maybe":
@@ -181,6 +200,13 @@ mod tests {
         assert_eq!(case_variant(b"major"), None);
         assert_eq!(case_variant(b"majors"), None);
         assert_eq!(case_variant(b"gpu.profile"), None);
+        assert_eq!(case_variant(b"createruntime"), Some("createRuntime"));
+        let camel: std::vec::Vec<&str> = RUNTIME_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| f.bytes().any(|b| b.is_ascii_uppercase()))
+            .collect();
+        assert_eq!(camel, CAMEL_CASE_FIELDS);
     }
 
     #[test]
