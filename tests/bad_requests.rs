@@ -577,3 +577,46 @@ fn the_precreate_hook_refuses_what_the_wrapper_refuses() {
     }
     assert!(node.ledger().instances.is_empty(), "nothing allocated");
 }
+
+/// A spec gpushare edited for a lease since released names that slice's capability nodes,
+/// which may be another tenant's by now: created again (an engine reusing its bundle), the
+/// new grant was added beside them and the container could open both slices.
+#[test]
+fn a_spec_edited_for_a_released_lease_is_refused() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new(SHOW_GPU, &[("gpu.profile", "1g.10gb")], &[]);
+    let engine_spec = b.config_bytes();
+    let first = unique("first");
+    assert!(engine.create(&b, &first).status.success());
+    assert!(engine.delete(&first).status.success());
+    // Another tenant now holds that very slice.
+    let other = Bundle::new("sleep 30", &[("gpu.profile", "1g.10gb")], &[]);
+    let other_id = unique("other");
+    assert!(engine.create(&other, &other_id).status.success());
+    let stale = serde_json::to_string(&b.config()["linux"]["devices"]).unwrap();
+    let theirs = other.config()["linux"]["devices"].clone();
+    let caps: Vec<&str> = theirs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["major"] == 241)
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(caps.len(), 2);
+    assert!(
+        caps.iter().all(|p| stale.contains(p)),
+        "the edited spec names the other tenant's nodes: {stale}"
+    );
+    refused_spec(
+        &engine,
+        &b,
+        &["linux.devices[", "policy.allow_foreign_devices"],
+    );
+    // The engine's own spec is granted as ever.
+    std::fs::write(b.path().join("config.json"), &engine_spec).unwrap();
+    let printed = engine.run_to_end(&b, &unique("again"));
+    assert!(printed.contains("CUDA_VISIBLE_DEVICES=MIG-"), "{printed}");
+    let _ = engine.delete(&other_id);
+}

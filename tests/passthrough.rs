@@ -114,6 +114,7 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
     ];
     let plain = Bundle::new("true", &[], &[]);
     let gpu = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let (plain_spec, gpu_spec) = (plain.config_bytes(), gpu.config_bytes());
     for (what, text) in configs {
         let cfg = dir.path().join("config.toml");
         std::fs::write(&cfg, &text).unwrap();
@@ -173,6 +174,15 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
         for (steps, cwd, no_sigchld) in cases {
             let mut seen = Vec::new();
             for binary in [SHIM, FULL] {
+                // Each binary starts from the engine's specs: one gpushare edited for a lease
+                // since released carries capability nodes that may be another tenant's by now,
+                // and is refused (policy.allow_foreign_devices). And from no offers, so that
+                // both grant through the full wrapper (warm grants by the entry binary are
+                // tests/warm_offers.rs's), as they did while the specs stayed edited.
+                for (b, spec) in [(&plain, &plain_spec), (&gpu, &gpu_spec)] {
+                    std::fs::write(b.path().join("config.json"), spec).unwrap();
+                }
+                let _ = std::fs::remove_file(node.cfg().state_dir.join("offers"));
                 let mut outcomes = Vec::new();
                 for args in &steps {
                     let _ = std::fs::remove_file(&log);
