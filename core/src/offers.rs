@@ -367,6 +367,19 @@ mod tests {
                     {"allow": true, "type": "c", "major": 136, "access": "rwm"}]}})),
                 false,
             ),
+            (
+                Some(
+                    json!({"devices": [{"path": "/dev/x", "type": "c", "major": 10, "minor": 1.5}],
+                           "resources": {"devices": [{"allow": true, "type": "c", "major": 10, "minor": "x", "access": "rw"}]}}),
+                ),
+                false,
+            ),
+            (
+                Some(
+                    json!({"devices": [{"path": "/dev/x", "type": "c", "major": 4_294_967_537u64, "minor": 1}]}),
+                ),
+                true,
+            ),
             // The driver's nodes the spec brings itself are the full wrapper's to judge.
             (
                 Some(

@@ -205,11 +205,19 @@ fn wildcard_rule(spec: &Value, m: &Majors) -> Option<String> {
                     "its device cgroup allows a minor of every major, the driver's included ({at})"
                 ))
             }
-            (Num::Unreadable, _) | (Num::Is(_), Num::Unreadable) => {
+            // Not a number runc reads as itself (a fraction, one past 32 bits that the kernel
+            // or runc's eBPF filter would cut to another major): nothing can be told.
+            (Num::Unreadable, _) => {
                 return Some(format!(
                     "its device cgroup has a rule runc cannot read as numbers ({at})"
                 ))
             }
+            (Num::Is(major), Num::Unreadable) if driver_major(m, major).is_some() => {
+                return Some(format!(
+                    "its device cgroup has a rule runc cannot read as numbers ({at})"
+                ))
+            }
+            (Num::Is(_), Num::Unreadable) => {}
             (Num::Is(major), Num::Any) => {
                 if let Some(name) = driver_major(m, major) {
                     return Some(format!(
@@ -263,6 +271,7 @@ pub fn foreign_devices(spec: &Value, m: &Majors, own: &[(u32, u32)]) -> Option<S
                     }
                 }
             }
+            (Num::Is(major), _) if driver_major(m, major).is_none() => {}
             (major, minor) => {
                 return Some(at(format!("{major}:{minor}, numbers runc cannot read")))
             }
@@ -447,9 +456,25 @@ mod tests {
         assert!(why.contains("allows c 195:1 (nvidia, the GPUs)"), "{why}");
 
         let mut odd = spec;
-        odd["linux"]["devices"] = json!([{"path": "/dev/x", "type": "c", "major": "241"}]);
-        let why = foreign_devices(&odd, &M, &[]).unwrap();
-        assert!(why.contains("numbers runc cannot read"), "{why}");
+        // mknod and runc's eBPF filter take 32 bits: 2^32 + 241 would be nvidia-caps.
+        for major in [
+            json!("241"),
+            json!(241.0),
+            json!(4_294_967_537u64),
+            json!(-1),
+        ] {
+            odd["linux"]["devices"] = json!([{"path": "/dev/x", "type": "c", "major": major}]);
+            let why = foreign_devices(&odd, &M, &[]).unwrap();
+            assert!(why.contains("numbers runc cannot read"), "{why}");
+        }
+        // Another major's odd minor is runc's to refuse, not a driver node.
+        odd["linux"]["devices"] =
+            json!([{"path": "/dev/x", "type": "c", "major": 10, "minor": 1.5}]);
+        assert_eq!(foreign_devices(&odd, &M, &[]), None);
+        let rule = json!([{"allow": true, "type": "c", "major": 10, "minor": "x", "access": "rw"}]);
+        assert_eq!(foreign_devices(&with_rules(rule), &M, &[]), None);
+        let rule = json!([{"allow": true, "type": "c", "major": 4_294_967_537u64, "minor": 1, "access": "rw"}]);
+        assert!(foreign_devices(&with_rules(rule), &M, &[]).is_some());
     }
 
     #[test]

@@ -128,10 +128,12 @@ fn checked(spec: &[u8]) -> R<(Json<'_>, Node)> {
 }
 
 /// Refused unless `major` is a plain number that is none of the driver's majors (those of the
-/// offer's nodes: the GPUs', nvidia-uvm's and nvidia-caps').
+/// offer's nodes: the GPUs', nvidia-uvm's and nvidia-caps'). At most 9 digits: mknod and runc's
+/// eBPF filter cut a number to 32 bits, so a longer one might be the driver's.
 fn driver_major(json: &Json, major: Node, offer: &Offer) -> R<()> {
     let text = json.text(major)?;
-    if major.kind != Kind::Scalar || text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+    let plain = (1..=9).contains(&text.len()) && text.iter().all(u8::is_ascii_digit);
+    if major.kind != Kind::Scalar || !plain {
         return Err(Refused);
     }
     for d in offer.devices() {
