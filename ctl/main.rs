@@ -38,6 +38,11 @@ enum Cmd {
         /// (default: pool.gc_grace_s). 0 is safe only when no `create` is running.
         #[arg(long)]
         grace: Option<u64>,
+        /// Also look for live GPU containers under this runtime state root (repeatable; the
+        /// roots leases name and runc's and crun's defaults are always looked at). A live
+        /// container on a slice the ledger does not lease to it is an ALERT (exit 1).
+        #[arg(long = "runtime-root")]
+        runtime_roots: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Gc {
             dry_run,
             grace,
+            runtime_roots,
             json: as_json,
         } => {
             let mut opts = gpushare_core::gc::GcOptions::from_config(&cfg);
@@ -99,13 +105,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             if let Some(g) = grace {
                 opts.grace_s = g;
             }
+            opts.runtime_roots = runtime_roots;
             let report = gpushare_core::gc::run(&cfg, &opts).map_err(|e| e.to_string())?;
             if as_json {
                 println!("{}", json(&report));
             } else {
                 print!("{}", report.render());
             }
-            if !report.failed.is_empty() {
+            if !report.failed.is_empty() || !report.unleased.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -18,6 +18,13 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The createRuntime hook a precreate grant adds: move the grant's lease from its claim
+    /// to the container's id (reads the OCI state JSON on stdin).
+    Bind {
+        /// gpushare's config file (default: $GPUSHARE_CONFIG, else /etc/gpushare/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Podman's oci-hooks precreate stage: grant the spec's request and write the edited spec
     /// (reads the OCI spec JSON on stdin, writes it to stdout).
     Precreate {
@@ -32,6 +39,9 @@ fn main() {
     let result = match cli.command {
         Cmd::Poststop { config } => {
             gpushare_core::hook::poststop(config.as_deref(), std::io::stdin().lock()).map(drop)
+        }
+        Cmd::Bind { config } => {
+            gpushare_core::hook::bind(config.as_deref(), std::io::stdin().lock()).map(drop)
         }
         Cmd::Precreate { config } => gpushare_core::hook::precreate(
             config.as_deref(),

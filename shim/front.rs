@@ -26,7 +26,7 @@ mod sys;
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Map, Path};
-    use gpushare_front::{args, config, decimal, journal, offers, scan, splice, state};
+    use gpushare_front::{args, claim, config, decimal, journal, offers, scan, splice, state};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
@@ -169,6 +169,15 @@ mod entry {
                     exec_runtime(p, &runtime);
                     return;
                 }
+                // The container's claim, held until the release is done (across the exec of
+                // the runtime's delete, whose poststop hook releases): a create of this id
+                // meanwhile waits, and cannot be handed the lease this delete then frees. If a
+                // create of the id still runs (the claim is held), the full wrapper waits for
+                // it, so the slice is never freed while the container is still to come up.
+                let claim_path = Path::new(&[dir, b"/", claim::DIR, b"/", id]);
+                if !claim::is_nameable(id) || !matches!(sys::take_claim(&claim_path), Ok(Some(_))) {
+                    return;
+                }
                 // runc's own state says it will run gpushare's poststop hook, which releases:
                 // nothing is left for gpushare to do after runc, which then replaces this
                 // process as for any other command. (A hook that fails leaves the lease to
@@ -190,6 +199,7 @@ mod entry {
                     }
                 };
                 if !may_hold(dir, id) {
+                    sys::unlink(&claim_path); // held by this process, whose exit lets it go
                     sys::exit(code);
                 }
                 // The full wrapper releases if the runtime deleted the container or no longer
@@ -236,6 +246,15 @@ mod entry {
         )
     }
 
+    /// A held create claim's descriptor, closed when dropped.
+    struct Claim(usize);
+
+    impl Drop for Claim {
+        fn drop(&mut self) {
+            sys::close(self.0);
+        }
+    }
+
     /// A `create` whose spec asks for a GPU.
     struct Create<'a> {
         parsed: &'a args::Parsed<'static>,
@@ -262,7 +281,13 @@ mod entry {
                 .filter(|id| journal::is_plain_id(id))?;
             let profile = splice::plain_profile(self.spec)?;
             let dir = self.state_dir;
-            let offers_text = Map::open(&Path::new(&[dir, b"/", offers::FILE])).ok()?;
+            // A state folder that is not root's alone is never used: the full wrapper refuses
+            // the request and says why.
+            sys::check_state_dir(&Path::new(&[dir])).ok()?;
+            if !claim::is_nameable(id) {
+                return None;
+            }
+            let offers_text = Map::open_state(&Path::new(&[dir, b"/", offers::FILE])).ok()?;
             let offers = offers::parse(offers_text.bytes())?;
             if !self.config_matches(offers.config) {
                 return None;
@@ -289,12 +314,12 @@ mod entry {
             // queue for the lock to learn it. A free lock is taken at once, and the look made
             // only under it.
             let applies = || {
-                let ledger = Map::open(&ledger_path).ok()?;
+                let ledger = Map::open_state(&ledger_path).ok()?;
                 let generation = journal::generation(ledger.bytes())?;
                 if generation != offers.generation {
                     return None;
                 }
-                let journal = match Map::open(&journal_path) {
+                let journal = match Map::open_state(&journal_path) {
                     Ok(m) => Some(m),
                     Err(sys::ENOENT) => None,
                     Err(_) => return None,
@@ -310,6 +335,14 @@ mod entry {
                 let offer = offers.offer(released, profile)?;
                 Some((offer, generation, journal::torn(bytes)))
             };
+            // The create claim, from before the grant until the runtime's create exits (its
+            // descriptor survives the exec). Anything that hands over to the full wrapper lets
+            // it go first: the full wrapper takes it itself.
+            let claim = Claim(
+                sys::take_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id]))
+                    .ok()
+                    .flatten()?,
+            );
             let lock_path = Path::new(&[dir, b"/ledger.lock"]);
             let lock = match sys::try_lock(&lock_path).ok()? {
                 Some(fd) => fd,
@@ -346,6 +379,7 @@ mod entry {
             let mut out = splice::Out::new(buf);
             splice::write(self.spec, &plan, &offers, &offer, &mut out).ok()?;
             sys::replace_file(self.bundle, b"config.json", out.bytes(), mode).ok()?;
+            core::mem::forget(claim); // held by the runtime's create from here
             Some(())
         }
 
@@ -386,13 +420,25 @@ mod entry {
     /// Whether the ledger (with its release journal) may hold `id`'s slice; a ledger that
     /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`.
     fn may_hold(dir: &[u8], id: &[u8]) -> bool {
+        // A state folder or file that must not be used "may hold" anything: the full wrapper
+        // says why it does not release.
+        match sys::check_state_dir(&Path::new(&[dir])) {
+            Ok(()) => {}
+            Err(sys::ENOENT) => return false,
+            Err(_) => return true,
+        }
         // The journal first: a fold between the two reads then shows in the ledger read after
         // it (and the journal's lines, of the older generation, no longer apply). The other
         // order could miss a grant folded in between.
-        let journal = Map::open(&Path::new(&[dir, b"/", journal::FILE]));
+        let journal = Map::open_state(&Path::new(&[dir, b"/", journal::FILE]));
+        if journal.as_ref().err() == Some(&sys::EACCES) {
+            return true;
+        }
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
-        let Ok(ledger) = Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])) else {
-            return false;
+        let ledger = match Map::open_state(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
+            Ok(m) => m,
+            Err(sys::EACCES) => return true,
+            Err(_) => return false,
         };
         journal::may_hold(ledger.bytes(), journal, id)
     }
@@ -434,20 +480,25 @@ mod entry {
             delegate_hook(p, Some(state))
         };
         let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
+        match sys::check_state_dir(&Path::new(&[dir])) {
+            Ok(()) => {}
+            Err(sys::ENOENT) => sys::exit(0), // nothing was ever granted here
+            Err(_) => delegate_hook(p, Some(state)), // the full hook refuses and says why
+        }
         let _lock = match sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS) {
             Ok(fd) => fd,
             // No state directory yet: nothing was ever granted here.
             Err(sys::ENOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
-        let ledger = match Map::open(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
+        let ledger = match Map::open_state(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
             Ok(m) => m,
             Err(sys::ENOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
         let ledger = ledger.bytes();
         let path = Path::new(&[dir, b"/", journal::FILE]);
-        let journal = match Map::open(&path) {
+        let journal = match Map::open_state(&path) {
             Ok(m) => Some(m),
             Err(sys::ENOENT) => None,
             Err(_) => delegate_hook(p, Some(state)),
@@ -478,6 +529,11 @@ mod entry {
         };
         if sys::append_durably(&path, &line[..n]).is_err() {
             delegate_hook(p, Some(state));
+        }
+        // The container is gone: its claim with it, if nobody holds it or the one holding it
+        // is this hook's parent, the runtime's delete (which the entry binary ran holding it).
+        if claim::is_nameable(id) {
+            sys::remove_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id]));
         }
         sys::exit(0)
     }

@@ -35,6 +35,15 @@ const SYS_OPENAT: usize = 257;
 const SYS_NEWFSTATAT: usize = 262;
 const SYS_PIPE2: usize = 293;
 const SYS_MEMFD_CREATE: usize = 319;
+const SYS_GETRANDOM: usize = 318;
+const SYS_PWRITE64: usize = 18;
+const SYS_GETPPID: usize = 110;
+const SYS_GETEUID: usize = 107;
+
+/// What a state file or folder that is not root's alone, or is a symlink, reads as.
+pub const EACCES: i32 = 13;
+const ELOOP: i32 = 40;
+const S_IFDIR: u32 = 0o040000;
 
 const AT_FDCWD: isize = -100;
 const AT_SYMLINK_NOFOLLOW: usize = 0x100;
@@ -48,7 +57,7 @@ const O_NONBLOCK: usize = 0o4000;
 const LOCK_EX_NB: usize = 2 | 4;
 const CLOCK_REALTIME: usize = 0;
 const CLOCK_MONOTONIC: usize = 1;
-const O_TRUNC: usize = 0o1000;
+const O_EXCL: usize = 0o200;
 const O_DIRECTORY: usize = 0o200000;
 const O_NOFOLLOW: usize = 0o400000;
 const S_IFMT: u32 = 0o170000;
@@ -173,6 +182,48 @@ fn lstat(path: &Path) -> Result<(u32, u64), i32> {
     errno(r).map(|_| mode_size(&st))
 }
 
+/// `st_uid` of x86-64's `struct stat`.
+fn uid_of(st: &[u64; 18]) -> u32 {
+    (st[3] >> 32) as u32
+}
+
+/// Whether a state folder or file with this mode and owner may be used: root's (or this
+/// process's user's), writable by nobody else, and of the expected kind.
+fn trusted(mode: u32, uid: u32, kind: u32) -> bool {
+    // SAFETY: geteuid takes nothing.
+    let owner = uid == 0 || uid as isize == unsafe { syscall(SYS_GETEUID, 0, 0, 0, 0, 0, 0) };
+    mode & S_IFMT == kind && owner && mode & 0o022 == 0
+}
+
+/// Whether the state folder at `path` may be used (not a symlink, root's, writable by nobody
+/// else): ENOENT when it does not exist, EACCES when it must not be used.
+pub fn check_state_dir(path: &Path) -> Result<(), i32> {
+    let mut st = [0u64; 18];
+    // SAFETY: st is a struct stat's size.
+    let r = unsafe {
+        syscall(
+            SYS_NEWFSTATAT,
+            AT_FDCWD as usize,
+            path.c()?,
+            st.as_mut_ptr() as usize,
+            AT_SYMLINK_NOFOLLOW,
+            0,
+            0,
+        )
+    };
+    errno(r)?;
+    match trusted(mode_size(&st).0, uid_of(&st), S_IFDIR) {
+        true => Ok(()),
+        false => Err(EACCES),
+    }
+}
+
+fn stat_fd_full(fd: usize) -> Result<[u64; 18], i32> {
+    let mut st = [0u64; 18];
+    // SAFETY: st is a struct stat's size.
+    errno(unsafe { syscall(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0, 0, 0, 0) }).map(|_| st)
+}
+
 fn stat_fd(fd: usize) -> Result<(u32, u64), i32> {
     let mut st = [0u64; 18];
     // SAFETY: st is a struct stat's size.
@@ -212,7 +263,7 @@ fn flock_now(fd: usize) -> Result<bool, i32> {
 /// An exclusive lock on the file at `path` (which must exist) if it is free right now: the
 /// descriptor that holds it, or None when another process holds it.
 pub fn try_lock(path: &Path) -> Result<Option<usize>, i32> {
-    let fd = open(path, O_RDWR)?;
+    let fd = open(path, O_RDWR | O_NOFOLLOW)?;
     match flock_now(fd) {
         Ok(true) => Ok(Some(fd)),
         other => {
@@ -225,7 +276,7 @@ pub fn try_lock(path: &Path) -> Result<Option<usize>, i32> {
 /// An exclusive lock on the file at `path` (which must exist), waiting at most about
 /// `max_ms`; the descriptor holds it until the process exits or execs (close-on-exec).
 pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {
-    let fd = open(path, O_RDWR)?;
+    let fd = open(path, O_RDWR | O_NOFOLLOW)?;
     let pause = [0usize, 100_000]; // struct timespec: 100 us
     for _ in 0..max_ms.saturating_mul(10).max(1) {
         match flock_now(fd) {
@@ -243,9 +294,125 @@ pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {
     Err(EWOULDBLOCK)
 }
 
+/// Take a container's create claim (`gpushare_front::claim`): the file at `path` (made 0600
+/// if new, never through a symlink) locked, on a descriptor left open across exec() so that the
+/// runtime's create holds it until it exits. None when another process holds it. The lock is
+/// kept only if the path still names the locked file (a remover unlinks under the lock).
+pub fn take_claim(path: &Path) -> Result<Option<usize>, i32> {
+    for _ in 0..8 {
+        // SAFETY: a NUL-terminated path; no O_CLOEXEC on purpose.
+        let fd = errno(unsafe {
+            syscall(
+                SYS_OPENAT,
+                AT_FDCWD as usize,
+                path.c()?,
+                O_RDWR | O_CREAT | O_NOFOLLOW,
+                0o600,
+                0,
+                0,
+            )
+        })?;
+        let kept = (|| {
+            let held = stat_fd_full(fd)?;
+            if !trusted(mode_size(&held).0, uid_of(&held), S_IFREG) {
+                return Err(EACCES);
+            }
+            if !flock_now(fd)? {
+                return Ok(Some(false));
+            }
+            let mut now = [0u64; 18];
+            // SAFETY: st is a struct stat's size.
+            let r = unsafe {
+                syscall(
+                    SYS_NEWFSTATAT,
+                    AT_FDCWD as usize,
+                    path.c()?,
+                    now.as_mut_ptr() as usize,
+                    AT_SYMLINK_NOFOLLOW,
+                    0,
+                    0,
+                )
+            };
+            if errno(r).is_err() || now[0] != held[0] || now[1] != held[1] {
+                return Ok(None); // removed (and perhaps made again) meanwhile: start over
+            }
+            // The taker's pid, as the full program writes it (`{:>10}\n`): after exec() it is
+            // the runtime's create's, which a delete waits for.
+            // SAFETY: getpid takes nothing.
+            let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
+            let mut digits = [0u8; 20];
+            let pid = gpushare_front::decimal::format(pid, &mut digits);
+            let mut text = [b' '; 11];
+            text[10 - pid.len()..10].copy_from_slice(pid);
+            text[10] = b'\n';
+            // SAFETY: text is valid for its length.
+            let w = unsafe { syscall(SYS_PWRITE64, fd, text.as_ptr() as usize, 11, 0, 0, 0) };
+            match errno(w) {
+                Ok(11) => Ok(Some(true)),
+                Ok(_) => Err(EINVAL),
+                Err(e) => Err(e),
+            }
+        })();
+        match kept {
+            Ok(Some(true)) => return Ok(Some(fd)),
+            Ok(Some(false)) => {
+                close(fd);
+                return Ok(None);
+            }
+            Ok(None) => close(fd),
+            Err(e) => {
+                close(fd);
+                return Err(e);
+            }
+        }
+    }
+    Err(EWOULDBLOCK)
+}
+
+/// Remove the claim file at `path` if nobody holds it, or if the process holding it is this
+/// one's parent (the pid the file records): under the lock either way, as every taker checks
+/// after locking that the path still names the file it locked.
+pub fn remove_claim(path: &Path) {
+    let Ok(fd) = open(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK) else {
+        return;
+    };
+    let ours = match flock_now(fd) {
+        Ok(true) => true,
+        Ok(false) => {
+            // SAFETY: getppid takes nothing.
+            let parent = unsafe { syscall(SYS_GETPPID, 0, 0, 0, 0, 0, 0) } as u64;
+            let mut text = [0u8; 16];
+            // SAFETY: text is writable for its length.
+            let r = unsafe { syscall(SYS_READ, fd, text.as_mut_ptr() as usize, 16, 0, 0, 0) };
+            let n = errno(r).unwrap_or(0).min(16);
+            let digits = text[..n].iter().copied().filter(u8::is_ascii_digit);
+            let mut pid = 0u64;
+            let mut any = false;
+            for d in digits {
+                pid = pid.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+                any = true;
+            }
+            any && pid == parent
+        }
+        Err(_) => false,
+    };
+    if ours {
+        unlink(path);
+    }
+    close(fd);
+}
+
+/// Remove the file at `path` (best effort).
+pub fn unlink(path: &Path) {
+    if let Ok(p) = path.c() {
+        // SAFETY: a NUL-terminated path.
+        unsafe { syscall(SYS_UNLINK, p, 0, 0, 0, 0, 0) };
+    }
+}
+
 /// Append `data` to the file at `path` (made 0600 if new) with one write, then fsync it.
 pub fn append_durably(path: &Path, data: &[u8]) -> Result<(), i32> {
-    let fd = open_mode(path, O_WRONLY | O_APPEND | O_CREAT, 0o600)?;
+    let fd = open_mode(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW, 0o600)?;
     // SAFETY: data is valid for its length.
     let r = unsafe { syscall(SYS_WRITE, fd, data.as_ptr() as usize, data.len(), 0, 0, 0) };
     let written = match errno(r) {
@@ -333,11 +500,23 @@ pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: u32) -> Result<(
     let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
     let mut digits = [0u8; 20];
     let pid = gpushare_front::decimal::format(pid, &mut digits);
-    let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", pid]);
+    // Unpredictable and made exclusively: nothing planted at the name is ever written through.
+    let mut random = [0u8; 8];
+    // SAFETY: random is writable for its length.
+    let r = unsafe { syscall(SYS_GETRANDOM, random.as_mut_ptr() as usize, 8, 0, 0, 0, 0) };
+    if errno(r) != Ok(8) {
+        return Err(EINVAL);
+    }
+    let mut hex = [0u8; 16];
+    for (i, b) in random.iter().enumerate() {
+        hex[2 * i] = b"0123456789abcdef"[(b >> 4) as usize];
+        hex[2 * i + 1] = b"0123456789abcdef"[(b & 15) as usize];
+    }
+    let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", pid, b".", &hex]);
     let target = Path::new(&[dir, b"/", name]);
     let fd = open_mode(
         &tmp,
-        O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW,
+        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW,
         mode as usize,
     )?;
     let written = (|| {
@@ -447,6 +626,22 @@ impl Map {
     pub fn open(path: &Path) -> Result<Map, i32> {
         let fd = open(path, 0)?;
         let m = Self::of_fd(fd, u64::MAX);
+        close(fd);
+        m
+    }
+
+    /// A file in the state folder: never through a symlink, and only when it is root's and
+    /// writable by nobody else (EACCES otherwise).
+    pub fn open_state(path: &Path) -> Result<Map, i32> {
+        let fd = match open(path, O_NOFOLLOW | O_NONBLOCK) {
+            Err(ELOOP) => return Err(EACCES),
+            r => r?,
+        };
+        let m =
+            stat_fd_full(fd).and_then(|st| match trusted(mode_size(&st).0, uid_of(&st), S_IFREG) {
+                true => Self::of_fd(fd, u64::MAX),
+                false => Err(EACCES),
+            });
         close(fd);
         m
     }

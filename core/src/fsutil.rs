@@ -23,28 +23,110 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<(
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o644),
     };
-    let tmp = dir.join(format!(
-        ".{}.gpushare-tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+    let (mut f, tmp) = create_temp(dir, name, mode)?;
+    let written = (|| {
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
-    if result.is_err() {
+    if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    written
+}
+
+/// The mark every temp file gpushare writes carries in its name:
+/// `.<name>.gpushare-tmp.<pid>.<random>`.
+const TEMP_MARK: &str = ".gpushare-tmp.";
+
+/// Create a fresh temp file for `name` in `dir`, exclusively (`O_EXCL`, never through a
+/// symlink): its name carries this process's id, for [`sweep_temp`], and 64 random bits, so
+/// that nobody can plant a file or a link where gpushare will write.
+pub fn create_temp(
+    dir: &Path,
+    name: &std::ffi::OsStr,
+    mode: u32,
+) -> io::Result<(File, std::path::PathBuf)> {
+    loop {
+        let tmp = dir.join(format!(
+            ".{}{TEMP_MARK}{}.{:016x}",
+            name.to_string_lossy(),
+            std::process::id(),
+            random_u64()?
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((f, tmp)),
+            // 64 random bits met one already there: someone planted it. Draw again.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn random_u64() -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    // SAFETY: b is writable for its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(b))
+}
+
+/// Remove temp files in `dir` that a killed writer left: named as [`create_temp`] (or the
+/// entry binary) names them, regular files, untouched for at least `min_age`, and whose
+/// writer's process is gone (a live writer's file is never taken from under it). Returns what
+/// was removed.
+pub fn sweep_temp(dir: &Path, min_age: std::time::Duration) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((_, tail)) = name.rsplit_once(TEMP_MARK) else {
+            continue;
+        };
+        let Some(pid) = tail
+            .split('.')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|&p| p > 0)
+        else {
+            continue;
+        };
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let writer_alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !name.starts_with('.')
+            || !(m.is_file() || m.file_type().is_symlink())
+            || !old
+            || writer_alive
+        {
+            continue;
+        }
+        if fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 /// Seconds since the Unix epoch.
@@ -73,6 +155,55 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temp_files_are_made_exclusively_and_never_through_a_planted_link() {
+        let dir = std::env::temp_dir().join(format!("gpushare-fsutil-x-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let (_, a) = create_temp(&dir, "f".as_ref(), 0o600).unwrap();
+        let (_, b) = create_temp(&dir, "f".as_ref(), 0o600).unwrap();
+        assert_ne!(a, b, "unpredictable names");
+        // The name an older gpushare would have used, planted as a link to a victim file.
+        let victim = dir.join("victim");
+        fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(
+            &victim,
+            dir.join(format!(".f.gpushare-tmp.{}", std::process::id())),
+        )
+        .unwrap();
+        write_atomic(&dir.join("f"), b"new", Some(0o600)).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(dir.join("f")).unwrap(), b"new");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_only_old_temp_files_of_dead_writers() {
+        let dir = std::env::temp_dir().join(format!("gpushare-fsutil-s-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // A pid that is surely not running: past the kernel's pid_max.
+        let dead = dir.join(".ledger.json.gpushare-tmp.99999999");
+        let dead_new = dir.join(".ledger.json.gpushare-tmp.99999999.00ff");
+        let live = dir.join(format!(
+            ".ledger.json.gpushare-tmp.{}.0001",
+            std::process::id()
+        ));
+        let other = dir.join("ledger.json");
+        for f in [&dead, &dead_new, &live, &other] {
+            fs::write(f, "x").unwrap();
+        }
+        assert!(
+            sweep_temp(&dir, std::time::Duration::from_secs(3600)).is_empty(),
+            "too young"
+        );
+        let mut removed = sweep_temp(&dir, std::time::Duration::ZERO);
+        removed.sort();
+        assert_eq!(removed, vec![dead.clone(), dead_new.clone()]);
+        assert!(live.exists() && other.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

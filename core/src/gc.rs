@@ -30,6 +30,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Leases younger than this are kept even when the runtime has no such container.
     pub grace_s: u64,
+    /// Runtime state roots to look for live GPU containers in, besides those the leases name
+    /// and runc's and crun's defaults.
+    pub runtime_roots: Vec<String>,
 }
 
 impl GcOptions {
@@ -37,6 +40,7 @@ impl GcOptions {
         GcOptions {
             dry_run: false,
             grace_s: cfg.pool.gc_grace_s,
+            runtime_roots: Vec::new(),
         }
     }
 }
@@ -79,6 +83,15 @@ pub enum Action {
         slot: Slot,
         container_id: Option<String>,
     },
+    /// A live container runs on an idle instance the ledger no longer leases to it (its lease
+    /// was released while it came up): the lease is given back to it, so the instance is never
+    /// granted to another container.
+    AdoptLease {
+        container_id: String,
+        gpu: u32,
+        mig_uuid: String,
+        runtime_root: String,
+    },
     /// An idle instance older than `pool.idle_timeout_s`.
     DestroyIdle {
         gpu: u32,
@@ -107,6 +120,10 @@ pub struct Report {
     pub young: Vec<String>,
     /// Actions that failed, with NVML's reason; the records stay for the next run.
     pub failed: Vec<String>,
+    /// Live containers running on a slice the ledger does not lease to them and that gc could
+    /// not give back (another container holds it, or the ledger does not know the instance):
+    /// an isolation breach for an operator to act on at once.
+    pub unleased: Vec<String>,
 }
 
 impl std::fmt::Display for Action {
@@ -161,6 +178,15 @@ impl std::fmt::Display for Action {
                     None => "idle".into(),
                 }
             ),
+            Action::AdoptLease {
+                container_id,
+                gpu,
+                mig_uuid,
+                runtime_root,
+            } => write!(
+                f,
+                "lease {mig_uuid} (GPU {gpu}) to container {container_id} again: it runs on it ({runtime_root}/{container_id}) but its lease was gone"
+            ),
             Action::DestroyIdle {
                 gpu,
                 profile,
@@ -179,6 +205,9 @@ impl Report {
         use std::fmt::Write;
         let mut out = String::new();
         let verb = if self.dry_run { "would " } else { "" };
+        for u in &self.unleased {
+            let _ = writeln!(out, "ALERT: {u}");
+        }
         if self.actions.is_empty() {
             let _ = writeln!(out, "nothing to repair");
         }
@@ -301,6 +330,10 @@ pub fn repair_intents(
     }
     Ok(done)
 }
+
+/// How old a temp file in the state folder must be before gc takes it for a killed writer's:
+/// a live write takes milliseconds.
+const TEMP_MIN_AGE: Duration = Duration::from_secs(60);
 
 fn container_gone(root: &str, id: &str) -> bool {
     // A container id never has a slash (runc refuses one), so this stays below the root.
@@ -451,9 +484,20 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
             ));
         }
     }
+    let mut roots: Vec<String> = opts.runtime_roots.clone();
     for (id, gpu, what, since, root) in leases {
         let Some(root) = root else { continue };
+        if !roots.contains(&root) {
+            roots.push(root.clone());
+        }
         if !container_gone(&root, &id) {
+            continue;
+        }
+        // Its create has granted and is still running: the container is yet to appear.
+        if crate::claim::in_flight(&cfg.state_dir, &id) {
+            report.young.push(format!(
+                "lease of {id}: the runtime has no such container yet, and its create is still running"
+            ));
             continue;
         }
         let age = now.saturating_sub(since);
@@ -492,6 +536,73 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
             });
         }
         report.failed.extend(failed);
+    }
+
+    // 2c. Live containers on slices the ledger does not lease to them.
+    for default in ["/run/runc", "/run/crun"] {
+        if !roots.iter().any(|r| r == default) {
+            roots.push(default.to_string());
+        }
+    }
+    let mut driver_uuids: Option<Vec<String>> = None;
+    let mut on_this_node = |uuid: &str| {
+        driver_uuids
+            .get_or_insert_with(|| {
+                let mut all = Vec::new();
+                for (index, _, _, existing) in &live {
+                    for gi in existing {
+                        for &ci in &gi.compute_instances {
+                            if let Ok(u) = be.mig_uuid(*index, gi.id, ci) {
+                                all.push(format!("MIG-{}", u.trim_start_matches("MIG-")));
+                            }
+                        }
+                    }
+                }
+                all
+            })
+            .iter()
+            .any(|u| u == uuid)
+    };
+    for c in crate::running::find(&roots) {
+        for uuid in &c.mig_uuids {
+            let holder = st.instances.iter_mut().find(|r| {
+                r.made.as_ref().is_some_and(|m| {
+                    format!("MIG-{}", m.mig_uuid.trim_start_matches("MIG-")) == *uuid
+                })
+            });
+            match holder {
+                Some(r) => match &r.lease {
+                    Some(l)
+                        if l.container_id == c.container_id
+                            || c.claim.as_deref() == Some(l.container_id.as_str()) => {}
+                    Some(l) => report.unleased.push(format!(
+                        "container {} ({}/{}) runs on {uuid}, which the ledger leases to {}: two containers share one slice; stop one of them",
+                        c.container_id, c.runtime_root, c.container_id, l.container_id
+                    )),
+                    None => {
+                        report.actions.push(Action::AdoptLease {
+                            container_id: c.container_id.clone(),
+                            gpu: r.gpu_index,
+                            mig_uuid: uuid.clone(),
+                            runtime_root: c.runtime_root.clone(),
+                        });
+                        r.lease = Some(crate::ledger::Lease {
+                            container_id: c.container_id.clone(),
+                            since: now,
+                            runtime_root: Some(c.runtime_root.clone()),
+                        });
+                        r.idle_since = None;
+                    }
+                },
+                // Only a device of this node's driver: another node's (a simulated one beside
+                // this, in tests) or one gone since is nothing of this ledger's.
+                None if on_this_node(uuid) => report.unleased.push(format!(
+                    "container {} ({}/{}) runs on {uuid}, which the ledger does not know: it may be granted to another container; stop it",
+                    c.container_id, c.runtime_root, c.container_id
+                )),
+                None => {}
+            }
+        }
     }
 
     // 3. Idle instances past their time-out.
@@ -589,6 +700,21 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
     if !gone.is_empty() {
         crate::instance_log::note(&cfg.state_dir, &gone);
     }
+    if !opts.dry_run {
+        // What killed writers left: temp files (never one a live writer holds) and claims.
+        for f in crate::fsutil::sweep_temp(&cfg.state_dir, TEMP_MIN_AGE) {
+            tracing::info!("removed {}, left by a killed writer", f.display());
+        }
+        let leased = |id: &str| {
+            st.lease_of(id).is_some()
+                || st.shares.iter().any(|s| s.lease.container_id == id)
+                || st
+                    .mps
+                    .iter()
+                    .any(|d| d.clients.iter().any(|c| c.lease.container_id == id))
+        };
+        crate::claim::sweep(&cfg.state_dir, leased);
+    }
     Ok(report)
 }
 
@@ -673,9 +799,24 @@ pub(crate) fn reclaim_logged(
 /// false "maybe" only costs the locked release it saves.
 pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
     // The journal first: see `snapshot`.
-    let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
-    let Ok(raw) = std::fs::read(Ledger::new(&cfg.state_dir).path()) else {
-        return false;
+    // A state folder or file that must not be used "may hold" anything: the locked release
+    // that follows refuses it and says why.
+    use crate::statedir::{check_dir, read, StateDirError};
+    let unusable = |e: &StateDirError| matches!(e, StateDirError::Unsafe { .. });
+    match check_dir(&cfg.state_dir) {
+        Ok(()) => {}
+        Err(e) if unusable(&e) => return true,
+        Err(_) => return false,
+    }
+    let journal = match read(&Ledger::new(&cfg.state_dir).journal_path()) {
+        Ok(j) => j.unwrap_or_default(),
+        Err(e) if unusable(&e) => return true,
+        Err(_) => Vec::new(),
+    };
+    let raw = match read(&Ledger::new(&cfg.state_dir).path()) {
+        Ok(Some(raw)) => raw,
+        Err(e) if unusable(&e) => return true,
+        _ => return false,
     };
     gpushare_front::journal::may_hold(&raw, &journal, container_id.as_bytes())
 }

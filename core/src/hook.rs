@@ -5,8 +5,12 @@
 //! edited spec to stdout.
 //!
 //! A precreate hook runs before the container has an id, so its grant is leased to a random
-//! claim, recorded in the spec as the `gpushare.lease` annotation; the OCI state that
-//! `poststop` reads carries the spec's annotations, so the release finds the claim there.
+//! claim, recorded in the spec as the `gpushare.lease` annotation. The grant also adds a
+//! `createRuntime` hook (`gpushare-hook bind`) to the spec: run by the runtime for this very
+//! container, with its id on stdin, it moves the lease from the claim to the container id. From
+//! then on only that container's poststop releases it: `poststop` releases the id in the OCI
+//! state, never a claim an annotation names, since any container can carry any annotation and a
+//! claim is shown by `status` and `podman inspect` (issue 16, finding 9).
 
 use crate::allocator::{self, Claimant};
 use crate::config::Config;
@@ -108,17 +112,74 @@ pub fn poststop(config: Option<&Path>, stdin: impl Read) -> Result<bool, HookErr
         .take(MAX_STATE)
         .read_to_end(&mut buf)
         .map_err(HookError::Stdin)?;
-    let id = lease_key(&buf)?;
+    // The container's own id only: a claim in the annotations is the tenant's word, and a
+    // precreate grant's lease was moved to the id by `bind` when this container was created.
+    let id = container_id(&buf)?;
     let cfg = Config::load(config)?;
     // Releasing needs only the root-owned state directory, no capability at all; except that
     // putting a GPU's compute mode back (the last MPS share of a GPU) needs CAP_SYS_ADMIN.
     let _ = crate::trust::drop_caps_for_release(crate::compute_mode::may_put_back(&cfg.state_dir));
     crate::logging::init(&cfg, "gpushare-hook");
-    Ok(allocator::release(
+    let released = allocator::release(
         &cfg,
         &id,
         Duration::from_millis(cfg.pool.hook_lock_timeout_ms),
-    )?)
+    )?;
+    // The container is gone: its create claim with it, unless a create holds it again.
+    crate::claim::remove_after_release(&cfg.state_dir, &id);
+    Ok(released)
+}
+
+/// The `createRuntime` hook a precreate grant adds to its spec: the runtime runs it for that
+/// container alone, so the claim in its state's annotations is the one precreate made for it,
+/// and the lease moves from the claim to the container id. Returns whether a lease moved.
+pub fn bind(config: Option<&Path>, stdin: impl Read) -> Result<bool, HookError> {
+    let mut buf = Vec::new();
+    stdin
+        .take(MAX_STATE)
+        .read_to_end(&mut buf)
+        .map_err(HookError::Stdin)?;
+    let id = container_id(&buf)?;
+    let v: Value = serde_json::from_slice(&buf).map_err(|e| HookError::State(e.to_string()))?;
+    let Some(claim) = claim_in(v.get("annotations")).map(str::to_string) else {
+        return Ok(false);
+    };
+    let _ = crate::trust::drop_all_caps();
+    let cfg = Config::load(config)?;
+    crate::logging::init(&cfg, "gpushare-hook");
+    let ledger = crate::ledger::Ledger::new(&cfg.state_dir);
+    let locked = ledger
+        .lock(Duration::from_millis(cfg.pool.hook_lock_timeout_ms))
+        .map_err(allocator::AllocError::from)?;
+    let mut st = locked.load().map_err(allocator::AllocError::from)?;
+    let mut moved = false;
+    let mut rename = |l: &mut crate::ledger::Lease| {
+        if l.container_id == claim {
+            l.container_id = id.clone();
+            moved = true;
+        }
+    };
+    st.instances
+        .iter_mut()
+        .filter_map(|r| r.lease.as_mut())
+        .for_each(&mut rename);
+    st.shares.iter_mut().for_each(|s| rename(&mut s.lease));
+    st.mps
+        .iter_mut()
+        .flat_map(|d| d.clients.iter_mut())
+        .for_each(|c| rename(&mut c.lease));
+    if moved || locked.folded() {
+        locked.save(&st).map_err(allocator::AllocError::from)?;
+    }
+    Ok(moved)
+}
+
+/// The `bind` hook, run by the runtime at `createRuntime`, with the same minimal env as the
+/// release hook.
+fn bind_hook(cfg: &Config) -> Value {
+    let mut hook = shim::poststop_hook(cfg);
+    hook.args[1] = "bind".into();
+    crate::spec::hook_json(&hook)
 }
 
 /// The oci-hooks(5) precreate stage: the spec on stdin, the spec to use on stdout. A spec with
@@ -173,6 +234,20 @@ pub fn precreate(
         *ann = Value::Object(Default::default());
     }
     ann[LEASE_ANNOTATION] = Value::String(claim.clone());
+    let hooks = root
+        .entry("hooks")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(hooks) = hooks.as_object_mut() {
+        let stage = hooks
+            .entry("createRuntime")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if !stage.is_array() {
+            *stage = Value::Array(Vec::new());
+        }
+        if let Some(stage) = stage.as_array_mut() {
+            stage.insert(0, bind_hook(&cfg));
+        }
+    }
     let out = serde_json::to_vec(&spec).expect("a JSON value always serializes");
     if let Err(e) = stdout.write_all(&out).and_then(|()| stdout.flush()) {
         // The engine never got the edited spec: the container will not run with this slice.

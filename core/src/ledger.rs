@@ -41,6 +41,8 @@ pub enum LedgerError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    StateDir(#[from] crate::statedir::StateDirError),
     #[error("cannot write ledger {path}: {source}")]
     Write {
         path: PathBuf,
@@ -326,6 +328,7 @@ impl Ledger {
             .mode(0o700)
             .create(&self.dir)
             .map_err(dir_err)?;
+        crate::statedir::check_dir(&self.dir)?;
         let lock_path = self.dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
@@ -333,8 +336,10 @@ impl Ledger {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(dir_err)?;
+        crate::statedir::check_file(&lock_path, &file)?;
         let start = Instant::now();
         // Short polls: a grant holds the lock for well under a millisecond, and a lock released
         // while every waiter sleeps idles the whole queue (64 creates at once convoyed behind
@@ -410,34 +415,21 @@ fn decode(raw: &[u8]) -> Result<LedgerState, serde_json::Error> {
 
 /// The release journal's bytes; none when it does not exist.
 fn read_journal(path: &Path) -> Result<Vec<u8>, LedgerError> {
-    match std::fs::read(path) {
-        Ok(j) => Ok(j),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(LedgerError::Read {
-            path: path.into(),
-            source,
-        }),
-    }
+    Ok(crate::statedir::read(path)?.unwrap_or_default())
 }
 
 impl Locked {
     /// The ledger, with the releases its journal holds applied.
     pub fn load(&self) -> Result<LedgerState, LedgerError> {
-        let mut st = match std::fs::read(&self.path) {
-            Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt {
+        let mut st = match crate::statedir::read(&self.path)? {
+            Some(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt {
                 path: self.path.clone(),
                 source,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerState {
+            None => LedgerState {
                 format: FORMAT,
                 ..Default::default()
             },
-            Err(source) => {
-                return Err(LedgerError::Read {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
         };
         self.generation.set(st.generation);
         let journal = read_journal(&self.journal)?;
@@ -475,6 +467,7 @@ impl Locked {
             match OpenOptions::new()
                 .write(true)
                 .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&self.journal)
             {
                 Ok(_) => self.journaled.set(false),
@@ -486,11 +479,8 @@ impl Locked {
         let lines = original.history.take_unwritten();
         if !lines.is_empty() {
             let log = self.path.with_file_name(HISTORY_FILE);
-            let appended = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&log)
+            let appended = crate::statedir::open_append(&log)
+                .map_err(|e| std::io::Error::other(e.to_string()))
                 .and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()));
             if let Err(e) = appended {
                 tracing::warn!("cannot append to {}: {e}", log.display());
@@ -503,7 +493,11 @@ impl Locked {
     /// it), keeping the last `cap` requests; a log grown well past that is compacted.
     pub fn load_history(&self, st: &mut LedgerState, cap: usize) {
         let log = self.path.with_file_name(HISTORY_FILE);
-        let Ok(text) = std::fs::read_to_string(&log) else {
+        let Some(text) = crate::statedir::read(&log)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
             return;
         };
         let mut h = crate::policy::history::History::replay(&text, cap);
@@ -533,12 +527,19 @@ pub fn snapshot(dir: &Path) -> Result<LedgerState, LedgerError> {
     // The journal before the ledger: if a locked change folds the journal in between, the ledger
     // read second already holds its lines (and they, of the older generation, no longer apply).
     // Read the other way round, a grant folded in between would be missing from both.
+    match crate::statedir::check_dir(dir) {
+        Err(crate::statedir::StateDirError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(LedgerState::default())
+        }
+        r => r?,
+    }
     let journal = read_journal(&journal_path(dir))?;
     let path = dir.join(LEDGER_FILE);
-    let mut st = match std::fs::read(&path) {
-        Ok(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerState::default(),
-        Err(source) => return Err(LedgerError::Read { path, source }),
+    let mut st = match crate::statedir::read(&path)? {
+        Some(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source })?,
+        None => LedgerState::default(),
     };
     st.apply_journal(&journal);
     Ok(st)

@@ -7,6 +7,7 @@
 //! grant into the spec, and [`runc_log`] reports failures the way engines read them.
 
 pub mod allocator;
+pub mod claim;
 pub mod compute_mode;
 pub mod config;
 pub mod doctor;
@@ -32,9 +33,11 @@ pub mod repair;
 pub mod request;
 pub mod runc_args;
 pub mod runc_log;
+pub mod running;
 pub mod share;
 pub mod shim;
 pub mod spec;
+pub mod statedir;
 pub mod status;
 pub mod strict_json;
 pub mod trust;

@@ -47,16 +47,14 @@ pub fn write(cfg: &Config, st: &mut LedgerState, generation: u64) {
 /// Temp file and rename, with no fsync: offers of an older generation than the ledger's are
 /// never used, so a crash that loses them costs nothing but one slower grant.
 fn write_quick(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_file_name(format!(".{FILE}.gpushare-tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    std::io::Write::write_all(&mut f, data)?;
-    std::fs::rename(&tmp, path)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (mut f, tmp) = crate::fsutil::create_temp(dir, FILE.as_ref(), 0o600)?;
+    let written =
+        std::io::Write::write_all(&mut f, data).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Whether a word can stand in the line-based offers file as it is.

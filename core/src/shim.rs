@@ -131,6 +131,16 @@ fn create(
     let Some(id) = args.container_id.as_deref() else {
         return fail("create without a container id");
     };
+    // Held from before the grant until the runtime's create exits, so that a delete of this id
+    // meanwhile waits instead of freeing a slice the container is about to come up with.
+    let claim = match crate::claim::Claim::take(
+        &cfg.state_dir,
+        id,
+        Duration::from_millis(cfg.pool.lock_timeout_ms),
+    ) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
     let root = runtime_root(runtime, args);
     let who = Claimant {
         container_id: id,
@@ -166,6 +176,16 @@ fn create(
     }
     crate::failpoint!("shim.spec_written");
     tracing::info!(container = id, uuid = %granted.uuid, warm = granted.warm, "granted");
+    // Only now: a child started earlier (an MPS daemon) must not hold the claim for its life.
+    if let Err(e) = claim.keep_across_exec() {
+        if granted.fresh {
+            let _ = crate::fsutil::write_atomic(&config_path, &raw, None);
+            release_quietly(cfg, id);
+        }
+        return fail(&format!(
+            "cannot keep the create claim of {id} for the runtime: {e}"
+        ));
+    }
     // The runtime replaces this process, as it would have been run without gpushare: waiting
     // on it would cost every GPU container a millisecond or more. If it then refuses the
     // container, the lease is freed by the engine's `delete` (the runtime no longer knows the
@@ -295,6 +315,17 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         return exec(runtime, argv);
     }
     crate::logging::init(cfg, "gpushare");
+    let id = args.container_id.as_deref().unwrap_or_default();
+    let root = runtime_root(runtime, args);
+    // A create of this id that has granted but whose runtime has not yet made the container:
+    // wait for it, so that the runtime's delete sees the container and the slice is freed with
+    // it, never while the container is still to come up with it.
+    let settled = crate::claim::settle(
+        &cfg.state_dir,
+        id,
+        root.as_deref().map(Path::new),
+        Duration::from_millis(cfg.pool.lock_timeout_ms),
+    );
     let code = match spawn(runtime, argv) {
         Ok(c) => c,
         Err(e) => {
@@ -303,8 +334,31 @@ fn delete(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i
         }
     };
     let _ = crate::trust::drop_caps_for_release(crate::compute_mode::may_put_back(&cfg.state_dir));
-    release_after_delete(cfg, runtime, args, code);
+    match settled {
+        Ok(crate::claim::Settled::Free(claim)) => {
+            release_after_delete(cfg, runtime, args, code);
+            claim.remove();
+        }
+        Ok(crate::claim::Settled::RuntimeHas) => release_after_delete(cfg, runtime, args, code),
+        Ok(crate::claim::Settled::InFlight) => keep_in_flight(args, id, cfg.pool.lock_timeout_ms),
+        Err(e) => {
+            runc_log::error(
+                args.log.as_deref(),
+                args.log_format_json,
+                &format!("{e}; the slice of {id} stays leased"),
+            );
+        }
+    }
     code
+}
+
+/// Say why a delete left a slice leased: the container's create still runs.
+fn keep_in_flight(args: &RuncArgs, id: &str, waited_ms: u64) {
+    runc_log::error(
+        args.log.as_deref(),
+        args.log_format_json,
+        &format!("the create of {id} is still running after {waited_ms} ms: its slice stays leased (the container may still come up with it); delete it again once created, or `gpusharectl gc` releases it once the runtime no longer has it"),
+    );
 }
 
 /// After the runtime's `delete` exited with `code`: release the container's slice if the
@@ -339,6 +393,26 @@ fn after_delete(
     }
     crate::logging::init(cfg, "gpushare");
     let _ = crate::trust::drop_caps_for_release(crate::compute_mode::may_put_back(&cfg.state_dir));
+    // The entry binary took the container's claim before the runtime's delete and this process
+    // inherited it: no create of the id can grant meanwhile. Should another process hold it
+    // (an entry binary of an older build), a create in flight keeps what it takes.
+    if let Some(id) = args.container_id.as_deref() {
+        let root = runtime_root(runtime, args);
+        if crate::claim::in_flight(&cfg.state_dir, id)
+            && !root.is_some_and(|r| crate::claim::runtime_has(Path::new(&r), id))
+        {
+            keep_in_flight(args, id, 0);
+            return code;
+        }
+        release_after_delete(cfg, runtime, args, code);
+        if crate::claim::taken_by_self(&cfg.state_dir, id) {
+            // Held by this process: removed under the lock, which goes at exit.
+            if let Ok(p) = crate::claim::path(&cfg.state_dir, id) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        return code;
+    }
     release_after_delete(cfg, runtime, args, code);
     code
 }

@@ -8,6 +8,7 @@
 extern crate std;
 
 pub mod args;
+pub mod claim;
 pub mod config;
 pub mod decimal;
 pub mod journal;
