@@ -187,7 +187,8 @@ fn podman_hooks_only_precreate_grants_and_poststop_releases() {
     sees_slice_and_frees_it(Via::Hooks);
 }
 
-/// While the container runs, the precreate grant is leased to the claim the spec carries.
+/// While the container runs, the precreate grant is leased to the container's id: the
+/// createRuntime hook precreate added moved it there from the claim the spec carries.
 #[test]
 fn podman_hooks_only_lease_is_held_while_running() {
     let node = SimNode::new("h100-80gb", 1, true);
@@ -203,6 +204,13 @@ fn podman_hooks_only_lease_is_held_while_running() {
         .collect();
     assert_eq!(leases.len(), 1, "{ledger:?}");
     assert_eq!(leases[0].0, "2g.20gb");
+    let out = pm.podman(true, &["inspect", "--format", "{{.Id}}", &name]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        leases[0].1.container_id,
+        "{}",
+        text(&out.stderr)
+    );
     let out = pm.podman(
         true,
         &[
@@ -212,10 +220,9 @@ fn podman_hooks_only_lease_is_held_while_running() {
             &name,
         ],
     );
-    assert_eq!(
-        text(&out.stdout).trim(),
-        leases[0].1.container_id,
-        "{}",
+    assert!(
+        text(&out.stdout).trim().starts_with("precreate-"),
+        "the claim stays in the spec: {}",
         text(&out.stderr)
     );
     let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
@@ -259,7 +266,9 @@ fn podman_hooks_and_runtime_together_grant_once() {
         .collect();
     assert_eq!(ledger.instances.len(), 1, "{ledger:?}");
     assert_eq!(leases.len(), 1, "{ledger:?}");
-    assert!(leases[0].starts_with("precreate-"), "{leases:?}");
+    // Moved from the precreate claim to the container's id by the createRuntime hook.
+    let out = pm.podman(true, &["inspect", "--format", "{{.Id}}", &name]);
+    assert_eq!(leases[0], text(&out.stdout).trim(), "{leases:?}");
     let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_all_free(&node, None);

@@ -243,15 +243,76 @@ fn a_precreate_lease_is_released_by_the_full_hook() {
         .unwrap()
         .to_string();
     assert!(file_lease_of(&node, &claim));
-    let state = json!({"ociVersion": "1.0.2", "id": "podman-ctr", "status": "stopped", "pid": 0,
+    let state = json!({"ociVersion": "1.0.2", "id": "podman-ctr", "status": "creating", "pid": 0,
                        "annotations": spec["annotations"]});
+    // The runtime runs the createRuntime hook precreate added: the lease moves to the id.
+    let out = run_create_runtime_hook(&spec, state.to_string().as_bytes());
+    assert!(out.status.success(), "bind: {}", text(&out.stderr));
+    assert!(!file_lease_of(&node, &claim) && file_lease_of(&node, "podman-ctr"));
     let out = run_hook(&spec, state.to_string().as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        !file_lease_of(&node, &claim),
-        "the claim's lease is released"
+        !file_lease_of(&node, "podman-ctr"),
+        "the container's lease is released"
     );
     assert_eq!(journal(&node), "");
+}
+
+/// The spec's first createRuntime hook, run as the runtime runs it, with `state` on stdin.
+fn run_create_runtime_hook(spec: &Value, state: &[u8]) -> std::process::Output {
+    let hook = &spec["hooks"]["createRuntime"][0];
+    let args: Vec<String> = serde_json::from_value(hook["args"].clone()).unwrap();
+    let env: Vec<String> = serde_json::from_value(hook["env"].clone()).unwrap();
+    let mut c = Command::new(hook["path"].as_str().unwrap());
+    std::os::unix::process::CommandExt::arg0(&mut c, &args[0])
+        .args(&args[1..])
+        .env_clear()
+        .envs(env.iter().map(|e| e.split_once('=').unwrap()));
+    with_stdin(&mut c, state)
+}
+
+/// Hooks-only mode: another container that names a precreate claim in its own annotations
+/// (read from `status` or `podman inspect`) releases nothing of it, before or after the claim's
+/// own container is created; that container's poststop releases it (issue 16, finding 9).
+#[test]
+fn a_precreate_claim_named_by_another_container_is_not_released() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let mut c = Command::new(HOOK);
+    c.args(["precreate", "--config"]).arg(node.config());
+    let out = with_stdin(&mut c, &b.config_bytes());
+    assert!(out.status.success(), "precreate: {}", text(&out.stderr));
+    let spec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let claim = spec["annotations"]["gpushare.lease"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The thief's container: its own gpu.* annotation (so the hooks.d poststop runs for it)
+    // and the victim's claim.
+    let thief = json!({"ociVersion": "1.0.2", "id": "thief", "status": "stopped", "pid": 0,
+                       "annotations": {"gpu.share": "timeslice", "gpushare.lease": claim}});
+    let out = run_hook(&spec, thief.to_string().as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        file_lease_of(&node, &claim),
+        "still the victim's before it is created"
+    );
+
+    let victim = json!({"ociVersion": "1.0.2", "id": "victim", "status": "creating", "pid": 0,
+                        "annotations": spec["annotations"]});
+    let out = run_create_runtime_hook(&spec, victim.to_string().as_bytes());
+    assert!(out.status.success(), "bind: {}", text(&out.stderr));
+    let out = run_hook(&spec, thief.to_string().as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        file_lease_of(&node, "victim"),
+        "still the victim's once created"
+    );
+
+    let out = run_hook(&spec, victim.to_string().as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!file_lease_of(&node, "victim") && !file_lease_of(&node, &claim));
 }
 
 /// runc stops at the first poststop hook that fails (and still deletes): gpushare's release
