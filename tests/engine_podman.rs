@@ -5,15 +5,10 @@
 
 mod common;
 use common::engines::*;
+use common::podman::*;
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-struct Podman {
-    dir: ShortDir,
-    image: String,
-    node_config: PathBuf,
-}
+use std::path::Path;
+use std::process::Command;
 
 /// oci-hooks stage files as shipped, pointed at this build and this node's config.
 fn write_hooks(dir: &Path, node_config: &Path) {
@@ -28,139 +23,27 @@ fn write_hooks(dir: &Path, node_config: &Path) {
     }
 }
 
-impl Podman {
-    fn new(node: &SimNode) -> Podman {
-        require_root();
-        node.configure(&format!(
-            "runtime = {:?}",
-            Runtime::Runc.path().display().to_string()
-        ));
-        let dir = ShortDir::new("gs-pm");
-        let d = dir.path();
-        std::fs::write(
-            d.join("containers.conf"),
-            packaging_file("podman/containers.conf"),
-        )
-        .unwrap();
-        std::fs::create_dir_all(d.join("no-hooks")).unwrap();
-        write_hooks(&d.join("hooks"), &node.config());
-        let p = Podman {
-            image: "localhost/gpushare-test/busybox:1".into(),
-            node_config: node.config(),
-            dir,
-        };
-        let tar = busybox_tar(p.dir.path());
-        let out = p.podman(false, &["import", tar.to_str().unwrap(), &p.image]);
-        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
-        p
-    }
-
-    /// `podman` on this test's private roots; `hooks` picks the shipped hooks.d files or none.
-    fn cmd(&self, hooks: bool) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .arg("--hooks-dir")
-            .arg(d.join(if hooks { "hooks" } else { "no-hooks" }));
-        c
-    }
-
-    fn podman(&self, hooks: bool, args: &[&str]) -> Output {
-        run(self.cmd(hooks).args(args))
-    }
-
-    /// `podman [--runtime gpushare] run --rm ...`; Podman passes `--runtime-flag`s to the
-    /// runtime, which is how this node's config reaches gpushare.
-    fn run(&self, via: Via, opts: &[&str], script: &str) -> Output {
-        let flag = format!("gpushare-config={}", self.node_config.display());
-        let mut args: Vec<&str> = match via {
-            Via::Runtime | Via::Both => vec!["--runtime", "gpushare", "--runtime-flag", &flag],
-            Via::PlainRunc => vec!["--runtime", "runc"],
-            Via::Hooks | Via::PlainDefault => vec![],
-        };
-        args.extend_from_slice(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            // Rootful Podman's default limits are more than this sandbox allows.
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]);
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
-        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
-    }
-}
-
-impl Podman {
-    /// `podman run -d --name NAME ... sleep 60`: a container that holds its grant.
-    fn detach(&self, via: Via, name: &str, opts: &[&str]) -> Output {
-        let flag = format!("gpushare-config={}", self.node_config.display());
-        let mut args: Vec<&str> = match via {
-            Via::Runtime | Via::Both => vec!["--runtime", "gpushare", "--runtime-flag", &flag],
-            Via::PlainRunc => vec!["--runtime", "runc"],
-            Via::Hooks | Via::PlainDefault => vec![],
-        };
-        args.extend_from_slice(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]);
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sleep", "60"]);
-        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        // A failed test can leave containers (and their conmon) behind: remove them before
-        // the roots go.
-        let _ = self.cmd(true).args(["rm", "--all", "--force"]).output();
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Via {
-    /// `--runtime gpushare`.
-    Runtime,
-    /// The default runtime with gpushare's hooks.d files.
-    Hooks,
-    /// `--runtime gpushare` and the hooks.d files.
-    Both,
-    /// `--runtime runc`, no gpushare at all.
-    PlainRunc,
-    /// The default runtime (crun where installed), no gpushare at all.
-    PlainDefault,
+/// This machine's Podman with packaging/podman/containers.conf; Podman passes
+/// `--runtime-flag`s to the runtime, which is how this node's config reaches gpushare.
+fn podman(node: &SimNode) -> Podman {
+    require_root();
+    node.configure(&format!(
+        "runtime = {:?}",
+        Runtime::Runc.path().display().to_string()
+    ));
+    let pm = Podman::on(
+        Host::Here(ShortDir::new("gs-pm")),
+        packaging_file("podman/containers.conf"),
+        Some(format!("gpushare-config={}", node.config().display())),
+    );
+    write_hooks(&pm.dir().join("hooks"), &node.config());
+    pm.import_busybox();
+    pm
 }
 
 fn sees_slice_and_frees_it(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
     let printed = text(&out.stdout);
     assert!(
@@ -192,42 +75,8 @@ fn podman_hooks_only_precreate_grants_and_poststop_releases() {
 #[test]
 fn podman_hooks_only_lease_is_held_while_running() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
-    let name = unique("held");
-    let out = pm.detach(Via::Hooks, &name, &["--annotation", "gpu.profile=2g.20gb"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ledger = node.ledger();
-    let leases: Vec<_> = ledger
-        .instances
-        .iter()
-        .filter_map(|r| r.lease.as_ref().map(|l| (r.profile.clone(), l.clone())))
-        .collect();
-    assert_eq!(leases.len(), 1, "{ledger:?}");
-    assert_eq!(leases[0].0, "2g.20gb");
-    let out = pm.podman(true, &["inspect", "--format", "{{.Id}}", &name]);
-    assert_eq!(
-        text(&out.stdout).trim(),
-        leases[0].1.container_id,
-        "{}",
-        text(&out.stderr)
-    );
-    let out = pm.podman(
-        true,
-        &[
-            "inspect",
-            "--format",
-            "{{index .Config.Annotations \"gpushare.lease\"}}",
-            &name,
-        ],
-    );
-    assert!(
-        text(&out.stdout).trim().starts_with("precreate-"),
-        "the claim stays in the spec: {}",
-        text(&out.stderr)
-    );
-    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_all_free(&node, None);
+    let pm = podman(&node);
+    assert_hooks_only_lease_is_held_while_running(&node, &pm);
 }
 
 /// Podman 4.3 throws a precreate hook's stderr away: in hooks-only mode the user sees only
@@ -254,24 +103,8 @@ fn assert_refusal_shown(via: Via, err: &str, words: &[&str]) {
 #[test]
 fn podman_hooks_and_runtime_together_grant_once() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
-    let name = unique("both");
-    let out = pm.detach(Via::Both, &name, &["--annotation", "gpu.profile=1g.10gb"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ledger = node.ledger();
-    let leases: Vec<String> = ledger
-        .instances
-        .iter()
-        .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.clone()))
-        .collect();
-    assert_eq!(ledger.instances.len(), 1, "{ledger:?}");
-    assert_eq!(leases.len(), 1, "{ledger:?}");
-    // Moved from the precreate claim to the container's id by the createRuntime hook.
-    let out = pm.podman(true, &["inspect", "--format", "{{.Id}}", &name]);
-    assert_eq!(leases[0], text(&out.stdout).trim(), "{leases:?}");
-    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_all_free(&node, None);
+    let pm = podman(&node);
+    assert_hooks_and_runtime_together_grant_once(&node, &pm);
     let out = pm.run(
         Via::Both,
         &["--annotation", "gpu.profile=1g.10gb"],
@@ -284,7 +117,7 @@ fn podman_hooks_and_runtime_together_grant_once() {
 
 fn bad_request_shows_gpushare_message(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let out = pm.run(via, &["--annotation", "gpu.profile=0g.1gb"], SHOW_GPU);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     assert_refusal_shown(
@@ -351,27 +184,8 @@ fn podman_precreate_hook_refusal_names_the_request() {
 #[test]
 fn podman_no_request_is_exactly_plain_runtime() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
-    let opts = ["--hostname", "same", "-e", "X=1"];
-    // gpushare in front of runc against runc alone; the hooks with the default runtime
-    // against the default runtime alone.
-    for (via, plain) in [
-        (Via::Runtime, Via::PlainRunc),
-        (Via::Hooks, Via::PlainDefault),
-    ] {
-        let want = pm.run(plain, &opts, SHOW_ALL);
-        assert_eq!(
-            want.status.code(),
-            Some(3),
-            "{plain:?}: {}",
-            text(&want.stderr)
-        );
-        assert!(!text(&want.stdout).contains("nvidia"));
-        let out = pm.run(via, &opts, SHOW_ALL);
-        assert_eq!(out.status.code(), Some(3), "{via:?}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), text(&want.stdout), "{via:?}");
-    }
-    assert_nothing_made(&node);
+    let pm = podman(&node);
+    assert_no_request_is_exactly_plain_runtime(&node, &pm);
 }
 
 /// `podman exec` hands the runtime a process built from Podman's own container config (which
@@ -381,7 +195,7 @@ fn podman_no_request_is_exactly_plain_runtime() {
 #[test]
 fn podman_runtime_exec_sees_the_slice() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let name = unique("pm-exec");
     let out = pm.detach(
         Via::Runtime,
@@ -389,7 +203,7 @@ fn podman_runtime_exec_sees_the_slice() {
         &["--annotation", "gpu.profile=1g.10gb"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let flag = format!("gpushare-config={}", pm.node_config.display());
+    let flag = format!("gpushare-config={}", node.config().display());
     let out = pm.podman(
         false,
         &[

@@ -6,137 +6,40 @@
 
 mod common;
 use common::engines::*;
+use common::podman::*;
 use common::trixie::Trixie;
 use common::*;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-struct Podman {
-    tx: Trixie,
-    image: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Via {
-    /// `--runtime gpushare` (packaging/podman/containers.conf).
-    Runtime,
-    /// The default runtime with the shipped hooks.d files.
-    Hooks,
-    /// `--runtime gpushare` and the hooks.d files.
-    Both,
-    /// `--runtime runc`, no gpushare at all.
-    PlainRunc,
-    /// The default runtime (crun), no gpushare at all.
-    PlainDefault,
-}
-
-/// Rootful Podman's default limits are more than this sandbox allows.
-const LIMITS: [&str; 4] = [
-    "--ulimit",
-    "nofile=1024:1024",
-    "--ulimit",
-    "nproc=1024:1024",
-];
-
-impl Podman {
-    fn new(node: &SimNode) -> Podman {
-        node.configure("runtime = \"/usr/sbin/runc\"");
-        let tx = Trixie::enter(node);
-        let d = tx.dir();
-        let shipped = |rel: &str| {
-            std::fs::read_to_string(repo_root().join("packaging/podman").join(rel))
-                .unwrap_or_else(|e| panic!("packaging/podman/{rel}: {e}"))
-        };
-        std::fs::write(d.join("containers.conf"), shipped("containers.conf")).unwrap();
-        std::fs::create_dir_all(d.join("hooks")).unwrap();
-        std::fs::create_dir_all(d.join("no-hooks")).unwrap();
-        for name in ["gpushare-precreate.json", "gpushare-poststop.json"] {
-            std::fs::write(
-                d.join("hooks").join(name),
-                shipped(&format!("hooks.d/{name}")),
-            )
-            .unwrap();
-        }
-        let pm = Podman {
-            image: "localhost/gpushare-test/busybox:1".into(),
-            tx,
-        };
-        let out = pm.podman(false, &["version", "--format", "{{.Client.Version}}"]);
-        assert!(
-            text(&out.stdout).starts_with("5.4"),
-            "trixie's Podman should be 5.4: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        let tar = busybox_tar(pm.tx.dir());
-        let out = pm.podman(false, &["import", tar.to_str().unwrap(), &pm.image]);
-        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
-        pm
+/// trixie's Podman with the shipped containers.conf and hooks.d files as they are: gpushare
+/// reads the installed config.
+fn podman(node: &SimNode) -> Podman {
+    node.configure("runtime = \"/usr/sbin/runc\"");
+    let shipped = |rel: &str| {
+        std::fs::read_to_string(repo_root().join("packaging/podman").join(rel))
+            .unwrap_or_else(|e| panic!("packaging/podman/{rel}: {e}"))
+    };
+    let pm = Podman::on(
+        Host::Trixie(Trixie::enter(node)),
+        shipped("containers.conf"),
+        None,
+    );
+    for name in ["gpushare-precreate.json", "gpushare-poststop.json"] {
+        std::fs::write(
+            pm.dir().join("hooks").join(name),
+            shipped(&format!("hooks.d/{name}")),
+        )
+        .unwrap();
     }
-
-    /// `podman` on this test's private roots; `hooks` picks the shipped hooks.d files or none.
-    fn cmd(&self, hooks: bool) -> Command {
-        let d = self.tx.dir();
-        let mut c = self.tx.cmd("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .arg("--hooks-dir")
-            .arg(d.join(if hooks { "hooks" } else { "no-hooks" }));
-        c
-    }
-
-    fn podman(&self, hooks: bool, args: &[&str]) -> Output {
-        run(self.cmd(hooks).args(args))
-    }
-
-    fn runtime_args(via: Via) -> Vec<&'static str> {
-        match via {
-            Via::Runtime | Via::Both => vec!["--runtime", "gpushare"],
-            Via::PlainRunc => vec!["--runtime", "runc"],
-            Via::Hooks | Via::PlainDefault => vec![],
-        }
-    }
-
-    /// `podman [--runtime R] run --rm --network none <opts> IMAGE sh -c SCRIPT`.
-    fn run(&self, via: Via, opts: &[&str], script: &str) -> Output {
-        let mut args = Self::runtime_args(via);
-        args.extend_from_slice(&["run", "--rm", "--network", "none"]);
-        args.extend_from_slice(&LIMITS);
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
-        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
-    }
-
-    /// `podman [--runtime R] run -d --name NAME ... sleep 600`: a container that holds its grant.
-    fn detach(&self, via: Via, name: &str, opts: &[&str]) -> Output {
-        let mut args = Self::runtime_args(via);
-        args.extend_from_slice(&["run", "-d", "--name", name, "--network", "none"]);
-        args.extend_from_slice(&LIMITS);
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sleep", "600"]);
-        self.podman(matches!(via, Via::Hooks | Via::Both), &args)
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        // A failed test can leave containers (and their conmon) behind: remove them while the
-        // namespace they live in is still there.
-        let _ = self.cmd(true).args(["rm", "--all", "--force"]).output();
-    }
+    let out = pm.podman(false, &["version", "--format", "{{.Client.Version}}"]);
+    assert!(
+        text(&out.stdout).starts_with("5.4"),
+        "trixie's Podman should be 5.4: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    pm.import_busybox();
+    pm
 }
 
 fn lease_count(node: &SimNode) -> usize {
@@ -149,7 +52,7 @@ fn lease_count(node: &SimNode) -> usize {
 
 fn sees_slice_and_frees_it(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
     let printed = text(&out.stdout);
     assert!(
@@ -188,7 +91,7 @@ fn podman5_hooks_only_annotation_and_env_see_their_slice_and_free_it() {
 /// only that the hook failed; with `--runtime gpushare`, gpushare's message itself.
 fn bad_request_shows(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let out = pm.run(via, &["--annotation", "gpu.profile=0g.1gb"], SHOW_GPU);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     let err = text(&out.stderr);
@@ -222,7 +125,7 @@ fn podman5_hooks_only_bad_request_is_refused() {
 /// after `rm`.
 fn restart_keeps_one_lease(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let name = unique("rs");
     let out = pm.detach(via, &name, &["--annotation", "gpu.profile=2g.20gb"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -258,40 +161,8 @@ fn podman5_hooks_only_restart_keeps_one_lease() {
 #[test]
 fn podman5_hooks_only_lease_is_held_by_the_claim_while_running() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
-    let name = unique("held");
-    let out = pm.detach(Via::Hooks, &name, &["--annotation", "gpu.profile=2g.20gb"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ledger = node.ledger();
-    let leases: Vec<_> = ledger
-        .instances
-        .iter()
-        .filter_map(|r| {
-            r.lease
-                .as_ref()
-                .map(|l| (r.profile.clone(), l.container_id.clone()))
-        })
-        .collect();
-    assert_eq!(leases.len(), 1, "{ledger:?}");
-    assert_eq!(leases[0].0, "2g.20gb");
-    let out = pm.podman(
-        true,
-        &[
-            "inspect",
-            "--format",
-            "{{index .Config.Annotations \"gpushare.lease\"}}",
-            &name,
-        ],
-    );
-    assert_eq!(
-        text(&out.stdout).trim(),
-        leases[0].1,
-        "{}",
-        text(&out.stderr)
-    );
-    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_all_free(&node, None);
+    let pm = podman(&node);
+    assert_hooks_only_lease_is_held_while_running(&node, &pm);
 }
 
 /// Hooks and `--runtime gpushare` together: precreate grants, the wrapper sees a spec that is
@@ -299,22 +170,8 @@ fn podman5_hooks_only_lease_is_held_by_the_claim_while_running() {
 #[test]
 fn podman5_hooks_and_runtime_together_grant_once() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
-    let name = unique("both");
-    let out = pm.detach(Via::Both, &name, &["--annotation", "gpu.profile=1g.10gb"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ledger = node.ledger();
-    let leases: Vec<String> = ledger
-        .instances
-        .iter()
-        .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.clone()))
-        .collect();
-    assert_eq!(ledger.instances.len(), 1, "{ledger:?}");
-    assert_eq!(leases.len(), 1, "{ledger:?}");
-    assert!(leases[0].starts_with("precreate-"), "{leases:?}");
-    let out = pm.podman(true, &["rm", "--force", "--time", "0", &name]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_all_free(&node, None);
+    let pm = podman(&node);
+    assert_hooks_and_runtime_together_grant_once(&node, &pm);
 }
 
 /// What gpushare gave the container's process, and what `podman exec` gets: the same slice
@@ -323,7 +180,7 @@ fn podman5_hooks_and_runtime_together_grant_once() {
 fn podman5_runtime_exec_sees_the_slice_and_injected_tools() {
     let node = SimNode::new("h100-80gb", 1, true);
     plant_nvidia_smi(&node);
-    let pm = Podman::new(&node);
+    let pm = podman(&node);
     let name = unique("ex");
     let out = pm.detach(
         Via::Runtime,
@@ -386,25 +243,6 @@ fn podman5_runtime_exec_sees_the_slice_and_injected_tools() {
 #[test]
 fn podman5_no_request_is_exactly_plain_runtime() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let pm = Podman::new(&node);
-    let opts = ["--hostname", "same", "-e", "X=1"];
-    // gpushare in front of runc against runc alone; the hooks with the default runtime
-    // against the default runtime alone.
-    for (via, plain) in [
-        (Via::Runtime, Via::PlainRunc),
-        (Via::Hooks, Via::PlainDefault),
-    ] {
-        let want = pm.run(plain, &opts, SHOW_ALL);
-        assert_eq!(
-            want.status.code(),
-            Some(3),
-            "{plain:?}: {}",
-            text(&want.stderr)
-        );
-        assert!(!text(&want.stdout).contains("nvidia"));
-        let out = pm.run(via, &opts, SHOW_ALL);
-        assert_eq!(out.status.code(), Some(3), "{via:?}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), text(&want.stdout), "{via:?}");
-    }
-    assert_nothing_made(&node);
+    let pm = podman(&node);
+    assert_no_request_is_exactly_plain_runtime(&node, &pm);
 }

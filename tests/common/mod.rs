@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod podman;
 pub mod trixie;
 
 use serde_json::{json, Value};
