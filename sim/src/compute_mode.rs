@@ -90,31 +90,11 @@ pub fn may_open_context(st: &State, g: &Gpu, pid: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Latency, Process, STATE_VERSION};
-
-    fn state(mig: bool) -> State {
-        State {
-            version: STATE_VERSION,
-            driver_root: "/nonexistent".into(),
-            latency: Latency::None,
-            next_serial: 1,
-            gpus: vec![Gpu {
-                index: 0,
-                minor: 0,
-                uuid: "GPU-test".into(),
-                model: "h100-80gb".into(),
-                mig_current: u32::from(mig),
-                mig_pending: u32::from(mig),
-                compute_mode: DEFAULT,
-                gpu_instances: vec![],
-            }],
-            processes: vec![],
-        }
-    }
+    use crate::state::Process;
 
     #[test]
     fn set_and_get() {
-        let mut st = state(false);
+        let mut st = State::one_gpu("h100-80gb", false);
         set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap();
         assert_eq!(get(&st.gpus[0]).unwrap(), EXCLUSIVE_PROCESS);
         assert_eq!(
@@ -135,7 +115,7 @@ mod tests {
 
     #[test]
     fn mig_enabled_gpu_has_no_compute_mode_on_its_physical_handle() {
-        let mut st = state(true);
+        let mut st = State::one_gpu("h100-80gb", true);
         assert_eq!(get(&st.gpus[0]).unwrap_err().code(), NOT_SUPPORTED);
         assert_eq!(
             set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap_err().code(),
@@ -145,7 +125,7 @@ mod tests {
 
     #[test]
     fn exclusive_process_admits_one_context() {
-        let mut st = state(false);
+        let mut st = State::one_gpu("h100-80gb", false);
         st.processes.push(Process {
             pid: 7,
             uuid: "GPU-test".into(),

@@ -350,27 +350,7 @@ pub fn mig_device_by_index(gpu: &Gpu, index: u32) -> Result<(u32, u32), SimError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Latency, Process, STATE_VERSION};
-
-    fn state(model: &str, mig: bool) -> State {
-        State {
-            version: STATE_VERSION,
-            driver_root: "/nonexistent".into(),
-            latency: Latency::None,
-            next_serial: 1,
-            gpus: vec![Gpu {
-                index: 0,
-                minor: 0,
-                uuid: "GPU-test".into(),
-                model: model.into(),
-                mig_current: u32::from(mig),
-                mig_pending: u32::from(mig),
-                compute_mode: 0,
-                gpu_instances: vec![],
-            }],
-            processes: vec![],
-        }
-    }
+    use crate::state::Process;
 
     fn code<T: std::fmt::Debug>(r: SimResult<T>) -> u32 {
         r.unwrap_err().code()
@@ -379,7 +359,7 @@ mod tests {
     #[test]
     fn remaining_on_empty_gpu_equals_fixture() {
         for key in models::model_keys() {
-            let st = state(key, false);
+            let st = State::one_gpu(key, false);
             let m = models::model(key).unwrap();
             for p in m.gi_profiles() {
                 assert_eq!(
@@ -408,13 +388,13 @@ mod tests {
 
     #[test]
     fn create_needs_mig_mode() {
-        let mut st = state("h100-80gb", false);
+        let mut st = State::one_gpu("h100-80gb", false);
         assert_eq!(code(create_gi(&mut st, 0, 19, None)), NOT_SUPPORTED);
     }
 
     #[test]
     fn ids_follow_the_slot_tree() {
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         for s in 0..7 {
             assert_eq!(create_gi(&mut st, 0, 19, Some((s, 1))).unwrap().0, 7 + s);
         }
@@ -422,22 +402,22 @@ mod tests {
             code(create_gi(&mut st, 0, 19, None)),
             INSUFFICIENT_RESOURCES
         );
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         assert_eq!(create_gi(&mut st, 0, 9, Some((4, 4))).unwrap().0, 1);
         assert_eq!(create_gi(&mut st, 0, 9, None).unwrap().0, 2);
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         let ids: Vec<u32> = [4, 6, 0, 2]
             .iter()
             .map(|&s| create_gi(&mut st, 0, 15, Some((s, 2))).unwrap().0)
             .collect();
         assert_eq!(ids, [3, 4, 5, 6]);
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         assert_eq!(create_gi(&mut st, 0, 0, None).unwrap().0, 0);
     }
 
     #[test]
     fn placement_rules() {
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         // Not a placement of 2g.20gb.
         assert_eq!(
             code(create_gi(&mut st, 0, 14, Some((6, 2)))),
@@ -478,7 +458,7 @@ mod tests {
 
     #[test]
     fn ids_are_reused_serials_are_not() {
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         let (id, s1) = create_gi(&mut st, 0, 19, Some((3, 1))).unwrap();
         destroy_gi(&mut st, 0, id).unwrap();
         let (id2, s2) = create_gi(&mut st, 0, 19, Some((3, 1))).unwrap();
@@ -512,7 +492,7 @@ mod tests {
 
     #[test]
     fn compute_instances_and_destroy_order() {
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         let (gi, _) = create_gi(&mut st, 0, 9, None).unwrap();
         let (c0, _) = create_ci(&mut st, 0, gi, 0, None).unwrap();
         let (c1, _) = create_ci(&mut st, 0, gi, 0, None).unwrap();
@@ -554,7 +534,7 @@ mod tests {
 
     #[test]
     fn mig_mode_refused_while_in_use() {
-        let mut st = state("h200-141gb", true);
+        let mut st = State::one_gpu("h200-141gb", true);
         create_gi(&mut st, 0, 19, None).unwrap();
         assert_eq!(code(set_mig_mode(&mut st, 0, false)), IN_USE);
         destroy_gi(&mut st, 0, 7).unwrap();
@@ -564,7 +544,7 @@ mod tests {
 
     #[test]
     fn mig_device_enumeration() {
-        let mut st = state("h100-80gb", true);
+        let mut st = State::one_gpu("h100-80gb", true);
         let (a, _) = create_gi(&mut st, 0, 19, Some((5, 1))).unwrap();
         let (b, _) = create_gi(&mut st, 0, 14, Some((0, 2))).unwrap();
         create_ci(&mut st, 0, a, 0, None).unwrap();

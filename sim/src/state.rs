@@ -125,6 +125,30 @@ impl State {
     }
 }
 
+impl State {
+    /// One GPU of `model` with nothing on it, MIG on or off: where the unit tests start.
+    #[cfg(test)]
+    pub fn one_gpu(model: &str, mig: bool) -> State {
+        State {
+            version: STATE_VERSION,
+            driver_root: "/nonexistent".into(),
+            latency: Latency::None,
+            next_serial: 1,
+            gpus: vec![Gpu {
+                index: 0,
+                minor: 0,
+                uuid: "GPU-test".into(),
+                model: model.into(),
+                mig_current: u32::from(mig),
+                mig_pending: u32::from(mig),
+                compute_mode: 0,
+                gpu_instances: vec![],
+            }],
+            processes: vec![],
+        }
+    }
+}
+
 impl Gpu {
     pub fn gi(&self, id: u32) -> Option<&GpuInstance> {
         self.gpu_instances.iter().find(|g| g.id == id)
