@@ -103,6 +103,68 @@ fn gc(node: &SimNode, failpoint: Option<&str>) -> std::process::Output {
     run(&mut c)
 }
 
+/// `gpusharectl gc` after the crash, which must succeed.
+fn gc_ok(node: &SimNode, label: &str) -> std::process::Output {
+    let out = gc(node, None);
+    assert!(
+        out.status.success(),
+        "{label}: gc: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// Once repaired, a second gc has nothing left to do.
+fn assert_nothing_left_to_repair(node: &SimNode, label: &str) {
+    let again = gc(node, None);
+    assert!(
+        text(&again.stdout).contains("nothing to repair"),
+        "{label}: {}",
+        text(&again.stdout)
+    );
+}
+
+fn label(point: &str, setup: impl std::fmt::Debug, gc_first: bool) -> String {
+    format!(
+        "{point} ({setup:?}, {})",
+        if gc_first {
+            "gc, then next call"
+        } else {
+            "next call, then gc"
+        }
+    )
+}
+
+/// The poststop hook as runc runs it, killed at `point` half-way through its release.
+fn poststop_killed_at(node: &SimNode, id: &str, b: &Bundle, point: &str) {
+    let mut hook = Command::new(HOOK)
+        .args(["poststop", "--config"])
+        .arg(node.config())
+        .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let state = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0, "bundle": b.path()});
+    hook.stdin
+        .take()
+        .unwrap()
+        .write_all(state.to_string().as_bytes())
+        .unwrap();
+    assert!(killed(hook.wait().unwrap()), "{point}: hook was not killed");
+}
+
+/// runc runs the hooks its own state recorded: take them out of it.
+fn drop_hooks_from_runc_state(engine: &Engine, id: &str) {
+    let state_path = engine.root.path().join(id).join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["config"]["Hooks"] = serde_json::Value::Null;
+    state["config"]["hooks"] = serde_json::Value::Null;
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+}
+
 fn run_profile(engine: &Engine, profile: &str) {
     let b = Bundle::new("true", &[("gpu.profile", profile)], &[]);
     engine.run_to_end(&b, &unique("setup"));
@@ -169,12 +231,7 @@ fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
             if point == "shim.deleted" {
                 // The wrapper releases after the runtime's delete only when the poststop hook
                 // did not: make the runtime skip it (as runc does when its state is gone).
-                let state_path = engine.root.path().join(&id).join("state.json");
-                let mut state: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
-                state["config"]["Hooks"] = serde_json::Value::Null;
-                state["config"]["hooks"] = serde_json::Value::Null;
-                std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+                drop_hooks_from_runc_state(engine, &id);
                 let st = engine
                     .cmd(&["delete", "--force", &id])
                     .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
@@ -184,21 +241,7 @@ fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
             } else {
                 // The poststop hook as runc runs it, killed half-way through its release; then
                 // the runtime forgets the container without gpushare (as when the hook timed out).
-                let mut hook = Command::new(HOOK)
-                    .args(["poststop", "--config"])
-                    .arg(node.config())
-                    .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
-                    .stdin(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                use std::io::Write;
-                let state = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0, "bundle": b.path()});
-                hook.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(state.to_string().as_bytes())
-                    .unwrap();
-                assert!(killed(hook.wait().unwrap()), "{point}: hook was not killed");
+                poststop_killed_at(node, &id, &b, point);
                 let mut spec = b.config();
                 spec["hooks"] = serde_json::json!({});
                 std::fs::write(
@@ -260,47 +303,22 @@ fn scenario(point: &str, setup: Setup, gc_first: bool) {
     let engine = Engine::new(&node, Runtime::Runc);
     set_up(&engine, setup);
     let victim = crash(&node, &engine, point, setup);
-    let label = format!(
-        "{point} ({setup:?}, {})",
-        if gc_first {
-            "gc, then next call"
-        } else {
-            "next call, then gc"
-        }
-    );
+    let label = label(point, setup, gc_first);
     if gc_first {
-        let out = gc(&node, None);
-        assert!(
-            out.status.success(),
-            "{label}: gc: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        gc_ok(&node, &label);
         invariants::check(&node, Some(engine.root.path()))
             .unwrap_or_else(|e| panic!("{label}: after gc:\n{e}"));
         next_call(&node, &engine, &label);
     } else {
         next_call(&node, &engine, &label);
-        let out = gc(&node, None);
-        assert!(
-            out.status.success(),
-            "{label}: gc: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        gc_ok(&node, &label);
     }
     invariants::check(&node, Some(engine.root.path())).unwrap_or_else(|e| panic!("{label}:\n{e}"));
     assert!(
         node.ledger().lease_of(&victim).is_none(),
         "{label}: the killed container keeps a slice"
     );
-    // And a second gc has nothing left to do.
-    let again = gc(&node, None);
-    assert!(
-        text(&again.stdout).contains("nothing to repair"),
-        "{label}: {}",
-        text(&again.stdout)
-    );
+    assert_nothing_left_to_repair(&node, &label);
 }
 
 #[test]
@@ -401,28 +419,8 @@ fn mps_scenario(point: &str, setup: MpsSetup, gc_first: bool) {
             engine.start_and_wait(&b, &id);
             // The poststop hook killed half-way through its release, then the runtime forgets
             // the container without gpushare.
-            let mut hook = Command::new(HOOK)
-                .args(["poststop", "--config"])
-                .arg(node.config())
-                .env("GPUSHARE_FAILPOINT", format!("{point}:kill"))
-                .stdin(Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            let state = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0, "bundle": b.path()});
-            hook.stdin
-                .take()
-                .unwrap()
-                .write_all(state.to_string().as_bytes())
-                .unwrap();
-            assert!(killed(hook.wait().unwrap()), "{point}: hook was not killed");
-            // runc runs the hooks its own state recorded: take them out of it.
-            let state_path = engine.root.path().join(&id).join("state.json");
-            let mut state: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
-            state["config"]["Hooks"] = serde_json::Value::Null;
-            state["config"]["hooks"] = serde_json::Value::Null;
-            std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+            poststop_killed_at(&node, &id, &b, point);
+            drop_hooks_from_runc_state(&engine, &id);
             let out = run(&mut engine.bare(&["delete", "--force", &id]));
             assert!(out.status.success(), "runc delete: {}", text(&out.stderr));
         }
@@ -435,22 +433,9 @@ fn mps_scenario(point: &str, setup: MpsSetup, gc_first: bool) {
         );
     }
     assert_eq!(node.ledger().compute_modes.len(), 1, "{point}: recorded");
-    let label = format!(
-        "{point} ({setup:?}, {})",
-        if gc_first {
-            "gc first"
-        } else {
-            "next call first"
-        }
-    );
+    let label = label(point, setup, gc_first);
     if gc_first {
-        let out = gc(&node, None);
-        assert!(
-            out.status.success(),
-            "{label}: gc: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        let out = gc_ok(&node, &label);
         assert_eq!(
             compute_mode(&node),
             0,
@@ -476,13 +461,7 @@ fn mps_scenario(point: &str, setup: MpsSetup, gc_first: bool) {
             assert!(engine.delete(&id).status.success());
         }
         mps_next_call(&node, &engine, &label);
-        let out = gc(&node, None);
-        assert!(
-            out.status.success(),
-            "{label}: gc: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        gc_ok(&node, &label);
     }
     assert_eq!(
         compute_mode(&node),
@@ -494,12 +473,7 @@ fn mps_scenario(point: &str, setup: MpsSetup, gc_first: bool) {
         st.mps.is_empty() && st.compute_modes.is_empty(),
         "{label}: {st:?}"
     );
-    let again = gc(&node, None);
-    assert!(
-        text(&again.stdout).contains("nothing to repair"),
-        "{label}: {}",
-        text(&again.stdout)
-    );
+    assert_nothing_left_to_repair(&node, &label);
 }
 
 #[test]
