@@ -108,25 +108,22 @@ pub fn replay(text: &str) -> Vec<Owned> {
         let Ok(ev) = serde_json::from_str::<Event>(line) else {
             continue;
         };
-        match ev {
+        let owned = match ev {
             Event::Intent {
                 gpu,
                 slot,
                 profile,
                 profile_id,
                 t,
-            } => {
-                alive.retain(|o| !(o.gpu == gpu && o.slot.overlaps(&slot)));
-                alive.push(Owned {
-                    gpu,
-                    slot,
-                    profile,
-                    profile_id,
-                    made: None,
-                    since: t,
-                    root: None,
-                });
-            }
+            } => Owned {
+                gpu,
+                slot,
+                profile,
+                profile_id,
+                made: None,
+                since: t,
+                root: None,
+            },
             Event::Made {
                 gpu,
                 slot,
@@ -137,22 +134,23 @@ pub fn replay(text: &str) -> Vec<Owned> {
                 mig,
                 t,
                 root,
-            } => {
-                alive.retain(|o| !(o.gpu == gpu && o.slot.overlaps(&slot)));
-                alive.push(Owned {
-                    gpu,
-                    slot,
-                    profile,
-                    profile_id,
-                    made: Some((gi, ci, mig)),
-                    since: t,
-                    root,
-                });
-            }
+            } => Owned {
+                gpu,
+                slot,
+                profile,
+                profile_id,
+                made: Some((gi, ci, mig)),
+                since: t,
+                root,
+            },
             Event::Gone { gpu, slot, .. } => {
                 alive.retain(|o| !(o.gpu == gpu && o.slot == slot));
+                continue;
             }
-        }
+        };
+        // An intent or a create at a placement replaces whatever the log had overlapping it.
+        alive.retain(|o| !(o.gpu == owned.gpu && o.slot.overlaps(&owned.slot)));
+        alive.push(owned);
     }
     alive
 }
