@@ -110,6 +110,16 @@ pub struct Foreign {
     pub slot: Slot,
 }
 
+impl std::fmt::Display for Foreign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "foreign: {} GI {} at slot {} on GPU {} is not gpushare's; left alone",
+            self.profile, self.gi, self.slot.start, self.gpu
+        )
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub dry_run: bool,
@@ -218,11 +228,7 @@ impl Report {
             let _ = writeln!(out, "kept {y}");
         }
         for x in &self.foreign {
-            let _ = writeln!(
-                out,
-                "foreign: {} GI {} at slot {} on GPU {} is not gpushare's; left alone",
-                x.profile, x.gi, x.slot.start, x.gpu
-            );
+            let _ = writeln!(out, "{x}");
         }
         for e in &self.failed {
             let _ = writeln!(out, "failed: {e}");

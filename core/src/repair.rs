@@ -222,11 +222,7 @@ impl RepairReport {
             let _ = writeln!(out, "{verb}destroy {d}");
         }
         for x in &self.foreign {
-            let _ = writeln!(
-                out,
-                "foreign: {} GI {} at slot {} on GPU {} is not gpushare's; left alone",
-                x.profile, x.gi, x.slot.start, x.gpu
-            );
+            let _ = writeln!(out, "{x}");
         }
         for c in &self.conflicts {
             let _ = writeln!(out, "CONFLICT: {c}");
