@@ -4,105 +4,47 @@
 //! daemon takes it.
 
 mod common;
+use common::docker::*;
 use common::engines::*;
 use common::*;
-use std::process::{Command, Output, Stdio};
 
-struct Docker {
-    // Dropped first: the daemon stops before its directories go.
-    daemon: Daemon,
-    sock: String,
-    image: String,
-    _dir: ShortDir,
+/// This machine's dockerd with the shipped runtime entry, plus what a private test daemon
+/// needs: dockerd passes runtimeArgs to the runtime, which is how this node's config reaches
+/// gpushare.
+fn start(node: &SimNode) -> Docker {
+    require_root();
+    node.configure(&format!(
+        "runtime = {:?}",
+        Runtime::Runc.path().display().to_string()
+    ));
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&packaging_file("docker/daemon.json")).unwrap();
+    cfg["runtimes"]["gpushare"]["runtimeArgs"] =
+        serde_json::json!([format!("--gpushare-config={}", node.config().display())]);
+    cfg["bridge"] = "none".into();
+    cfg["iptables"] = false.into();
+    cfg["ip6tables"] = false.into();
+    cfg["storage-driver"] = "vfs".into();
+    Docker::start(
+        Host::Here(ShortDir::new("gs-dk")),
+        &cfg,
+        format!("gpushare-test/busybox:{}", std::process::id()),
+    )
 }
 
-impl Docker {
-    fn start(node: &SimNode) -> Docker {
-        require_root();
-        node.configure(&format!(
-            "runtime = {:?}",
-            Runtime::Runc.path().display().to_string()
-        ));
-        let dir = ShortDir::new("gs-dk");
-        let d = dir.path();
-        // The shipped runtime entry, plus what a private test daemon needs: dockerd passes
-        // runtimeArgs to the runtime, which is how this node's config reaches gpushare.
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&packaging_file("docker/daemon.json")).unwrap();
-        cfg["runtimes"]["gpushare"]["runtimeArgs"] =
-            serde_json::json!([format!("--gpushare-config={}", node.config().display())]);
-        cfg["bridge"] = "none".into();
-        cfg["iptables"] = false.into();
-        cfg["ip6tables"] = false.into();
-        cfg["storage-driver"] = "vfs".into();
-        std::fs::write(d.join("daemon.json"), cfg.to_string()).unwrap();
-        let sock = format!("unix://{}", d.join("d.sock").display());
-        let mut cmd = Command::new("dockerd");
-        cmd.arg("--config-file")
-            .arg(d.join("daemon.json"))
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .args(["-H", &sock])
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"));
-        let mut daemon = Daemon::start(
-            "dockerd",
-            cmd,
-            d.join("dockerd.pid"),
-            d.join("dockerd.log"),
-            false,
-        );
-        daemon.wait_ready("answering", || {
-            Command::new("docker")
-                .args(["-H", &sock, "version"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        let image = format!("gpushare-test/busybox:{}", std::process::id());
-        let tar = busybox_tar(d);
-        let out = run(Command::new("docker")
-            .args(["-H", &sock, "import"])
-            .arg(&tar)
-            .arg(&image));
-        assert!(out.status.success(), "docker import: {}", text(&out.stderr));
-        Docker {
-            daemon,
-            sock,
-            image,
-            _dir: dir,
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        run(Command::new("docker").args(["-H", &self.sock]).args(args))
-    }
-
-    /// `docker run --rm --network none <opts> IMAGE sh -c SCRIPT`.
-    fn run(&self, opts: &[&str], script: &str) -> Output {
-        let mut args = vec!["run", "--rm", "--network", "none"];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
-        self.docker(&args)
-    }
-
-    /// The daemon's API version as (major, minor).
-    fn api(&self) -> (u32, u32) {
-        let out = self.docker(&["version", "--format", "{{.Server.APIVersion}}"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let v = text(&out.stdout);
-        let (a, b) = v.trim().split_once('.').expect("API version like 1.41");
-        (a.parse().unwrap(), b.parse().unwrap())
-    }
+/// The daemon's API version as (major, minor).
+fn api(dk: &Docker) -> (u32, u32) {
+    let out = dk.docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = text(&out.stdout);
+    let (a, b) = v.trim().split_once('.').expect("API version like 1.41");
+    (a.parse().unwrap(), b.parse().unwrap())
 }
 
 #[test]
 fn docker_env_request_sees_its_slice_and_frees_it() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node);
+    let dk = start(&node);
     let out = dk.run(
         &["--runtime", "gpushare", "-e", "GPUSHARE_PROFILE=1g.10gb"],
         SHOW_GPU,
@@ -112,7 +54,7 @@ fn docker_env_request_sees_its_slice_and_frees_it() {
         out.status.success(),
         "docker run: {}\n{printed}\n{}",
         text(&out.stderr),
-        dk.daemon.log_text()
+        dk.log()
     );
     let mig = assert_sees_one_slice(&node, &printed);
     // `docker run --rm` returns once the container is removed: its slice is back already.
@@ -133,7 +75,7 @@ fn docker_env_request_sees_its_slice_and_frees_it() {
 #[test]
 fn docker_annotation_request_where_the_daemon_takes_it() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node);
+    let dk = start(&node);
     let out = dk.run(
         &[
             "--runtime",
@@ -143,7 +85,7 @@ fn docker_annotation_request_where_the_daemon_takes_it() {
         ],
         SHOW_GPU,
     );
-    if dk.api() >= (1, 43) {
+    if api(&dk) >= (1, 43) {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let mig = assert_sees_one_slice(&node, &text(&out.stdout));
         assert_all_free(&node, Some(&mig));
@@ -163,7 +105,7 @@ fn docker_annotation_request_where_the_daemon_takes_it() {
 #[test]
 fn docker_bad_request_shows_gpushare_message() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node);
+    let dk = start(&node);
     let out = dk.run(
         &["--runtime", "gpushare", "-e", "GPUSHARE_PROFILE=0g.1gb"],
         SHOW_GPU,
@@ -196,19 +138,8 @@ fn docker_bad_request_shows_gpushare_message() {
 #[test]
 fn docker_no_request_is_exactly_plain_runc() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node);
-    let base = ["--hostname", "same", "-e", "X=1"];
-    let mut with = vec!["--runtime", "gpushare"];
-    with.extend_from_slice(&base);
-    let mut plain = vec!["--runtime", "runc"];
-    plain.extend_from_slice(&base);
-    let a = dk.run(&with, SHOW_ALL);
-    let b = dk.run(&plain, SHOW_ALL);
-    assert_eq!(a.status.code(), Some(3), "{}", text(&a.stderr));
-    assert_eq!(b.status.code(), Some(3), "{}", text(&b.stderr));
-    assert_eq!(text(&a.stdout), text(&b.stdout));
-    assert!(!text(&a.stdout).contains("nvidia"));
-    assert_nothing_made(&node);
+    let dk = start(&node);
+    assert_no_request_is_exactly_plain_runc(&node, &dk);
 }
 
 /// `docker exec` builds the exec's process from Docker's own container config (which never had
@@ -217,7 +148,7 @@ fn docker_no_request_is_exactly_plain_runc() {
 #[test]
 fn docker_exec_sees_the_slice() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node);
+    let dk = start(&node);
     let name = unique("dk-exec");
     let out = dk.docker(&[
         "run",
@@ -238,7 +169,7 @@ fn docker_exec_sees_the_slice() {
         out.status.success(),
         "docker run -d: {}\n{}",
         text(&out.stderr),
-        dk.daemon.log_text()
+        dk.log()
     );
     let out = dk.docker(&["exec", &name, "/bin/sh", "-c", SHOW_GPU]);
     let printed = text(&out.stdout);

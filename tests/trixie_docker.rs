@@ -4,141 +4,39 @@
 //! runtime, so the request travels as users type it; the env form still works.
 
 mod common;
+use common::docker::*;
 use common::engines::*;
 use common::trixie::Trixie;
 use common::*;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// Docker 26's words in front of a runtime's refusal, which users see before gpushare's.
 const DOCKER26_PREFIX: &str =
     "failed to create task for container: failed to create shim task: OCI runtime create failed:";
 
-struct Docker {
-    // Dropped first: the daemon stops before its namespace goes.
-    daemon: Option<Daemon>,
-    sock: String,
-    image: String,
-    tx: Trixie,
-}
-
-impl Docker {
-    fn start(node: &SimNode, live_restore: bool) -> Docker {
-        // The trixie root's runc, which its Docker would run without gpushare.
-        node.configure("runtime = \"/usr/sbin/runc\"");
-        let tx = Trixie::enter(node);
-        let d = tx.dir().to_path_buf();
-        // The shipped file as is, plus what a private daemon in a sandbox needs.
-        let shipped = std::fs::read_to_string(repo_root().join("packaging/docker/daemon.json"))
-            .expect("packaging/docker/daemon.json");
-        let mut cfg: serde_json::Value = serde_json::from_str(&shipped).unwrap();
-        cfg["bridge"] = "none".into();
-        cfg["iptables"] = false.into();
-        cfg["storage-driver"] = "vfs".into();
-        cfg["live-restore"] = live_restore.into();
-        std::fs::write(d.join("daemon.json"), cfg.to_string()).unwrap();
-        let mut dk = Docker {
-            daemon: None,
-            sock: format!("unix://{}", d.join("d.sock").display()),
-            image: "gpushare-test/busybox:1".into(),
-            tx,
-        };
-        dk.start_daemon();
-        let version = dk.docker(&["version", "--format", "{{.Server.Version}}"]);
-        assert!(
-            text(&version.stdout).starts_with("26."),
-            "trixie's Docker should be 26.x: {}{}",
-            text(&version.stdout),
-            text(&version.stderr)
-        );
-        let tar = busybox_tar(&d);
-        let out = dk.docker(&["import", tar.to_str().unwrap(), &dk.image.clone()]);
-        assert!(out.status.success(), "docker import: {}", text(&out.stderr));
-        dk
-    }
-
-    fn start_daemon(&mut self) {
-        let d = self.tx.dir();
-        let mut cmd = self.tx.cmd("dockerd");
-        cmd.arg("--config-file")
-            .arg(d.join("daemon.json"))
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .args(["-H", &self.sock])
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"));
-        let mut daemon = Daemon::start(
-            "dockerd",
-            cmd,
-            d.join("dockerd.pid"),
-            d.join("dockerd.log"),
-            false,
-        );
-        let probe = self.tx.cmd("docker");
-        let sock = self.sock.clone();
-        let mut probe = probe;
-        probe
-            .args(["-H", &sock, "version"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        daemon.wait_ready("answering", || probe.status().is_ok_and(|s| s.success()));
-        self.daemon = Some(daemon);
-    }
-
-    /// dockerd killed with SIGKILL (no shutdown of its own), then started again.
-    fn kill_and_restart_daemon(&mut self) {
-        let daemon = self.daemon.take().unwrap();
-        let pid: i32 = std::fs::read_to_string(&daemon.pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: kill has no memory preconditions; pid is dockerd, our child (Daemon checks).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        drop(daemon);
-        self.start_daemon();
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        run(self.tx.cmd("docker").args(["-H", &self.sock]).args(args))
-    }
-
-    /// `docker run --rm --network none <opts> IMAGE sh -c SCRIPT`.
-    fn run(&self, opts: &[&str], script: &str) -> Output {
-        let mut args = vec!["run", "--rm", "--network", "none"];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
-        self.docker(&args)
-    }
-
-    /// `docker run -d --name NAME <opts> IMAGE sh -c SCRIPT`.
-    fn detach(&self, name: &str, opts: &[&str], script: &str) -> Output {
-        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", script]);
-        self.docker(&args)
-    }
-
-    fn log(&self) -> String {
-        self.daemon
-            .as_ref()
-            .map(|d| d.log_text())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Docker {
-    fn drop(&mut self) {
-        // What a failed test left running goes before the daemon does.
-        if self.daemon.is_some() {
-            let ids = self.docker(&["ps", "-aq"]);
-            for id in text(&ids.stdout).lines() {
-                let _ = self.docker(&["rm", "-f", id]);
-            }
-        }
-    }
+/// trixie's dockerd with the shipped daemon.json as is, plus what a private daemon in a
+/// sandbox needs.
+fn start(node: &SimNode, live_restore: bool) -> Docker {
+    // The trixie root's runc, which its Docker would run without gpushare.
+    node.configure("runtime = \"/usr/sbin/runc\"");
+    let tx = Trixie::enter(node);
+    let shipped = std::fs::read_to_string(repo_root().join("packaging/docker/daemon.json"))
+        .expect("packaging/docker/daemon.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    cfg["bridge"] = "none".into();
+    cfg["iptables"] = false.into();
+    cfg["storage-driver"] = "vfs".into();
+    cfg["live-restore"] = live_restore.into();
+    let dk = Docker::start(Host::Trixie(tx), &cfg, "gpushare-test/busybox:1".into());
+    let version = dk.docker(&["version", "--format", "{{.Server.Version}}"]);
+    assert!(
+        text(&version.stdout).starts_with("26."),
+        "trixie's Docker should be 26.x: {}{}",
+        text(&version.stdout),
+        text(&version.stderr)
+    );
+    dk
 }
 
 /// The leases the node holds now, as (profile, container id).
@@ -197,7 +95,7 @@ fn wait_no_lease(node: &SimNode, what: &str) {
 #[test]
 fn docker26_annotation_and_env_requests_see_their_slice_and_free_it() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node, false);
+    let dk = start(&node, false);
     let out = dk.run(
         &[
             "--runtime",
@@ -232,7 +130,7 @@ fn docker26_annotation_and_env_requests_see_their_slice_and_free_it() {
 #[test]
 fn docker26_bad_request_message_is_in_docker_runs_error() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node, false);
+    let dk = start(&node, false);
     for (opts, words) in [
         (
             ["--annotation", "gpu.profile=0g.1gb"],
@@ -275,7 +173,7 @@ fn docker26_bad_request_message_is_in_docker_runs_error() {
 #[test]
 fn docker26_eight_detached_seven_slices_then_no_free() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node, false);
+    let dk = start(&node, false);
     let hold = "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; exec sleep 600";
     let req = [
         "--runtime",
@@ -334,7 +232,7 @@ fn assert_one_lease_for(node: &SimNode, id: &str) {
 #[test]
 fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node, false);
+    let dk = start(&node, false);
     let req = [
         "--runtime",
         "gpushare",
@@ -377,7 +275,7 @@ fn docker26_stop_kill_restart_keep_one_lease_and_rm_frees_it() {
 fn docker26_exec_sees_the_slice_and_injected_tools() {
     let node = SimNode::new("h100-80gb", 1, true);
     plant_nvidia_smi(&node);
-    let dk = Docker::start(&node, false);
+    let dk = start(&node, false);
     let req = [
         "--runtime",
         "gpushare",
@@ -386,48 +284,11 @@ fn docker26_exec_sees_the_slice_and_injected_tools() {
     ];
     let out = dk.detach("gpu-c", &req, "exec sleep 600");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = dk.docker(&[
-        "exec",
-        "gpu-c",
-        "/bin/sh",
-        "-c",
-        "tr '\\0' '\\n' < /proc/1/environ; echo ---; env",
-    ]);
-    assert!(out.status.success(), "docker exec: {}", text(&out.stderr));
-    let printed = text(&out.stdout);
-    let (init, exec) = printed.split_once("---\n").unwrap();
-    let init_mig = env_seen(init, "CUDA_VISIBLE_DEVICES");
-    assert!(init_mig.starts_with("MIG-"), "{init}");
-    for var in [
-        "CUDA_VISIBLE_DEVICES",
-        "NVIDIA_VISIBLE_DEVICES",
-        "PATH",
-        "LD_LIBRARY_PATH",
-    ] {
-        assert_eq!(
-            env_seen(exec, var),
-            env_seen(init, var),
-            "docker exec must see the container's {var}:\n{printed}"
-        );
-    }
-    // The injected tool is found on the exec's PATH and sees the slice.
-    assert!(
-        env_seen(init, "PATH").contains("/usr/local/gpushare/bin"),
-        "{init}"
-    );
-    let out = dk.docker(&["exec", "gpu-c", "nvidia-smi"]);
-    assert!(
-        out.status.success(),
-        "docker exec nvidia-smi: {}",
-        text(&out.stderr)
-    );
-    assert_eq!(
-        text(&out.stdout).trim(),
-        format!(
-            "nvidia-smi sees CUDA_VISIBLE_DEVICES={}",
-            env_seen(init, "CUDA_VISIBLE_DEVICES")
-        )
-    );
+    assert_exec_sees_what_init_sees("docker", |args| {
+        let mut all = vec!["exec", "gpu-c"];
+        all.extend_from_slice(args);
+        dk.docker(&all)
+    });
     let out = dk.docker(&["rm", "-f", "gpu-c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_all_free(&node);
@@ -438,7 +299,7 @@ fn docker26_exec_sees_the_slice_and_injected_tools() {
 /// container holds one slice again, under its own id; nothing stays after `rm -f`.
 fn dockerd_sigkill_slice_comes_back(live_restore: bool) {
     let node = SimNode::new("h100-80gb", 1, true);
-    let mut dk = Docker::start(&node, live_restore);
+    let mut dk = start(&node, live_restore);
     let req = [
         "--runtime",
         "gpushare",
@@ -513,19 +374,8 @@ fn docker26_dockerd_sigkill_and_restart_live_restore_on() {
 #[test]
 fn docker26_no_request_is_exactly_plain_runc() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node, false);
-    let base = ["--hostname", "same", "-e", "X=1"];
-    let mut with = vec!["--runtime", "gpushare"];
-    with.extend_from_slice(&base);
-    let mut plain = vec!["--runtime", "runc"];
-    plain.extend_from_slice(&base);
-    let a = dk.run(&with, SHOW_ALL);
-    let b = dk.run(&plain, SHOW_ALL);
-    assert_eq!(a.status.code(), Some(3), "{}", text(&a.stderr));
-    assert_eq!(b.status.code(), Some(3), "{}", text(&b.stderr));
-    assert_eq!(text(&a.stdout), text(&b.stdout));
-    assert!(!text(&a.stdout).contains("nvidia"));
-    assert_nothing_made(&node);
+    let dk = start(&node, false);
+    assert_no_request_is_exactly_plain_runc(&node, &dk);
 }
 
 /// packaging/compose.yaml as shipped (`runtime: gpushare`, `annotations:` per service), with
@@ -533,8 +383,8 @@ fn docker26_no_request_is_exactly_plain_runc() {
 #[test]
 fn compose2_three_services_three_slices_down_releases() {
     let node = SimNode::new("h100-80gb", 1, true);
-    let dk = Docker::start(&node, false);
-    let d = dk.tx.dir().to_path_buf();
+    let dk = start(&node, false);
+    let d = dk.host.dir().to_path_buf();
     let version = dk.docker(&["compose", "version", "--short"]);
     assert!(
         text(&version.stdout).starts_with("2."),

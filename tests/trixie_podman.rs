@@ -188,53 +188,11 @@ fn podman5_runtime_exec_sees_the_slice_and_injected_tools() {
         &["--annotation", "gpu.profile=1g.10gb"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = pm.podman(
-        false,
-        &[
-            "exec",
-            &name,
-            "/bin/sh",
-            "-c",
-            "tr '\\0' '\\n' < /proc/1/environ; echo ---; env",
-        ],
-    );
-    assert!(out.status.success(), "podman exec: {}", text(&out.stderr));
-    let printed = text(&out.stdout);
-    let (init, exec) = printed.split_once("---\n").unwrap();
-    assert!(
-        env_seen(init, "CUDA_VISIBLE_DEVICES").starts_with("MIG-"),
-        "{init}"
-    );
-    for var in [
-        "CUDA_VISIBLE_DEVICES",
-        "NVIDIA_VISIBLE_DEVICES",
-        "PATH",
-        "LD_LIBRARY_PATH",
-    ] {
-        assert_eq!(
-            env_seen(exec, var),
-            env_seen(init, var),
-            "podman exec must see the container's {var}:\n{printed}"
-        );
-    }
-    // The injected tool is found on the exec's PATH and sees the slice.
-    assert!(
-        env_seen(init, "PATH").contains("/usr/local/gpushare/bin"),
-        "{init}"
-    );
-    let out = pm.podman(false, &["exec", &name, "nvidia-smi"]);
-    assert!(
-        out.status.success(),
-        "podman exec nvidia-smi: {}",
-        text(&out.stderr)
-    );
-    assert_eq!(
-        text(&out.stdout).trim(),
-        format!(
-            "nvidia-smi sees CUDA_VISIBLE_DEVICES={}",
-            env_seen(init, "CUDA_VISIBLE_DEVICES")
-        )
-    );
+    assert_exec_sees_what_init_sees("podman", |args| {
+        let mut all = vec!["exec", &name];
+        all.extend_from_slice(args);
+        pm.podman(false, &all)
+    });
     let out = pm.podman(false, &["rm", "--force", "--time", "0", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_all_free(&node, None);

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -720,46 +720,6 @@ impl Drop for Cri {
             let _ = self.remove_pod(&id);
         }
     }
-}
-
-/// containerd on the config in `d`: on this machine with `node_config` in its environment,
-/// or in the trixie root, where gpushare reads /etc/gpushare/config.toml.
-pub fn spawn_containerd(
-    trixie: Option<&Trixie>,
-    d: &Path,
-    sock: &Path,
-    node_config: &Path,
-) -> Daemon {
-    let Some(tx) = trixie else {
-        return start_containerd(d, sock, Some(node_config));
-    };
-    let version = run(tx.cmd("containerd").arg("--version"));
-    assert!(
-        text(&version.stdout).contains(" 1.7."),
-        "trixie's containerd should be 1.7: {}{}",
-        text(&version.stdout),
-        text(&version.stderr)
-    );
-    let mut cmd = tx.cmd("containerd");
-    cmd.arg("--config").arg(d.join("config.toml"));
-    let mut daemon = Daemon::start(
-        "containerd",
-        cmd,
-        d.join("containerd.pid"),
-        d.join("containerd.log"),
-        true,
-    );
-    let mut probe = tx.cmd("ctr");
-    probe
-        .arg("-a")
-        .arg(sock)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    daemon.wait_ready("answering", || {
-        sock.exists() && probe.status().is_ok_and(|s| s.success())
-    });
-    daemon
 }
 
 async fn connect_async(sock: &Path) -> Channel {

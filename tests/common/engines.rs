@@ -2,6 +2,7 @@
 //! privately started daemons stopped by their pid file, and the checks every engine's
 //! container must pass.
 
+use super::trixie::Trixie;
 use super::*;
 use std::process::Child;
 
@@ -317,4 +318,124 @@ pub fn plant_nvidia_smi(node: &SimNode) {
     )
     .unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// containerd on the config in `d`: on this machine with `node_config` in its environment,
+/// or in the trixie root, where gpushare reads /etc/gpushare/config.toml.
+pub fn spawn_containerd(
+    trixie: Option<&Trixie>,
+    d: &Path,
+    sock: &Path,
+    node_config: &Path,
+) -> Daemon {
+    let Some(tx) = trixie else {
+        return start_containerd(d, sock, Some(node_config));
+    };
+    let version = run(tx.cmd("containerd").arg("--version"));
+    assert!(
+        text(&version.stdout).contains(" 1.7."),
+        "trixie's containerd should be 1.7: {}{}",
+        text(&version.stdout),
+        text(&version.stderr)
+    );
+    let mut cmd = tx.cmd("containerd");
+    cmd.arg("--config").arg(d.join("config.toml"));
+    let mut daemon = Daemon::start(
+        "containerd",
+        cmd,
+        d.join("containerd.pid"),
+        d.join("containerd.log"),
+        true,
+    );
+    let mut probe = tx.cmd("ctr");
+    probe
+        .arg("-a")
+        .arg(sock)
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    daemon.wait_ready("answering", || {
+        sock.exists() && probe.status().is_ok_and(|s| s.success())
+    });
+    daemon
+}
+
+/// Where an engine runs: this machine's, its state in a scratch directory; or trixie's
+/// (tests/common/trixie.rs), its state in the namespace's scratch directory.
+pub enum Host {
+    Here(ShortDir),
+    Trixie(Trixie),
+}
+
+impl Host {
+    /// The scratch directory, at the same path inside trixie's namespace and outside.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Host::Here(dir) => dir.path(),
+            Host::Trixie(tx) => tx.dir(),
+        }
+    }
+
+    /// `program` as this host runs it.
+    pub fn cmd(&self, program: &str) -> Command {
+        match self {
+            Host::Here(_) => Command::new(program),
+            Host::Trixie(tx) => tx.cmd(program),
+        }
+    }
+
+    pub fn trixie(&self) -> Option<&Trixie> {
+        match self {
+            Host::Here(_) => None,
+            Host::Trixie(tx) => Some(tx),
+        }
+    }
+}
+
+/// What gpushare gave a container's first process, and what `<engine> exec` gets: the same
+/// slice, the same injected paths, and the injected nvidia-smi ([`plant_nvidia_smi`]) on the
+/// exec's PATH. `exec` runs `<engine> exec CONTAINER ARGS...`.
+pub fn assert_exec_sees_what_init_sees(engine: &str, exec: impl Fn(&[&str]) -> Output) {
+    let out = exec(&[
+        "/bin/sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/1/environ; echo ---; env",
+    ]);
+    assert!(out.status.success(), "{engine} exec: {}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let (init, exec_env) = printed.split_once("---\n").unwrap();
+    assert!(
+        env_seen(init, "CUDA_VISIBLE_DEVICES").starts_with("MIG-"),
+        "{init}"
+    );
+    for var in [
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+        "PATH",
+        "LD_LIBRARY_PATH",
+    ] {
+        assert_eq!(
+            env_seen(exec_env, var),
+            env_seen(init, var),
+            "{engine} exec must see the container's {var}:\n{printed}"
+        );
+    }
+    // The injected tool is found on the exec's PATH and sees the slice.
+    assert!(
+        env_seen(init, "PATH").contains("/usr/local/gpushare/bin"),
+        "{init}"
+    );
+    let out = exec(&["nvidia-smi"]);
+    assert!(
+        out.status.success(),
+        "{engine} exec nvidia-smi: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!(
+            "nvidia-smi sees CUDA_VISIBLE_DEVICES={}",
+            env_seen(init, "CUDA_VISIBLE_DEVICES")
+        )
+    );
 }

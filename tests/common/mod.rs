@@ -2,6 +2,8 @@
 //! runtimes (runc, crun) driven through the gpushare binaries.
 #![allow(dead_code)]
 
+pub mod ctr;
+pub mod docker;
 pub mod engines;
 pub mod podman;
 pub mod trixie;

@@ -3,7 +3,6 @@
 //! line either way, only where `podman` runs and how gpushare finds the node's config differ.
 
 use super::engines::*;
-use super::trixie::Trixie;
 use super::*;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -18,14 +17,6 @@ pub enum Via {
     PlainRunc,
     /// The default runtime (crun where installed), no gpushare at all.
     PlainDefault,
-}
-
-/// Where `podman` runs.
-pub enum Host {
-    /// This machine's Podman; its roots live in the scratch directory.
-    Here(ShortDir),
-    /// trixie's Podman, in its own namespace (which has a scratch directory of its own).
-    Trixie(Trixie),
 }
 
 /// Rootful Podman's default limits are more than this sandbox allows.
@@ -69,19 +60,13 @@ impl Podman {
 
     /// The scratch directory, at the same path wherever `podman` runs.
     pub fn dir(&self) -> &Path {
-        match &self.host {
-            Host::Here(dir) => dir.path(),
-            Host::Trixie(tx) => tx.dir(),
-        }
+        self.host.dir()
     }
 
     /// `podman` on this test's private roots; `hooks` picks the shipped hooks.d files or none.
     pub fn cmd(&self, hooks: bool) -> Command {
         let d = self.dir();
-        let mut c = match &self.host {
-            Host::Here(_) => Command::new("podman"),
-            Host::Trixie(tx) => tx.cmd("podman"),
-        };
+        let mut c = self.host.cmd("podman");
         c.env("CONTAINERS_CONF", d.join("containers.conf"))
             .arg("--root")
             .arg(d.join("root"))
