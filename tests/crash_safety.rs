@@ -367,17 +367,6 @@ fn kill_at_each_failpoint_then_next_call_repairs() {
     }
 }
 
-fn mps_node() -> SimNode {
-    let node = SimNode::new("h100-80gb", 1, false);
-    let control = target_dir().join("fake-mps-control");
-    assert!(control.exists(), "{} missing", control.display());
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}",
-        control.display().to_string()
-    ));
-    node
-}
-
 /// The simulated GPU's compute mode (nvmlComputeMode_t).
 fn compute_mode(node: &SimNode) -> u64 {
     node.sim_state()["gpus"][0]["compute_mode"]

@@ -5,26 +5,6 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
-
-fn fake_control() -> PathBuf {
-    let p = target_dir().join("fake-mps-control");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace`",
-        p.display()
-    );
-    p
-}
-
-fn mps_node(extra: &str) -> SimNode {
-    let node = SimNode::new("h100-80gb", 1, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n{extra}",
-        fake_control().display().to_string()
-    ));
-    node
-}
 
 /// The simulated GPU's compute mode, as its driver holds it (nvmlComputeMode_t).
 fn mode(node: &SimNode) -> u64 {
@@ -58,7 +38,7 @@ fn gpu_is_exclusive_while_the_daemon_runs_and_found_mode_comes_back() {
 }
 
 fn exclusive_while_served(runtime: Runtime) {
-    let node = mps_node("");
+    let node = mps_node();
     let engine = Engine::new(&node, runtime);
     assert_eq!(mode(&node), DEFAULT);
     let (a, b) = (
@@ -96,7 +76,7 @@ fn exclusive_while_served(runtime: Runtime) {
 #[test]
 fn a_gpu_found_exclusive_is_left_exclusive() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let out = node.sim(&["compute-mode", "--gpu", "0", "exclusive-process"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let engine = Engine::new(&node, Runtime::Runc);
@@ -109,7 +89,7 @@ fn a_gpu_found_exclusive_is_left_exclusive() {
 #[test]
 fn exclusive_false_leaves_the_mode_alone() {
     require_root();
-    let node = mps_node("exclusive = false");
+    let node = mps_node_with("exclusive = false");
     let engine = Engine::new(&node, Runtime::Runc);
     let b = Bundle::new("true", &MPS, &[]);
     let id = unique("leavable");
@@ -124,7 +104,7 @@ fn exclusive_false_leaves_the_mode_alone() {
 #[test]
 fn refused_while_another_process_holds_a_context() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let uuid = node.sim_state()["gpus"][0]["uuid"]
         .as_str()
         .unwrap()
@@ -166,7 +146,7 @@ fn refused_while_another_process_holds_a_context() {
 #[test]
 fn the_simulated_driver_refuses_a_second_context_in_exclusive_process() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let uuid = node.sim_state()["gpus"][0]["uuid"]
         .as_str()
         .unwrap()
@@ -205,7 +185,7 @@ fn status_shows_every_lease_with_readable_times_and_compute_modes() {
     let node = SimNode::new("h100-80gb", 2, false);
     node.configure(&format!(
         "[mps]\ncontrol = {:?}",
-        fake_control().display().to_string()
+        fake_mps_control().display().to_string()
     ));
     let engine = Engine::new(&node, Runtime::Runc);
     let (m, t) = (
@@ -311,7 +291,7 @@ fn status_shows_every_lease_with_readable_times_and_compute_modes() {
 #[test]
 fn exclusive_false_is_flagged_by_status_and_doctor() {
     require_root();
-    let node = mps_node("exclusive = false");
+    let node = mps_node_with("exclusive = false");
     let engine = Engine::new(&node, Runtime::Runc);
     let b = Bundle::new("true", &MPS, &[]);
     let id = unique("flagged");
@@ -404,7 +384,7 @@ fn a_busy_gpu_is_passed_over_for_a_free_one() {
     let node = SimNode::new("h100-80gb", 2, false);
     node.configure(&format!(
         "[mps]\ncontrol = {:?}",
-        fake_control().display().to_string()
+        fake_mps_control().display().to_string()
     ));
     let uuid0 = node.sim_state()["gpus"][0]["uuid"]
         .as_str()

@@ -3,26 +3,6 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
-
-fn fake_control() -> PathBuf {
-    let p = target_dir().join("fake-mps-control");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace`",
-        p.display()
-    );
-    p
-}
-
-fn mps_node(extra: &str) -> SimNode {
-    let node = SimNode::new("h100-80gb", 1, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n{extra}",
-        fake_control().display().to_string()
-    ));
-    node
-}
 
 /// A claimant with no runtime state, for grants made straight through the library.
 fn who(id: &str) -> gpushare_core::allocator::Claimant<'_> {
@@ -60,7 +40,7 @@ sleep 2
 #[test]
 fn mps_daemon_lifecycle_through_runc() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let engine = Engine::new(&node, Runtime::Runc);
     let ann = [("gpu.mps", "25"), ("gpu.mps.memory", "4G")];
     let (a, b) = (
@@ -136,7 +116,7 @@ fn mps_daemon_lifecycle_through_runc() {
 #[test]
 fn mps_daemon_is_restarted_after_it_died() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let cfg = node.cfg();
     gpushare_core::mps::grant(&cfg, 50, None, None, &who("r1")).unwrap();
     let pid = node.ledger().mps[0].pid.expect("daemon pid");
@@ -162,7 +142,7 @@ fn mps_daemon_is_restarted_after_it_died() {
 #[test]
 fn mps_refusals_are_clear() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let cfg = node.cfg();
     gpushare_core::mps::grant(&cfg, 25, Some(60 << 30), None, &who("m1")).unwrap();
     // Strict policy: one share size per GPU.
@@ -210,7 +190,7 @@ fn mps_refusals_are_clear() {
     // MIG-enabled GPUs take no MPS or time-sliced containers.
     let mig = SimNode::new("h100-80gb", 1, true);
     let mut cfg = mig.cfg();
-    cfg.mps.control = fake_control();
+    cfg.mps.control = fake_mps_control();
     let err = gpushare_core::mps::grant(&cfg, 25, None, None, &who("m4"))
         .unwrap_err()
         .to_string();
@@ -262,16 +242,7 @@ fn timeslice_gives_the_whole_gpu_and_spreads_over_gpus() {
 fn host_driver_libraries_are_injected_read_only() {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
-    let lib = node.root().join("usr/lib/x86_64-linux-gnu");
-    std::fs::create_dir_all(&lib).unwrap();
-    std::fs::write(lib.join("libcuda.so.580.159.04"), b"host libcuda\n").unwrap();
-    std::os::unix::fs::symlink("libcuda.so.580.159.04", lib.join("libcuda.so.1")).unwrap();
-    std::fs::create_dir_all(node.root().join("usr/bin")).unwrap();
-    std::fs::write(
-        node.root().join("usr/bin/nvidia-smi"),
-        b"#!/bin/sh\necho fake nvidia-smi\n",
-    )
-    .unwrap();
+    host_driver_files(&node);
     let engine = Engine::new(&node, Runtime::Runc);
     let script = r#"echo "LD=$LD_LIBRARY_PATH"; echo "PATH=$PATH"; cat /usr/local/gpushare/lib/libcuda.so.1;
         echo x > /usr/local/gpushare/lib/libcuda.so.1 2>/dev/null && echo WRITABLE || echo read-only"#;
@@ -383,7 +354,7 @@ fn nvidia_container_runtime_mode_hands_gpu_containers_over() {
 #[test]
 fn mps_and_timeslice_keep_to_their_own_gpus() {
     require_root();
-    let node = mps_node("");
+    let node = mps_node();
     let cfg = node.cfg();
     gpushare_core::mps::grant(&cfg, 25, None, None, &who("x1")).unwrap();
     let err = gpushare_core::share::grant(&cfg, None, &who("x2"))

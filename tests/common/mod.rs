@@ -545,9 +545,14 @@ pub fn fake_mps_control() -> PathBuf {
 
 /// A simulated node without MIG whose MPS daemons are the stand-in control program.
 pub fn mps_node() -> SimNode {
+    mps_node_with("")
+}
+
+/// [`mps_node`] with `extra` lines in its config's `[mps]` table.
+pub fn mps_node_with(extra: &str) -> SimNode {
     let node = SimNode::new("h100-80gb", 1, false);
     node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n",
+        "[mps]\ncontrol = {:?}\n{extra}",
         fake_mps_control().display().to_string()
     ));
     node
