@@ -30,6 +30,43 @@ fn gc_json(node: &SimNode) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The node's ledger, instance log and driver agree (tests/invariants).
+fn check(node: &SimNode, engine: &Engine) {
+    invariants::check(node, Some(engine.root.path())).unwrap();
+}
+
+/// Deleted, and the node agrees with itself after.
+fn delete_and_check(node: &SimNode, engine: &Engine, id: &str) {
+    assert!(engine.delete(id).status.success());
+    check(node, engine);
+}
+
+/// A 1g.10gb create that must destroy an idle instance to make room, killed inside the GPU
+/// instance's destroy (the simulator's `GPUSHARE_SIM_KILL_AT`).
+fn create_killed_in_the_destroy(engine: &Engine, b: &Bundle) {
+    let st = create_env(
+        engine,
+        b,
+        &unique("killed"),
+        &[("GPUSHARE_SIM_KILL_AT", "2")],
+    );
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGKILL),
+        "killed in the destroy: {st:?}"
+    );
+}
+
+/// An idle 2g.20gb in the pool and a running 1g.10gb container (its bundle and id).
+fn idle_and_busy(engine: &Engine) -> (Bundle, String) {
+    let idle = Bundle::new("true", &[("gpu.profile", "2g.20gb")], &[]);
+    engine.run_to_end(&idle, &unique("was"));
+    let busy = Bundle::new("sleep 600", &[("gpu.profile", "1g.10gb")], &[]);
+    let busy_id = unique("busy");
+    assert!(engine.create(&busy, &busy_id).status.success());
+    (busy, busy_id)
+}
+
 /// The GPU instances the driver lists: (GI id, compute instance count).
 fn driver_instances(node: &SimNode) -> Vec<(u64, usize)> {
     node.sim_state()["gpus"][0]["gpu_instances"]
@@ -68,17 +105,7 @@ fn an_instance_whose_destroy_was_killed_half_way_is_never_stranded() {
     );
 
     let b = Bundle::new("sleep 600", &[("gpu.profile", "1g.10gb")], &[]);
-    let st = create_env(
-        &engine,
-        &b,
-        &unique("killed"),
-        &[("GPUSHARE_SIM_KILL_AT", "2")],
-    );
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGKILL),
-        "killed in the destroy: {st:?}"
-    );
+    create_killed_in_the_destroy(&engine, &b);
     assert_eq!(
         driver_instances(&node),
         [(0, 0)],
@@ -99,9 +126,8 @@ fn an_instance_whose_destroy_was_killed_half_way_is_never_stranded() {
     );
     let report = gc_json(&node);
     assert_eq!(report["foreign"], serde_json::json!([]), "{report}");
-    invariants::check(&node, Some(engine.root.path())).unwrap();
-    assert!(engine.delete(&id).status.success());
-    invariants::check(&node, Some(engine.root.path())).unwrap();
+    check(&node, &engine);
+    delete_and_check(&node, &engine, &id);
 }
 
 /// The same crash where the record is dropped by a request for another GPU (whose cold path
@@ -117,17 +143,7 @@ fn gc_destroys_what_the_instance_log_says_gpushare_made_and_the_ledger_lost() {
     };
     engine.run_to_end(&on0("7g.80gb", "true"), &unique("big"));
     let b = on0("1g.10gb", "true");
-    let st = create_env(
-        &engine,
-        &b,
-        &unique("killed"),
-        &[("GPUSHARE_SIM_KILL_AT", "2")],
-    );
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGKILL),
-        "killed in the destroy: {st:?}"
-    );
+    create_killed_in_the_destroy(&engine, &b);
     let elsewhere = Bundle::new(
         "true",
         &[("gpu.profile", "1g.10gb"), ("gpu.device", "1")],
@@ -149,8 +165,7 @@ fn gc_destroys_what_the_instance_log_says_gpushare_made_and_the_ledger_lost() {
     let report = gc_json(&node);
     assert_eq!(report["foreign"], serde_json::json!([]), "{report}");
     assert_eq!(driver_instances(&node), [], "{report}");
-    assert!(engine.delete(&id).status.success());
-    invariants::check(&node, Some(engine.root.path())).unwrap();
+    delete_and_check(&node, &engine, &id);
 
     // A truly foreign instance (another manager's, which gpushare's log never named) is
     // reported and left alone.
@@ -170,11 +185,7 @@ fn repair_rebuilds_a_corrupt_ledger_from_the_driver_the_log_and_the_runtime() {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, Runtime::Runc);
-    let idle = Bundle::new("true", &[("gpu.profile", "2g.20gb")], &[]);
-    engine.run_to_end(&idle, &unique("was"));
-    let busy = Bundle::new("sleep 600", &[("gpu.profile", "1g.10gb")], &[]);
-    let busy_id = unique("busy");
-    assert!(engine.create(&busy, &busy_id).status.success());
+    let (_busy, busy_id) = idle_and_busy(&engine);
     let before = node.ledger();
     let held = before.instances[before.lease_of(&busy_id).unwrap()]
         .made
@@ -238,7 +249,7 @@ fn repair_rebuilds_a_corrupt_ledger_from_the_driver_the_log_and_the_runtime() {
         st.instances
     );
     assert_eq!(gc_json(&node)["foreign"], serde_json::json!([]));
-    invariants::check(&node, Some(engine.root.path())).unwrap();
+    check(&node, &engine);
 
     // The idle 2g.20gb is reused; the busy slice is never granted again.
     let other = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
@@ -252,7 +263,7 @@ fn repair_rebuilds_a_corrupt_ledger_from_the_driver_the_log_and_the_runtime() {
     for id in [&busy_id, &other_id, &again_id] {
         assert!(engine.delete(id).status.success());
     }
-    invariants::check(&node, Some(engine.root.path())).unwrap();
+    check(&node, &engine);
     assert!(node.ledger().instances.iter().all(|r| r.lease.is_none()));
 }
 
@@ -264,13 +275,7 @@ fn gc_adopts_whole_instances_the_ledger_lost() {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, Runtime::Runc);
-    engine.run_to_end(
-        &Bundle::new("true", &[("gpu.profile", "2g.20gb")], &[]),
-        &unique("was"),
-    );
-    let busy = Bundle::new("sleep 600", &[("gpu.profile", "1g.10gb")], &[]);
-    let busy_id = unique("busy");
-    assert!(engine.create(&busy, &busy_id).status.success());
+    let (_busy, busy_id) = idle_and_busy(&engine);
     let before = node.ledger();
 
     // Lose both records, as a hand edit or a restore from an old backup would.
@@ -308,9 +313,8 @@ fn gc_adopts_whole_instances_the_ledger_lost() {
         "the other is idle: {:?}",
         st.instances
     );
-    invariants::check(&node, Some(engine.root.path())).unwrap();
-    assert!(engine.delete(&busy_id).status.success());
-    invariants::check(&node, Some(engine.root.path())).unwrap();
+    check(&node, &engine);
+    delete_and_check(&node, &engine, &busy_id);
 }
 
 /// A ledger deleted outright: `repair` finds the runtime root in the instance log (no
@@ -347,6 +351,5 @@ fn repair_rebuilds_a_deleted_ledger_from_the_roots_the_log_names() {
     let i = st.lease_of(&busy_id).expect("leased again");
     assert_eq!(st.instances[i].made.as_ref().unwrap().mig_uuid, held);
     assert_eq!(gc_json(&node)["foreign"], serde_json::json!([]));
-    assert!(engine.delete(&busy_id).status.success());
-    invariants::check(&node, Some(engine.root.path())).unwrap();
+    delete_and_check(&node, &engine, &busy_id);
 }
