@@ -17,6 +17,24 @@ fn exec(engine: &Engine, args: &[&str]) -> Output {
     run(&mut engine.cmd(&all))
 }
 
+/// `exec FLAGS ID sh -c SHOW_ENV`: the argv form, as `runc exec` users type it.
+fn exec_argv(engine: &Engine, flags: &[&str], id: &str) -> Output {
+    let mut args = flags.to_vec();
+    args.extend_from_slice(&[id, "/bin/sh", "-c", SHOW_ENV]);
+    exec(engine, &args)
+}
+
+/// `exec --process FILE ID`: the process file form, as Docker, containerd and Podman exec.
+fn exec_file(engine: &Engine, file: &std::path::Path, id: &str) -> Output {
+    exec(engine, &["--process", file.to_str().unwrap(), id])
+}
+
+/// Deleted, and its grant released.
+fn delete_and_released(node: &SimNode, engine: &Engine, id: &str) {
+    assert!(engine.delete(id).status.success());
+    assert!(!holds(node, id));
+}
+
 /// Write an engine's process file (as containerd writes one for `docker exec`) in `dir`.
 fn process_file(dir: &std::path::Path, env: &[&str]) -> std::path::PathBuf {
     let p = dir.join("process.json");
@@ -65,7 +83,7 @@ fn exec_sees_the_grant(rt: Runtime) {
     let dir = TempDir::new("engine-exec");
     let file = process_file(dir.path(), &["PATH=/bin", "FOO=engine"]);
     let engine_bytes = std::fs::read(&file).unwrap();
-    let out = seen(&exec(&engine, &["--process", file.to_str().unwrap(), &id]));
+    let out = seen(&exec_file(&engine, &file, &id));
     assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(env_seen(&out, "NVIDIA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(
@@ -89,7 +107,7 @@ fn exec_sees_the_grant(rt: Runtime) {
     let list_fds = json!({"args": ["/bin/ls", "/proc/self/fd"], "env": ["PATH=/bin"], "cwd": "/",
                           "user": {"uid": 0, "gid": 0}});
     std::fs::write(&fds, list_fds.to_string()).unwrap();
-    let ours = seen(&exec(&engine, &["--process", fds.to_str().unwrap(), &id]));
+    let ours = seen(&exec_file(&engine, &fds, &id));
     let bare = run(&mut engine.bare(&["exec", "--process", fds.to_str().unwrap(), &id]));
     assert_eq!(ours, seen(&bare), "descriptors of the exec'd process");
     std::fs::remove_file(&fds).unwrap();
@@ -97,7 +115,7 @@ fn exec_sees_the_grant(rt: Runtime) {
     // A process file that is a symlink is not followed: the exec is refused, and says why.
     let link = dir.path().join("link.json");
     std::os::unix::fs::symlink(&file, &link).unwrap();
-    let out = exec(&engine, &["--process", link.to_str().unwrap(), &id]);
+    let out = exec_file(&engine, &link, &id);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("is a symlink") && out.stdout.is_empty(),
@@ -114,7 +132,7 @@ fn exec_sees_the_grant(rt: Runtime) {
     assert_eq!(env_seen(&out, "NVIDIA_VISIBLE_DEVICES"), uuid, "{out}");
 
     // The argv form, with and without env flags of its own.
-    let out = seen(&exec(&engine, &[&id, "/bin/sh", "-c", SHOW_ENV]));
+    let out = seen(&exec_argv(&engine, &[], &id));
     assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(
         env_seen(&out, "PATH"),
@@ -122,17 +140,10 @@ fn exec_sees_the_grant(rt: Runtime) {
         "{out}"
     );
     assert!(out.contains("fake nvidia-smi"), "{out}");
-    let out = seen(&exec(
+    let out = seen(&exec_argv(
         &engine,
-        &[
-            "--env",
-            "FOO=argv",
-            "--env=PATH=/bin",
-            &id,
-            "/bin/sh",
-            "-c",
-            SHOW_ENV,
-        ],
+        &["--env", "FOO=argv", "--env=PATH=/bin"],
+        &id,
     ));
     assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(env_seen(&out, "FOO"), "argv", "{out}");
@@ -141,21 +152,14 @@ fn exec_sees_the_grant(rt: Runtime) {
         "/bin:/usr/local/gpushare/bin",
         "{out}"
     );
-    let out = seen(&exec(
+    let out = seen(&exec_argv(
         &engine,
-        &[
-            "--env",
-            "CUDA_VISIBLE_DEVICES=x",
-            &id,
-            "/bin/sh",
-            "-c",
-            SHOW_ENV,
-        ],
+        &["--env", "CUDA_VISIBLE_DEVICES=x"],
+        &id,
     ));
     assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), "x", "{out}");
 
-    assert!(engine.delete(&id).status.success());
-    assert!(!holds(&node, &id));
+    delete_and_released(&node, &engine, &id);
 }
 
 #[test]
@@ -186,7 +190,7 @@ fn exec_cannot_raise_an_mps_share(rt: Runtime) {
     let dir = TempDir::new("engine-exec");
 
     let file = process_file(dir.path(), &["PATH=/bin"]);
-    let out = seen(&exec(&engine, &["--process", file.to_str().unwrap(), &id]));
+    let out = seen(&exec_file(&engine, &file, &id));
     assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(env_seen(&out, "CUDA_MPS_PIPE_DIRECTORY"), "/tmp/nvidia-mps");
     assert_eq!(env_seen(&out, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"), "25");
@@ -202,13 +206,12 @@ fn exec_cannot_raise_an_mps_share(rt: Runtime) {
         "CUDA_MPS_PIPE_DIRECTORY=/tmp/elsewhere",
     ];
     let file = process_file(dir.path(), &raised);
-    let out = seen(&exec(&engine, &["--process", file.to_str().unwrap(), &id]));
-    let mut argv = vec![];
+    let out = seen(&exec_file(&engine, &file, &id));
+    let mut flags = vec![];
     for e in &raised[1..] {
-        argv.extend(["-e", e]);
+        flags.extend(["-e", e]);
     }
-    argv.extend([id.as_str(), "/bin/sh", "-c", SHOW_ENV]);
-    let out_argv = seen(&exec(&engine, &argv));
+    let out_argv = seen(&exec_argv(&engine, &flags, &id));
     for out in [&out, &out_argv] {
         assert_eq!(
             env_seen(out, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
@@ -219,18 +222,15 @@ fn exec_cannot_raise_an_mps_share(rt: Runtime) {
         assert_eq!(env_seen(out, "CUDA_MPS_PIPE_DIRECTORY"), "/tmp/nvidia-mps");
     }
 
-    let out = seen(&exec(
+    let out = seen(&exec_argv(
         &engine,
         &[
             "-e",
             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=10",
             "-e",
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=1G",
-            &id,
-            "/bin/sh",
-            "-c",
-            SHOW_ENV,
         ],
+        &id,
     ));
     assert_eq!(
         env_seen(&out, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
@@ -239,8 +239,7 @@ fn exec_cannot_raise_an_mps_share(rt: Runtime) {
     );
     assert_eq!(env_seen(&out, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"), "0=1G");
 
-    assert!(engine.delete(&id).status.success());
-    assert!(!holds(&node, &id));
+    delete_and_released(&node, &engine, &id);
 }
 
 #[test]
@@ -267,14 +266,11 @@ fn exec_of_a_container_without_a_grant_gets_nothing(rt: Runtime) {
     engine.start_detached(&plain, &plain_id);
     let dir = TempDir::new("engine-exec");
     let file = process_file(dir.path(), &["PATH=/bin"]);
-    let out = exec(&engine, &["--process", file.to_str().unwrap(), &plain_id]);
+    let out = exec_file(&engine, &file, &plain_id);
     let printed = text(&out.stdout);
     assert_eq!(env_seen(&printed, "CUDA_VISIBLE_DEVICES"), "", "{printed}");
     assert_eq!(env_seen(&printed, "PATH"), "/bin", "{printed}");
-    let out = exec(
-        &engine,
-        &["-e", "FOO=1", &plain_id, "/bin/sh", "-c", SHOW_ENV],
-    );
+    let out = exec_argv(&engine, &["-e", "FOO=1"], &plain_id);
     let printed = text(&out.stdout);
     assert_eq!(env_seen(&printed, "CUDA_VISIBLE_DEVICES"), "", "{printed}");
     for id in [&gpu_id, &plain_id] {
@@ -303,7 +299,7 @@ fn exec_into_a_timeslice_container(rt: Runtime) {
     let uuid = node.ledger().gpus[0].uuid.clone();
     let dir = TempDir::new("engine-exec");
     let file = process_file(dir.path(), &["PATH=/bin"]);
-    let out = seen(&exec(&engine, &["--process", file.to_str().unwrap(), &id]));
+    let out = seen(&exec_file(&engine, &file, &id));
     assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(env_seen(&out, "NVIDIA_VISIBLE_DEVICES"), uuid, "{out}");
     assert_eq!(
@@ -311,8 +307,7 @@ fn exec_into_a_timeslice_container(rt: Runtime) {
         "",
         "{out}"
     );
-    assert!(engine.delete(&id).status.success());
-    assert!(!holds(&node, &id));
+    delete_and_released(&node, &engine, &id);
 }
 
 #[test]
