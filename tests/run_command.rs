@@ -31,15 +31,12 @@ impl Ask {
     }
 }
 
-const SHOW: &str = r#"
-echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
-echo "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
-for f in /dev/nvidia* /dev/nvidia-caps/*; do
-  [ -c "$f" ] || continue
-  if cat "$f" >/dev/null 2>/tmp/err; then r=ok; else r=$(cat /tmp/err); fi
-  echo "node $f $(stat -c '%t:%T' "$f") $r"
-done
-"#;
+/// [`SHOW_GPU`], and the MPS share's thread percentage.
+fn show() -> String {
+    format!(
+        "echo \"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE\"\n{SHOW_GPU}"
+    )
+}
 
 /// `run` in the foreground: the container sees its slice, and when it exits the runtime deletes
 /// it and gpushare's poststop hook gives the slice back. `warm`: the slice was made and released
@@ -52,7 +49,7 @@ fn run_sees_its_slice_and_releases_at_exit(rt: Runtime, ask: Ask, warm: bool) {
         let first = Bundle::new("true", ask.annotations(), &[]);
         engine.run_to_end(&first, &unique("first"));
     }
-    let bundle = Bundle::new(SHOW, ask.annotations(), &[]);
+    let bundle = Bundle::new(&show(), ask.annotations(), &[]);
     let id = unique("run");
     let out = engine.run_container(&bundle, &id, &[]);
     assert!(out.status.success(), "run: {}", text(&out.stderr));
@@ -218,7 +215,7 @@ fn runc_run_keep_holds_until_delete() {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, Runtime::Runc);
-    let kept = Bundle::new(SHOW, &[("gpu.profile", "1g.10gb")], &[]);
+    let kept = Bundle::new(&show(), &[("gpu.profile", "1g.10gb")], &[]);
     let id = unique("keep");
     let out = engine.run_container(&kept, &id, &["--keep"]);
     assert!(out.status.success(), "run --keep: {}", text(&out.stderr));

@@ -352,22 +352,7 @@ impl<'n> Engine<'n> {
 
     /// create, with the container's stdout/stderr going to files in the bundle dir.
     pub fn create(&self, bundle: &Bundle, id: &str) -> Output {
-        let log = bundle.path().join("runtime-log.json");
-        let out_file = std::fs::File::create(bundle.path().join("stdout")).unwrap();
-        let mut c = Command::new(SHIM);
-        c.env("GPUSHARE_CONFIG", self.node.config())
-            .arg("--root")
-            .arg(self.root.path())
-            .arg("--log")
-            .arg(&log)
-            .args(["--log-format", "json", "create", "--bundle"])
-            .arg(bundle.path())
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(out_file)
-            // A file, not a pipe: the container's init keeps its stdio open until it exits.
-            .stderr(std::fs::File::create(bundle.path().join("stderr")).unwrap());
-        let status = c.status().unwrap();
+        let status = self.on_bundle(bundle, id, &["create"]).status().unwrap();
         Output {
             status,
             stdout: Vec::new(),
@@ -488,27 +473,32 @@ impl Engine<'_> {
     /// stderr going to files in the bundle dir as for [`Engine::create`]; returns when gpushare
     /// does (at the container's exit, unless `--detach`).
     pub fn run_container(&self, bundle: &Bundle, id: &str, flags: &[&str]) -> Output {
-        let log = bundle.path().join("runtime-log.json");
-        let mut c = Command::new(SHIM);
-        c.env("GPUSHARE_CONFIG", self.node.config())
-            .arg("--root")
-            .arg(self.root.path())
-            .arg("--log")
-            .arg(&log)
-            .args(["--log-format", "json", "run"])
-            .args(flags)
-            .arg("--bundle")
-            .arg(bundle.path())
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(bundle.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(bundle.path().join("stderr")).unwrap());
-        let status = c.status().unwrap();
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        let status = self.on_bundle(bundle, id, &args).status().unwrap();
         Output {
             status,
             stdout: std::fs::read(bundle.path().join("stdout")).unwrap(),
             stderr: std::fs::read(bundle.path().join("stderr")).unwrap(),
         }
+    }
+
+    /// `gpushare --root R --log B/runtime-log.json --log-format json <args> --bundle B ID`,
+    /// with the container's stdout and stderr going to files in the bundle dir.
+    fn on_bundle(&self, bundle: &Bundle, id: &str, args: &[&str]) -> Command {
+        let mut c = self.cmd(&[]);
+        c.arg("--log")
+            .arg(bundle.path().join("runtime-log.json"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .arg("--bundle")
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(Stdio::null())
+            // Files, not pipes: the container's init keeps its stdio open until it exits.
+            .stdout(std::fs::File::create(bundle.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(bundle.path().join("stderr")).unwrap());
+        c
     }
 
     /// create + start a container that keeps running (its script should sleep).
