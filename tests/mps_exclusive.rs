@@ -13,19 +13,16 @@ fn mode(node: &SimNode) -> u64 {
         .expect("compute_mode in the simulator's state")
 }
 
+/// The simulated GPU 0's UUID.
+fn gpu0_uuid(node: &SimNode) -> String {
+    node.sim_state()["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 const DEFAULT: u64 = 0;
 const EXCLUSIVE_PROCESS: u64 = 3;
-
-fn control_log(node: &SimNode) -> String {
-    let dir = node.cfg().state_dir.join("mps");
-    let mut out = String::new();
-    for gpu in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        out.push_str(
-            &std::fs::read_to_string(gpu.path().join("log/control.log")).unwrap_or_default(),
-        );
-    }
-    out
-}
 
 const MPS: [(&str, &str); 2] = [("gpu.mps", "25"), ("gpu.mps.memory", "4G")];
 
@@ -65,7 +62,7 @@ fn exclusive_while_served(runtime: Runtime) {
     assert_eq!(mode(&node), EXCLUSIVE_PROCESS, "the daemon still serves b");
     engine.start_and_wait(&b, &idb);
     assert!(engine.delete(&idb).status.success());
-    assert!(control_log(&node).contains("cmd quit"));
+    assert!(mps_control_log(&node).contains("cmd quit"));
     assert_eq!(mode(&node), DEFAULT, "put back after the last share");
     let st = node.ledger();
     assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
@@ -105,10 +102,7 @@ fn exclusive_false_leaves_the_mode_alone() {
 fn refused_while_another_process_holds_a_context() {
     require_root();
     let node = mps_node();
-    let uuid = node.sim_state()["gpus"][0]["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let uuid = gpu0_uuid(&node);
     let add = node.sim(&["process", "add", "--uuid", &uuid, "--pid", "4242"]);
     assert!(add.status.success(), "{}", text(&add.stderr));
     let engine = Engine::new(&node, Runtime::Runc);
@@ -130,7 +124,7 @@ fn refused_while_another_process_holds_a_context() {
     let st = node.ledger();
     assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
     assert!(
-        !control_log(&node).contains("start pid="),
+        !mps_control_log(&node).contains("start pid="),
         "no daemon started"
     );
 
@@ -147,10 +141,7 @@ fn refused_while_another_process_holds_a_context() {
 fn the_simulated_driver_refuses_a_second_context_in_exclusive_process() {
     require_root();
     let node = mps_node();
-    let uuid = node.sim_state()["gpus"][0]["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let uuid = gpu0_uuid(&node);
     let cfg = node.cfg();
     let who = gpushare_core::allocator::Claimant {
         container_id: "tenant",
@@ -386,10 +377,7 @@ fn a_busy_gpu_is_passed_over_for_a_free_one() {
         "[mps]\ncontrol = {:?}",
         fake_mps_control().display().to_string()
     ));
-    let uuid0 = node.sim_state()["gpus"][0]["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let uuid0 = gpu0_uuid(&node);
     assert!(node
         .sim(&["process", "add", "--uuid", &uuid0, "--pid", "4242"])
         .status

@@ -16,17 +16,6 @@ fn release(cfg: &gpushare_core::config::Config, id: &str) {
     gpushare_core::allocator::release(cfg, id, std::time::Duration::from_secs(5)).unwrap();
 }
 
-fn control_log(node: &SimNode) -> String {
-    let dir = node.cfg().state_dir.join("mps");
-    let mut out = String::new();
-    for gpu in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        out.push_str(
-            &std::fs::read_to_string(gpu.path().join("log/control.log")).unwrap_or_default(),
-        );
-    }
-    out
-}
-
 const SHOW_MPS: &str = r#"
 echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
 echo "CUDA_MPS_PIPE_DIRECTORY=$CUDA_MPS_PIPE_DIRECTORY"
@@ -54,7 +43,7 @@ fn mps_daemon_lifecycle_through_runc() {
         text(&engine.create(&a, "x").stderr)
     );
     assert!(engine.create(&b, &idb).status.success());
-    let log = control_log(&node);
+    let log = mps_control_log(&node);
     assert_eq!(
         log.matches("start pid=").count(),
         1,
@@ -100,12 +89,12 @@ fn mps_daemon_lifecycle_through_runc() {
 
     assert!(engine.delete(&ida).status.success());
     assert!(
-        !control_log(&node).contains("cmd quit"),
+        !mps_control_log(&node).contains("cmd quit"),
         "daemon stays while b runs"
     );
     engine.start_and_wait(&b, &idb);
     assert!(engine.delete(&idb).status.success());
-    let log = control_log(&node);
+    let log = mps_control_log(&node);
     assert!(
         log.contains("cmd quit") && log.contains("exit pid="),
         "quit after the last: {log}"
@@ -132,7 +121,7 @@ fn mps_daemon_is_restarted_after_it_died() {
         2,
         "the first client's lease is kept"
     );
-    assert_eq!(control_log(&node).matches("start pid=").count(), 2);
+    assert_eq!(mps_control_log(&node).matches("start pid=").count(), 2);
     for id in ["r1", "r2"] {
         release(&cfg, id);
     }

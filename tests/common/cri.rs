@@ -682,16 +682,7 @@ impl Cri {
 
     /// SIGKILL containerd (its shims and containers keep running, as after a crash).
     pub fn kill_containerd(&mut self) {
-        let daemon = self.daemon.take().expect("containerd running");
-        let pid: i32 = std::fs::read_to_string(&daemon.pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: kill has no memory preconditions; the pid file names our own child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        // Dropping the guard reaps the killed child.
-        drop(daemon);
+        self.daemon.take().expect("containerd running").kill();
     }
 
     /// Start containerd again on the same root, state and config.

@@ -62,15 +62,7 @@ impl Docker {
 
     /// dockerd killed with SIGKILL (no shutdown of its own), then started again.
     pub fn kill_and_restart_daemon(&mut self) {
-        let daemon = self.daemon.take().unwrap();
-        let pid: i32 = std::fs::read_to_string(&daemon.pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: kill has no memory preconditions; pid is dockerd, our child (Daemon checks).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        drop(daemon);
+        self.daemon.take().unwrap().kill();
         self.start_daemon();
     }
 

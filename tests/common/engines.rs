@@ -135,6 +135,20 @@ impl Daemon {
         t[start..].to_string()
     }
 
+    /// SIGKILL: no shutdown of its own, as in a crash (what it started keeps running).
+    /// Dropping it then reaps it.
+    pub fn kill(mut self) {
+        match self.pid().filter(|p| *p as u32 == self.child.id()) {
+            // SAFETY: kill has no memory preconditions; pid is our own child.
+            Some(pid) => unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            },
+            None => {
+                let _ = self.child.kill();
+            }
+        }
+    }
+
     fn pid(&self) -> Option<i32> {
         std::fs::read_to_string(&self.pid_file)
             .ok()

@@ -548,6 +548,18 @@ pub fn mps_node_with(extra: &str) -> SimNode {
     node
 }
 
+/// What the stand-in MPS control programs of every GPU recorded, in one string.
+pub fn mps_control_log(node: &SimNode) -> String {
+    let dir = node.cfg().state_dir.join("mps");
+    let mut out = String::new();
+    for gpu in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        out.push_str(
+            &std::fs::read_to_string(gpu.path().join("log/control.log")).unwrap_or_default(),
+        );
+    }
+    out
+}
+
 /// Put a host driver library and tool below the node's driver root, so that GPU containers get
 /// them injected (and `LD_LIBRARY_PATH`/`PATH` additions with them).
 pub fn host_driver_files(node: &SimNode) {
