@@ -23,16 +23,7 @@ fn start(node: &SimNode) -> Containerd {
 fn ctr_annotation_request_sees_its_slice_and_frees_it() {
     let node = SimNode::new("h100-80gb", 1, true);
     let ctd = start(&node);
-    let out = ctd.run(true, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
-    let printed = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ctr run: {}\n{printed}\n{}",
-        text(&out.stderr),
-        ctd.daemon.log_text()
-    );
-    let mig = assert_sees_one_slice(&node, &printed);
-    assert_all_free(&node, Some(&mig));
+    let mig = assert_annotation_sees_its_slice_and_frees_it(&node, &ctd);
     // A second tenant while the first slice is idle gets that same instance back.
     let out = ctd.run(true, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -44,16 +35,7 @@ fn ctr_annotation_request_sees_its_slice_and_frees_it() {
 fn ctr_bad_request_shows_gpushare_message() {
     let node = SimNode::new("h100-80gb", 1, true);
     let ctd = start(&node);
-    let out = ctd.run(true, &["--annotation", "gpu.profile=0g.1gb"], SHOW_GPU);
-    assert!(!out.status.success(), "{}", text(&out.stdout));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("OCI runtime create failed")
-            && err.contains("gpu.profile")
-            && err.contains("0g.1gb")
-            && err.contains("accepted"),
-        "ctr must show gpushare's own message: {err}"
-    );
+    assert_bad_request_shows_gpushare_message(&ctd, "OCI runtime create failed");
     let out = ctd.run(
         true,
         &[

@@ -39,19 +39,6 @@ fn start(node: &SimNode, live_restore: bool) -> Docker {
     dk
 }
 
-/// The leases the node holds now, as (profile, container id).
-fn leases(node: &SimNode) -> Vec<(String, String)> {
-    node.ledger()
-        .instances
-        .iter()
-        .filter_map(|r| {
-            r.lease
-                .as_ref()
-                .map(|l| (r.profile.clone(), l.container_id.clone()))
-        })
-        .collect()
-}
-
 /// Wait (bounded) until `probe` gives a value; on a time-out, fail with what it saw last.
 fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);

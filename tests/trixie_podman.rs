@@ -42,14 +42,6 @@ fn podman(node: &SimNode) -> Podman {
     pm
 }
 
-fn lease_count(node: &SimNode) -> usize {
-    node.ledger()
-        .instances
-        .iter()
-        .filter(|r| r.lease.is_some())
-        .count()
-}
-
 fn sees_slice_and_frees_it(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
     let pm = podman(&node);
@@ -129,18 +121,18 @@ fn restart_keeps_one_lease(via: Via) {
     let name = unique("rs");
     let out = pm.detach(via, &name, &["--annotation", "gpu.profile=2g.20gb"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(lease_count(&node), 1, "{:?}", node.ledger());
+    assert_eq!(leases(&node).len(), 1, "{:?}", node.ledger());
     let out = pm.podman(via == Via::Hooks, &["restart", "--time", "1", &name]);
     assert!(
         out.status.success(),
         "podman restart: {}",
         text(&out.stderr)
     );
-    assert_eq!(lease_count(&node), 1, "{:?}", node.ledger());
+    assert_eq!(leases(&node).len(), 1, "{:?}", node.ledger());
     let out = pm.podman(via == Via::Hooks, &["rm", "--force", "--time", "0", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while lease_count(&node) > 0 && Instant::now() < deadline {
+    while !leases(&node).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_all_free(&node, None);

@@ -93,6 +93,36 @@ impl Drop for Containerd {
     }
 }
 
+/// A 1g.10gb asked for by annotation: the container sees its slice, which is free again once
+/// `ctr run --rm` returns. Returns the slice's MIG UUID.
+pub fn assert_annotation_sees_its_slice_and_frees_it(node: &SimNode, ctd: &Containerd) -> String {
+    let out = ctd.run(true, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
+    let printed = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr run: {}\n{printed}\n{}",
+        text(&out.stderr),
+        ctd.daemon.log_text()
+    );
+    let mig = assert_sees_one_slice(node, &printed);
+    assert_all_free(node, Some(&mig));
+    mig
+}
+
+/// A bad request: `ctr run` shows gpushare's own message after containerd's `prefix`.
+pub fn assert_bad_request_shows_gpushare_message(ctd: &Containerd, prefix: &str) {
+    let out = ctd.run(true, &["--annotation", "gpu.profile=0g.1gb"], SHOW_GPU);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(prefix)
+            && err.contains("gpu.profile")
+            && err.contains("0g.1gb")
+            && err.contains("accepted"),
+        "ctr must show gpushare's own message: {err}"
+    );
+}
+
 /// A request-less container through gpushare prints exactly what one through runc alone
 /// prints, and nothing is made.
 pub fn assert_no_request_is_exactly_plain_runc(node: &SimNode, ctd: &Containerd) {

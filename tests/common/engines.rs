@@ -453,3 +453,16 @@ pub fn assert_exec_sees_what_init_sees(engine: &str, exec: impl Fn(&[&str]) -> O
         )
     );
 }
+
+/// The leases the node holds now, as (profile, container id).
+pub fn leases(node: &SimNode) -> Vec<(String, String)> {
+    node.ledger()
+        .instances
+        .iter()
+        .filter_map(|r| {
+            r.lease
+                .as_ref()
+                .map(|l| (r.profile.clone(), l.container_id.clone()))
+        })
+        .collect()
+}

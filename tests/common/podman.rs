@@ -147,17 +147,8 @@ pub fn assert_hooks_only_lease_is_held_while_running(node: &SimNode, pm: &Podman
     let name = unique("held");
     let out = pm.detach(Via::Hooks, &name, &["--annotation", "gpu.profile=2g.20gb"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let ledger = node.ledger();
-    let leases: Vec<_> = ledger
-        .instances
-        .iter()
-        .filter_map(|r| {
-            r.lease
-                .as_ref()
-                .map(|l| (r.profile.clone(), l.container_id.clone()))
-        })
-        .collect();
-    assert_eq!(leases.len(), 1, "{ledger:?}");
+    let leases = leases(node);
+    assert_eq!(leases.len(), 1, "{:?}", node.ledger());
     assert_eq!(leases[0].0, "2g.20gb");
     let out = pm.podman(true, &["inspect", "--format", "{{.Id}}", &name]);
     assert_eq!(
