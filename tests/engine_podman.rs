@@ -44,15 +44,7 @@ fn podman(node: &SimNode) -> Podman {
 fn sees_slice_and_frees_it(via: Via) {
     let node = SimNode::new("h100-80gb", 1, true);
     let pm = podman(&node);
-    let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
-    let printed = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "podman run: {}\n{printed}",
-        text(&out.stderr)
-    );
-    let mig = assert_sees_one_slice(&node, &printed);
-    assert_all_free(&node, Some(&mig));
+    let mig = assert_annotation_sees_its_slice_and_frees_it(&node, &pm, via);
     // Twice: the idle instance comes back from the pool, so the release really happened.
     let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
     assert!(out.status.success(), "{}", text(&out.stderr));

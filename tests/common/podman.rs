@@ -140,6 +140,25 @@ impl Drop for Podman {
     }
 }
 
+/// A 1g.10gb asked for by annotation: the container sees its slice, which is free again once
+/// `podman run --rm` returns. Returns the slice's MIG UUID.
+pub fn assert_annotation_sees_its_slice_and_frees_it(
+    node: &SimNode,
+    pm: &Podman,
+    via: Via,
+) -> String {
+    let out = pm.run(via, &["--annotation", "gpu.profile=1g.10gb"], SHOW_GPU);
+    let printed = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "podman run --annotation: {}\n{printed}",
+        text(&out.stderr)
+    );
+    let mig = assert_sees_one_slice(node, &printed);
+    assert_all_free(node, Some(&mig));
+    mig
+}
+
 /// While a hooks-only container runs, the precreate grant is leased to the container's id: the
 /// createRuntime hook precreate added moved it there from the claim its spec carries
 /// (`gpushare.lease`, which `podman inspect` shows).
