@@ -245,7 +245,12 @@ fn concurrency(rounds: usize) {
     let bundles: Vec<Bundle> = (0..64)
         .map(|_| Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]))
         .collect();
+    // Engines write a fresh spec for every container; a spec gpushare already edited for a
+    // released lease is refused. The stub runtime never consumes the bundle, so each create
+    // puts the engine's spec back first (outside the timed part).
+    let specs: Vec<Vec<u8>> = bundles.iter().map(Bundle::config_bytes).collect();
     let create = |i: usize, id: &str| -> Duration {
+        std::fs::write(bundles[i].path().join("config.json"), &specs[i]).unwrap();
         let t = Instant::now();
         let st = quiet(
             Command::new(&shim)
