@@ -3,7 +3,9 @@
 //! the full wrapper's `spec::apply` makes of the same spec; and whenever the entry binary would
 //! grant a spec by itself (its plain request, an edit planned), the full wrapper would grant it
 //! too: it reads the spec strictly (no duplicate or case-folded keys), finds that very request
-//! and no foreign driver node or rule.
+//! and no foreign driver node or rule. And on any spec at all, whenever the entry binary reads a
+//! plain request for a profile an offer could name, the full wrapper (Kubernetes selection and
+//! all, as `shim::wanted` reads a spec with the default config) reads exactly that request.
 #![no_main]
 use gpushare_core::driver::DeviceNode;
 use gpushare_core::spec::{self, Edit, Hook, Mount, PathEnv};
@@ -15,7 +17,12 @@ use std::sync::OnceLock;
 fn edits() -> &'static (Edit, Edit, Hook, String) {
     static E: OnceLock<(Edit, Edit, Hook, String)> = OnceLock::new();
     E.get_or_init(|| {
-        let node = |path: &str, major, minor| DeviceNode { path: path.into(), major, minor, file_mode: 0o666 };
+        let node = |path: &str, major, minor| DeviceNode {
+            path: path.into(),
+            major,
+            minor,
+            file_mode: 0o666,
+        };
         let own = Edit {
             devices: vec![
                 node("/dev/nvidiactl", 195, 255),
@@ -24,43 +31,104 @@ fn edits() -> &'static (Edit, Edit, Hook, String) {
                 node("/dev/nvidia0", 195, 0),
                 node("/dev/nvidia-caps/nvidia-cap12", 241, 12),
             ],
-            env: vec![("CUDA_VISIBLE_DEVICES".into(), "MIG-fuzz".into()), ("NVIDIA_VISIBLE_DEVICES".into(), "MIG-fuzz".into())],
-            ..Default::default()
-        };
-        let common = Edit {
-            mounts: vec![Mount { destination: "/usr/local/gpushare".into(), source: "tmpfs".into(), kind: "tmpfs".into(), options: vec!["nosuid".into()] }],
-            env_paths: vec![
-                PathEnv { name: "LD_LIBRARY_PATH".into(), dir: "/usr/local/gpushare/lib".into(), prepend: true, default: String::new() },
-                PathEnv { name: "PATH".into(), dir: "/usr/local/gpushare/bin".into(), prepend: false, default: "/usr/bin:/bin".into() },
+            env: vec![
+                ("CUDA_VISIBLE_DEVICES".into(), "MIG-fuzz".into()),
+                ("NVIDIA_VISIBLE_DEVICES".into(), "MIG-fuzz".into()),
             ],
             ..Default::default()
         };
-        let hook = Hook { path: "/usr/bin/gpushare".into(), args: vec!["gpushare-hook".into(), "poststop".into()], env: vec!["PATH=/usr/bin".into()], timeout: Some(30) };
+        let common = Edit {
+            mounts: vec![Mount {
+                destination: "/usr/local/gpushare".into(),
+                source: "tmpfs".into(),
+                kind: "tmpfs".into(),
+                options: vec!["nosuid".into()],
+            }],
+            env_paths: vec![
+                PathEnv {
+                    name: "LD_LIBRARY_PATH".into(),
+                    dir: "/usr/local/gpushare/lib".into(),
+                    prepend: true,
+                    default: String::new(),
+                },
+                PathEnv {
+                    name: "PATH".into(),
+                    dir: "/usr/local/gpushare/bin".into(),
+                    prepend: false,
+                    default: "/usr/bin:/bin".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let hook = Hook {
+            path: "/usr/bin/gpushare".into(),
+            args: vec!["gpushare-hook".into(), "poststop".into()],
+            env: vec!["PATH=/usr/bin".into()],
+            timeout: Some(30),
+        };
         let mut text = gpushare_core::offers::header(1, "-", &common, &hook).unwrap();
-        assert!(gpushare_core::offers::offer(&mut text, None, "1g.10gb", "MIG-fuzz", "/proc/x/access", &own));
+        assert!(gpushare_core::offers::offer(
+            &mut text,
+            None,
+            "1g.10gb",
+            "MIG-fuzz",
+            "/proc/x/access",
+            &own
+        ));
         text.push_str("end\n");
         (own, common, hook, text)
     })
 }
 
-/// The full wrapper's checks before it grants, which the entry binary must never skip.
+/// The full wrapper's checks on the devices before it grants, which the entry binary must never
+/// skip (the request itself is checked for every spec, by `full_wrapper_reads`).
 fn full_wrapper_grants(data: &[u8]) {
     let spec = gpushare_core::strict_json::from_slice(data).expect("the full wrapper reads it");
-    match gpushare_core::request::from_spec(&spec, true) {
-        Ok(Some(gpushare_core::request::Request::Mig { profile, device: None })) => {
-            assert_eq!(profile, "1g.10gb")
-        }
-        other => panic!("the full wrapper reads another request: {other:?}"),
-    }
-    let majors = gpushare_core::driver::Majors { nvidia: 195, uvm: 238, caps: 241 };
+    let majors = gpushare_core::driver::Majors {
+        nvidia: 195,
+        uvm: 238,
+        caps: 241,
+    };
     if let Some(entry) = gpushare_core::trust::foreign_devices(&spec, &majors, &[]) {
         panic!("the full wrapper refuses {entry}");
     }
 }
 
+/// Whether `profile` is a name an offer can hold: one the full wrapper reads back unchanged (it
+/// trims and drops a `MIG ` prefix, but offers hold NVML's names without it, so for any other
+/// spelling the entry binary finds no offer and hands over).
+fn offerable(profile: &[u8]) -> bool {
+    let Ok(p) = std::str::from_utf8(profile) else {
+        return false;
+    };
+    let spec = serde_json::json!({ "annotations": { "gpu.profile": p } });
+    matches!(gpushare_core::request::from_spec(&spec, true),
+        Ok(Some(gpushare_core::request::Request::Mig { profile, device: None })) if profile == p)
+}
+
+/// The entry binary's plain request is the full wrapper's: that profile, no device, nothing else.
+fn full_wrapper_reads(data: &[u8], profile: &[u8]) {
+    let spec = match gpushare_core::strict_json::from_slice(data) {
+        Ok(s) => s,
+        Err(e) => panic!("the full wrapper cannot read the spec: {e}"),
+    };
+    let cfg = gpushare_core::config::Config::default();
+    match gpushare_core::shim::wanted(&cfg, &spec) {
+        Ok(Some(gpushare_core::request::Request::Mig {
+            profile: p,
+            device: None,
+        })) => {
+            assert_eq!(p.as_bytes(), profile)
+        }
+        other => panic!("the full wrapper reads another request: {other:?}"),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let (own, common, hook, text) = edits();
-    let _ = splice::plain_profile(data);
+    if let Some(p) = splice::plain_profile(data).filter(|p| offerable(p)) {
+        full_wrapper_reads(data, p);
+    }
     let o = offers::parse(text.as_bytes()).unwrap();
     let offer = o.offer(None, b"1g.10gb").unwrap();
     let Ok(plan) = splice::plan(data, &o, &offer) else {
@@ -72,11 +140,14 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = vec![0u8; splice::room(data, text.as_bytes())];
     let mut out = splice::Out::new(&mut buf);
     splice::write(data, &plan, &o, &offer, &mut out).expect("room is enough");
-    let got: serde_json::Value = serde_json::from_slice(out.bytes()).expect("the splice writes JSON");
-    let mut want: serde_json::Value = serde_json::from_slice(data).expect("a spec the splice edits is JSON");
+    let got: serde_json::Value =
+        serde_json::from_slice(out.bytes()).expect("the splice writes JSON");
+    let mut want: serde_json::Value =
+        serde_json::from_slice(data).expect("a spec the splice edits is JSON");
     let mut whole = own.clone();
     whole.extend(common.clone());
     whole.poststop = Some(hook.clone());
-    spec::apply(&mut want, &whole, Path::new("config.json")).expect("the full wrapper edits it too");
+    spec::apply(&mut want, &whole, Path::new("config.json"))
+        .expect("the full wrapper edits it too");
     assert_eq!(got, want);
 });
