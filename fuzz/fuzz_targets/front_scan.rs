@@ -9,8 +9,14 @@ use std::os::unix::ffi::OsStrExt;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(top) = config::scan(data) {
-        if let Ok(cfg) = std::str::from_utf8(data).map_err(drop).and_then(|t| Config::parse(t).map_err(drop)) {
-            let runtime = cfg.runtime.as_ref().map(|p| p.as_os_str().as_bytes().to_vec());
+        if let Ok(cfg) = std::str::from_utf8(data)
+            .map_err(drop)
+            .and_then(|t| Config::parse(t).map_err(drop))
+        {
+            let runtime = cfg
+                .runtime
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec());
             assert_eq!(top.runtime.map(<[u8]>::to_vec), runtime, "runtime");
             if let Some(dir) = top.state_dir {
                 assert_eq!(dir, cfg.state_dir.as_os_str().as_bytes(), "state_dir");

@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let maybe = request::may_contain_request(data);
     let plain = serde_json::from_slice::<serde_json::Value>(data).ok();
     if let Ok(strict) = gpushare_core::strict_json::from_slice(data) {
-        assert_eq!(Some(&strict), plain.as_ref(), "the strict reader read another value");
+        assert_eq!(
+            Some(&strict),
+            plain.as_ref(),
+            "the strict reader read another value"
+        );
     }
     if let Some(spec) = plain {
         for allow_env in [true, false] {

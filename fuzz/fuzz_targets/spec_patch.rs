@@ -11,12 +11,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let edit = Edit {
-        devices: vec![DeviceNode { path: "/dev/nvidia-caps/nvidia-cap12".into(), major: 241, minor: 12, file_mode: 0o444 }],
+        devices: vec![DeviceNode {
+            path: "/dev/nvidia-caps/nvidia-cap12".into(),
+            major: 241,
+            minor: 12,
+            file_mode: 0o444,
+        }],
         env: vec![("CUDA_VISIBLE_DEVICES".into(), "MIG-fuzz".into())],
-        poststop: Some(Hook { path: "/usr/bin/gpushare-hook".into(), args: vec!["gpushare-hook".into(), "poststop".into()], env: vec!["PATH=/usr/bin".into()], timeout: Some(30) }),
+        poststop: Some(Hook {
+            path: "/usr/bin/gpushare-hook".into(),
+            args: vec!["gpushare-hook".into(), "poststop".into()],
+            env: vec!["PATH=/usr/bin".into()],
+            timeout: Some(30),
+        }),
         ..Default::default()
     };
-    let keys: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let keys: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
     if spec::apply(&mut v, &edit, Path::new("config.json")).is_ok() {
         for k in &keys {
             assert!(v.get(k).is_some(), "field {k} lost");
