@@ -165,21 +165,26 @@ fn mode_size(st: &[u64; 18]) -> (u32, u64) {
     ((st[3] & 0xffff_ffff) as u32, st[6])
 }
 
-fn lstat(path: &Path) -> Result<(u32, u64), i32> {
+/// x86-64's `struct stat` of `path`; `flags` is 0 (symlinks followed) or AT_SYMLINK_NOFOLLOW.
+fn stat_at(path: &Path, flags: usize) -> Result<[u64; 18], i32> {
     let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size.
+    // SAFETY: st is a struct stat's size; the path is NUL-terminated.
     let r = unsafe {
         syscall(
             SYS_NEWFSTATAT,
             AT_FDCWD as usize,
             path.c()?,
             st.as_mut_ptr() as usize,
-            AT_SYMLINK_NOFOLLOW,
+            flags,
             0,
             0,
         )
     };
-    errno(r).map(|_| mode_size(&st))
+    errno(r).map(|_| st)
+}
+
+fn lstat(path: &Path) -> Result<(u32, u64), i32> {
+    stat_at(path, AT_SYMLINK_NOFOLLOW).map(|st| mode_size(&st))
 }
 
 /// `st_uid` of x86-64's `struct stat`.
@@ -198,20 +203,7 @@ fn trusted(mode: u32, uid: u32, kind: u32) -> bool {
 /// Whether the state folder at `path` may be used (not a symlink, root's, writable by nobody
 /// else): ENOENT when it does not exist, EACCES when it must not be used.
 pub fn check_state_dir(path: &Path) -> Result<(), i32> {
-    let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size.
-    let r = unsafe {
-        syscall(
-            SYS_NEWFSTATAT,
-            AT_FDCWD as usize,
-            path.c()?,
-            st.as_mut_ptr() as usize,
-            AT_SYMLINK_NOFOLLOW,
-            0,
-            0,
-        )
-    };
-    errno(r)?;
+    let st = stat_at(path, AT_SYMLINK_NOFOLLOW)?;
     match trusted(mode_size(&st).0, uid_of(&st), S_IFDIR) {
         true => Ok(()),
         false => Err(EACCES),
@@ -225,10 +217,7 @@ fn stat_fd_full(fd: usize) -> Result<[u64; 18], i32> {
 }
 
 fn stat_fd(fd: usize) -> Result<(u32, u64), i32> {
-    let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size.
-    errno(unsafe { syscall(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0, 0, 0, 0) })
-        .map(|_| mode_size(&st))
+    stat_fd_full(fd).map(|st| mode_size(&st))
 }
 
 fn open(path: &Path, flags: usize) -> Result<usize, i32> {
@@ -320,20 +309,8 @@ pub fn take_claim(path: &Path) -> Result<Option<usize>, i32> {
             if !flock_now(fd)? {
                 return Ok(Some(false));
             }
-            let mut now = [0u64; 18];
-            // SAFETY: st is a struct stat's size.
-            let r = unsafe {
-                syscall(
-                    SYS_NEWFSTATAT,
-                    AT_FDCWD as usize,
-                    path.c()?,
-                    now.as_mut_ptr() as usize,
-                    AT_SYMLINK_NOFOLLOW,
-                    0,
-                    0,
-                )
-            };
-            if errno(r).is_err() || now[0] != held[0] || now[1] != held[1] {
+            let now = stat_at(path, AT_SYMLINK_NOFOLLOW);
+            if !now.is_ok_and(|now| now[0] == held[0] && now[1] == held[1]) {
                 return Ok(None); // removed (and perhaps made again) meanwhile: start over
             }
             // The taker's pid, as the full program writes it (`{:>10}\n`): after exec() it is
@@ -466,20 +443,7 @@ pub fn monotonic_us() -> u64 {
 /// A file's identity as gpushare's offers record their config's: device, inode, size, mtime
 /// seconds and nanoseconds (symlinks followed).
 pub fn identity(path: &Path) -> Option<[u64; 5]> {
-    let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size.
-    let r = unsafe {
-        syscall(
-            SYS_NEWFSTATAT,
-            AT_FDCWD as usize,
-            path.c().ok()?,
-            st.as_mut_ptr() as usize,
-            0,
-            0,
-            0,
-        )
-    };
-    errno(r).ok()?;
+    let st = stat_at(path, 0).ok()?;
     Some([st[0], st[1], st[6], st[11], st[12]])
 }
 
@@ -714,44 +678,16 @@ pub fn read_spec(path: &Path, max: u64) -> Result<Map, i32> {
 
 /// Whether two paths lead to the same file (symlinks followed).
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    let id = |p: &Path| {
-        let mut st = [0u64; 18];
-        // SAFETY: st is a struct stat's size.
-        let r = unsafe {
-            syscall(
-                SYS_NEWFSTATAT,
-                AT_FDCWD as usize,
-                p.c().ok()?,
-                st.as_mut_ptr() as usize,
-                0,
-                0,
-                0,
-            )
-        };
-        errno(r).ok().map(|_| (st[0], st[1])) // st_dev, st_ino
-    };
+    let id = |p: &Path| stat_at(p, 0).ok().map(|st| (st[0], st[1])); // st_dev, st_ino
     matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
 pub fn is_executable_file(path: &Path) -> bool {
-    let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size; symlinks are followed, as stat(2) does.
-    let r = match path.c() {
-        Ok(p) => unsafe {
-            syscall(
-                SYS_NEWFSTATAT,
-                AT_FDCWD as usize,
-                p,
-                st.as_mut_ptr() as usize,
-                0,
-                0,
-                0,
-            )
-        },
-        Err(_) => return false,
-    };
-    let (mode, _) = mode_size(&st);
-    errno(r).is_ok() && mode & S_IFMT == S_IFREG && mode & 0o111 != 0
+    // Symlinks are followed, as stat(2) does.
+    stat_at(path, 0).is_ok_and(|st| {
+        let (mode, _) = mode_size(&st);
+        mode & S_IFMT == S_IFREG && mode & 0o111 != 0
+    })
 }
 
 /// Returns only on failure.
