@@ -125,22 +125,11 @@ pub fn scan(roots: &[String]) -> Vec<Container> {
             let Some(spec) = spec_of(&e.path()) else {
                 continue;
             };
+            let migs = crate::running::mig_uuids(&spec);
             let env: Vec<&str> = spec["process"]["env"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
                 .unwrap_or_default();
-            let mut migs: Vec<String> = env
-                .iter()
-                .filter_map(|v| {
-                    v.strip_prefix("CUDA_VISIBLE_DEVICES=")
-                        .or_else(|| v.strip_prefix("NVIDIA_VISIBLE_DEVICES="))
-                })
-                .flat_map(|v| v.split(','))
-                .filter(|v| v.starts_with("MIG-"))
-                .map(str::to_string)
-                .collect();
-            migs.sort();
-            migs.dedup();
             let requested = spec["annotations"].get("gpu.profile").is_some()
                 || env.iter().any(|v| v.starts_with("GPUSHARE_PROFILE="));
             out.push(Container {
@@ -154,26 +143,27 @@ pub fn scan(roots: &[String]) -> Vec<Container> {
     out
 }
 
-fn json_file(p: &Path) -> Option<serde_json::Value> {
-    let raw = std::fs::read(p).ok()?;
-    serde_json::from_slice(&raw).ok()
-}
-
 /// The OCI spec of the container whose state directory is `dir`.
 fn spec_of(dir: &Path) -> Option<serde_json::Value> {
-    if let Some(state) = json_file(&dir.join("state.json")) {
+    use crate::running::read_json;
+    // Read as every spec gpushare reads: a regular file, no symlink, bounded.
+    let spec = |p: &Path| {
+        let raw = crate::trust::read_spec(p).ok()?;
+        serde_json::from_slice(&raw).ok()
+    };
+    if let Some(state) = read_json(&dir.join("state.json")) {
         let bundle = state["config"]["labels"].as_array().and_then(|l| {
             l.iter()
                 .filter_map(|v| v.as_str())
                 .find_map(|v| v.strip_prefix("bundle="))
         })?;
-        return json_file(&Path::new(bundle).join("config.json"));
+        return spec(&Path::new(bundle).join("config.json"));
     }
-    if let Some(spec) = json_file(&dir.join("config.json")) {
-        return Some(spec);
+    if let Some(copy) = spec(&dir.join("config.json")) {
+        return Some(copy);
     }
-    let status = json_file(&dir.join("status"))?;
-    json_file(&Path::new(status["bundle"].as_str()?).join("config.json"))
+    let status = read_json(&dir.join("status"))?;
+    spec(&Path::new(status["bundle"].as_str()?).join("config.json"))
 }
 
 #[derive(Debug, Clone, Default)]

@@ -21,7 +21,8 @@ pub struct RunningGpu {
 /// The most of a runtime state file read.
 const MAX_STATE: u64 = 1 << 20;
 
-fn read_json(path: &Path) -> Option<Value> {
+/// A runtime state file or spec: a regular file, not followed through a symlink, bounded.
+pub(crate) fn read_json(path: &Path) -> Option<Value> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
