@@ -1,4 +1,4 @@
-//! `gpushare` (shim/front.rs) is linked with no C runtime and no libc, statically and at a
+//! `gpushare` (bin/gpushare/main.rs) is linked with no C runtime and no libc, statically and at a
 //! fixed address, so that starting it costs the kernel's execve() and little else.
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -1,5 +1,5 @@
 //! Warm grants made by the `gpushare` entry binary from the ledger's offers (core/src/offers.rs,
-//! front/src/splice.rs), through real runc: the same spec as the full wrapper writes, and the
+//! fastpath/src/splice.rs), through real runc: the same spec as the full wrapper writes, and the
 //! full wrapper's whenever the offers may no longer hold.
 
 mod common;
@@ -186,7 +186,7 @@ fn the_journal_stays_short_and_every_grant_is_counted() {
     }
     // One container's grant and release lines are well under 200 bytes.
     assert!(
-        longest <= gpushare_front::journal::MAX_GRANT_BYTES + 200,
+        longest <= gpushare_fastpath::journal::MAX_GRANT_BYTES + 200,
         "the journal grew to {longest} bytes"
     );
     // Unfolded, it would hold a grant and a release line for every container.

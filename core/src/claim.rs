@@ -36,10 +36,10 @@ pub enum ClaimError {
 
 /// The claim file of `id` under `state_dir`.
 pub fn path(state_dir: &Path, id: &str) -> Result<PathBuf, ClaimError> {
-    if !gpushare_front::claim::is_nameable(id.as_bytes()) {
+    if !gpushare_fastpath::claim::is_nameable(id.as_bytes()) {
         return Err(ClaimError::Name(id.into()));
     }
-    let dir = std::str::from_utf8(gpushare_front::claim::DIR).expect("an ASCII name");
+    let dir = std::str::from_utf8(gpushare_fastpath::claim::DIR).expect("an ASCII name");
     Ok(state_dir.join(dir).join(id))
 }
 
@@ -207,7 +207,7 @@ pub fn held(state_dir: &Path, id: &str) -> bool {
 /// Whether the runtime has state for container `id` under `root` (runc's `state.json`, crun's
 /// `status`): from then on its own delete sees the container.
 pub fn runtime_has(root: &Path, id: &str) -> bool {
-    if !gpushare_front::claim::is_nameable(id.as_bytes()) {
+    if !gpushare_fastpath::claim::is_nameable(id.as_bytes()) {
         return false;
     }
     let dir = root.join(id);
@@ -307,7 +307,7 @@ pub fn remove_after_release(state_dir: &Path, id: &str) {
 
 /// Remove claim files nobody holds whose id `keep` does not want kept (gc).
 pub fn sweep(state_dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
-    let dir = state_dir.join(std::str::from_utf8(gpushare_front::claim::DIR).expect("ASCII"));
+    let dir = state_dir.join(std::str::from_utf8(gpushare_fastpath::claim::DIR).expect("ASCII"));
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };

@@ -269,7 +269,7 @@ impl Config {
         let Ok(text) = std::fs::read(&path) else {
             return cfg;
         };
-        if let Some(top) = gpushare_front::config::scan(&text) {
+        if let Some(top) = gpushare_fastpath::config::scan(&text) {
             use std::os::unix::ffi::OsStrExt;
             let path = |v: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(v));
             cfg.runtime = top.runtime.map(path);
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn the_entry_binary_reads_the_same_places() {
-        use gpushare_front::config as front;
+        use gpushare_fastpath::config as front;
         assert_eq!(front::DEFAULT_PATH, DEFAULT_PATH.as_bytes());
         assert_eq!(front::ENV_CONFIG, ENV_CONFIG.as_bytes());
         let d = Config::default();

@@ -272,7 +272,7 @@ fn wrapper_checks(cfg: &Config, out: &mut Vec<Check>) {
             "gpushare is not next to gpusharectl: check that gpushare-runtime sits next to it"),
     }
     let Some(src) = &cfg.source else { return };
-    let readable = std::fs::read(src).is_ok_and(|t| gpushare_front::config::scan(&t).is_some());
+    let readable = std::fs::read(src).is_ok_and(|t| gpushare_fastpath::config::scan(&t).is_some());
     if readable {
         check(out, "fast path", Level::Ok,
             "gpushare reads runtime and state_dir from the top of the config: containers without a request never load gpushare-runtime");

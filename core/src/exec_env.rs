@@ -20,7 +20,7 @@ use crate::ledger::{self, LedgerState};
 use crate::runc_args::RuncArgs;
 use crate::runc_log;
 use crate::spec::{PathEnv, OWNED_ENV};
-use gpushare_front::args::{Role, Roles};
+use gpushare_fastpath::args::{Role, Roles};
 use serde_json::Value;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

@@ -824,5 +824,5 @@ pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
         Err(e) if unusable(&e) => return true,
         _ => return false,
     };
-    gpushare_front::journal::may_hold(&raw, &journal, container_id.as_bytes())
+    gpushare_fastpath::journal::may_hold(&raw, &journal, container_id.as_bytes())
 }

@@ -17,9 +17,9 @@ const LOCK_FILE: &str = "ledger.lock";
 const HISTORY_FILE: &str = "history.log";
 const FORMAT: u32 = 1;
 
-/// The release journal's path in a state directory (see [`gpushare_front::journal`]).
+/// The release journal's path in a state directory (see [`gpushare_fastpath::journal`]).
 fn journal_path(dir: &Path) -> PathBuf {
-    dir.join(std::str::from_utf8(gpushare_front::journal::FILE).expect("an ASCII name"))
+    dir.join(std::str::from_utf8(gpushare_fastpath::journal::FILE).expect("an ASCII name"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +231,7 @@ impl LedgerState {
 
     /// Apply the journal's lines written against this ledger's generation, in order.
     fn apply_journal(&mut self, journal: &[u8]) {
-        use gpushare_front::journal::{of_generation, Entry};
+        use gpushare_fastpath::journal::{of_generation, Entry};
         let text = |b: &[u8]| {
             std::str::from_utf8(b)
                 .expect("journal words are ASCII")
@@ -624,10 +624,10 @@ mod tests {
     /// What the hook appends, for the ledger as it is on disk now.
     fn journal_release(dir: &Path, id: &str, t: u64) {
         let raw = std::fs::read(dir.join(LEDGER_FILE)).unwrap();
-        let g = gpushare_front::journal::generation(&raw).expect("the hook can read it");
+        let g = gpushare_fastpath::journal::generation(&raw).expect("the hook can read it");
         let mut buf = [0u8; 128];
         let n =
-            gpushare_front::journal::release_line(id.as_bytes(), t, g, false, &mut buf).unwrap();
+            gpushare_fastpath::journal::release_line(id.as_bytes(), t, g, false, &mut buf).unwrap();
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)

@@ -5,7 +5,7 @@
 //! grant makes, already rendered as JSON. The entry binary uses an offer only while the ledger
 //! is still that generation, its journal has changed nothing but releases it can account for,
 //! and the config file is the one the offers were made under; anything else is the full
-//! wrapper's, which then writes fresh offers. The format is `gpushare_front::offers`'s.
+//! wrapper's, which then writes fresh offers. The format is `gpushare_fastpath::offers`'s.
 //!
 //! Besides the node's state as written, offers are made for the state in which one of the most
 //! recently granted leases is released again: a container that stops and is replaced (a
@@ -17,7 +17,7 @@ use crate::config::{Config, InjectMode};
 use crate::driver::Driver;
 use crate::ledger::LedgerState;
 use crate::spec::{Edit, Hook};
-use gpushare_front::journal::{is_plain_id, is_plain_root};
+use gpushare_fastpath::journal::{is_plain_id, is_plain_root};
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -251,7 +251,7 @@ mod tests {
     use super::*;
     use crate::driver::DeviceNode;
     use crate::spec::{Mount, PathEnv};
-    use gpushare_front::{offers as front_offers, splice};
+    use gpushare_fastpath::{offers as front_offers, splice};
     use serde_json::{json, Value};
 
     const HOOK_PATH: &str = "/usr/bin/gpushare";

@@ -86,8 +86,8 @@ pub fn roots(
         ));
     }
     let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
-    for e in gpushare_front::journal::entries(&journal) {
-        if let gpushare_front::journal::Entry::Grant {
+    for e in gpushare_fastpath::journal::entries(&journal) {
+        if let gpushare_fastpath::journal::Entry::Grant {
             runtime_root: Some(r),
             ..
         } = e

@@ -357,7 +357,7 @@ fn parse_size(f: &Found<'_>) -> Result<u64, RequestError> {
 
 /// Quick test used by the no-request path to skip JSON parsing: a spec that mentions neither
 /// an annotation prefix nor an env fallback cannot hold a request.
-pub use gpushare_front::scan::may_contain_request;
+pub use gpushare_fastpath::scan::may_contain_request;
 
 /// Values shown in messages: control characters escaped, long values cut.
 fn shown(value: &str) -> String {

@@ -1,8 +1,8 @@
 //! runc's command line, read just enough to find the subcommand, the bundle, the container id
-//! and the engine's log file (by `gpushare_front::args`, which the `gpushare` entry binary
+//! and the engine's log file (by `gpushare_fastpath::args`, which the `gpushare` entry binary
 //! reads argv with too). The argv itself is handed to the runtime unchanged.
 
-use gpushare_front::args::{self as front, Roles};
+use gpushare_fastpath::args::{self as front, Roles};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 //! Used only where a spec asks for a GPU (the no-request path never parses); the value read is
 //! exactly what `serde_json::from_slice` gives.
 
-use gpushare_front::scan::RUNTIME_FIELDS;
+use gpushare_fastpath::scan::RUNTIME_FIELDS;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use std::fmt;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The largest config.json read: real specs are a few kB; a bigger one is not a spec an engine
 /// wrote, and reading it whole would let it cost the shim unbounded memory.
-pub use gpushare_front::scan::MAX_SPEC_BYTES;
+pub use gpushare_fastpath::scan::MAX_SPEC_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecFileError {

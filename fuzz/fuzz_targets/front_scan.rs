@@ -3,7 +3,7 @@
 //! also accepts, both read the same values.
 #![no_main]
 use gpushare_core::config::Config;
-use gpushare_front::{args, config};
+use gpushare_fastpath::{args, config};
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::ffi::OsStrExt;
 

@@ -1,4 +1,4 @@
-//! The entry binary's spec splice (front/src/splice.rs) on whatever config.json an engine or an
+//! The entry binary's spec splice (fastpath/src/splice.rs) on whatever config.json an engine or an
 //! image produced: never a panic, and whenever it edits a spec, the result is JSON equal to what
 //! the full wrapper's `spec::apply` makes of the same spec; and whenever the entry binary would
 //! grant a spec by itself (its plain request, an edit planned), the full wrapper would grant it
@@ -9,7 +9,7 @@
 #![no_main]
 use gpushare_core::driver::DeviceNode;
 use gpushare_core::spec::{self, Edit, Hook, Mount, PathEnv};
-use gpushare_front::{offers, splice};
+use gpushare_fastpath::{offers, splice};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::OnceLock;

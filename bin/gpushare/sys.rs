@@ -283,7 +283,7 @@ pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {
     Err(EWOULDBLOCK)
 }
 
-/// Take a container's create claim (`gpushare_front::claim`): the file at `path` (made 0600
+/// Take a container's create claim (`gpushare_fastpath::claim`): the file at `path` (made 0600
 /// if new, never through a symlink) locked, on a descriptor left open across exec() so that the
 /// runtime's create holds it until it exits. None when another process holds it. The lock is
 /// kept only if the path still names the locked file (a remover unlinks under the lock).
@@ -318,7 +318,7 @@ pub fn take_claim(path: &Path) -> Result<Option<usize>, i32> {
             // SAFETY: getpid takes nothing.
             let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
             let mut digits = [0u8; 20];
-            let pid = gpushare_front::decimal::format(pid, &mut digits);
+            let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
             let mut text = [b' '; 11];
             text[10 - pid.len()..10].copy_from_slice(pid);
             text[10] = b'\n';
@@ -463,7 +463,7 @@ pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: u32) -> Result<(
     // SAFETY: getpid takes nothing.
     let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
     let mut digits = [0u8; 20];
-    let pid = gpushare_front::decimal::format(pid, &mut digits);
+    let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
     // Unpredictable and made exclusively: nothing planted at the name is ever written through.
     let mut random = [0u8; 8];
     // SAFETY: random is writable for its length.

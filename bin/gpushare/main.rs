@@ -8,7 +8,7 @@
 //!
 //! Run under the name `gpushare-hook` (argv[0], as the poststop hook gpushare writes into GPU
 //! specs runs it), it is that hook: it releases the container's slice by appending one line to
-//! the ledger's release journal (`gpushare_front::journal`), or hands the hook, stdin
+//! the ledger's release journal (`gpushare_fastpath::journal`), or hands the hook, stdin
 //! included, to the full `gpushare-hook` next to it when the case is not a plain one.
 //!
 //! On other architectures `gpushare` is the full wrapper itself.
@@ -20,13 +20,12 @@ fn main() {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[path = "front_sys.rs"]
 mod sys;
 
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Map, Path};
-    use gpushare_front::{args, claim, config, decimal, journal, offers, scan, splice, state};
+    use gpushare_fastpath::{args, claim, config, decimal, journal, offers, scan, splice, state};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
