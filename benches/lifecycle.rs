@@ -12,7 +12,7 @@
 //!   gpushare's own time is what is left after the driver's charged costs.
 //! Run as root (runc needs it). Prints Markdown.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use common::*;

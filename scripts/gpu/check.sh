@@ -11,7 +11,7 @@
 # MIG profile table equal to the simulator's model of the same GPU (sim/models); and what
 # hostile MPS tenants get (env dropped, share raised, pipe folder redirected) in the compute
 # mode the GPU is found in. The config sets mps.exclusive = false: gpushare never calls the
-# compute-mode setter here (tests/mps_exclusive.rs checks that this config says so).
+# compute-mode setter here (tests/it/mps_exclusive.rs checks that this config says so).
 set -uo pipefail
 : "${GPUSHARE_BIN:?}" "${RUNC_DEB:?}" "${OUT:?}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -1,0 +1,307 @@
+//! Property and concurrency tests of the allocator against the simulated driver (the real
+//! C-ABI library, loaded through NVML's ordinary path): random allocate/release sequences on
+//! every GPU model never grant an instance twice, never break NVML's rules, and leave the
+//! ledger matching what the driver has.
+use crate::common;
+
+use common::*;
+use gpushare_core::allocator::{self, AllocError, Claimant};
+use gpushare_core::config::Config;
+use gpushare_core::nvml::Backend;
+use gpushare_core::placement::{self, Occupied};
+use gpushare_core::request::DeviceSelector;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// xorshift64*: small, seedable, and enough to explore sequences.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// (gpu index, gi, ci, profile id, placement start, MIG uuid) of every compute instance the
+/// driver has.
+type DriverView = BTreeSet<(u32, u32, u32, u32, u32, String)>;
+
+fn driver_view(cfg: &Config) -> DriverView {
+    let be = Backend::open(cfg).unwrap();
+    let mut out = BTreeSet::new();
+    for g in be.gpus().unwrap() {
+        let profiles = be.profiles(g.index).unwrap();
+        for gi in be.gpu_instances(g.index, &profiles).unwrap() {
+            for &ci in &gi.compute_instances {
+                let uuid = be.mig_uuid(g.index, gi.id, ci).unwrap();
+                out.insert((g.index, gi.id, ci, gi.profile_id, gi.slot.start, uuid));
+            }
+        }
+    }
+    out
+}
+
+/// A refusal must be true: on every GPU the request could go to, no placement of the profile
+/// is free even with all of gpushare's idle instances destroyed (only leased ones stay).
+fn assert_nothing_fits(node: &SimNode, cfg: &Config, profile: &str, gpu: Option<u32>) {
+    let ledger = node.ledger();
+    let be = Backend::open(cfg).unwrap();
+    for g in be.gpus().unwrap() {
+        if gpu.is_some_and(|want| want != g.index) {
+            continue;
+        }
+        let profiles = be.profiles(g.index).unwrap();
+        let Some(target) = profiles.iter().find(|p| p.name == profile) else {
+            continue;
+        };
+        let busy: Vec<Occupied> = ledger
+            .instances
+            .iter()
+            .filter(|r| r.gpu_index == g.index && r.lease.is_some())
+            .map(|r| Occupied {
+                profile_id: r.profile_id,
+                slot: r.slot,
+            })
+            .collect();
+        let free = placement::free_placements(target, &busy);
+        assert!(
+            free.is_empty(),
+            "{profile} refused, but GPU {} could place it at {free:?} around the leased {busy:?}",
+            g.index
+        );
+    }
+}
+
+fn check_invariants(node: &SimNode, cfg: &Config, held: &HashMap<String, String>) {
+    let ledger = node.ledger();
+    let mut leased = BTreeSet::new();
+    for r in &ledger.instances {
+        let m = r
+            .made
+            .as_ref()
+            .expect("no half-made record after a finished call");
+        if let Some(l) = &r.lease {
+            assert!(
+                leased.insert(m.mig_uuid.clone()),
+                "instance {} granted twice",
+                m.mig_uuid
+            );
+            assert_eq!(
+                held.get(&l.container_id),
+                Some(&m.mig_uuid),
+                "lease matches the grant"
+            );
+        }
+    }
+    assert_eq!(
+        leased.len(),
+        held.len(),
+        "every holder has exactly one lease"
+    );
+    let ours: DriverView = ledger
+        .instances
+        .iter()
+        .map(|r| {
+            let m = r.made.as_ref().unwrap();
+            (
+                r.gpu_index,
+                m.gi,
+                m.ci,
+                r.profile_id,
+                r.slot.start,
+                m.mig_uuid.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(ours, driver_view(cfg), "ledger == driver");
+}
+
+fn random_sequences(model: &str, gpus: u32, seeds: u64, steps: usize) {
+    for seed in 1..=seeds {
+        let node = SimNode::new(model, gpus, true);
+        let cfg = node.cfg();
+        let be = Backend::open(&cfg).unwrap();
+        let profiles: Vec<String> = be
+            .profiles(0)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        drop(be);
+        assert!(!profiles.is_empty(), "{model} has MIG profiles");
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut held: HashMap<String, String> = HashMap::new();
+        let mut granted = 0;
+        for step in 0..steps {
+            if !held.is_empty() && rng.below(3) == 0 {
+                let ids: Vec<String> = held.keys().cloned().collect();
+                let id = &ids[rng.below(ids.len())];
+                assert!(allocator::release(&cfg, id, Duration::from_secs(5)).unwrap());
+                assert!(
+                    !allocator::release(&cfg, id, Duration::from_secs(5)).unwrap(),
+                    "idempotent"
+                );
+                held.remove(id);
+            } else {
+                let profile = &profiles[rng.below(profiles.len())];
+                let id = format!("c{seed}-{step}");
+                let who = Claimant {
+                    container_id: &id,
+                    runtime_root: None,
+                };
+                // On several GPUs, a third of the requests name one (gpu.device).
+                let gpu = (gpus > 1 && rng.below(3) == 0).then(|| rng.below(gpus as usize) as u32);
+                let device = gpu.map(DeviceSelector::Index);
+                match allocator::allocate(&cfg, profile, device.as_ref(), &who) {
+                    Ok(g) => {
+                        assert_eq!(&g.profile, profile);
+                        if let Some(want) = gpu {
+                            assert_eq!(g.gpu_index, want, "gpu.device={want} honoured");
+                        }
+                        held.insert(id, g.mig_uuid);
+                        granted += 1;
+                    }
+                    Err(AllocError::NoRoom { .. }) => {
+                        assert_nothing_fits(&node, &cfg, profile, gpu)
+                    }
+                    Err(e) => panic!("{model} seed {seed} step {step}: {profile}: unexpected {e}"),
+                }
+            }
+            check_invariants(&node, &cfg, &held);
+        }
+        assert!(
+            granted * 4 >= steps,
+            "{model} seed {seed}: only {granted} grants in {steps} steps"
+        );
+        for id in held.keys() {
+            allocator::release(&cfg, id, Duration::from_secs(5)).unwrap();
+        }
+        check_invariants(&node, &cfg, &HashMap::new());
+    }
+}
+
+#[test]
+fn random_sequences_h100() {
+    random_sequences("h100-80gb", 1, 6, 60);
+}
+
+#[test]
+fn random_sequences_h200_two_gpus() {
+    random_sequences("h200-141gb", 2, 4, 60);
+}
+
+#[test]
+fn random_sequences_a100_40gb() {
+    random_sequences("a100-40gb", 1, 4, 60);
+}
+
+#[test]
+fn random_sequences_a100_80gb() {
+    random_sequences("a100-80gb", 1, 4, 60);
+}
+
+const CHILD_ENV: &str = "GPUSHARE_TEST_ALLOC_CHILD";
+
+/// Run as a child process by `sixteen_processes_race_for_seven_slices`.
+#[test]
+fn child_allocates_once() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, '|');
+    let (config, id, go) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let cfg = Config::from_file(std::path::Path::new(config)).unwrap();
+    // All sixteen start together: each waits for the parent's signal, given once all exist.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(go).exists() {
+        assert!(std::time::Instant::now() < deadline, "no start signal");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let who = Claimant {
+        container_id: id,
+        runtime_root: None,
+    };
+    match allocator::allocate(&cfg, "1g.10gb", None, &who) {
+        Ok(g) => println!("RESULT OK {}", g.mig_uuid),
+        Err(e) => println!("RESULT ERR {e}"),
+    }
+}
+
+#[test]
+fn sixteen_processes_race_for_seven_slices() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let exe = std::env::current_exe().unwrap();
+    let go = node.root().join("go");
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "child_allocates_once",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    CHILD_ENV,
+                    format!("{}|race-{i}|{}", node.config().display(), go.display()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Let every child reach its wait, then start them all at once.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&go, b"go").unwrap();
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let line = text(&out.stdout)
+            .lines()
+            .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_string()));
+        match line.expect("child reported") {
+            l if l.starts_with("OK ") => ok.push(l[3..].to_string()),
+            l => refused.push(l),
+        }
+    }
+    assert_eq!(ok.len(), 7, "exactly 7 granted; refused: {refused:?}");
+    assert_eq!(refused.len(), 9);
+    for r in &refused {
+        assert!(r.contains("no free 1g.10gb slice on GPU 0"), "{r}");
+    }
+    let distinct: BTreeSet<_> = ok.iter().collect();
+    assert_eq!(distinct.len(), 7, "no instance granted twice");
+    let cfg = node.cfg();
+    let held: HashMap<String, String> = node
+        .ledger()
+        .instances
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.lease.as_ref()?.container_id.clone(),
+                r.made.as_ref()?.mig_uuid.clone(),
+            ))
+        })
+        .collect();
+    check_invariants(&node, &cfg, &held);
+    for id in held.keys() {
+        allocator::release(&cfg, id, Duration::from_secs(5)).unwrap();
+    }
+    let ledger = node.ledger();
+    assert_eq!(ledger.instances.len(), 7);
+    assert!(
+        ledger.instances.iter().all(|r| r.lease.is_none()),
+        "all idle after release"
+    );
+    check_invariants(&node, &cfg, &HashMap::new());
+}
