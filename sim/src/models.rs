@@ -11,11 +11,33 @@ const MODEL_FILES: &[(&str, &str)] = &[
     ("h200-141gb", include_str!("../models/h200-141gb.json")),
     ("a100-40gb", include_str!("../models/a100-40gb.json")),
     ("a100-80gb", include_str!("../models/a100-80gb.json")),
+    ("b200-180gb", include_str!("../models/b200-180gb.json")),
+    (
+        "h100-nvl-94gb",
+        include_str!("../models/h100-nvl-94gb.json"),
+    ),
+    ("gh200-96gb", include_str!("../models/gh200-96gb.json")),
+    ("h20-96gb", include_str!("../models/h20-96gb.json")),
 ];
 
 /// Compute modes of the recorded models, whose files are the probes exactly as recorded (no
 /// field for it): both GPUs answered NVML_COMPUTEMODE_DEFAULT (shared/fixtures/README.md).
 const RECORDED_COMPUTE_MODE: &[(&str, u32)] = &[("h100-80gb", 0), ("h200-141gb", 0)];
+
+/// How a MIG mode change (`nvmlDeviceSetMigMode`) takes effect on a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigModeChange {
+    /// At once: "Starting with the Hopper generation of GPUs, enabling MIG mode no longer
+    /// requires a GPU reset to take effect" (MIG User Guide, "GPU Reset on Hopper+ GPUs").
+    /// What a model file without the field gets, the recorded H100 and H200 included.
+    #[default]
+    Immediate,
+    /// Pending until the GPU is reset: on Ampere the driver must reset the GPU, and where it
+    /// cannot, nvidia-smi reports the mode "in pending enable state" (MIG User Guide, "GPU Reset
+    /// on NVIDIA Ampere Architecture GPUs").
+    Reset,
+}
 
 /// Number of memory slots a GPU instance placement is expressed in.
 pub const MEMORY_SLOTS: u32 = 8;
@@ -73,6 +95,7 @@ pub struct Model {
     /// where it was recorded); None where the model has no compute modes: the getter and the
     /// setter then answer NOT_SUPPORTED.
     pub compute_mode: Option<u32>,
+    pub mig_mode_change: MigModeChange,
 }
 
 impl Model {
@@ -122,6 +145,8 @@ struct RawGpu {
     gi_profiles: Vec<RawProfile>,
     #[serde(default)]
     compute_mode: Option<u32>,
+    #[serde(default)]
+    mig_mode_change: MigModeChange,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +229,7 @@ pub fn parse_model(key: &str, text: &str) -> Result<Model, String> {
                 .find(|(k, _)| *k == key)
                 .map(|(_, m)| *m)
         }),
+        mig_mode_change: gpu.mig_mode_change,
     })
 }
 
@@ -265,6 +291,69 @@ mod tests {
         v["gpus"][0].as_object_mut().unwrap().remove("compute_mode");
         let m = parse_model("other", &v.to_string()).unwrap();
         assert_eq!(m.compute_mode, None);
+    }
+
+    /// The models built from NVIDIA's tables rather than recorded: every profile says where
+    /// its numbers come from, and the geometry is the recorded H100's.
+    #[test]
+    fn published_models_carry_sources_and_the_recorded_geometry() {
+        let shape = |m: &Model| {
+            m.profiles
+                .iter()
+                .map(|p| match p {
+                    ProfileSlot::Supported(g) => Some((
+                        g.index,
+                        g.id,
+                        g.slice_count,
+                        g.instance_count,
+                        g.placements.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let h100 = model("h100-80gb").unwrap();
+        for (key, name, first) in [
+            ("b200-180gb", "NVIDIA B200", "1g.23gb"),
+            ("h100-nvl-94gb", "NVIDIA H100 NVL", "1g.12gb"),
+            ("gh200-96gb", "NVIDIA GH200 480GB", "1g.12gb"),
+            ("h20-96gb", "NVIDIA H20", "1g.12gb"),
+        ] {
+            let m = model(key).unwrap_or_else(|| panic!("{key} is built in"));
+            assert_eq!(m.name, name);
+            assert_eq!(shape(m), shape(h100), "{key}: the GH100 layout");
+            assert_eq!(m.gi_profiles().next().unwrap().short_name(), first);
+            assert_eq!(m.mig_mode_change, MigModeChange::Immediate, "{key}");
+            let text = MODEL_FILES.iter().find(|(k, _)| *k == key).unwrap().1;
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert!(v["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://docs.nvidia.com/"));
+            for p in v["gpus"][0]["gi_profiles"].as_array().unwrap() {
+                if p.get("error").is_none() {
+                    let src = p["source"].as_str().unwrap_or_default();
+                    assert!(src.len() > 40, "{key} {}: no source", p["name"]);
+                }
+            }
+            // Memory grows with the slice count, and the whole GPU holds its largest profile.
+            let mem = |n: &str| m.gi_profile_by_name(n).unwrap().memory_size_mb;
+            let full = m.gi_profiles().max_by_key(|p| p.slice_count).unwrap();
+            assert!(full.memory_size_mb << 20 <= m.memory_total, "{key}");
+            assert!(mem(first) < full.memory_size_mb);
+        }
+    }
+
+    #[test]
+    fn only_ampere_needs_a_reset_for_a_mig_mode_change() {
+        for key in model_keys() {
+            let want = if key.starts_with("a100") {
+                MigModeChange::Reset
+            } else {
+                MigModeChange::Immediate
+            };
+            assert_eq!(model(key).unwrap().mig_mode_change, want, "{key}");
+        }
     }
 
     fn fixture_matches(key: &str, fixture: &str) {

@@ -109,6 +109,22 @@ pub(crate) fn all_models() -> Vec<(&'static str, Vec<Profile>)> {
             "a100-80gb",
             include_str!("../../../sim/models/a100-80gb.json"),
         ),
+        (
+            "b200-180gb",
+            include_str!("../../../sim/models/b200-180gb.json"),
+        ),
+        (
+            "h100-nvl-94gb",
+            include_str!("../../../sim/models/h100-nvl-94gb.json"),
+        ),
+        (
+            "gh200-96gb",
+            include_str!("../../../sim/models/gh200-96gb.json"),
+        ),
+        (
+            "h20-96gb",
+            include_str!("../../../sim/models/h20-96gb.json"),
+        ),
     ]
     .into_iter()
     .map(|(k, t)| (k, profiles_from_json(t).expect("model files parse")))
@@ -132,5 +148,28 @@ mod tests {
         assert_eq!(pick(h100), pick(&fixture));
         assert_eq!(fingerprint(h100), fingerprint(&fixture));
         assert_ne!(fingerprint(h100), fingerprint(&models[1].1));
+    }
+
+    /// The models built from NVIDIA's tables place as the recorded H100 does: same ids,
+    /// counts and placements under other names and memory sizes.
+    #[test]
+    fn published_models_share_the_recorded_h100_placements() {
+        let models = all_models();
+        let shape = |ps: &[Profile]| {
+            ps.iter()
+                .map(|p| (p.id, p.slice_count, p.instance_count, p.placements.clone()))
+                .collect::<Vec<_>>()
+        };
+        let h100 = &models[0].1;
+        for (key, ps) in &models[4..] {
+            assert_eq!(shape(ps), shape(h100), "{key}");
+            assert_ne!(fingerprint(ps), fingerprint(h100), "{key}: its own names");
+            assert!(ps.iter().all(|p| p.memory_mb > 0 && p.multiprocessors > 0));
+        }
+        let names: Vec<&str> = models.iter().map(|m| m.0).collect();
+        assert_eq!(
+            names[4..],
+            ["b200-180gb", "h100-nvl-94gb", "gh200-96gb", "h20-96gb"]
+        );
     }
 }
