@@ -1,10 +1,14 @@
 //! Compute modes (`nvmlDeviceGetComputeMode` / `nvmlDeviceSetComputeMode`) and what they do to
 //! a process asking for a context.
 //!
-//! Modelled on the physical GPU only: NVML wants a MIG device's handle for a GPU in MIG mode
-//! ("If MIG is enabled on a GPU, device must be MIG device handle"), and gpushare never sets a
-//! MIG device's mode, so here the physical handle of a MIG-enabled GPU and every MIG device
-//! handle answer NOT_SUPPORTED, as does a GPU whose model has no compute modes.
+//! A GPU with MIG disabled has its own mode, kept in the state. With MIG enabled, NVML wants a
+//! MIG device's handle ("If MIG is enabled on a GPU, device must be MIG device handle", NVML
+//! reference of `nvmlDeviceGetComputeMode`/`nvmlDeviceSetComputeMode`, r580), so the physical
+//! handle answers NOT_SUPPORTED. A MIG device has only Default: "[EXCLUSIVE_PROCESS] mode is not
+//! supported when the GPU is in MIG mode as we use multiple MPS servers (one per MIG GPU
+//! instance)" (MIG User Guide, "CUDA MPS"), so its getter answers DEFAULT and its setter takes
+//! DEFAULT and answers NOT_SUPPORTED for any other mode. Neither answer was recorded on
+//! hardware (the lent GPUs keep MIG off). A model without compute modes answers NOT_SUPPORTED.
 
 use crate::error::{SimError, SimResult, INVALID_ARGUMENT, NOT_SUPPORTED};
 use crate::mig;
@@ -32,6 +36,18 @@ fn supported(g: &Gpu) -> SimResult<()> {
         return Err(NOT_SUPPORTED.into());
     }
     Ok(())
+}
+
+/// What a MIG device handle answers.
+pub const MIG_DEVICE: u32 = DEFAULT;
+
+/// `nvmlDeviceSetComputeMode` on a MIG device handle.
+pub fn set_mig_device(mode: u32) -> SimResult<()> {
+    match mode {
+        DEFAULT => Ok(()),
+        PROHIBITED | EXCLUSIVE_PROCESS | EXCLUSIVE_THREAD => Err(NOT_SUPPORTED.into()),
+        _ => Err(INVALID_ARGUMENT.into()),
+    }
 }
 
 pub fn get(g: &Gpu) -> SimResult<u32> {
@@ -121,6 +137,16 @@ mod tests {
             set(&mut st, 0, EXCLUSIVE_PROCESS).unwrap_err().code(),
             NOT_SUPPORTED
         );
+    }
+
+    #[test]
+    fn a_mig_device_has_only_default() {
+        assert_eq!(MIG_DEVICE, DEFAULT);
+        set_mig_device(DEFAULT).unwrap();
+        for m in [EXCLUSIVE_PROCESS, PROHIBITED, EXCLUSIVE_THREAD] {
+            assert_eq!(set_mig_device(m).unwrap_err().code(), NOT_SUPPORTED, "{m}");
+        }
+        assert_eq!(set_mig_device(9).unwrap_err().code(), INVALID_ARGUMENT);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub const IN_USE: Ret = b::nvmlReturn_enum_NVML_ERROR_IN_USE;
 pub const NO_PERMISSION: Ret = b::nvmlReturn_enum_NVML_ERROR_NO_PERMISSION;
 pub const INSUFFICIENT_RESOURCES: Ret = b::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES;
 pub const ARGUMENT_VERSION_MISMATCH: Ret = b::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+pub const RESET_REQUIRED: Ret = b::nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED;
 pub const UNKNOWN: Ret = b::nvmlReturn_enum_NVML_ERROR_UNKNOWN;
 
 /// NVML's own wording (`nvmlErrorString`), NUL-terminated.

@@ -59,7 +59,8 @@ enum Cmd {
     Init {
         #[arg(long)]
         root: PathBuf,
-        /// h100-80gb, h200-141gb, a100-40gb or a100-80gb.
+        /// h100-80gb, h200-141gb, a100-40gb, a100-80gb, b200-180gb, h100-nvl-94gb, gh200-96gb
+        /// or h20-96gb.
         #[arg(long)]
         model: String,
         #[arg(long, default_value_t = 1)]
@@ -80,7 +81,9 @@ enum Cmd {
         #[arg(long)]
         root: PathBuf,
     },
-    /// Turn MIG mode on or off (refused while instances or processes exist).
+    /// Turn MIG mode on or off, as `nvidia-smi -i N -mig 1|0` (refused while instances exist,
+    /// or processes on a model that switches at once; pending until `reset` on one that needs a
+    /// GPU reset).
     Mig {
         #[arg(long)]
         root: PathBuf,
@@ -88,6 +91,14 @@ enum Cmd {
         gpu: u32,
         #[arg(value_enum)]
         mode: OnOff,
+    },
+    /// Reset a GPU, as `nvidia-smi -i N -r`: its MIG instances are gone and a pending MIG mode
+    /// becomes current (refused while a process holds the GPU).
+    Reset {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        gpu: u32,
     },
     /// Set a GPU's compute mode, as `nvidia-smi -i N -c MODE` does.
     ComputeMode {
@@ -180,7 +191,20 @@ fn run(cli: Cli) -> Result<(), SimError> {
             let s = serde_json::to_string_pretty(&st).map_err(|e| SimError::io("encode", e))?;
             println!("{s}");
         }
-        Cmd::Mig { root, gpu, mode } => node::set_mig(&root, gpu, matches!(mode, OnOff::On))?,
+        Cmd::Mig { root, gpu, mode } => {
+            let on = matches!(mode, OnOff::On);
+            let status = node::set_mig(&root, gpu, on)?;
+            if status != gpushare_sim::error::SUCCESS {
+                // nvidia-smi's words for a change the driver could not make take effect.
+                let state = if on { "enable" } else { "disable" };
+                eprintln!(
+                    "Warning: MIG mode is in pending {state} state for GPU {gpu}: {}\n\
+                     Reset the GPU (gpushare-sim reset --gpu {gpu}) to make MIG mode effective.",
+                    gpushare_sim::error::describe(status)
+                );
+            }
+        }
+        Cmd::Reset { root, gpu } => node::reset_gpu(&root, gpu)?,
         Cmd::Process {
             action,
             root,

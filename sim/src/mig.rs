@@ -2,9 +2,10 @@
 //! capacity, GPU-instance ids, compute instances, destroy order and IN_USE.
 
 use crate::error::{
-    SimError, SimResult, INSUFFICIENT_RESOURCES, INVALID_ARGUMENT, IN_USE, NOT_FOUND, NOT_SUPPORTED,
+    Ret, SimError, SimResult, INSUFFICIENT_RESOURCES, INVALID_ARGUMENT, IN_USE, NOT_FOUND,
+    NOT_SUPPORTED, NO_PERMISSION, RESET_REQUIRED, SUCCESS,
 };
-use crate::models::{self, GiProfile, Model, ProfileSlot, MEMORY_SLOTS};
+use crate::models::{self, GiProfile, MigModeChange, Model, ProfileSlot, MEMORY_SLOTS};
 use crate::state::{random_uuid, ComputeInstance, Gpu, GpuInstance, State};
 use nvml_wrapper_sys::bindings as b;
 
@@ -319,20 +320,82 @@ pub fn destroy_ci(state: &mut State, gpu: u32, gi_id: u32, ci_id: u32) -> SimRes
     Ok(())
 }
 
-/// Turns MIG mode on or off; refused (IN_USE) while GPU instances or processes exist.
-pub fn set_mig_mode(state: &mut State, gpu: u32, on: bool) -> SimResult<()> {
-    let g = state.gpu(gpu).ok_or(SimError::Nvml(INVALID_ARGUMENT))?;
-    let busy = !g.gpu_instances.is_empty() || state.processes_on(&g.uuid).next().is_some();
-    let mode = u32::from(on);
-    if g.mig_current == mode {
-        return Ok(());
+/// Processes holding a context on the GPU itself or on any of its MIG devices.
+pub fn processes_on_gpu(state: &State, gpu: &Gpu) -> usize {
+    let mut uuids = vec![gpu.uuid.as_str()];
+    uuids.extend(gpu.mig_devices().iter().map(|(_, ci)| ci.uuid.as_str()));
+    state
+        .processes
+        .iter()
+        .filter(|p| uuids.contains(&p.uuid.as_str()))
+        .count()
+}
+
+/// Whether `nvmlDeviceGetComputeRunningProcesses` may list a physical GPU's processes: "In MIG
+/// mode, if device handle is provided, the API returns aggregate information, only if the
+/// caller has appropriate privileges" (NVML reference); taken as CAP_SYS_ADMIN, what the driver
+/// asks of privileged callers, and NO_PERMISSION otherwise.
+pub fn may_list_processes(gpu: &Gpu, admin: impl FnOnce() -> bool) -> SimResult<()> {
+    if gpu.mig_enabled() && !admin() {
+        return Err(NO_PERMISSION.into());
     }
-    if busy {
+    Ok(())
+}
+
+/// `nvmlDeviceSetMigMode`: returns the activation status NVML writes to `activationStatus`.
+///
+/// - GPU instances left: IN_USE, nothing changed (they must be destroyed first).
+/// - A model that switches at once (Hopper and later): IN_USE while any process holds a context
+///   on the GPU, nothing changed; otherwise the mode is current, SUCCESS.
+/// - A model that needs a reset (Ampere): the call succeeds and the mode becomes *pending*;
+///   the status says why it is not current: IN_USE while processes hold the GPU (the guide's
+///   "pending enable state ... In use by another client"), RESET_REQUIRED otherwise (NVML's
+///   answer where the driver does not reset the GPU itself). Asking for the current mode
+///   cancels a pending change.
+pub fn set_mig_mode(state: &mut State, gpu: u32, on: bool) -> SimResult<Ret> {
+    let g = state.gpu(gpu).ok_or(SimError::Nvml(INVALID_ARGUMENT))?;
+    let change = model_of(g)?.mig_mode_change;
+    let busy = processes_on_gpu(state, g) > 0;
+    let mode = u32::from(on);
+    if g.mig_current == mode && g.mig_pending == mode {
+        return Ok(SUCCESS);
+    }
+    if !g.gpu_instances.is_empty() {
         return Err(IN_USE.into());
     }
     let g = gpu_mut(state, gpu)?;
-    g.mig_current = mode;
-    g.mig_pending = mode;
+    match change {
+        MigModeChange::Immediate if busy => Err(IN_USE.into()),
+        MigModeChange::Immediate => {
+            g.mig_current = mode;
+            g.mig_pending = mode;
+            Ok(SUCCESS)
+        }
+        MigModeChange::Reset => {
+            g.mig_pending = mode;
+            Ok(if g.mig_current == mode {
+                SUCCESS
+            } else if busy {
+                IN_USE
+            } else {
+                RESET_REQUIRED
+            })
+        }
+    }
+}
+
+/// A GPU reset (`nvidia-smi -r`; NVML has no call for it): refused (IN_USE) while a process
+/// holds the GPU; otherwise every GPU and compute instance is gone ("the created MIG devices are
+/// not persistent ... if the GPU or system is reset", MIG User Guide) and a pending MIG mode
+/// becomes current.
+pub fn reset_gpu(state: &mut State, gpu: u32) -> SimResult<()> {
+    let g = state.gpu(gpu).ok_or(SimError::Nvml(INVALID_ARGUMENT))?;
+    if processes_on_gpu(state, g) > 0 {
+        return Err(IN_USE.into());
+    }
+    let g = gpu_mut(state, gpu)?;
+    g.gpu_instances.clear();
+    g.mig_current = g.mig_pending;
     Ok(())
 }
 
@@ -540,6 +603,103 @@ mod tests {
         destroy_gi(&mut st, 0, 7).unwrap();
         set_mig_mode(&mut st, 0, false).unwrap();
         assert!(!st.gpus[0].mig_enabled());
+    }
+
+    fn on_gpu(st: &mut State, pid: u32) {
+        st.processes.push(Process {
+            pid,
+            uuid: "GPU-test".into(),
+            used_memory: 0,
+        });
+    }
+
+    fn modes(st: &State) -> (u32, u32) {
+        (st.gpus[0].mig_current, st.gpus[0].mig_pending)
+    }
+
+    #[test]
+    fn hopper_switches_at_once_and_never_under_a_process() {
+        for key in ["h100-80gb", "h200-141gb", "b200-180gb", "gh200-96gb"] {
+            let mut st = State::one_gpu(key, false);
+            on_gpu(&mut st, 7);
+            assert_eq!(code(set_mig_mode(&mut st, 0, true)), IN_USE, "{key}");
+            assert_eq!(modes(&st), (0, 0), "{key}: a refusal changes nothing");
+            st.processes.clear();
+            assert_eq!(set_mig_mode(&mut st, 0, true).unwrap(), SUCCESS);
+            assert_eq!(modes(&st), (1, 1), "{key}");
+            assert_eq!(set_mig_mode(&mut st, 0, true).unwrap(), SUCCESS, "no-op");
+            create_gi(&mut st, 0, 19, None).unwrap();
+            assert_eq!(code(set_mig_mode(&mut st, 0, false)), IN_USE, "{key}");
+            destroy_gi(&mut st, 0, 7).unwrap();
+            assert_eq!(set_mig_mode(&mut st, 0, false).unwrap(), SUCCESS);
+            assert_eq!(modes(&st), (0, 0), "{key}");
+        }
+    }
+
+    #[test]
+    fn ampere_change_is_pending_until_a_reset() {
+        let mut st = State::one_gpu("a100-40gb", false);
+        assert_eq!(set_mig_mode(&mut st, 0, true).unwrap(), RESET_REQUIRED);
+        assert_eq!(modes(&st), (0, 1), "pending, not current");
+        assert_eq!(code(create_gi(&mut st, 0, 19, None)), NOT_SUPPORTED);
+        // Asking for the current mode cancels the pending change.
+        assert_eq!(set_mig_mode(&mut st, 0, false).unwrap(), SUCCESS);
+        assert_eq!(modes(&st), (0, 0));
+        // Under a process: pending too, and the reset that would apply it is refused.
+        on_gpu(&mut st, 9);
+        assert_eq!(set_mig_mode(&mut st, 0, true).unwrap(), IN_USE);
+        assert_eq!(modes(&st), (0, 1));
+        assert_eq!(code(reset_gpu(&mut st, 0)), IN_USE);
+        assert_eq!(modes(&st), (0, 1));
+        st.processes.clear();
+        reset_gpu(&mut st, 0).unwrap();
+        assert_eq!(modes(&st), (1, 1), "the reset applied it");
+        create_gi(&mut st, 0, 19, None).unwrap();
+        // Turning it off: instances first, then pending again.
+        assert_eq!(code(set_mig_mode(&mut st, 0, false)), IN_USE);
+        destroy_gi(&mut st, 0, 7).unwrap();
+        assert_eq!(set_mig_mode(&mut st, 0, false).unwrap(), RESET_REQUIRED);
+        assert_eq!(modes(&st), (1, 0));
+        reset_gpu(&mut st, 0).unwrap();
+        assert_eq!(modes(&st), (0, 0));
+    }
+
+    #[test]
+    fn a_mig_gpus_aggregate_process_list_needs_privilege() {
+        let st = State::one_gpu("h100-80gb", true);
+        assert_eq!(
+            code(may_list_processes(&st.gpus[0], || false)),
+            NO_PERMISSION
+        );
+        may_list_processes(&st.gpus[0], || true).unwrap();
+        let st = State::one_gpu("h100-80gb", false);
+        may_list_processes(&st.gpus[0], || false).unwrap();
+    }
+
+    #[test]
+    fn a_reset_leaves_no_instance() {
+        let mut st = State::one_gpu("h100-80gb", true);
+        let (gi, _) = create_gi(&mut st, 0, 9, None).unwrap();
+        let (_, _) = create_ci(&mut st, 0, gi, 2, None).unwrap();
+        let uuid = st.gpus[0].mig_devices()[0].1.uuid.clone();
+        st.processes.push(Process {
+            pid: 5,
+            uuid,
+            used_memory: 0,
+        });
+        assert_eq!(
+            code(reset_gpu(&mut st, 0)),
+            IN_USE,
+            "a MIG device's process"
+        );
+        st.processes.clear();
+        reset_gpu(&mut st, 0).unwrap();
+        assert!(st.gpus[0].gpu_instances.is_empty());
+        assert_eq!(
+            modes(&st),
+            (1, 1),
+            "MIG mode itself survives a reset on Hopper"
+        );
     }
 
     #[test]

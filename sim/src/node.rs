@@ -1,7 +1,7 @@
 //! What the `gpushare-sim` commands do to a simulated node laid out under a root directory.
 
 use crate::driver_files;
-use crate::error::{SimError, SimResult, IN_USE};
+use crate::error::{Ret, SimError, SimResult, IN_USE};
 use crate::mig;
 use crate::models;
 use crate::state::{random_uuid, Gpu, Latency, Process, State, Store, STATE_VERSION};
@@ -183,8 +183,9 @@ pub fn show(root: &Path) -> SimResult<State> {
     store_for(root)?.load()
 }
 
-/// `gpushare-sim mig`
-pub fn set_mig(root: &Path, gpu: u32, on: bool) -> SimResult<()> {
+/// `gpushare-sim mig`, as `nvidia-smi -i N -mig 0|1`: the activation status, SUCCESS when the
+/// mode is current, otherwise why it is pending (the model needs a GPU reset).
+pub fn set_mig(root: &Path, gpu: u32, on: bool) -> SimResult<Ret> {
     store_for(root)?.transact(|st| {
         if st.gpu(gpu).is_none() {
             return Err(SimError::Usage(format!("no GPU {gpu}")));
@@ -192,6 +193,23 @@ pub fn set_mig(root: &Path, gpu: u32, on: bool) -> SimResult<()> {
         mig::set_mig_mode(st, gpu, on).map_err(|e| match e {
             SimError::Nvml(IN_USE) => SimError::Usage(format!(
                 "GPU {gpu} is in use (GPU instances or processes exist): NVML_ERROR_IN_USE"
+            )),
+            e => e,
+        })
+    })
+}
+
+/// `gpushare-sim reset`, the stand-in for `nvidia-smi -i N -r`: instances are gone and a
+/// pending MIG mode becomes current; refused while a process holds the GPU.
+pub fn reset_gpu(root: &Path, gpu: u32) -> SimResult<()> {
+    store_for(root)?.transact(|st| {
+        let g = st
+            .gpu(gpu)
+            .ok_or_else(|| SimError::Usage(format!("no GPU {gpu}")))?;
+        let n = mig::processes_on_gpu(st, g);
+        mig::reset_gpu(st, gpu).map_err(|e| match e {
+            SimError::Nvml(IN_USE) => SimError::Usage(format!(
+                "GPU {gpu} is in use by {n} process(es): not reset (NVML_ERROR_IN_USE)"
             )),
             e => e,
         })

@@ -258,7 +258,7 @@ pub unsafe extern "C" fn nvmlDeviceSetMigMode(
         if mode > b::NVML_DEVICE_MIG_ENABLE {
             return Err(INVALID_ARGUMENT.into());
         }
-        mutate(|st| {
+        let (status, _) = mutate(|st| {
             let g = match dev(st, device)? {
                 Dev::Gpu(g) => g.index,
                 Dev::Mig(..) => return Err(NOT_SUPPORTED.into()),
@@ -266,7 +266,7 @@ pub unsafe extern "C" fn nvmlDeviceSetMigMode(
             mig::set_mig_mode(st, g, mode == b::NVML_DEVICE_MIG_ENABLE)
         })?;
         // SAFETY: NVML's contract.
-        unsafe { out(activation_status, SUCCESS) }
+        unsafe { out(activation_status, status) }
     })
 }
 
@@ -279,7 +279,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeMode(
         non_null(mode)?;
         let m = query(|st| match dev(st, device)? {
             Dev::Gpu(g) => compute_mode::get(g),
-            Dev::Mig(..) => Err(NOT_SUPPORTED.into()),
+            Dev::Mig(..) => Ok(compute_mode::MIG_DEVICE),
         })?;
         // SAFETY: NVML's contract.
         unsafe { out(mode, m) }
@@ -297,12 +297,12 @@ pub unsafe extern "C" fn nvmlDeviceSetComputeMode(
         if !compute_mode::caller_is_admin() {
             return Err(NO_PERMISSION.into());
         }
-        mutate(|st| {
-            let g = match dev(st, device)? {
-                Dev::Gpu(g) => g.index,
-                Dev::Mig(..) => return Err(NOT_SUPPORTED.into()),
-            };
-            compute_mode::set(st, g, mode)
+        mutate(|st| match dev(st, device)? {
+            Dev::Gpu(g) => {
+                let g = g.index;
+                compute_mode::set(st, g, mode)
+            }
+            Dev::Mig(..) => compute_mode::set_mig_device(mode),
         })?;
         Ok(())
     })
@@ -420,6 +420,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
             let mut v = vec![];
             match dev(st, device)? {
                 Dev::Gpu(g) => {
+                    mig::may_list_processes(g, compute_mode::caller_is_admin)?;
                     for p in st.processes_on(&g.uuid) {
                         v.push(info(p.pid, p.used_memory, NO_ID, NO_ID));
                     }
