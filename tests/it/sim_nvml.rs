@@ -519,3 +519,300 @@ fn measured_latency_is_charged() {
     drop(nvml);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// [`init_node`] with MIG mode off.
+fn init_node_mig_off(name: &str, model: &str) -> PathBuf {
+    let root = tmpdir(name);
+    let lib = cdylib();
+    sim_ok(&[
+        "init",
+        "--root",
+        root.to_str().unwrap(),
+        "--model",
+        model,
+        "--mig",
+        "off",
+        "--lib",
+        lib.to_str().unwrap(),
+    ]);
+    root
+}
+
+fn process(root: &str, action: &str, uuid: &str, pid: &str) {
+    sim_ok(&[
+        "process", action, "--root", root, "--uuid", uuid, "--pid", pid,
+    ]);
+}
+
+#[test]
+fn hopper_switches_mig_mode_at_once_and_never_under_a_process() {
+    for model in ["h100-80gb", "b200-180gb"] {
+        let root = init_node_mig_off(&format!("switch-{model}"), model);
+        let r = root.to_str().unwrap();
+        let nvml = open(&root);
+        let dev = nvml.device_by_index(0).unwrap();
+        let uuid = dev.uuid().unwrap();
+        let mode = |d: &nvml_wrapper::Device| {
+            let m = d.mig_mode().unwrap();
+            (m.current, m.pending)
+        };
+        assert_eq!(mode(&dev), (0, 0));
+        // A process holds the GPU: the driver refuses, and nothing changes.
+        process(r, "add", &uuid, "4242");
+        let procs = dev.running_compute_processes().unwrap();
+        assert_eq!(procs.iter().map(|p| p.pid).collect::<Vec<_>>(), [4242]);
+        assert!(
+            matches!(dev.set_mig_mode(true), Err(NvmlError::InUse)),
+            "{model}"
+        );
+        assert_eq!(mode(&dev), (0, 0), "{model}: a refusal changes nothing");
+        process(r, "remove", &uuid, "4242");
+        // Idle: on at once, nothing pending.
+        assert_eq!(
+            dev.set_mig_mode(true).unwrap(),
+            b::nvmlReturn_enum_NVML_SUCCESS
+        );
+        assert_eq!(mode(&dev), (1, 1), "{model}");
+        sim_ok(&[
+            "create-instance",
+            "--root",
+            r,
+            "--gpu",
+            "0",
+            "--profile",
+            if model == "b200-180gb" {
+                "1g.23gb"
+            } else {
+                "1g.10gb"
+            },
+        ]);
+        // Instances left: off is refused until they are destroyed.
+        assert!(matches!(dev.set_mig_mode(false), Err(NvmlError::InUse)));
+        sim_ok(&["destroy-instance", "--root", r, "--gpu", "0", "--gi", "7"]);
+        dev.set_mig_mode(false).unwrap();
+        assert_eq!(mode(&dev), (0, 0));
+        drop(nvml);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
+#[test]
+fn a100_mig_mode_is_pending_until_a_gpu_reset() {
+    let root = init_node_mig_off("pending", "a100-40gb");
+    let r = root.to_str().unwrap();
+    let nvml = open(&root);
+    let dev = nvml.device_by_index(0).unwrap();
+    let uuid = dev.uuid().unwrap();
+    let mode = || {
+        let m = dev.mig_mode().unwrap();
+        (m.current, m.pending)
+    };
+    // The call succeeds; the activation status says the change awaits a reset.
+    assert_eq!(
+        dev.set_mig_mode(true).unwrap(),
+        b::nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED
+    );
+    assert_eq!(mode(), (0, 1), "pending, not current");
+    // Instances need MIG mode current, as on the real driver.
+    // SAFETY: valid handle and out-pointer.
+    unsafe {
+        let create = nvml_sym(nvml.lib().nvmlDeviceCreateGpuInstance.as_ref()).unwrap();
+        let mut gi: b::nvmlGpuInstance_t = std::ptr::null_mut();
+        assert_eq!(
+            create(dev.handle(), 19, &mut gi),
+            b::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED
+        );
+    }
+    assert!(
+        !caps(&root).join("gi7").exists(),
+        "nothing half-made in the driver's files"
+    );
+    // The CLI speaks as nvidia-smi does about a pending change.
+    let o = sim(&["mig", "--root", r, "--gpu", "0", "on"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pending enable state") && err.contains("gpushare-sim reset"),
+        "{err}"
+    );
+    // A reset is refused while a process holds the GPU, and then applies the change.
+    process(r, "add", &uuid, "77");
+    let o = sim(&["reset", "--root", r, "--gpu", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use by 1 process"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(mode(), (0, 1));
+    process(r, "remove", &uuid, "77");
+    sim_ok(&["reset", "--root", r, "--gpu", "0"]);
+    assert_eq!(mode(), (1, 1), "the reset made it current");
+    sim_ok(&[
+        "create-instance",
+        "--root",
+        r,
+        "--gpu",
+        "0",
+        "--profile",
+        "1g.5gb",
+    ]);
+    assert!(caps(&root).join("gi7/ci0/access").is_file());
+    // A reset leaves no MIG device behind (they do not survive one).
+    sim_ok(&["reset", "--root", r, "--gpu", "0"]);
+    assert!(dev.mig_device_by_index(0).is_err());
+    assert!(!caps(&root).join("gi7").exists());
+    // Turning it off is pending as well; asking for the current mode cancels it.
+    assert_eq!(
+        dev.set_mig_mode(false).unwrap(),
+        b::nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED
+    );
+    assert_eq!(mode(), (1, 0));
+    assert_eq!(
+        dev.set_mig_mode(true).unwrap(),
+        b::nvmlReturn_enum_NVML_SUCCESS
+    );
+    assert_eq!(mode(), (1, 1));
+    drop(nvml);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn compute_mode_of_a_mig_gpu_lives_on_its_mig_devices_and_is_only_default() {
+    use nvml_wrapper::enum_wrappers::device::ComputeMode;
+    let root = init_node("mig-compute-mode", "h100-80gb", "1");
+    let r = root.to_str().unwrap();
+    sim_ok(&[
+        "create-instance",
+        "--root",
+        r,
+        "--gpu",
+        "0",
+        "--profile",
+        "3g.40gb",
+    ]);
+    let nvml = open(&root);
+    let mut dev = nvml.device_by_index(0).unwrap();
+    // "If MIG is enabled on a GPU, device must be MIG device handle."
+    assert!(matches!(dev.compute_mode(), Err(NvmlError::NotSupported)));
+    assert!(matches!(
+        dev.set_compute_mode(ComputeMode::ExclusiveProcess),
+        Err(NvmlError::NotSupported)
+    ));
+    let mut mig = dev.mig_device_by_index(0).unwrap();
+    assert_eq!(mig.compute_mode().unwrap(), ComputeMode::Default);
+    mig.set_compute_mode(ComputeMode::Default).unwrap();
+    // EXCLUSIVE_PROCESS "is not supported when the GPU is in MIG mode" (MIG User Guide).
+    for m in [ComputeMode::ExclusiveProcess, ComputeMode::Prohibited] {
+        assert!(
+            matches!(mig.set_compute_mode(m), Err(NvmlError::NotSupported)),
+            "{m:?}"
+        );
+    }
+    assert_eq!(mig.compute_mode().unwrap(), ComputeMode::Default);
+    // A process on the MIG device: listed on its handle and, for a privileged caller, on
+    // the GPU's.
+    let mig_uuid = mig.uuid().unwrap();
+    process(r, "add", &mig_uuid, "31");
+    process(r, "add", &mig_uuid, "32");
+    let pids = |d: &nvml_wrapper::Device| {
+        d.running_compute_processes()
+            .unwrap()
+            .iter()
+            .map(|p| p.pid)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pids(&mig), [31, 32]);
+    assert_eq!(pids(&dev), [31, 32]);
+    drop(nvml);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn new_models_lay_out_and_answer_their_tables() {
+    for (model, name, profiles, total_mib) in [
+        ("b200-180gb", "NVIDIA B200", "1g.23gb", 183359u64),
+        ("h100-nvl-94gb", "NVIDIA H100 NVL", "1g.12gb", 95830),
+        ("gh200-96gb", "NVIDIA GH200 480GB", "1g.12gb", 97871),
+        ("h20-96gb", "NVIDIA H20", "1g.12gb", 97871),
+    ] {
+        let root = init_node(&format!("model-{model}"), model, "1");
+        let nvml = open(&root);
+        let dev = nvml.device_by_index(0).unwrap();
+        assert_eq!(dev.name().unwrap(), name);
+        assert_eq!(dev.memory_info().unwrap().total, total_mib << 20, "{model}");
+        let out = sim_ok(&[
+            "create-instance",
+            "--root",
+            root.to_str().unwrap(),
+            "--gpu",
+            "0",
+            "--profile",
+            profiles,
+        ]);
+        let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (made["gi"].as_u64(), made["start"].as_u64()),
+            (Some(7), Some(0))
+        );
+        let mig = dev.mig_device_by_index(0).unwrap();
+        assert_eq!(mig.name().unwrap(), format!("{name} MIG {profiles}"));
+        drop(nvml);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
+#[test]
+fn one_mps_control_stand_in_per_mig_device() {
+    let root = init_node("mps-per-mig", "h100-80gb", "1");
+    let r = root.to_str().unwrap();
+    let mut uuids = vec![];
+    for _ in 0..2 {
+        let out = sim_ok(&[
+            "create-instance",
+            "--root",
+            r,
+            "--gpu",
+            "0",
+            "--profile",
+            "3g.40gb",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        uuids.push(v["mig_uuid"].as_str().unwrap().to_string());
+    }
+    // One daemon per MIG device: its own pipe folder, the MIG UUID as its only visible device.
+    let control = |dir: &Path, uuid: &str| {
+        let mut c = Command::new(common::fake_mps_control());
+        c.env("CUDA_MPS_PIPE_DIRECTORY", dir.join("pipe"))
+            .env("CUDA_MPS_LOG_DIRECTORY", dir.join("log"))
+            .env("CUDA_VISIBLE_DEVICES", uuid);
+        c
+    };
+    let dirs: Vec<PathBuf> = (0..2).map(|i| root.join(format!("mps{i}"))).collect();
+    for (d, u) in dirs.iter().zip(&uuids) {
+        assert!(control(d, u).arg("-d").status().unwrap().success());
+    }
+    for (d, u) in dirs.iter().zip(&uuids) {
+        let sock = d.join("pipe/control");
+        let t = std::time::Instant::now();
+        while !sock.exists() && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(sock.exists(), "{}", sock.display());
+        let log = std::fs::read_to_string(d.join("log/control.log")).unwrap();
+        assert!(log.contains(&format!("visible={u}")), "{log}");
+    }
+    for (d, u) in dirs.iter().zip(&uuids) {
+        let mut quit = control(d, u)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        quit.stdin.take().unwrap().write_all(b"quit\n").unwrap();
+        assert!(quit.wait().unwrap().success());
+        let log = std::fs::read_to_string(d.join("log/control.log")).unwrap();
+        assert!(log.contains("exit pid="), "{log}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
