@@ -246,7 +246,7 @@ fn sixteen_processes_race_for_seven_slices() {
             std::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "child_allocates_once",
+                    "allocator_props::child_allocates_once",
                     "--nocapture",
                     "--test-threads=1",
                 ])
