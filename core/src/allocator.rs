@@ -6,10 +6,11 @@
 //! instance, or reclaim idle ones to make room) opens NVML.
 
 use crate::config::Config;
-use crate::driver::{self, Driver, DriverError};
+use crate::driver::{self, DriverError};
 use crate::fsutil::now_unix;
+use crate::gpu::{self, BackendError, Gpu, GpuInfo};
 use crate::ledger::{GpuRecord, InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
-use crate::nvml::{self, Backend, BackendError, GpuInfo};
+use crate::node::Node;
 use crate::placement::{self, Occupied, Profile, Slot};
 use crate::policy::node::Victims;
 use crate::request::DeviceSelector;
@@ -121,6 +122,20 @@ pub fn allocate(
     device: Option<&DeviceSelector>,
     who: &Claimant<'_>,
 ) -> Result<Grant, AllocError> {
+    // NVML is opened by the first call made of it: never on the warm path.
+    let be = crate::nvml::OnDemand::new(cfg);
+    allocate_on(cfg, &be, &crate::node::Host::new(cfg), profile, device, who)
+}
+
+/// [`allocate`] on `be`'s GPUs and `node`'s driver files.
+pub fn allocate_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    profile: &str,
+    device: Option<&DeviceSelector>,
+    who: &Claimant<'_>,
+) -> Result<Grant, AllocError> {
     if !cfg.profile_allowed(profile) {
         return Err(AllocError::NotAllowed {
             profile: profile.into(),
@@ -132,7 +147,6 @@ pub fn allocate(
     let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
     crate::failpoint!("alloc.locked");
-    let driver = Driver::new(cfg);
     let before = st.clone();
 
     if let Some(i) = st.lease_of(who.container_id) {
@@ -156,7 +170,7 @@ pub fn allocate(
         let Some(i) = pick_idle(cfg, &st, profile, device) else {
             break None;
         };
-        if crate::gc::check_vanished(cfg, &mut st.instances[i]) {
+        if crate::gc::check_vanished(node, &mut st.instances[i]) {
             if st.instances[i].made.is_some() {
                 break Some(i);
             }
@@ -185,9 +199,9 @@ pub fn allocate(
         return Ok(grant);
     }
 
-    crate::gc::prune_vanished(&mut st, cfg);
-    reap_gone(&mut st, cfg.pool.gc_grace_s);
-    let result = cold(cfg, &driver, &locked, &mut st, profile, device, lease);
+    crate::gc::prune_vanished(&mut st, node);
+    reap_gone(&mut st, node, cfg.pool.gc_grace_s);
+    let result = cold(cfg, be, node, &locked, &mut st, profile, device, lease);
     if matches!(result, Err(AllocError::NoRoom { .. })) {
         st.stats.refused_no_room += 1;
     }
@@ -249,7 +263,7 @@ fn save_if_changed(
 
 /// Release leases whose container the runtime no longer has. Leases younger than `grace_s` are
 /// kept: the runtime may not have written its state for a container whose `create` still runs.
-fn reap_gone(st: &mut LedgerState, grace_s: u64) {
+fn reap_gone(st: &mut LedgerState, node: &dyn Node, grace_s: u64) {
     let now = now_unix();
     let gone: Vec<String> = st
         .instances
@@ -259,7 +273,7 @@ fn reap_gone(st: &mut LedgerState, grace_s: u64) {
         .filter(|l| {
             l.runtime_root
                 .as_ref()
-                .is_some_and(|root| !std::path::Path::new(root).join(&l.container_id).exists())
+                .is_some_and(|root| !node.has_container(root, &l.container_id))
         })
         .map(|l| l.container_id.clone())
         .collect();
@@ -301,20 +315,21 @@ enum Miss {
     NoRoom { gpu: String, free: String },
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cold(
     cfg: &Config,
-    driver: &Driver<'_>,
+    be: &dyn Gpu,
+    node: &dyn Node,
     locked: &crate::ledger::Locked,
     st: &mut LedgerState,
     profile: &str,
     device: Option<&DeviceSelector>,
     lease: Lease,
 ) -> Result<Grant, AllocError> {
-    let be = Backend::open(cfg)?;
     // Only the cold path places instances, so only it reads the request history it learns from.
     locked.load_history(st, cfg.placement.history);
-    crate::gc::repair_intents(cfg, &be, st)?;
-    for f in crate::compute_mode::repair_with(&be, st).1 {
+    crate::gc::repair_intents(cfg, be, st)?;
+    for f in crate::compute_mode::repair(be, st).1 {
         tracing::warn!("{f}");
     }
     let gpus = be.gpus()?;
@@ -336,7 +351,7 @@ fn cold(
                 .join(", "),
         });
     }
-    refresh_gpus(&be, st, &gpus)?;
+    refresh_gpus(be, st, &gpus)?;
     let mut misses = Vec::new();
     let mut owned = None;
     for gpu in targets {
@@ -363,13 +378,13 @@ fn cold(
             continue;
         };
         let mut existing = be.gpu_instances(gpu.index, &profiles)?;
-        destroy_logged_leftovers(cfg, &be, st, gpu, &mut owned, &mut existing)?;
-        let occupied = nvml::occupancy(&existing);
+        destroy_logged_leftovers(cfg, be, st, gpu, &mut owned, &mut existing)?;
+        let occupied = gpu::occupancy(&existing);
         let choice = crate::policy::node::cold_place(cfg, st, &gpu.uuid, p, &profiles, &existing)
             .or_else(|| reclaim(st, gpu, p, &existing));
         let slot = match choice {
             Some((slot, victims)) => {
-                destroy_idle(cfg, &be, st, gpu, victims)?;
+                destroy_idle(cfg, be, st, gpu, victims)?;
                 crate::failpoint!("alloc.cold.victims_destroyed");
                 Some(slot)
             }
@@ -413,7 +428,7 @@ fn cold(
             .create(gpu.index, p, slot)
             .map_err(AllocError::from)
             .and_then(|c| {
-                let (gi_cap_minor, ci_cap_minor) = driver.cap_minors(gpu.minor, c.gi, c.ci)?;
+                let (gi_cap_minor, ci_cap_minor) = node.cap_minors(gpu.minor, c.gi, c.ci)?;
                 Ok(Made {
                     gi: c.gi,
                     ci: c.ci,
@@ -527,7 +542,7 @@ fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {
 /// Record what NVML says of every GPU in the ledger's cache, so later grants need no NVML.
 /// A GPU's profile table is kept from the cache while it is the same GPU.
 pub(crate) fn refresh_gpus(
-    be: &Backend,
+    be: &dyn Gpu,
     st: &mut LedgerState,
     gpus: &[GpuInfo],
 ) -> Result<(), BackendError> {
@@ -561,9 +576,9 @@ fn reclaim(
     st: &LedgerState,
     gpu: &GpuInfo,
     p: &Profile,
-    existing: &[nvml::GpuInstance],
+    existing: &[gpu::GpuInstance],
 ) -> Option<(Slot, Victims)> {
-    let idle_ours = |gi: &nvml::GpuInstance| {
+    let idle_ours = |gi: &gpu::GpuInstance| {
         st.instances.iter().any(|r| {
             r.gpu_uuid == gpu.uuid
                 && r.lease.is_none()
@@ -573,7 +588,7 @@ fn reclaim(
     };
     let mut best: Option<(usize, Slot, Victims)> = None;
     for &slot in &p.placements {
-        let overlapping: Vec<&nvml::GpuInstance> =
+        let overlapping: Vec<&gpu::GpuInstance> =
             existing.iter().filter(|g| g.slot.overlaps(&slot)).collect();
         if !overlapping.iter().all(|g| idle_ours(g)) {
             continue;
@@ -607,13 +622,13 @@ fn reclaim(
 /// holding them before it adopts them.
 fn destroy_logged_leftovers(
     cfg: &Config,
-    be: &Backend,
+    be: &dyn Gpu,
     st: &LedgerState,
     gpu: &GpuInfo,
     owned: &mut Option<Vec<crate::instance_log::Owned>>,
-    existing: &mut Vec<nvml::GpuInstance>,
+    existing: &mut Vec<gpu::GpuInstance>,
 ) -> Result<(), AllocError> {
-    let claimed = |gi: &nvml::GpuInstance| {
+    let claimed = |gi: &gpu::GpuInstance| {
         st.instances.iter().any(|r| {
             r.gpu_uuid == gpu.uuid
                 && r.slot == gi.slot
@@ -652,7 +667,7 @@ fn destroy_logged_leftovers(
 /// Destroy idle instances of gpushare's (compute instances first) and forget them.
 fn destroy_idle(
     cfg: &Config,
-    be: &Backend,
+    be: &dyn Gpu,
     st: &mut LedgerState,
     gpu: &GpuInfo,
     victims: Victims,
@@ -704,5 +719,235 @@ fn free_summary(
         "none".into()
     } else {
         parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyKind;
+    use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
+
+    fn who(id: &str) -> Claimant<'_> {
+        Claimant {
+            container_id: id,
+            runtime_root: None,
+        }
+    }
+
+    fn slot(start: u32, size: u32) -> Slot {
+        Slot { start, size }
+    }
+
+    fn profile(gpu: &FakeGpu, name: &str) -> Profile {
+        gpu.profiles(0)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap()
+    }
+
+    fn creates(gpu: &FakeGpu) -> Vec<Call> {
+        gpu.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Create { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn a_warm_grant_reuses_an_idle_instance_and_asks_the_gpu_nothing() {
+        let s = Scratch::new("alloc-warm");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let first = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("a")).unwrap();
+        assert!(!first.warm && first.fresh);
+        assert!(release(&s.cfg, "a", Duration::from_secs(5)).unwrap());
+        gpu.clear_calls();
+
+        let again = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("b")).unwrap();
+        assert!(again.warm && again.fresh);
+        assert_eq!(again.mig_uuid, first.mig_uuid, "the idle instance itself");
+        assert_eq!(gpu.calls(), Vec::<Call>::new(), "no NVML call at all");
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1);
+        let lease = st.instances[0].lease.as_ref().unwrap();
+        assert_eq!(lease.container_id, "b");
+        assert_eq!(st.instances[0].idle_since, None);
+    }
+
+    #[test]
+    fn a_cold_grant_creates_where_the_configured_policy_places() {
+        let mut picked = Vec::new();
+        for (policy, rule) in [
+            (
+                PolicyKind::BestFit,
+                placement::best_fit as fn(&Profile, &[Profile], &[Occupied]) -> Option<Slot>,
+            ),
+            (PolicyKind::Lowest, |t, _, o| placement::lowest(t, o)),
+            (PolicyKind::DriverOrder, |t, _, o| {
+                placement::driver_order(t, o)
+            }),
+        ] {
+            let mut s = Scratch::new(&format!("alloc-cold-{policy:?}"));
+            s.cfg.placement.policy = policy;
+            let gpu = FakeGpu::h100(1);
+            let node = FakeNode::new(&gpu);
+            // Someone else's 2g.20gb in the middle: the policies disagree around it.
+            gpu.make(0, "2g.20gb", slot(2, 2));
+            let target = profile(&gpu, "1g.10gb");
+            let want = rule(
+                &target,
+                &gpu.profiles(0).unwrap(),
+                &gpu::occupancy(&gpu.instances(0)),
+            )
+            .unwrap();
+            gpu.clear_calls();
+
+            let g = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("a")).unwrap();
+            assert!(!g.warm && g.fresh);
+            assert_eq!(
+                creates(&gpu),
+                vec![Call::Create {
+                    gpu: 0,
+                    profile: "1g.10gb".into(),
+                    slot: want
+                }],
+                "{policy:?}"
+            );
+            // The grant names what the driver made there, with its capability minors.
+            let made = gpu
+                .instances(0)
+                .into_iter()
+                .find(|i| i.slot == want)
+                .unwrap();
+            assert_eq!((g.gi, g.ci), (made.id, 0));
+            assert_eq!(
+                (g.gi_cap_minor, g.ci_cap_minor),
+                node.cap_minors(0, made.id, 0).unwrap()
+            );
+            let st = s.ledger();
+            assert_eq!(st.instances.len(), 1);
+            assert_eq!(st.instances[0].slot, want);
+            assert_eq!(st.instances[0].made.as_ref().unwrap().mig_uuid, g.mig_uuid);
+            picked.push(want);
+        }
+        picked.dedup();
+        assert!(picked.len() > 1, "the policies must disagree: {picked:?}");
+    }
+
+    #[test]
+    fn idle_instances_are_destroyed_to_make_room() {
+        let s = Scratch::new("alloc-reclaim");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let ids: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+        for id in &ids {
+            allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who(id)).unwrap();
+        }
+        for id in &ids {
+            release(&s.cfg, id, Duration::from_secs(5)).unwrap();
+        }
+        let idle: Vec<u32> = gpu.instances(0).iter().map(|g| g.id).collect();
+        assert_eq!(idle.len(), 7);
+        gpu.clear_calls();
+
+        let g = allocate_on(&s.cfg, &gpu, &node, "7g.80gb", None, &who("big")).unwrap();
+        assert!(!g.warm);
+        let mut destroyed: Vec<u32> = Vec::new();
+        for c in gpu.changes() {
+            match c {
+                Call::Destroy { gpu: 0, gi, cis } => {
+                    assert_eq!(cis, vec![0], "its compute instance first");
+                    destroyed.push(gi);
+                }
+                Call::Create { .. } => {
+                    assert_eq!(
+                        destroyed.len(),
+                        7,
+                        "every idle 1g.10gb goes before the create"
+                    );
+                    assert_eq!(
+                        c,
+                        Call::Create {
+                            gpu: 0,
+                            profile: "7g.80gb".into(),
+                            slot: slot(0, 8)
+                        }
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        destroyed.sort_unstable();
+        assert_eq!(destroyed, idle);
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1, "the destroyed are forgotten");
+        assert_eq!(st.instances[0].profile, "7g.80gb");
+        assert_eq!(st.instances[0].lease.as_ref().unwrap().container_id, "big");
+    }
+
+    #[test]
+    fn a_busy_instance_is_never_reclaimed_and_the_refusal_names_what_is_free() {
+        let s = Scratch::new("alloc-refuse");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        allocate_on(&s.cfg, &gpu, &node, "4g.40gb", None, &who("busy")).unwrap();
+        gpu.clear_calls();
+
+        let err = allocate_on(&s.cfg, &gpu, &node, "7g.80gb", None, &who("big")).unwrap_err();
+        assert!(matches!(err, AllocError::NoRoom { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("no free 7g.80gb slice on GPU 0 (NVIDIA H100 80GB HBM3) (free: "),
+            "{text}"
+        );
+        // What the other half of the GPU still takes, as NVML's placements allow.
+        for free in ["1g.10gb x3", "2g.20gb x1", "3g.40gb x1", "1g.20gb x2"] {
+            assert!(text.contains(free), "{free} in: {text}");
+        }
+        assert!(!text.contains("4g.40gb x"), "{text}");
+        assert_eq!(
+            gpu.changes(),
+            Vec::<Call>::new(),
+            "nothing destroyed or made"
+        );
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1);
+        assert_eq!(st.stats.refused_no_room, 1);
+    }
+
+    #[test]
+    fn a_record_the_driver_lost_is_dropped_and_not_granted() {
+        let s = Scratch::new("alloc-stale");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let first = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("a")).unwrap();
+        release(&s.cfg, "a", Duration::from_secs(5)).unwrap();
+        gpu.vanish(0, first.gi);
+        gpu.clear_calls();
+
+        let g = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("b")).unwrap();
+        assert!(!g.warm, "the lost instance is not handed out");
+        assert_ne!(g.mig_uuid, first.mig_uuid);
+        assert_eq!(creates(&gpu).len(), 1);
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1, "the stale record is gone");
+        assert_eq!(st.instances[0].made.as_ref().unwrap().mig_uuid, g.mig_uuid);
+    }
+
+    #[test]
+    fn a_create_nvml_refuses_leaves_no_record() {
+        let s = Scratch::new("alloc-refused-create");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        gpu.refuse_next_create();
+        let err = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("a")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("nvmlDeviceCreateGpuInstanceWithPlacement"),
+            "{err}"
+        );
+        assert!(s.ledger().instances.is_empty());
+        allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("a")).unwrap();
     }
 }

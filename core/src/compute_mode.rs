@@ -13,10 +13,9 @@
 //! back. It runs in `gc` and in every MPS, time-slice and cold MIG allocation, and costs no
 //! NVML while there is nothing to repair.
 
-use crate::config::Config;
 use crate::fsutil::now_unix;
+use crate::gpu::{BackendError, Gpu};
 use crate::ledger::{GpuRecord, LedgerError, LedgerState, Locked};
-use crate::nvml::{Backend, BackendError};
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use serde::{Deserialize, Serialize};
 
@@ -90,12 +89,11 @@ pub struct ComputeModeRecord {
 /// found first. A GPU already recorded (its daemon died and is started again) keeps its first
 /// record. Refuses while another process holds a context on the GPU.
 pub fn take(
-    cfg: &Config,
+    be: &dyn Gpu,
     locked: &Locked,
     st: &mut LedgerState,
     gpu: &GpuRecord,
 ) -> Result<(), ComputeModeError> {
-    let be = Backend::open(cfg)?;
     let Some(now) = be.compute_mode(gpu.index)? else {
         return Err(ComputeModeError::Unsupported { gpu: gpu.index });
     };
@@ -130,18 +128,10 @@ pub fn take(
 }
 
 /// Put back the mode recorded for `gpu_uuid` (its daemon is gone) and drop the record; a GPU
-/// with no record is left alone. On failure the record stays, for the next [`repair`].
-pub fn give_back(cfg: &Config, st: &mut LedgerState, gpu_uuid: &str) -> Result<(), BackendError> {
-    if !st.compute_modes.iter().any(|r| r.gpu_uuid == gpu_uuid) {
-        return Ok(());
-    }
-    let be = Backend::open(cfg)?;
-    give_back_with(&be, st, gpu_uuid).map(|_| ())
-}
-
-/// [`give_back`] with NVML open; returns what was put back.
-fn give_back_with(
-    be: &Backend,
+/// with no record is left alone, and NVML is not asked. On failure the record stays, for the
+/// next [`repair`]. Returns what was put back.
+pub fn give_back(
+    be: &dyn Gpu,
     st: &mut LedgerState,
     gpu_uuid: &str,
 ) -> Result<Option<ComputeModeRecord>, BackendError> {
@@ -193,23 +183,12 @@ pub fn stranded(st: &LedgerState) -> Vec<ComputeModeRecord> {
         .collect()
 }
 
-/// Put back every mode a crash left changed (see [`stranded`]); opens NVML only when there is
+/// Put back every mode a crash left changed (see [`stranded`]); asks NVML only when there is
 /// one. Returns what was put back; a failure keeps its record and is returned as text.
-pub fn repair(cfg: &Config, st: &mut LedgerState) -> (Vec<ComputeModeRecord>, Vec<String>) {
-    if stranded(st).is_empty() {
-        return (Vec::new(), Vec::new());
-    }
-    match Backend::open(cfg) {
-        Ok(be) => repair_with(&be, st),
-        Err(e) => (Vec::new(), vec![e.to_string()]),
-    }
-}
-
-/// [`repair`] with NVML open.
-pub fn repair_with(be: &Backend, st: &mut LedgerState) -> (Vec<ComputeModeRecord>, Vec<String>) {
+pub fn repair(be: &dyn Gpu, st: &mut LedgerState) -> (Vec<ComputeModeRecord>, Vec<String>) {
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     for r in stranded(st) {
-        match give_back_with(be, st, &r.gpu_uuid) {
+        match give_back(be, st, &r.gpu_uuid) {
             Ok(Some(r)) => {
                 tracing::warn!(
                     gpu = r.gpu_index,

@@ -113,13 +113,16 @@ impl<'c> Driver<'c> {
         ))
     }
 
-    /// True while the driver still has this compute instance: its capability file exists.
-    pub fn instance_exists(&self, gpu_minor: u32, gi: u32, ci: u32) -> bool {
-        self.cfg
-            .driver_path(&format!(
-                "/proc/driver/nvidia/capabilities/gpu{gpu_minor}/mig/gi{gi}/ci{ci}/access"
-            ))
-            .exists()
+    /// The capability file of GPU instance `gi` (`ci` None) or of its compute instance `ci`:
+    /// it exists exactly while the instance does.
+    pub fn cap_file(&self, gpu_minor: u32, gi: u32, ci: Option<u32>) -> PathBuf {
+        let tail = match ci {
+            Some(ci) => format!("gi{gi}/ci{ci}/access"),
+            None => format!("gi{gi}/access"),
+        };
+        self.cfg.driver_path(&format!(
+            "/proc/driver/nvidia/capabilities/gpu{gpu_minor}/mig/{tail}"
+        ))
     }
 }
 
@@ -196,7 +199,7 @@ mod tests {
             d.cap_minors(0, 2, 0),
             Err(DriverError::NoMinor { .. })
         ));
-        assert!(!d.instance_exists(0, 1, 0));
+        assert!(!d.cap_file(0, 1, Some(0)).exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -9,11 +9,11 @@
 
 use crate::config::Config;
 use crate::fsutil::now_unix;
+use crate::gpu::{BackendError, Gpu, GpuInstance};
 use crate::ledger::{InstanceRecord, Ledger, LedgerError, LedgerState};
-use crate::nvml::{Backend, BackendError, GpuInstance};
+use crate::node::Node;
 use crate::placement::{Profile, Slot};
 use serde::Serialize;
-use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -237,32 +237,22 @@ impl Report {
     }
 }
 
-pub(crate) fn cap_file(cfg: &Config, minor: u32, gi: u32, ci: Option<u32>) -> std::path::PathBuf {
-    let tail = match ci {
-        Some(ci) => format!("gi{gi}/ci{ci}/access"),
-        None => format!("gi{gi}/access"),
-    };
-    cfg.driver_path(&format!(
-        "/proc/driver/nvidia/capabilities/gpu{minor}/mig/{tail}"
-    ))
-}
-
 /// The cheap check every allocation makes (driver files only, no NVML): records whose compute
 /// instance is gone are dropped, except where the GPU instance is still there (a destroy that
 /// died half-way): that record becomes an intent again, so the next cold path or gc destroys
 /// the rest instead of leaving it to look foreign.
-pub fn prune_vanished(st: &mut LedgerState, cfg: &Config) {
-    st.instances.retain_mut(|r| check_vanished(cfg, r));
+pub fn prune_vanished(st: &mut LedgerState, node: &dyn Node) {
+    st.instances.retain_mut(|r| check_vanished(node, r));
 }
 
 /// [`prune_vanished`] for one record: false when the instance is gone entirely (drop the
 /// record); a record whose compute instance alone is gone loses its `made`.
-pub fn check_vanished(cfg: &Config, r: &mut InstanceRecord) -> bool {
+pub fn check_vanished(node: &dyn Node, r: &mut InstanceRecord) -> bool {
     let Some(m) = &r.made else { return true };
-    if cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci)).exists() {
+    if node.has_instance(r.gpu_minor, m.gi, Some(m.ci)) {
         return true;
     }
-    if cap_file(cfg, r.gpu_minor, m.gi, None).exists() {
+    if node.has_instance(r.gpu_minor, m.gi, None) {
         r.made = None;
         return true;
     }
@@ -270,7 +260,7 @@ pub fn check_vanished(cfg: &Config, r: &mut InstanceRecord) -> bool {
 }
 
 fn profiles_of(
-    be: &Backend,
+    be: &dyn Gpu,
     st: &LedgerState,
     uuid: &str,
     index: u32,
@@ -296,7 +286,7 @@ fn at_slot(existing: &[GpuInstance], slot: Slot, profile_id: u32) -> Option<&Gpu
 /// its record for the next try and is only logged.
 pub fn repair_intents(
     cfg: &Config,
-    be: &Backend,
+    be: &dyn Gpu,
     st: &mut LedgerState,
 ) -> Result<Vec<Action>, BackendError> {
     let mut done = Vec::new();
@@ -341,19 +331,33 @@ pub fn repair_intents(
 /// a live write takes milliseconds.
 const TEMP_MIN_AGE: Duration = Duration::from_secs(60);
 
-fn container_gone(root: &str, id: &str) -> bool {
+fn container_gone(node: &dyn Node, root: &str, id: &str) -> bool {
     // A container id never has a slash (runc refuses one), so this stays below the root.
-    !id.contains('/') && !Path::new(root).join(id).exists()
+    !id.contains('/') && !node.has_container(root, id)
 }
 
 /// Reconcile; see the module docs. Holds the ledger lock throughout, so it never races an
 /// allocation.
 pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
+    run_on(
+        cfg,
+        &crate::nvml::OnDemand::new(cfg),
+        &crate::node::Host::new(cfg),
+        opts,
+    )
+}
+
+/// [`run`] against `be`'s GPUs and `node`'s driver files and containers.
+pub fn run_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    opts: &GcOptions,
+) -> Result<Report, GcError> {
     let ledger = Ledger::new(&cfg.state_dir);
     let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
     let before = st.clone();
-    let be = Backend::open(cfg)?;
     let mut report = Report {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -364,7 +368,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
     // What the driver has, per GPU.
     let mut live: Vec<(u32, String, Vec<Profile>, Vec<GpuInstance>)> = Vec::new();
     for g in &gpus {
-        let profiles = profiles_of(&be, &st, &g.uuid, g.index)?;
+        let profiles = profiles_of(be, &st, &g.uuid, g.index)?;
         let existing = if g.mig_mode.is_some_and(|(current, _)| current) {
             be.gpu_instances(g.index, &profiles)?
         } else {
@@ -496,7 +500,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
         if !roots.contains(&root) {
             roots.push(root.clone());
         }
-        if !container_gone(&root, &id) {
+        if !container_gone(node, &root, &id) {
             continue;
         }
         // Its create has granted and is still running: the container is yet to appear.
@@ -515,7 +519,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
             continue;
         }
         crate::failpoint!("gc.before_release");
-        if st.release(&id) || crate::mps::release_client(cfg, &mut st, &id) {
+        if st.release(&id) || crate::mps::release_client_on(cfg, be, node, &mut st, &id) {
             report.actions.push(Action::ReleaseLease {
                 container_id: id,
                 gpu,
@@ -534,7 +538,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
             });
         }
     } else {
-        let (done, failed) = crate::compute_mode::repair_with(&be, &mut st);
+        let (done, failed) = crate::compute_mode::repair(be, &mut st);
         for r in done {
             report.actions.push(Action::RestoreComputeMode {
                 gpu: r.gpu_index,
@@ -569,7 +573,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
             .iter()
             .any(|u| u == uuid)
     };
-    for c in crate::running::find(&roots) {
+    for c in node.gpu_containers(&roots) {
         for uuid in &c.mig_uuids {
             let holder = st.instances.iter_mut().find(|r| {
                 r.made.as_ref().is_some_and(|m| {
@@ -656,7 +660,7 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
                 let holders = holders.get_or_insert_with(|| {
                     crate::repair::scan(&crate::repair::roots(cfg, &st, None, &[]))
                 });
-                match reclaim_logged(cfg, &be, &gpus, *index, gi, o, holders, opts.dry_run) {
+                match reclaim_logged(be, node, &gpus, *index, gi, o, holders, opts.dry_run) {
                     Ok(Some((action, record))) => {
                         if let Some(r) = record {
                             st.instances.push(r);
@@ -731,8 +735,8 @@ pub fn run(cfg: &Config, opts: &GcOptions) -> Result<Report, GcError> {
 /// has compute instances but not the logged one: not the instance the log speaks of.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reclaim_logged(
-    cfg: &Config,
-    be: &Backend,
+    be: &dyn Gpu,
+    node: &dyn Node,
     gpus: &[crate::nvml::GpuInfo],
     index: u32,
     gi: &GpuInstance,
@@ -748,8 +752,7 @@ pub(crate) fn reclaim_logged(
     }
     let gpu = gpus.iter().find(|g| g.index == index);
     if let (Some((_, ci, mig)), Some(gpu)) = (whole, gpu) {
-        let driver = crate::driver::Driver::new(cfg);
-        if let Ok((gi_cap_minor, ci_cap_minor)) = driver.cap_minors(gpu.minor, gi.id, *ci) {
+        if let Ok((gi_cap_minor, ci_cap_minor)) = node.cap_minors(gpu.minor, gi.id, *ci) {
             let holder = holders.iter().find(|c| c.migs.iter().any(|m| m == mig));
             let now = now_unix();
             let record = InstanceRecord {

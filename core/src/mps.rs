@@ -10,9 +10,11 @@
 use crate::allocator::Claimant;
 use crate::compute_mode::ComputeModeError;
 use crate::config::{Config, MpsPolicy};
-use crate::driver::{self, Driver, DriverError};
+use crate::driver::{self, DriverError};
 use crate::fsutil::now_unix;
+use crate::gpu::Gpu;
 use crate::ledger::{GpuRecord, Lease, Ledger, LedgerError, LedgerState, MpsClient, MpsDaemon};
+use crate::node::Node;
 use crate::nvml::BackendError;
 use crate::request::DeviceSelector;
 use crate::share::{self, ShareError};
@@ -84,8 +86,23 @@ pub fn grant(
     device: Option<&DeviceSelector>,
     who: &Claimant<'_>,
 ) -> Result<MpsGrant, MpsError> {
+    let be = crate::nvml::OnDemand::new(cfg);
+    let node = crate::node::Host::new(cfg);
+    grant_on(cfg, &be, &node, percent, memory, device, who)
+}
+
+/// [`grant`] on `be`'s GPUs and `node`'s driver files and processes.
+pub fn grant_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    percent: u8,
+    memory: Option<u64>,
+    device: Option<&DeviceSelector>,
+    who: &Claimant<'_>,
+) -> Result<MpsGrant, MpsError> {
     check_policy(cfg, percent, memory)?;
-    let majors = Driver::new(cfg).majors()?;
+    let majors = node.majors()?;
     let locked =
         Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
@@ -108,8 +125,8 @@ pub fn grant(
             warm: true,
         });
     }
-    let mut warm = share::known_gpus(cfg, &mut st)?;
-    repair_modes(cfg, &locked, &mut st)?;
+    let mut warm = share::known_gpus(be, &mut st)?;
+    repair_modes(be, &locked, &mut st)?;
     // GPUs where another process holds a context cannot take a new daemon: the next one may.
     let mut busy: Vec<(String, MpsError)> = Vec::new();
     let (at, gpu) = loop {
@@ -140,11 +157,11 @@ pub fn grant(
             g => g?,
         };
         let at = match st.mps.iter().position(|d| d.gpu_uuid == gpu.uuid) {
-            Some(i) if alive(&st.mps[i]) => i,
+            Some(i) if running(node, &st.mps[i]) => i,
             Some(i) => {
                 tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
                 let (p, m) = (st.mps[i].percent, st.mps[i].memory);
-                let fresh = start_exclusive(cfg, &locked, &mut st, &gpu, p, m)?;
+                let fresh = start_exclusive(cfg, be, &locked, &mut st, &gpu, p, m)?;
                 st.mps[i] = MpsDaemon {
                     clients: std::mem::take(&mut st.mps[i].clients),
                     ..fresh
@@ -157,7 +174,7 @@ pub fn grant(
                     MpsPolicy::Strict => (percent, memory),
                     MpsPolicy::Cooperative => (100, None),
                 };
-                match start_exclusive(cfg, &locked, &mut st, &gpu, p, m) {
+                match start_exclusive(cfg, be, &locked, &mut st, &gpu, p, m) {
                     Ok(d) => st.mps.push(d),
                     Err(e @ MpsError::ComputeMode(ComputeModeError::Busy { .. })) => {
                         busy.push((gpu.uuid.clone(), e));
@@ -193,11 +210,11 @@ pub fn grant(
 
 /// Put back compute modes a crash left changed, saving at once: the grant may still fail.
 pub(crate) fn repair_modes(
-    cfg: &Config,
+    be: &dyn Gpu,
     locked: &crate::ledger::Locked,
     st: &mut LedgerState,
 ) -> Result<(), LedgerError> {
-    let (done, failed) = crate::compute_mode::repair(cfg, st);
+    let (done, failed) = crate::compute_mode::repair(be, st);
     for f in &failed {
         tracing::warn!("{f}");
     }
@@ -211,6 +228,7 @@ pub(crate) fn repair_modes(
 /// daemon that fails to start gives the mode back.
 fn start_exclusive(
     cfg: &Config,
+    be: &dyn Gpu,
     locked: &crate::ledger::Locked,
     st: &mut LedgerState,
     gpu: &GpuRecord,
@@ -220,15 +238,15 @@ fn start_exclusive(
     if !cfg.mps.exclusive {
         return start(cfg, gpu, percent, memory);
     }
-    crate::compute_mode::take(cfg, locked, st, gpu)?;
+    crate::compute_mode::take(be, locked, st, gpu)?;
     start(cfg, gpu, percent, memory).inspect_err(|_| {
         // Only a GPU without a daemon entry gets its mode back: a restarted daemon's clients
         // keep theirs, and `gc` or the next grant settles it.
         if st.mps.iter().any(|d| d.gpu_uuid == gpu.uuid) {
             return;
         }
-        match crate::compute_mode::give_back(cfg, st, &gpu.uuid) {
-            Ok(()) => {
+        match crate::compute_mode::give_back(be, st, &gpu.uuid) {
+            Ok(_) => {
                 let _ = locked.save(st);
             }
             Err(e) => tracing::warn!(gpu = gpu.index, "putting the compute mode back: {e}"),
@@ -384,6 +402,18 @@ pub(crate) fn client_env(
 /// Release `container_id`'s MPS share; the daemon is told to quit when its last client goes.
 /// Returns whether it held a share.
 pub fn release_client(cfg: &Config, st: &mut LedgerState, container_id: &str) -> bool {
+    let be = crate::nvml::OnDemand::new(cfg);
+    release_client_on(cfg, &be, &crate::node::Host::new(cfg), st, container_id)
+}
+
+/// [`release_client`] on `be`'s GPUs and `node`'s processes.
+pub fn release_client_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    st: &mut LedgerState,
+    container_id: &str,
+) -> bool {
     let Some(i) = st.mps.iter().position(|d| {
         d.clients
             .iter()
@@ -396,12 +426,12 @@ pub fn release_client(cfg: &Config, st: &mut LedgerState, container_id: &str) ->
         .retain(|c| c.lease.container_id != container_id);
     if st.mps[i].clients.is_empty() {
         let d = st.mps.remove(i);
-        if let Err(e) = stop(cfg, &d) {
+        if let Err(e) = stop(cfg, node, &d) {
             tracing::warn!(gpu = d.gpu_index, "stopping the MPS daemon: {e}");
             eprintln!("gpushare: {e}");
         }
         // After the daemon quit: the record stays for `gc` if the mode cannot be put back.
-        if let Err(e) = crate::compute_mode::give_back(cfg, st, &d.gpu_uuid) {
+        if let Err(e) = crate::compute_mode::give_back(be, st, &d.gpu_uuid) {
             tracing::warn!(gpu = d.gpu_index, "putting the compute mode back: {e}");
             eprintln!(
                 "gpushare: putting the compute mode of GPU {} back: {e} (`gpusharectl gc` retries)",
@@ -575,31 +605,27 @@ pub fn command(cfg: &Config, d: &MpsDaemon, line: &str) -> Result<String, MpsErr
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The daemon is running: its process exists and its control socket is there.
+/// The daemon is running: its process exists (and is no zombie a killed daemon leaves until
+/// it is reaped) and its control socket is there.
 pub fn alive(d: &MpsDaemon) -> bool {
-    d.pid.is_some_and(process_running) && d.pipe_dir.join("control").exists()
+    d.pid
+        .is_some_and(|pid| i32::try_from(pid).is_ok_and(crate::running::alive))
+        && d.pipe_dir.join("control").exists()
 }
 
-/// The process exists and is not a zombie (a killed daemon nobody reaped yet).
-fn process_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name, which may itself hold spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, None | Some("Z") | Some("X"))
+/// [`alive`], asking `node` whether the process runs.
+fn running(node: &dyn Node, d: &MpsDaemon) -> bool {
+    d.pid.is_some_and(|pid| node.process_running(pid)) && d.pipe_dir.join("control").exists()
 }
 
-fn stop(cfg: &Config, d: &MpsDaemon) -> Result<(), MpsError> {
-    if alive(d) {
+fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
+    if running(node, d) {
         command(cfg, d, "quit")?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(d) && Instant::now() < deadline {
+        while running(node, d) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if let (true, Some(pid)) = (alive(d), d.pid) {
+        if let (true, Some(pid)) = (running(node, d), d.pid) {
             tracing::warn!(
                 gpu = d.gpu_index,
                 pid,

@@ -1,56 +1,20 @@
 //! The NVML backend: opened only on cold paths (creating or destroying an instance, `status`,
 //! `gc`). The MIG calls nvml-wrapper does not wrap safely are made through its symbol table
 //! with `nvml_sym`/`nvml_try`, so a driver lacking a symbol fails that call, not the process.
+//!
+//! [`Backend`] is the production [`Gpu`]; [`OnDemand`] is the one the services get, which
+//! opens NVML at its first call, so a path that asks the GPU nothing never loads NVML.
 
 use crate::config::Config;
-use crate::placement::{Occupied, Profile, Slot};
+use crate::gpu::Gpu;
+pub use crate::gpu::{occupancy, BackendError, Created, GpuInfo, GpuInstance};
+use crate::placement::{Profile, Slot};
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::Nvml;
 use nvml_wrapper_sys::bindings as sys;
 use std::ffi::CStr;
 use std::mem::{size_of, MaybeUninit};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("cannot load NVML from {lib}: {source} (set nvml_library in the gpushare config)")]
-    Open { lib: String, source: NvmlError },
-    #[error("NVML {call} failed on GPU {gpu}: {source}")]
-    Call {
-        call: &'static str,
-        gpu: u32,
-        source: NvmlError,
-    },
-}
-
-/// What gpushare needs to know of one physical GPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuInfo {
-    pub index: u32,
-    pub uuid: String,
-    pub name: String,
-    pub minor: u32,
-    pub memory_total: u64,
-    /// (current, pending) MIG mode; None where the GPU has no MIG at all.
-    pub mig_mode: Option<(bool, bool)>,
-}
-
-/// A GPU instance and its compute instances, as NVML lists them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuInstance {
-    pub id: u32,
-    pub profile_id: u32,
-    pub slot: Slot,
-    pub compute_instances: Vec<u32>,
-}
-
-/// A MIG slice just made: GI + one compute instance spanning it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Created {
-    pub gi: u32,
-    pub ci: u32,
-    pub mig_uuid: String,
-}
 
 pub struct Backend {
     nvml: Nvml,
@@ -435,13 +399,94 @@ pub fn full_compute_profile(slices: u32) -> u32 {
     }
 }
 
-/// Occupancy of a GPU as the placement rule needs it.
-pub fn occupancy(instances: &[GpuInstance]) -> Vec<Occupied> {
-    instances
-        .iter()
-        .map(|g| Occupied {
-            profile_id: g.profile_id,
-            slot: g.slot,
-        })
-        .collect()
+impl Gpu for Backend {
+    fn gpus(&self) -> Result<Vec<GpuInfo>, BackendError> {
+        Backend::gpus(self)
+    }
+    fn profiles(&self, gpu: u32) -> Result<Vec<Profile>, BackendError> {
+        Backend::profiles(self, gpu)
+    }
+    fn gpu_instances(
+        &self,
+        gpu: u32,
+        profiles: &[Profile],
+    ) -> Result<Vec<GpuInstance>, BackendError> {
+        Backend::gpu_instances(self, gpu, profiles)
+    }
+    fn create(&self, gpu: u32, profile: &Profile, slot: Slot) -> Result<Created, BackendError> {
+        Backend::create(self, gpu, profile, slot)
+    }
+    fn mig_uuid(&self, gpu: u32, gi: u32, ci: u32) -> Result<String, BackendError> {
+        Backend::mig_uuid(self, gpu, gi, ci)
+    }
+    fn destroy(&self, gpu: u32, gi: u32, cis: &[u32]) -> Result<(), BackendError> {
+        Backend::destroy(self, gpu, gi, cis)
+    }
+    fn compute_mode(&self, gpu: u32) -> Result<Option<ComputeMode>, BackendError> {
+        Backend::compute_mode(self, gpu)
+    }
+    fn set_compute_mode(&self, gpu: u32, mode: ComputeMode) -> Result<(), BackendError> {
+        Backend::set_compute_mode(self, gpu, mode)
+    }
+    fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError> {
+        Backend::compute_pids(self, gpu)
+    }
+}
+
+/// NVML opened at the first call and kept for the rest (loading it costs about 20 ms, measured
+/// on an H200). A failure to open is that call's error, and the next call tries again.
+pub struct OnDemand<'c> {
+    cfg: &'c Config,
+    be: std::cell::OnceCell<Backend>,
+}
+
+impl<'c> OnDemand<'c> {
+    pub fn new(cfg: &'c Config) -> Self {
+        OnDemand {
+            cfg,
+            be: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn be(&self) -> Result<&Backend, BackendError> {
+        if let Some(be) = self.be.get() {
+            return Ok(be);
+        }
+        let be = Backend::open(self.cfg)?;
+        Ok(self.be.get_or_init(|| be))
+    }
+}
+
+impl Gpu for OnDemand<'_> {
+    fn gpus(&self) -> Result<Vec<GpuInfo>, BackendError> {
+        self.be()?.gpus()
+    }
+    fn profiles(&self, gpu: u32) -> Result<Vec<Profile>, BackendError> {
+        self.be()?.profiles(gpu)
+    }
+    fn gpu_instances(
+        &self,
+        gpu: u32,
+        profiles: &[Profile],
+    ) -> Result<Vec<GpuInstance>, BackendError> {
+        self.be()?.gpu_instances(gpu, profiles)
+    }
+    fn create(&self, gpu: u32, profile: &Profile, slot: Slot) -> Result<Created, BackendError> {
+        self.be()?.create(gpu, profile, slot)
+    }
+    fn mig_uuid(&self, gpu: u32, gi: u32, ci: u32) -> Result<String, BackendError> {
+        self.be()?.mig_uuid(gpu, gi, ci)
+    }
+    fn destroy(&self, gpu: u32, gi: u32, cis: &[u32]) -> Result<(), BackendError> {
+        self.be()?.destroy(gpu, gi, cis)
+    }
+    fn compute_mode(&self, gpu: u32) -> Result<Option<ComputeMode>, BackendError> {
+        self.be()?.compute_mode(gpu)
+    }
+    fn set_compute_mode(&self, gpu: u32, mode: ComputeMode) -> Result<(), BackendError> {
+        self.be()?.set_compute_mode(gpu, mode)
+    }
+    fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError> {
+        self.be()?.compute_pids(gpu)
+    }
 }

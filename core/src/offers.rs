@@ -156,7 +156,7 @@ fn offer_for(
     };
     let r = &st.instances[i];
     let Some(m) = &r.made else { return };
-    let cap = crate::gc::cap_file(cfg, r.gpu_minor, m.gi, Some(m.ci));
+    let cap = Driver::new(cfg).cap_file(r.gpu_minor, m.gi, Some(m.ci));
     let edit = allocator::Grant::from_record(r, m, true, true).edit(majors, None);
     offer(
         out,

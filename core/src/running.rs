@@ -72,7 +72,7 @@ pub fn parent_of(pid: i32) -> Option<i32> {
 
 /// Whether process `pid` runs: it exists and is no zombie (a killed container's init stays
 /// one until whoever adopted it reaps it, while the runtime's delete still runs its hooks).
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

@@ -4,10 +4,12 @@
 
 use crate::allocator::{self, Claimant};
 use crate::config::Config;
-use crate::driver::{self, Driver, DriverError};
+use crate::driver::{self, DriverError};
 use crate::fsutil::now_unix;
+use crate::gpu::Gpu;
 use crate::ledger::{GpuRecord, Lease, Ledger, LedgerError, LedgerState, ShareLease};
-use crate::nvml::{Backend, BackendError};
+use crate::node::Node;
+use crate::nvml::BackendError;
 use crate::request::DeviceSelector;
 use crate::spec::Edit;
 use std::time::Duration;
@@ -54,13 +56,12 @@ pub fn whole_gpu_edit(majors: &driver::Majors, gpu: &GpuRecord) -> Edit {
 
 /// The node's GPUs from the ledger's cache, filled through NVML when empty. Returns whether
 /// the cache was used (no NVML).
-pub(crate) fn known_gpus(cfg: &Config, st: &mut LedgerState) -> Result<bool, BackendError> {
+pub(crate) fn known_gpus(be: &dyn Gpu, st: &mut LedgerState) -> Result<bool, BackendError> {
     if !st.gpus.is_empty() {
         return Ok(true);
     }
-    let be = Backend::open(cfg)?;
     let gpus = be.gpus()?;
-    allocator::refresh_gpus(&be, st, &gpus)?;
+    allocator::refresh_gpus(be, st, &gpus)?;
     Ok(false)
 }
 
@@ -100,13 +101,25 @@ pub fn grant(
     device: Option<&DeviceSelector>,
     who: &Claimant<'_>,
 ) -> Result<WholeGpu, ShareError> {
-    let majors = Driver::new(cfg).majors()?;
+    let be = crate::nvml::OnDemand::new(cfg);
+    grant_on(cfg, &be, &crate::node::Host::new(cfg), device, who)
+}
+
+/// [`grant`] on `be`'s GPUs and `node`'s driver files.
+pub fn grant_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    device: Option<&DeviceSelector>,
+    who: &Claimant<'_>,
+) -> Result<WholeGpu, ShareError> {
+    let majors = node.majors()?;
     let locked =
         Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
-    let warm = known_gpus(cfg, &mut st)?;
+    let warm = known_gpus(be, &mut st)?;
     // A GPU a crash left in EXCLUSIVE_PROCESS would admit one time-sliced container only.
-    crate::mps::repair_modes(cfg, &locked, &mut st)?;
+    crate::mps::repair_modes(be, &locked, &mut st)?;
     let candidates = select(&st, device)?;
     let usable: Vec<&GpuRecord> = candidates
         .iter()
