@@ -829,3 +829,241 @@ pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
     };
     gpushare_fastpath::journal::may_hold(&raw, &journal, container_id.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::{allocate_on, release, Claimant};
+    use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
+
+    const ROOT: &str = "/run/gpushare-test-runtime";
+
+    fn grant(s: &Scratch, gpu: &FakeGpu, node: &FakeNode, profile: &str, id: &str) -> u32 {
+        let who = Claimant {
+            container_id: id,
+            runtime_root: Some(ROOT),
+        };
+        allocate_on(&s.cfg, gpu, node, profile, None, &who)
+            .unwrap()
+            .gi
+    }
+
+    fn gc(s: &Scratch, gpu: &FakeGpu, node: &FakeNode) -> Report {
+        run_on(&s.cfg, gpu, node, &GcOptions::from_config(&s.cfg)).unwrap()
+    }
+
+    #[test]
+    fn a_record_of_an_instance_the_driver_no_longer_has_is_dropped() {
+        let s = Scratch::new("gc-stale");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        node.add_container(ROOT, "a");
+        node.add_container(ROOT, "b");
+        let lost = grant(&s, &gpu, &node, "1g.10gb", "a");
+        grant(&s, &gpu, &node, "1g.10gb", "b");
+        release(&s.cfg, "a", Duration::from_secs(5)).unwrap();
+        let slot = gpu.instances(0).iter().find(|g| g.id == lost).unwrap().slot;
+        gpu.vanish(0, lost);
+        gpu.clear_calls();
+
+        let report = gc(&s, &gpu, &node);
+        assert_eq!(
+            report.actions,
+            vec![Action::DropRecord {
+                gpu: 0,
+                profile: "1g.10gb".into(),
+                slot,
+                reason: "the driver no longer has it",
+            }]
+        );
+        assert_eq!(gpu.changes(), Vec::<Call>::new(), "nothing to destroy");
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1, "only the lost record goes");
+        assert_eq!(st.instances[0].lease.as_ref().unwrap().container_id, "b");
+    }
+
+    #[test]
+    fn idle_instances_past_their_time_out_are_destroyed() {
+        let mut s = Scratch::new("gc-idle");
+        s.cfg.pool.idle_timeout_s = 600;
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let old = grant(&s, &gpu, &node, "1g.10gb", "old");
+        let young = grant(&s, &gpu, &node, "1g.10gb", "young");
+        release(&s.cfg, "old", Duration::from_secs(5)).unwrap();
+        release(&s.cfg, "young", Duration::from_secs(5)).unwrap();
+        let mut st = s.ledger();
+        let now = now_unix();
+        for r in &mut st.instances {
+            if r.made.as_ref().unwrap().gi == old {
+                r.idle_since = Some(now - 3600);
+            }
+        }
+        s.save(&st);
+        gpu.clear_calls();
+
+        let report = gc(&s, &gpu, &node);
+        assert!(
+            matches!(
+                report.actions.as_slice(),
+                [Action::DestroyIdle { gpu: 0, gi, idle_s, .. }] if *gi == old && *idle_s >= 3600
+            ),
+            "{:?}",
+            report.actions
+        );
+        assert_eq!(
+            gpu.changes(),
+            vec![Call::Destroy {
+                gpu: 0,
+                gi: old,
+                cis: vec![0]
+            }]
+        );
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1);
+        assert_eq!(st.instances[0].made.as_ref().unwrap().gi, young);
+        assert_eq!(gpu.instances(0).len(), 1);
+    }
+
+    #[test]
+    fn the_lease_of_a_container_the_runtime_no_longer_has_goes_back_to_the_pool() {
+        let s = Scratch::new("gc-lease");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        node.add_container(ROOT, "here");
+        grant(&s, &gpu, &node, "1g.10gb", "here");
+        grant(&s, &gpu, &node, "1g.10gb", "gone");
+        let mut st = s.ledger();
+        for r in &mut st.instances {
+            r.lease.as_mut().unwrap().since -= 3600;
+        }
+        s.save(&st);
+        gpu.clear_calls();
+
+        let report = gc(&s, &gpu, &node);
+        assert_eq!(
+            report.actions,
+            vec![Action::ReleaseLease {
+                container_id: "gone".into(),
+                gpu: 0,
+                what: "1g.10gb slice".into(),
+                runtime_root: ROOT.into(),
+            }]
+        );
+        assert_eq!(
+            gpu.changes(),
+            Vec::<Call>::new(),
+            "the instance stays, idle"
+        );
+        let st = s.ledger();
+        let leased: Vec<&str> = st
+            .instances
+            .iter()
+            .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.as_str()))
+            .collect();
+        assert_eq!(leased, vec!["here"]);
+        assert_eq!(st.instances.len(), 2);
+    }
+
+    #[test]
+    fn what_no_record_claims_is_reported_and_never_touched() {
+        let s = Scratch::new("gc-foreign");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let theirs = gpu.make(0, "3g.40gb", Slot { start: 4, size: 4 });
+        gpu.clear_calls();
+
+        let report = gc(&s, &gpu, &node);
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
+        assert_eq!(
+            report.foreign,
+            vec![Foreign {
+                gpu: 0,
+                gi: theirs.gi,
+                profile: "3g.40gb".into(),
+                slot: Slot { start: 4, size: 4 },
+            }]
+        );
+        assert_eq!(gpu.changes(), Vec::<Call>::new());
+        assert_eq!(gpu.instances(0).len(), 1);
+    }
+
+    #[test]
+    fn what_a_dead_allocation_left_at_its_intent_is_destroyed() {
+        let s = Scratch::new("gc-intent");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        // The allocation recorded its intent, NVML made the instance, the process died.
+        let slot = Slot { start: 6, size: 1 };
+        let left = gpu.make(0, "1g.10gb", slot);
+        let info = gpu.info(0);
+        let mut st = LedgerState::default();
+        st.instances.push(InstanceRecord {
+            gpu_uuid: info.uuid,
+            gpu_index: 0,
+            gpu_minor: 0,
+            profile: "1g.10gb".into(),
+            profile_id: 19,
+            slot,
+            made: None,
+            created_at: now_unix(),
+            lease: None,
+            idle_since: None,
+        });
+        s.save(&st);
+        gpu.clear_calls();
+
+        let report = gc(&s, &gpu, &node);
+        assert_eq!(
+            report.actions,
+            vec![Action::DestroyLeftover {
+                gpu: 0,
+                profile: "1g.10gb".into(),
+                gi: left.gi,
+                slot,
+                reason: "an allocation died before recording it",
+            }]
+        );
+        assert_eq!(
+            gpu.changes(),
+            vec![Call::Destroy {
+                gpu: 0,
+                gi: left.gi,
+                cis: vec![0]
+            }]
+        );
+        assert!(s.ledger().instances.is_empty());
+        assert!(report.foreign.is_empty(), "it was gpushare's");
+    }
+
+    #[test]
+    fn a_live_container_on_an_idle_instance_gets_its_lease_back() {
+        let s = Scratch::new("gc-adopt-lease");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        grant(&s, &gpu, &node, "1g.10gb", "c");
+        release(&s.cfg, "c", Duration::from_secs(5)).unwrap();
+        let mig = s.ledger().instances[0].made.clone().unwrap().mig_uuid;
+        // Its lease was released while it came up; it runs on the slice all the same.
+        node.add_running(ROOT, "c", &[&mig]);
+
+        // No lease names its runtime's root any more: the operator's option does.
+        let opts = GcOptions {
+            runtime_roots: vec![ROOT.into()],
+            ..GcOptions::from_config(&s.cfg)
+        };
+        let report = run_on(&s.cfg, &gpu, &node, &opts).unwrap();
+        assert_eq!(
+            report.actions,
+            vec![Action::AdoptLease {
+                container_id: "c".into(),
+                gpu: 0,
+                mig_uuid: mig.clone(),
+                runtime_root: ROOT.into(),
+            }]
+        );
+        let st = s.ledger();
+        assert_eq!(st.instances[0].lease.as_ref().unwrap().container_id, "c");
+        assert!(report.unleased.is_empty());
+    }
+}
