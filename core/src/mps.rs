@@ -639,3 +639,163 @@ fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
     tracing::info!(gpu = d.gpu_index, "stopped the MPS control daemon");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute_mode::{ComputeModeRecord, Mode};
+    use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
+    use nvml_wrapper::enum_wrappers::device::ComputeMode;
+
+    const PID: u32 = 777_777;
+
+    fn who(id: &str) -> Claimant<'_> {
+        Claimant {
+            container_id: id,
+            runtime_root: None,
+        }
+    }
+
+    fn lease(id: &str) -> Lease {
+        Lease {
+            container_id: id.into(),
+            since: now_unix(),
+            runtime_root: None,
+        }
+    }
+
+    /// One whole H100 (MIG off) in the ledger's cache, served by a daemon at `percent` with
+    /// `clients`, whose pipe folder has its control socket.
+    fn node_with_daemon(s: &Scratch, gpu: &FakeGpu, percent: u8, clients: &[&str]) -> LedgerState {
+        let mut st = LedgerState::default();
+        crate::allocator::refresh_gpus(gpu, &mut st, &gpu.gpus().unwrap()).unwrap();
+        let pipe_dir = s.dir().join("pipe");
+        std::fs::create_dir_all(&pipe_dir).unwrap();
+        std::fs::write(pipe_dir.join("control"), "").unwrap();
+        st.mps.push(MpsDaemon {
+            gpu_uuid: gpu.info(0).uuid,
+            gpu_index: 0,
+            gpu_minor: 0,
+            pid: Some(PID),
+            pipe_dir,
+            log_dir: s.dir().join("log"),
+            percent,
+            memory: None,
+            started_at: now_unix(),
+            clients: clients
+                .iter()
+                .map(|id| MpsClient {
+                    lease: lease(id),
+                    percent,
+                    memory: None,
+                })
+                .collect(),
+        });
+        gpu.clear_calls();
+        st
+    }
+
+    fn whole_gpu() -> FakeGpu {
+        let gpu = FakeGpu::h100(1);
+        gpu.set_mig(0, false);
+        gpu
+    }
+
+    #[test]
+    fn a_gpu_where_another_process_holds_a_context_gets_no_daemon_and_keeps_its_mode() {
+        let s = Scratch::new("mps-busy");
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        gpu.set_contexts(0, &[4242]);
+
+        let err = grant_on(&s.cfg, &gpu, &node, 25, None, None, &who("a")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                MpsError::ComputeMode(ComputeModeError::Busy { gpu: 0, pids }) if pids == "4242"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(gpu.changes(), Vec::<Call>::new(), "the mode is not touched");
+        assert_eq!(gpu.mode(0), ComputeMode::Default);
+        let st = s.ledger();
+        assert!(st.mps.is_empty() && st.compute_modes.is_empty(), "{st:?}");
+    }
+
+    #[test]
+    fn a_share_joins_the_running_daemon_with_no_start_and_no_nvml() {
+        let s = Scratch::new("mps-join");
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        s.save(&node_with_daemon(&s, &gpu, 25, &["first"]));
+        node.add_process(PID);
+
+        let g = grant_on(&s.cfg, &gpu, &node, 25, None, None, &who("second")).unwrap();
+        assert!(g.warm && g.fresh);
+        assert_eq!(gpu.calls(), Vec::<Call>::new());
+        assert!(g
+            .edit
+            .env
+            .contains(&("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), "25".into())));
+        let st = s.ledger();
+        assert_eq!(st.mps.len(), 1);
+        assert_eq!(st.mps[0].pid, Some(PID), "the same daemon");
+        let clients: Vec<&str> = st.mps[0]
+            .clients
+            .iter()
+            .map(|c| c.lease.container_id.as_str())
+            .collect();
+        assert_eq!(clients, vec!["first", "second"]);
+    }
+
+    #[test]
+    fn under_the_strict_policy_a_daemon_serves_one_share_size() {
+        let s = Scratch::new("mps-strict");
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        s.save(&node_with_daemon(&s, &gpu, 25, &["first"]));
+        node.add_process(PID);
+
+        let err = grant_on(&s.cfg, &gpu, &node, 50, None, None, &who("second")).unwrap_err();
+        assert!(
+            err.to_string().contains("GPU 0 serves shares of 25%"),
+            "{err}"
+        );
+        assert_eq!(gpu.calls(), Vec::<Call>::new());
+        assert_eq!(s.ledger().mps[0].clients.len(), 1);
+    }
+
+    #[test]
+    fn the_last_client_gone_stops_the_daemon_and_puts_the_mode_back() {
+        let s = Scratch::new("mps-release");
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        let mut st = node_with_daemon(&s, &gpu, 25, &["a", "b"]);
+        st.compute_modes.push(ComputeModeRecord {
+            gpu_uuid: gpu.info(0).uuid,
+            gpu_index: 0,
+            found: Mode::Default,
+            since: now_unix(),
+        });
+        gpu.put_mode(0, ComputeMode::ExclusiveProcess);
+        // The daemon's process is gone already (the node does not run PID): nothing to tell.
+
+        assert!(release_client_on(&s.cfg, &gpu, &node, &mut st, "a"));
+        assert_eq!(st.mps.len(), 1, "b still uses it");
+        assert_eq!(gpu.calls(), Vec::<Call>::new());
+
+        assert!(release_client_on(&s.cfg, &gpu, &node, &mut st, "b"));
+        assert!(st.mps.is_empty());
+        assert!(st.compute_modes.is_empty());
+        assert_eq!(
+            gpu.changes(),
+            vec![Call::SetComputeMode {
+                gpu: 0,
+                mode: ComputeMode::Default
+            }]
+        );
+        assert_eq!(gpu.mode(0), ComputeMode::Default);
+        assert!(!s.dir().join("pipe").exists(), "its sockets are gone");
+        assert!(!release_client_on(&s.cfg, &gpu, &node, &mut st, "b"));
+    }
+}
