@@ -11,8 +11,9 @@
 use crate::config::Config;
 use crate::fsutil::now_unix;
 use crate::gc::Foreign;
+use crate::gpu::{BackendError, Gpu};
 use crate::ledger::{InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
-use crate::nvml::{Backend, BackendError};
+use crate::node::Node;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -226,6 +227,21 @@ impl RepairReport {
 
 /// Rebuild the ledger's MIG records; see the module docs. Holds the ledger's lock throughout.
 pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairError> {
+    run_on(
+        cfg,
+        &crate::nvml::OnDemand::new(cfg),
+        &crate::node::Host::new(cfg),
+        opts,
+    )
+}
+
+/// [`run`] against `be`'s GPUs and `node`'s driver files.
+pub fn run_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    opts: &RepairOptions,
+) -> Result<RepairReport, RepairError> {
     let ledger = Ledger::new(&cfg.state_dir);
     let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut report = RepairReport {
@@ -245,15 +261,13 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
     report.roots = roots(cfg, &old, salvage.as_deref(), &opts.roots);
     let containers = scan(&report.roots);
     let owned = crate::instance_log::owned(&cfg.state_dir);
-    let be = Backend::open(cfg)?;
     let gpus = be.gpus()?;
     // Everything but the MIG records is kept from a readable ledger (empty from a corrupt one).
     let mut st = LedgerState {
         instances: Vec::new(),
         ..old.clone()
     };
-    crate::allocator::refresh_gpus(&be, &mut st, &gpus)?;
-    let driver = crate::driver::Driver::new(cfg);
+    crate::allocator::refresh_gpus(be, &mut st, &gpus)?;
     let mut gone = Vec::new();
     let mut held: std::collections::BTreeSet<String> = Default::default();
 
@@ -313,7 +327,7 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
                 report.destroyed.push(label);
                 continue;
             };
-            let (gi_cap_minor, ci_cap_minor) = driver.cap_minors(g.minor, gi.id, ci)?;
+            let (gi_cap_minor, ci_cap_minor) = node.cap_minors(g.minor, gi.id, ci)?;
             let holder = named.first().copied();
             if named.len() > 1 {
                 report.conflicts.push(format!(
@@ -425,6 +439,54 @@ pub fn run(cfg: &Config, opts: &RepairOptions) -> Result<RepairReport, RepairErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::allocator::{allocate_on, release, Claimant};
+    use crate::placement::Slot;
+    use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
+
+    #[test]
+    fn a_lost_ledger_is_rebuilt_from_the_driver_and_the_instance_log() {
+        let s = Scratch::new("repair-lost");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let who = Claimant {
+            container_id: "a",
+            runtime_root: None,
+        };
+        let g = allocate_on(&s.cfg, &gpu, &node, "2g.20gb", None, &who).unwrap();
+        release(&s.cfg, "a", Duration::from_secs(5)).unwrap();
+        let theirs = gpu.make(0, "1g.10gb", Slot { start: 6, size: 1 });
+        std::fs::remove_file(Ledger::new(&s.cfg.state_dir).path()).unwrap();
+        gpu.clear_calls();
+
+        let opts = RepairOptions {
+            dry_run: false,
+            roots: Vec::new(),
+        };
+        let report = run_on(&s.cfg, &gpu, &node, &opts).unwrap();
+        assert_eq!(
+            gpu.changes(),
+            Vec::<Call>::new(),
+            "nothing made or destroyed"
+        );
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1, "gpushare's instance, not theirs");
+        let r = &st.instances[0];
+        let m = r.made.as_ref().unwrap();
+        assert_eq!(r.profile, "2g.20gb");
+        assert_eq!(
+            (m.gi, m.ci, m.mig_uuid.as_str()),
+            (g.gi, g.ci, g.mig_uuid.as_str())
+        );
+        assert_eq!(
+            (m.gi_cap_minor, m.ci_cap_minor),
+            (g.gi_cap_minor, g.ci_cap_minor)
+        );
+        assert!(r.lease.is_none(), "no container names it: idle");
+        assert_eq!(
+            report.foreign.iter().map(|f| f.gi).collect::<Vec<_>>(),
+            vec![theirs.gi]
+        );
+    }
 
     #[test]
     fn a_damaged_ledger_still_names_its_roots() {

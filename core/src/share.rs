@@ -196,3 +196,52 @@ pub fn grant_on(
         warm,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
+
+    fn who(id: &str) -> Claimant<'_> {
+        Claimant {
+            container_id: id,
+            runtime_root: None,
+        }
+    }
+
+    #[test]
+    fn the_first_grant_learns_the_gpus_and_later_ones_ask_nvml_nothing() {
+        let s = Scratch::new("share-cache");
+        let gpu = FakeGpu::h100(2);
+        gpu.set_mig(1, false);
+        let node = FakeNode::new(&gpu);
+
+        let a = grant_on(&s.cfg, &gpu, &node, None, &who("a")).unwrap();
+        assert!(!a.warm && a.fresh);
+        assert_eq!(a.gpu_uuid, gpu.info(1).uuid, "GPU 0 has MIG on");
+        assert!(gpu.calls().contains(&Call::Gpus));
+        assert!(a
+            .edit
+            .devices
+            .iter()
+            .any(|d| d.path == "/dev/nvidia1" && (d.major, d.minor) == (195, 1)));
+        gpu.clear_calls();
+
+        let b = grant_on(&s.cfg, &gpu, &node, None, &who("b")).unwrap();
+        assert!(b.warm && b.fresh);
+        assert_eq!(b.gpu_uuid, a.gpu_uuid);
+        assert_eq!(gpu.calls(), Vec::<Call>::new());
+
+        let err = grant_on(
+            &s.cfg,
+            &gpu,
+            &node,
+            Some(&DeviceSelector::Index(0)),
+            &who("c"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ShareError::MigEnabled { .. }), "{err:?}");
+        assert!(err.to_string().contains("GPU 0 has MIG enabled"), "{err}");
+        assert_eq!(s.ledger().shares.len(), 2);
+    }
+}
