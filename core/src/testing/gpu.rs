@@ -403,3 +403,77 @@ impl Gpu for FakeGpu {
         self.with(gpu, |d| Ok(d.pids.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Node;
+    use crate::testing::FakeNode;
+
+    fn slot(start: u32, size: u32) -> Slot {
+        Slot { start, size }
+    }
+
+    #[test]
+    fn the_double_answers_as_the_recorded_h100() {
+        let gpu = FakeGpu::h100(1);
+        let profiles = gpu.profiles(0).unwrap();
+        let shape = |ps: &[Profile]| -> Vec<(String, u32, u32, u32, u32, Vec<Slot>)> {
+            ps.iter()
+                .map(|p| {
+                    let (n, i, x, s, c) = (
+                        p.name.clone(),
+                        p.id,
+                        p.index,
+                        p.slice_count,
+                        p.instance_count,
+                    );
+                    (n, i, x, s, c, p.placements.clone())
+                })
+                .collect()
+        };
+        assert_eq!(shape(&profiles), shape(&crate::placement::tests::h100()));
+        let one = profiles.iter().find(|p| p.name == "1g.10gb").unwrap();
+        assert_eq!((one.memory_mb, one.multiprocessors), (9984, 16));
+
+        // The driver's slot-tree ids: 1g slices are GPU instances 7..13.
+        let ids: Vec<u32> = (0..7)
+            .map(|s| gpu.create(0, one, slot(s, 1)).unwrap().gi)
+            .collect();
+        assert_eq!(ids, (7..14).collect::<Vec<_>>());
+        let full = |e: BackendError| {
+            matches!(e, BackendError::Call { call: "nvmlDeviceCreateGpuInstanceWithPlacement", source, .. }
+                if source.to_string() == insufficient_resources().to_string())
+        };
+        let seven = profiles.iter().find(|p| p.name == "7g.80gb").unwrap();
+        assert!(full(gpu.create(0, seven, slot(0, 8)).unwrap_err()));
+        // NVML refuses a GPU instance's destroy while it has compute instances.
+        assert!(matches!(
+            gpu.destroy(0, 7, &[]),
+            Err(BackendError::Call {
+                call: "nvmlGpuInstanceDestroy",
+                source: NvmlError::InUse,
+                ..
+            })
+        ));
+        gpu.destroy(0, 7, &[0]).unwrap();
+        assert_eq!(
+            gpu.create(0, one, slot(0, 1)).unwrap().gi,
+            7,
+            "ids come back"
+        );
+        let uuids: std::collections::BTreeSet<String> =
+            (7..14).map(|gi| gpu.mig_uuid(0, gi, 0).unwrap()).collect();
+        assert_eq!(uuids.len(), 7, "MIG UUIDs never come back");
+
+        // The recorded mig-minors: gpu0/gi1/access 12, gpu0/gi1/ci0/access 13, and the last
+        // line gpu31/gi14/ci7/access 4322.
+        let node = FakeNode::new(&gpu);
+        assert_eq!(node.cap_minors(0, 1, 0).unwrap(), (12, 13));
+        assert_eq!(node.cap_minors(31, 14, 7).unwrap().1, 4322);
+        assert!(node.has_instance(0, 8, Some(0)) && !node.has_instance(0, 8, Some(1)));
+        assert!(!node.has_instance(0, 0, None));
+        // A MIG-enabled GPU has no compute mode of its own.
+        assert_eq!(gpu.compute_mode(0).unwrap(), None);
+    }
+}
