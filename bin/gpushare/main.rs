@@ -24,7 +24,7 @@ mod sys;
 
 #[cfg(target_arch = "x86_64")]
 mod entry {
-    use super::sys::{self, Map, Path};
+    use super::sys::{self, Errno, Map, Path};
     use gpushare_fastpath::{args, claim, config, decimal, journal, offers, scan, splice, state};
 
     /// The full wrapper's file name; it lives next to this binary.
@@ -69,6 +69,9 @@ mod entry {
         let argc = *sp;
         let argv = sp.add(1) as *const *const u8;
         let envp = argv.add(argc + 1);
+        // rustix finds the vDSO (for clock_gettime) through the auxv after envp, as the
+        // kernel laid them out, instead of reading it from /proc/self/auxv.
+        rustix::param::init(envp as *mut *mut u8);
         PROCESS = Process { argc, argv, envp };
         let p = &*core::ptr::addr_of!(PROCESS);
         if p.argc > 0 && p.argc <= MAX_ARGS && base_name(arg(p, 0)) == FULL_HOOK {
@@ -193,7 +196,7 @@ mod entry {
                     sys::Spawned::NotStarted => return,
                     sys::Spawned::Exited(code) => code,
                     sys::Spawned::Lost => {
-                        sys::write_all(2, b"gpushare: cannot run the runtime: its exit status was lost (is SIGCHLD ignored?)\n");
+                        sys::say(b"gpushare: cannot run the runtime: its exit status was lost (is SIGCHLD ignored?)\n");
                         sys::exit(127)
                     }
                 };
@@ -243,15 +246,6 @@ mod entry {
             &first[..end],
             b"\",\"args\":[\"gpushare-hook\",\"poststop\"",
         )
-    }
-
-    /// A held create claim's descriptor, closed when dropped.
-    struct Claim(usize);
-
-    impl Drop for Claim {
-        fn drop(&mut self) {
-            sys::close(self.0);
-        }
     }
 
     /// A `create` whose spec asks for a GPU.
@@ -320,7 +314,7 @@ mod entry {
                 }
                 let journal = match Map::open_state(&journal_path) {
                     Ok(m) => Some(m),
-                    Err(sys::ENOENT) => None,
+                    Err(Errno::NOENT) => None,
                     Err(_) => return None,
                 };
                 let bytes = journal.as_ref().map_or(&[][..], Map::bytes);
@@ -337,11 +331,9 @@ mod entry {
             // The create claim, from before the grant until the runtime's create exits (its
             // descriptor survives the exec). Anything that hands over to the full wrapper lets
             // it go first: the full wrapper takes it itself.
-            let claim = Claim(
-                sys::take_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id]))
-                    .ok()
-                    .flatten()?,
-            );
+            let claim = sys::take_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id]))
+                .ok()
+                .flatten()?;
             let lock_path = Path::new(&[dir, b"/ledger.lock"]);
             let lock = match sys::try_lock(&lock_path).ok()? {
                 Some(fd) => fd,
@@ -370,7 +362,7 @@ mod entry {
                 sys::append_durably(&journal_path, &line[..n]).ok()?;
                 Some((offer, plan))
             })();
-            sys::close(lock);
+            drop(lock);
             let (offer, plan) = granted?;
             // From here the container holds the slice: a failure leaves the rest to the full
             // wrapper, which finds the grant and finishes the same create.
@@ -404,7 +396,7 @@ mod entry {
         let path = Path::new(&[explicit.unwrap_or(config::DEFAULT_PATH)]);
         match Map::open(&path) {
             Ok(m) => Some(Some((m, path))),
-            Err(sys::ENOENT) if explicit.is_none() => Some(None),
+            Err(Errno::NOENT) if explicit.is_none() => Some(None),
             Err(_) => None,
         }
     }
@@ -423,20 +415,20 @@ mod entry {
         // says why it does not release.
         match sys::check_state_dir(&Path::new(&[dir])) {
             Ok(()) => {}
-            Err(sys::ENOENT) => return false,
+            Err(Errno::NOENT) => return false,
             Err(_) => return true,
         }
         // The journal first: a fold between the two reads then shows in the ledger read after
         // it (and the journal's lines, of the older generation, no longer apply). The other
         // order could miss a grant folded in between.
         let journal = Map::open_state(&Path::new(&[dir, b"/", journal::FILE]));
-        if journal.as_ref().err() == Some(&sys::EACCES) {
+        if journal.as_ref().err() == Some(&Errno::ACCESS) {
             return true;
         }
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
         let ledger = match Map::open_state(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
             Ok(m) => m,
-            Err(sys::EACCES) => return true,
+            Err(Errno::ACCESS) => return true,
             Err(_) => return false,
         };
         journal::may_hold(ledger.bytes(), journal, id)
@@ -481,25 +473,25 @@ mod entry {
         let dir = top.state_dir.unwrap_or(config::DEFAULT_STATE_DIR);
         match sys::check_state_dir(&Path::new(&[dir])) {
             Ok(()) => {}
-            Err(sys::ENOENT) => sys::exit(0), // nothing was ever granted here
+            Err(Errno::NOENT) => sys::exit(0), // nothing was ever granted here
             Err(_) => delegate_hook(p, Some(state)), // the full hook refuses and says why
         }
         let _lock = match sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS) {
             Ok(fd) => fd,
             // No state directory yet: nothing was ever granted here.
-            Err(sys::ENOENT) => sys::exit(0),
+            Err(Errno::NOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
         let ledger = match Map::open_state(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
             Ok(m) => m,
-            Err(sys::ENOENT) => sys::exit(0),
+            Err(Errno::NOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
         let ledger = ledger.bytes();
         let path = Path::new(&[dir, b"/", journal::FILE]);
         let journal = match Map::open_state(&path) {
             Ok(m) => Some(m),
-            Err(sys::ENOENT) => None,
+            Err(Errno::NOENT) => None,
             Err(_) => delegate_hook(p, Some(state)),
         };
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
@@ -542,7 +534,7 @@ mod entry {
     fn delegate_hook(p: &Process, state: Option<&[u8]>) -> ! {
         if let Some(state) = state {
             if sys::restore_stdin(state).is_err() {
-                sys::write_all(2, b"gpushare-hook: cannot hand the container state to the full hook; `gpusharectl gc` will release the slice\n");
+                sys::say(b"gpushare-hook: cannot hand the container state to the full hook; `gpusharectl gc` will release the slice\n");
                 sys::exit(1);
             }
         }
@@ -552,8 +544,7 @@ mod entry {
                 sys::execve(&full, p.argv, p.envp);
             }
         }
-        sys::write_all(
-            2,
+        sys::say(
             b"gpushare-hook: cannot run the full gpushare-hook, which must sit next to gpushare\n",
         );
         sys::exit(1)
@@ -638,10 +629,7 @@ mod entry {
         if let Some(full) = &full {
             sys::execve(full, argv, p.envp);
         }
-        sys::write_all(
-            2,
-            b"gpushare: cannot run gpushare-runtime, which must sit next to gpushare\n",
-        );
+        sys::say(b"gpushare: cannot run gpushare-runtime, which must sit next to gpushare\n");
         // After the runtime's delete ran, its code is the command's; the lease is gc's.
         sys::exit(after_delete.unwrap_or(127))
     }

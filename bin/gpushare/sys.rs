@@ -1,122 +1,96 @@
-//! The handful of Linux system calls the `gpushare` entry binary makes, on x86-64, with no libc.
+//! The Linux system calls the `gpushare` entry binary makes, with no libc: through rustix's
+//! `linux_raw` backend (its own `syscall` instructions, no libc, no std, no allocator), except
+//! the few that rustix offers only to libc replacements (`raw` below).
 
-use core::arch::asm;
+use core::ffi::CStr;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{
+    AtFlags, FileType, FlockOperation, MemfdFlags, Mode, OFlags, SeekFrom, Stat, CWD,
+};
+pub use rustix::io::Errno;
+use rustix::io::{self as rio};
+use rustix::time::ClockId;
 
-pub const ENOENT: i32 = 2;
-const EINTR: isize = -4;
-const ENAMETOOLONG: i32 = 36;
-const EINVAL: i32 = 22;
+/// The exit, exec and fork this binary needs, which rustix has only in its `runtime` module:
+/// an unstable API for libc replacements whose name rustix changes from release to release on
+/// purpose. Three calls are not worth depending on that.
+mod raw {
+    /// # Safety
+    /// A raw system call: the caller passes what the kernel expects for `n`.
+    unsafe fn syscall3(n: usize, a: usize, b: usize, c: usize) -> isize {
+        let ret: isize;
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        ret
+    }
 
-const EWOULDBLOCK: i32 = 11;
+    const SYS_FORK: usize = linux_raw_sys::general::__NR_fork as usize;
+    const SYS_EXECVE: usize = linux_raw_sys::general::__NR_execve as usize;
+    const SYS_EXIT_GROUP: usize = linux_raw_sys::general::__NR_exit_group as usize;
 
-const SYS_READ: usize = 0;
-const SYS_WRITE: usize = 1;
-const SYS_CLOSE: usize = 3;
-const SYS_FSTAT: usize = 5;
-const SYS_LSEEK: usize = 8;
-const SYS_MMAP: usize = 9;
-const SYS_DUP2: usize = 33;
-const SYS_NANOSLEEP: usize = 35;
-const SYS_GETPID: usize = 39;
-const SYS_FORK: usize = 57;
-const SYS_EXECVE: usize = 59;
-const SYS_WAIT4: usize = 61;
-const SYS_FLOCK: usize = 73;
-const SYS_FSYNC: usize = 74;
-const SYS_RENAME: usize = 82;
-const SYS_UNLINK: usize = 87;
-const SYS_READLINK: usize = 89;
-const SYS_FCHMOD: usize = 91;
-const SYS_CAPSET: usize = 126;
-const SYS_PRCTL: usize = 157;
-const SYS_CLOCK_GETTIME: usize = 228;
-const SYS_EXIT_GROUP: usize = 231;
-const SYS_OPENAT: usize = 257;
-const SYS_NEWFSTATAT: usize = 262;
-const SYS_PIPE2: usize = 293;
-const SYS_MEMFD_CREATE: usize = 319;
-const SYS_GETRANDOM: usize = 318;
-const SYS_PWRITE64: usize = 18;
-const SYS_GETPPID: usize = 110;
-const SYS_GETEUID: usize = 107;
+    pub fn exit_group(code: i32) -> ! {
+        // SAFETY: exit_group takes a status and does not return.
+        unsafe {
+            syscall3(SYS_EXIT_GROUP, code as usize, 0, 0);
+            core::hint::unreachable_unchecked()
+        }
+    }
 
-/// What a state file or folder that is not root's alone, or is a symlink, reads as.
-pub const EACCES: i32 = 13;
-const ELOOP: i32 = 40;
-const S_IFDIR: u32 = 0o040000;
+    /// # Safety
+    /// `argv` and `envp` are NULL-terminated arrays of NUL-terminated strings.
+    pub unsafe fn execve(path: &core::ffi::CStr, argv: *const *const u8, envp: *const *const u8) {
+        syscall3(
+            SYS_EXECVE,
+            path.as_ptr() as usize,
+            argv as usize,
+            envp as usize,
+        );
+    }
 
-const AT_FDCWD: isize = -100;
-const AT_SYMLINK_NOFOLLOW: usize = 0x100;
-const O_CLOEXEC: usize = 0o2000000;
-const O_RDONLY_CLOEXEC: usize = O_CLOEXEC;
-const O_WRONLY: usize = 0o1;
-const O_RDWR: usize = 0o2;
-const O_CREAT: usize = 0o100;
-const O_APPEND: usize = 0o2000;
-const O_NONBLOCK: usize = 0o4000;
-const LOCK_EX_NB: usize = 2 | 4;
-const CLOCK_REALTIME: usize = 0;
-const CLOCK_MONOTONIC: usize = 1;
-const O_EXCL: usize = 0o200;
-const O_DIRECTORY: usize = 0o200000;
-const O_NOFOLLOW: usize = 0o400000;
-const S_IFMT: u32 = 0o170000;
-const S_IFREG: u32 = 0o100000;
-const PROT_READ_WRITE: usize = 3;
-const MAP_PRIVATE_ANONYMOUS: usize = 0x22;
-
-/// # Safety
-/// A raw system call: the caller passes what the kernel expects for `n`.
-unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
-    let ret: isize;
-    asm!(
-        "syscall",
-        inlateout("rax") n as isize => ret,
-        in("rdi") a,
-        in("rsi") b,
-        in("rdx") c,
-        in("r10") d,
-        in("r8") e,
-        in("r9") f,
-        lateout("rcx") _,
-        lateout("r11") _,
-        options(nostack),
-    );
-    ret
-}
-
-fn errno(ret: isize) -> Result<usize, i32> {
-    if (-4095..0).contains(&ret) {
-        Err(-ret as i32)
-    } else {
-        Ok(ret as usize)
+    /// The child's pid in the parent, 0 in the child, None when no child was made.
+    ///
+    /// # Safety
+    /// The process has one thread and holds no locks (the child runs on a copy of it).
+    pub unsafe fn fork() -> Option<usize> {
+        let r = syscall3(SYS_FORK, 0, 0, 0);
+        (r >= 0).then_some(r as usize)
     }
 }
 
 pub fn exit(code: i32) -> ! {
-    // SAFETY: exit_group takes a status and does not return.
-    unsafe {
-        syscall(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0);
-        core::hint::unreachable_unchecked()
-    }
+    raw::exit_group(code)
 }
 
-pub fn write_all(fd: usize, mut buf: &[u8]) {
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
     while !buf.is_empty() {
-        // SAFETY: buf is valid for its length.
-        let r = unsafe { syscall(SYS_WRITE, fd, buf.as_ptr() as usize, buf.len(), 0, 0, 0) };
-        match errno(r) {
-            Ok(n) if n > 0 => buf = &buf[n..],
-            Err(4) => continue,
-            _ => return,
+        match rio::write(fd, buf) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Say `msg` on standard error (best effort: there is nobody else to tell).
+pub fn say(msg: &[u8]) {
+    // SAFETY: fd 2 is only ever written to, never closed.
+    let _ = write_all(unsafe { rustix::stdio::stderr() }, msg);
 }
 
 /// # Safety
 /// `p` points to a NUL-terminated string that outlives the program.
 pub unsafe fn cstr(p: *const u8) -> &'static [u8] {
-    core::slice::from_raw_parts(p, strlen(p))
+    CStr::from_ptr(p.cast()).to_bytes()
 }
 
 /// A NUL-terminated path built in place; one that does not fit (or holds a NUL) is unusable.
@@ -152,216 +126,139 @@ impl Path {
         &self.buf[..self.len.unwrap_or(0)]
     }
 
-    fn c(&self) -> Result<usize, i32> {
-        match self.len {
-            Some(_) => Ok(self.buf.as_ptr() as usize),
-            None => Err(ENAMETOOLONG),
-        }
+    /// The path as the kernel takes it (rustix passes a `&CStr` through without copying).
+    fn c(&self) -> Result<&CStr, Errno> {
+        let len = self.len.ok_or(Errno::NAMETOOLONG)?;
+        // SAFETY: no part holds a NUL and buf[len] is one of the zeros it started as
+        // (len < buf.len()).
+        Ok(unsafe { CStr::from_bytes_with_nul_unchecked(&self.buf[..=len]) })
     }
 }
 
-/// `st_mode` and `st_size` of x86-64's `struct stat` (144 bytes).
-fn mode_size(st: &[u64; 18]) -> (u32, u64) {
-    ((st[3] & 0xffff_ffff) as u32, st[6])
+/// `path`'s status; `flags` is empty (symlinks followed) or SYMLINK_NOFOLLOW.
+fn stat_at(path: &Path, flags: AtFlags) -> Result<Stat, Errno> {
+    rustix::fs::statat(CWD, path.c()?, flags)
 }
 
-/// x86-64's `struct stat` of `path`; `flags` is 0 (symlinks followed) or AT_SYMLINK_NOFOLLOW.
-fn stat_at(path: &Path, flags: usize) -> Result<[u64; 18], i32> {
-    let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size; the path is NUL-terminated.
-    let r = unsafe {
-        syscall(
-            SYS_NEWFSTATAT,
-            AT_FDCWD as usize,
-            path.c()?,
-            st.as_mut_ptr() as usize,
-            flags,
-            0,
-            0,
-        )
-    };
-    errno(r).map(|_| st)
+fn lstat(path: &Path) -> Result<Stat, Errno> {
+    stat_at(path, AtFlags::SYMLINK_NOFOLLOW)
 }
 
-fn lstat(path: &Path) -> Result<(u32, u64), i32> {
-    stat_at(path, AT_SYMLINK_NOFOLLOW).map(|st| mode_size(&st))
+fn kind(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
 }
 
-/// `st_uid` of x86-64's `struct stat`.
-fn uid_of(st: &[u64; 18]) -> u32 {
-    (st[3] >> 32) as u32
-}
-
-/// Whether a state folder or file with this mode and owner may be used: root's (or this
-/// process's user's), writable by nobody else, and of the expected kind.
-fn trusted(mode: u32, uid: u32, kind: u32) -> bool {
-    // SAFETY: geteuid takes nothing.
-    let owner = uid == 0 || uid as isize == unsafe { syscall(SYS_GETEUID, 0, 0, 0, 0, 0, 0) };
-    mode & S_IFMT == kind && owner && mode & 0o022 == 0
+/// Whether a state folder or file with this status may be used: root's (or this process's
+/// user's), writable by nobody else, and of the expected kind.
+fn trusted(st: &Stat, want: FileType) -> bool {
+    let owner = st.st_uid == 0 || st.st_uid == rustix::process::geteuid().as_raw();
+    kind(st) == want && owner && st.st_mode & 0o022 == 0
 }
 
 /// Whether the state folder at `path` may be used (not a symlink, root's, writable by nobody
-/// else): ENOENT when it does not exist, EACCES when it must not be used.
-pub fn check_state_dir(path: &Path) -> Result<(), i32> {
-    let st = stat_at(path, AT_SYMLINK_NOFOLLOW)?;
-    match trusted(mode_size(&st).0, uid_of(&st), S_IFDIR) {
+/// else): NOENT when it does not exist, ACCESS when it must not be used.
+pub fn check_state_dir(path: &Path) -> Result<(), Errno> {
+    match trusted(&lstat(path)?, FileType::Directory) {
         true => Ok(()),
-        false => Err(EACCES),
+        false => Err(Errno::ACCESS),
     }
 }
 
-fn stat_fd_full(fd: usize) -> Result<[u64; 18], i32> {
-    let mut st = [0u64; 18];
-    // SAFETY: st is a struct stat's size.
-    errno(unsafe { syscall(SYS_FSTAT, fd, st.as_mut_ptr() as usize, 0, 0, 0, 0) }).map(|_| st)
+/// Open `path` close-on-exec (every descriptor but a claim's is this process's alone).
+fn open(path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+    open_mode(path, flags, Mode::empty())
 }
 
-fn stat_fd(fd: usize) -> Result<(u32, u64), i32> {
-    stat_fd_full(fd).map(|st| mode_size(&st))
-}
-
-fn open(path: &Path, flags: usize) -> Result<usize, i32> {
-    open_mode(path, flags, 0)
-}
-
-fn open_mode(path: &Path, flags: usize, mode: usize) -> Result<usize, i32> {
-    // SAFETY: a NUL-terminated path.
-    errno(unsafe {
-        syscall(
-            SYS_OPENAT,
-            AT_FDCWD as usize,
-            path.c()?,
-            O_RDONLY_CLOEXEC | flags,
-            mode,
-            0,
-            0,
-        )
-    })
+fn open_mode(path: &Path, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(path.c()?, OFlags::CLOEXEC | flags, mode)
 }
 
 /// Take the exclusive lock on `fd` if it is free: whether it was.
-fn flock_now(fd: usize) -> Result<bool, i32> {
-    // SAFETY: flock on a descriptor we own.
-    match errno(unsafe { syscall(SYS_FLOCK, fd, LOCK_EX_NB, 0, 0, 0, 0) }) {
-        Ok(_) => Ok(true),
-        Err(EWOULDBLOCK) | Err(4) => Ok(false),
+fn flock_now(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    match rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 /// An exclusive lock on the file at `path` (which must exist) if it is free right now: the
 /// descriptor that holds it, or None when another process holds it.
-pub fn try_lock(path: &Path) -> Result<Option<usize>, i32> {
-    let fd = open(path, O_RDWR | O_NOFOLLOW)?;
-    match flock_now(fd) {
-        Ok(true) => Ok(Some(fd)),
-        other => {
-            close(fd);
-            other.map(|_| None)
-        }
-    }
+pub fn try_lock(path: &Path) -> Result<Option<OwnedFd>, Errno> {
+    let fd = open(path, OFlags::RDWR | OFlags::NOFOLLOW)?;
+    Ok(flock_now(fd.as_fd())?.then_some(fd))
 }
 
 /// An exclusive lock on the file at `path` (which must exist), waiting at most about
 /// `max_ms`; the descriptor holds it until the process exits or execs (close-on-exec).
-pub fn lock_within(path: &Path, max_ms: u32) -> Result<usize, i32> {
-    let fd = open(path, O_RDWR | O_NOFOLLOW)?;
-    let pause = [0usize, 100_000]; // struct timespec: 100 us
+pub fn lock_within(path: &Path, max_ms: u32) -> Result<OwnedFd, Errno> {
+    let fd = open(path, OFlags::RDWR | OFlags::NOFOLLOW)?;
+    let pause = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000,
+    };
     for _ in 0..max_ms.saturating_mul(10).max(1) {
-        match flock_now(fd) {
-            Ok(true) => return Ok(fd),
-            Ok(false) => {}
-            Err(e) => {
-                close(fd);
-                return Err(e);
-            }
+        if flock_now(fd.as_fd())? {
+            return Ok(fd);
         }
-        // SAFETY: a valid timespec; the remainder is not wanted.
-        unsafe { syscall(SYS_NANOSLEEP, pause.as_ptr() as usize, 0, 0, 0, 0, 0) };
+        // Interrupted or not, the next try comes soon enough.
+        let _ = rustix::thread::nanosleep(&pause);
     }
-    close(fd);
-    Err(EWOULDBLOCK)
+    Err(Errno::WOULDBLOCK)
 }
 
 /// Take a container's create claim (`gpushare_fastpath::claim`): the file at `path` (made 0600
 /// if new, never through a symlink) locked, on a descriptor left open across exec() so that the
 /// runtime's create holds it until it exits. None when another process holds it. The lock is
 /// kept only if the path still names the locked file (a remover unlinks under the lock).
-pub fn take_claim(path: &Path) -> Result<Option<usize>, i32> {
+pub fn take_claim(path: &Path) -> Result<Option<OwnedFd>, Errno> {
     for _ in 0..8 {
-        // SAFETY: a NUL-terminated path; no O_CLOEXEC on purpose.
-        let fd = errno(unsafe {
-            syscall(
-                SYS_OPENAT,
-                AT_FDCWD as usize,
-                path.c()?,
-                O_RDWR | O_CREAT | O_NOFOLLOW,
-                0o600,
-                0,
-                0,
-            )
-        })?;
-        let kept = (|| {
-            let held = stat_fd_full(fd)?;
-            if !trusted(mode_size(&held).0, uid_of(&held), S_IFREG) {
-                return Err(EACCES);
-            }
-            if !flock_now(fd)? {
-                return Ok(Some(false));
-            }
-            let now = stat_at(path, AT_SYMLINK_NOFOLLOW);
-            if !now.is_ok_and(|now| now[0] == held[0] && now[1] == held[1]) {
-                return Ok(None); // removed (and perhaps made again) meanwhile: start over
-            }
-            // The taker's pid, as the full program writes it (`{:>10}\n`): after exec() it is
-            // the runtime's create's, which a delete waits for.
-            // SAFETY: getpid takes nothing.
-            let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
-            let mut digits = [0u8; 20];
-            let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
-            let mut text = [b' '; 11];
-            text[10 - pid.len()..10].copy_from_slice(pid);
-            text[10] = b'\n';
-            // SAFETY: text is valid for its length.
-            let w = unsafe { syscall(SYS_PWRITE64, fd, text.as_ptr() as usize, 11, 0, 0, 0) };
-            match errno(w) {
-                Ok(11) => Ok(Some(true)),
-                Ok(_) => Err(EINVAL),
-                Err(e) => Err(e),
-            }
-        })();
-        match kept {
-            Ok(Some(true)) => return Ok(Some(fd)),
-            Ok(Some(false)) => {
-                close(fd);
-                return Ok(None);
-            }
-            Ok(None) => close(fd),
-            Err(e) => {
-                close(fd);
-                return Err(e);
-            }
+        // No CLOEXEC, on purpose.
+        let fd = rustix::fs::open(
+            path.c()?,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        let held = rustix::fs::fstat(&fd)?;
+        if !trusted(&held, FileType::RegularFile) {
+            return Err(Errno::ACCESS);
         }
+        if !flock_now(fd.as_fd())? {
+            return Ok(None);
+        }
+        let now = lstat(path);
+        if !now.is_ok_and(|now| now.st_dev == held.st_dev && now.st_ino == held.st_ino) {
+            continue; // removed (and perhaps made again) meanwhile: start over
+        }
+        // The taker's pid, as the full program writes it (`{:>10}\n`): after exec() it is
+        // the runtime's create's, which a delete waits for.
+        let pid = rustix::process::getpid().as_raw_nonzero().get() as u64;
+        let mut digits = [0u8; 20];
+        let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
+        let mut text = [b' '; 11];
+        text[10 - pid.len()..10].copy_from_slice(pid);
+        text[10] = b'\n';
+        return match rio::pwrite(&fd, &text, 0)? {
+            11 => Ok(Some(fd)),
+            _ => Err(Errno::IO),
+        };
     }
-    Err(EWOULDBLOCK)
+    Err(Errno::WOULDBLOCK)
 }
 
 /// Remove the claim file at `path` if nobody holds it, or if the process holding it is this
 /// one's parent (the pid the file records): under the lock either way, as every taker checks
 /// after locking that the path still names the file it locked.
 pub fn remove_claim(path: &Path) {
-    let Ok(fd) = open(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK) else {
+    let Ok(fd) = open(path, OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK) else {
         return;
     };
-    let ours = match flock_now(fd) {
+    let ours = match flock_now(fd.as_fd()) {
         Ok(true) => true,
         Ok(false) => {
-            // SAFETY: getppid takes nothing.
-            let parent = unsafe { syscall(SYS_GETPPID, 0, 0, 0, 0, 0, 0) } as u64;
+            let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64);
             let mut text = [0u8; 16];
-            // SAFETY: text is writable for its length.
-            let r = unsafe { syscall(SYS_READ, fd, text.as_mut_ptr() as usize, 16, 0, 0, 0) };
-            let n = errno(r).unwrap_or(0).min(16);
+            let n = rio::read(&fd, &mut text).unwrap_or(0).min(16);
             let digits = text[..n].iter().copied().filter(u8::is_ascii_digit);
             let mut pid = 0u64;
             let mut any = false;
@@ -376,75 +273,66 @@ pub fn remove_claim(path: &Path) {
     if ours {
         unlink(path);
     }
-    close(fd);
 }
 
 /// Remove the file at `path` (best effort).
 pub fn unlink(path: &Path) {
     if let Ok(p) = path.c() {
-        // SAFETY: a NUL-terminated path.
-        unsafe { syscall(SYS_UNLINK, p, 0, 0, 0, 0, 0) };
+        let _ = rustix::fs::unlink(p);
     }
 }
 
+/// Write all of `data` to `fd`, retrying short and interrupted writes.
+fn write_fd(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
+    write_all(fd.as_fd(), data)
+}
+
 /// Append `data` to the file at `path` (made 0600 if new) with one write, then fsync it.
-pub fn append_durably(path: &Path, data: &[u8]) -> Result<(), i32> {
-    let fd = open_mode(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW, 0o600)?;
-    // SAFETY: data is valid for its length.
-    let r = unsafe { syscall(SYS_WRITE, fd, data.as_ptr() as usize, data.len(), 0, 0, 0) };
-    let written = match errno(r) {
-        Ok(n) if n == data.len() => Ok(()),
-        Ok(_) => Err(EINVAL),
-        Err(e) => Err(e),
-    };
-    // SAFETY: fsync on a descriptor we own.
-    let synced = written.and_then(|()| errno(unsafe { syscall(SYS_FSYNC, fd, 0, 0, 0, 0, 0) }));
-    close(fd);
-    synced.map(drop)
+pub fn append_durably(path: &Path, data: &[u8]) -> Result<(), Errno> {
+    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW;
+    let fd = open_mode(path, flags, Mode::RUSR | Mode::WUSR)?;
+    // One write or nothing: a journal line written in two parts could interleave with another.
+    if rio::write(&fd, data)? != data.len() {
+        return Err(Errno::IO);
+    }
+    rustix::fs::fsync(&fd)
 }
 
 /// Drop every capability: effective, permitted, inheritable and ambient (the bounding set is
 /// left alone, as the full hook leaves it). Best effort, as there.
 pub fn drop_all_caps() {
-    let header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
-    let data = [0u32; 6]; // two struct __user_cap_data_struct, all empty
-                          // SAFETY: a capability header and two data structs, as capset(2) expects.
-    unsafe {
-        syscall(
-            SYS_CAPSET,
-            header.as_ptr() as usize,
-            data.as_ptr() as usize,
-            0,
-            0,
-            0,
-            0,
-        );
-        syscall(SYS_PRCTL, 47, 4, 0, 0, 0, 0); // PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
-    }
-}
-
-/// A clock's (seconds, nanoseconds), or zeros if it cannot be read.
-fn clock(id: usize) -> (u64, u64) {
-    let mut ts = [0u64; 2];
-    // SAFETY: ts is a struct timespec.
-    let r = unsafe { syscall(SYS_CLOCK_GETTIME, id, ts.as_mut_ptr() as usize, 0, 0, 0, 0) };
-    match errno(r) {
-        Ok(_) => (ts[0], ts[1]),
-        Err(_) => (0, 0),
-    }
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    let _ = rustix::thread::set_capabilities(None, none);
+    let _ = rustix::thread::clear_ambient_capability_set();
 }
 
 /// Microseconds on the monotonic clock.
 pub fn monotonic_us() -> u64 {
-    let (s, ns) = clock(CLOCK_MONOTONIC);
-    s * 1_000_000 + ns / 1_000
+    let t = rustix::time::clock_gettime(ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    rustix::time::clock_gettime(ClockId::Realtime).tv_sec as u64
 }
 
 /// A file's identity as gpushare's offers record their config's: device, inode, size, mtime
 /// seconds and nanoseconds (symlinks followed).
 pub fn identity(path: &Path) -> Option<[u64; 5]> {
-    let st = stat_at(path, 0).ok()?;
-    Some([st[0], st[1], st[6], st[11], st[12]])
+    let st = stat_at(path, AtFlags::empty()).ok()?;
+    Some([
+        st.st_dev,
+        st.st_ino,
+        st.st_size as u64,
+        st.st_mtime as u64,
+        st.st_mtime_nsec,
+    ])
 }
 
 /// Whether something is at `path` (symlinks followed).
@@ -453,23 +341,20 @@ pub fn exists(path: &Path) -> bool {
 }
 
 /// The permission bits of the file at `path` itself (not following a symlink).
-pub fn mode_of(path: &Path) -> Result<u32, i32> {
-    lstat(path).map(|(mode, _)| mode & 0o7777)
+pub fn mode_of(path: &Path) -> Result<Mode, Errno> {
+    lstat(path).map(|st| Mode::from_raw_mode(st.st_mode & 0o7777))
 }
 
 /// Replace `dir/name` with `data` durably, as gpushare's full program does: a temp file in the
 /// same folder with `mode`, written, fsync'd, renamed over the file, then the folder fsync'd.
-pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: u32) -> Result<(), i32> {
-    // SAFETY: getpid takes nothing.
-    let pid = unsafe { syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0) } as u64;
+pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: Mode) -> Result<(), Errno> {
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u64;
     let mut digits = [0u8; 20];
     let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
     // Unpredictable and made exclusively: nothing planted at the name is ever written through.
     let mut random = [0u8; 8];
-    // SAFETY: random is writable for its length.
-    let r = unsafe { syscall(SYS_GETRANDOM, random.as_mut_ptr() as usize, 8, 0, 0, 0, 0) };
-    if errno(r) != Ok(8) {
-        return Err(EINVAL);
+    if rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())? != 8 {
+        return Err(Errno::IO);
     }
     let mut hex = [0u8; 16];
     for (i, b) in random.iter().enumerate() {
@@ -478,104 +363,53 @@ pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: u32) -> Result<(
     }
     let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", pid, b".", &hex]);
     let target = Path::new(&[dir, b"/", name]);
-    let fd = open_mode(
-        &tmp,
-        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW,
-        mode as usize,
-    )?;
-    let written = (|| {
-        // SAFETY: plain descriptor operations on a descriptor we own; data is valid.
-        errno(unsafe { syscall(SYS_FCHMOD, fd, mode as usize, 0, 0, 0, 0) })?;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let r = unsafe { syscall(SYS_WRITE, fd, rest.as_ptr() as usize, rest.len(), 0, 0, 0) };
-            match errno(r) {
-                Ok(k) if k > 0 => rest = &rest[k..],
-                Err(4) => continue,
-                Ok(_) => return Err(EINVAL),
-                Err(e) => return Err(e),
-            }
-        }
-        errno(unsafe { syscall(SYS_FSYNC, fd, 0, 0, 0, 0, 0) })?;
-        Ok(())
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+    let fd = open_mode(&tmp, flags, mode)?;
+    let renamed = (|| {
+        // The umask applied to open's mode; the spec keeps the mode it had.
+        rustix::fs::fchmod(&fd, mode)?;
+        write_fd(&fd, data)?;
+        rustix::fs::fsync(&fd)?;
+        rustix::fs::rename(tmp.c()?, target.c()?)
     })();
-    close(fd);
-    // SAFETY: NUL-terminated paths.
-    let renamed = written.and_then(|()| {
-        errno(unsafe { syscall(SYS_RENAME, tmp.c()?, target.c()?, 0, 0, 0, 0) }).map(drop)
-    });
+    drop(fd);
     if let Err(e) = renamed {
-        if let Ok(t) = tmp.c() {
-            // SAFETY: a NUL-terminated path.
-            unsafe { syscall(SYS_UNLINK, t, 0, 0, 0, 0, 0) };
-        }
+        unlink(&tmp);
         return Err(e);
     }
-    let dfd = open(&Path::new(&[dir]), O_DIRECTORY)?;
-    // SAFETY: fsync on a descriptor we own.
-    let synced = errno(unsafe { syscall(SYS_FSYNC, dfd, 0, 0, 0, 0, 0) });
-    close(dfd);
-    synced.map(drop)
+    rustix::fs::fsync(open(&Path::new(&[dir]), OFlags::DIRECTORY)?)
 }
 
 /// Anonymous memory of `len` bytes, zeroed, never freed (the process execs or exits soon).
-pub fn scratch(len: usize) -> Result<&'static mut [u8], i32> {
+pub fn scratch(len: usize) -> Result<&'static mut [u8], Errno> {
+    use rustix::mm::{MapFlags, ProtFlags};
     // SAFETY: a fresh private anonymous mapping, owned by the returned slice alone.
-    let r = unsafe {
-        syscall(
-            SYS_MMAP,
-            0,
+    unsafe {
+        let p = rustix::mm::mmap_anonymous(
+            core::ptr::null_mut(),
             len,
-            PROT_READ_WRITE,
-            MAP_PRIVATE_ANONYMOUS,
-            usize::MAX,
-            0,
-        )
-    };
-    let p = errno(r)? as *mut u8;
-    Ok(unsafe { core::slice::from_raw_parts_mut(p, len) })
-}
-
-/// Seconds since the epoch.
-pub fn now() -> u64 {
-    clock(CLOCK_REALTIME).0
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )?;
+        Ok(core::slice::from_raw_parts_mut(p.cast::<u8>(), len))
+    }
 }
 
 /// Standard input, up to `max` bytes (one more tells that there was more), read into anonymous
 /// memory.
-pub fn read_stdin(max: usize) -> Result<Map, i32> {
-    read_fd(0, max + 1)
+pub fn read_stdin(max: usize) -> Result<Map, Errno> {
+    // SAFETY: fd 0 is not closed while it is read (restore_stdin replaces it only after).
+    read_fd(unsafe { rustix::stdio::stdin() }, max + 1)
 }
 
 /// Make `data` this process's standard input again (a memory file, read from its start), for
 /// a program exec'd next that reads what this one already took off the pipe.
-pub fn restore_stdin(data: &[u8]) -> Result<(), i32> {
-    // SAFETY: a NUL-terminated name; MFD_CLOEXEC (fd 0 itself, made by dup2, stays open).
-    let fd =
-        errno(unsafe { syscall(SYS_MEMFD_CREATE, c"state".as_ptr() as usize, 1, 0, 0, 0, 0) })?;
-    let mut rest = data;
-    while !rest.is_empty() {
-        // SAFETY: rest is valid for its length.
-        let r = unsafe { syscall(SYS_WRITE, fd, rest.as_ptr() as usize, rest.len(), 0, 0, 0) };
-        match errno(r) {
-            Ok(n) if n > 0 => rest = &rest[n..],
-            Err(4) => continue,
-            _ => {
-                close(fd);
-                return Err(EINVAL);
-            }
-        }
-    }
-    // SAFETY: plain descriptor operations on descriptors we own.
-    let r = unsafe { syscall(SYS_LSEEK, fd, 0, 0, 0, 0, 0) }; // SEEK_SET
-    let r = errno(r).and_then(|_| errno(unsafe { syscall(SYS_DUP2, fd, 0, 0, 0, 0, 0) }));
-    close(fd);
-    r.map(drop)
-}
-
-pub fn close(fd: usize) {
-    // SAFETY: closes a descriptor this process opened.
-    unsafe { syscall(SYS_CLOSE, fd, 0, 0, 0, 0, 0) };
+pub fn restore_stdin(data: &[u8]) -> Result<(), Errno> {
+    // Close-on-exec: fd 0 itself, made by dup2, stays open.
+    let fd = rustix::fs::memfd_create(c"state", MemfdFlags::CLOEXEC)?;
+    write_fd(&fd, data)?;
+    rustix::fs::seek(&fd, SeekFrom::Start(0))?;
+    rustix::stdio::dup2_stdin(&fd)
 }
 
 /// A file's bytes, read into anonymous memory (never a mapping of the file itself, which a
@@ -587,40 +421,35 @@ pub struct Map {
 
 impl Map {
     /// Any file the path leads to (symlinks followed), as `std::fs::read` would read it.
-    pub fn open(path: &Path) -> Result<Map, i32> {
-        let fd = open(path, 0)?;
-        let m = Self::of_fd(fd, u64::MAX);
-        close(fd);
-        m
+    pub fn open(path: &Path) -> Result<Map, Errno> {
+        Self::of_fd(&open(path, OFlags::RDONLY)?, u64::MAX)
     }
 
     /// A file in the state folder: never through a symlink, and only when it is root's and
-    /// writable by nobody else (EACCES otherwise).
-    pub fn open_state(path: &Path) -> Result<Map, i32> {
-        let fd = match open(path, O_NOFOLLOW | O_NONBLOCK) {
-            Err(ELOOP) => return Err(EACCES),
+    /// writable by nobody else (ACCESS otherwise).
+    pub fn open_state(path: &Path) -> Result<Map, Errno> {
+        let fd = match open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK) {
+            Err(Errno::LOOP) => return Err(Errno::ACCESS),
             r => r?,
         };
-        let m =
-            stat_fd_full(fd).and_then(|st| match trusted(mode_size(&st).0, uid_of(&st), S_IFREG) {
-                true => Self::of_fd(fd, u64::MAX),
-                false => Err(EACCES),
-            });
-        close(fd);
-        m
+        match trusted(&rustix::fs::fstat(&fd)?, FileType::RegularFile) {
+            true => Self::of_fd(&fd, u64::MAX),
+            false => Err(Errno::ACCESS),
+        }
     }
 
-    fn of_fd(fd: usize, max: u64) -> Result<Map, i32> {
-        let (mode, size) = stat_fd(fd)?;
-        if mode & S_IFMT != S_IFREG || size > max || size > (1 << 40) {
-            return Err(EINVAL);
+    fn of_fd(fd: &OwnedFd, max: u64) -> Result<Map, Errno> {
+        let st = rustix::fs::fstat(fd)?;
+        let size = st.st_size as u64;
+        if kind(&st) != FileType::RegularFile || size > max || size > (1 << 40) {
+            return Err(Errno::INVAL);
         }
         // One byte more than the file had: filling it means the file grew meanwhile, and a
         // file changing under the reader is the full wrapper's to read.
         let cap = size as usize + 1;
-        let m = read_fd(fd, cap)?;
+        let m = read_fd(fd.as_fd(), cap)?;
         if m.len == cap {
-            return Err(EINVAL);
+            return Err(Errno::INVAL);
         }
         Ok(m)
     }
@@ -633,26 +462,14 @@ impl Map {
 
 /// Up to `cap` bytes read from `fd` into anonymous memory (never a mapping of a file itself,
 /// which a writer truncating it would turn into SIGBUS), until end of file.
-fn read_fd(fd: usize, cap: usize) -> Result<Map, i32> {
+fn read_fd(fd: BorrowedFd<'_>, cap: usize) -> Result<Map, Errno> {
     let buf = scratch(cap)?;
     let mut len = 0;
     while len < cap {
-        // SAFETY: buf has cap bytes; len < cap.
-        let r = unsafe {
-            syscall(
-                SYS_READ,
-                fd,
-                buf[len..].as_mut_ptr() as usize,
-                cap - len,
-                0,
-                0,
-                0,
-            )
-        };
-        match errno(r) {
+        match rio::read(fd, &mut buf[len..]) {
             Ok(0) => break,
             Ok(n) => len += n,
-            Err(4) => continue,
+            Err(Errno::INTR) => continue,
             Err(e) => return Err(e),
         }
     }
@@ -664,37 +481,38 @@ fn read_fd(fd: usize, cap: usize) -> Result<Map, i32> {
 
 /// A bundle's config.json as gpushare agrees to read one: a regular file, not through a
 /// symlink, of bounded size; anything else is an error and the full wrapper decides.
-pub fn read_spec(path: &Path, max: u64) -> Result<Map, i32> {
+pub fn read_spec(path: &Path, max: u64) -> Result<Map, Errno> {
     // Checked before opening, so that a FIFO or a device is never opened.
-    let (mode, _) = lstat(path)?;
-    if mode & S_IFMT != S_IFREG {
-        return Err(EINVAL);
+    if kind(&lstat(path)?) != FileType::RegularFile {
+        return Err(Errno::INVAL);
     }
-    let fd = open(path, O_NOFOLLOW | O_NONBLOCK)?;
-    let m = Map::of_fd(fd, max);
-    close(fd);
-    m
+    Map::of_fd(
+        &open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK)?,
+        max,
+    )
 }
 
 /// Whether two paths lead to the same file (symlinks followed).
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    let id = |p: &Path| stat_at(p, 0).ok().map(|st| (st[0], st[1])); // st_dev, st_ino
+    let id = |p: &Path| {
+        stat_at(p, AtFlags::empty())
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    };
     matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
 pub fn is_executable_file(path: &Path) -> bool {
     // Symlinks are followed, as stat(2) does.
-    stat_at(path, 0).is_ok_and(|st| {
-        let (mode, _) = mode_size(&st);
-        mode & S_IFMT == S_IFREG && mode & 0o111 != 0
-    })
+    stat_at(path, AtFlags::empty())
+        .is_ok_and(|st| kind(&st) == FileType::RegularFile && st.st_mode & 0o111 != 0)
 }
 
 /// Returns only on failure.
 pub fn execve(path: &Path, argv: *const *const u8, envp: *const *const u8) {
     if let Ok(p) = path.c() {
-        // SAFETY: NULL-terminated arrays of NUL-terminated strings.
-        unsafe { syscall(SYS_EXECVE, p, argv as usize, envp as usize, 0, 0, 0) };
+        // SAFETY: argv and envp are the kernel's or built from its strings, NULL-terminated.
+        unsafe { raw::execve(p, argv, envp) };
     }
 }
 
@@ -712,50 +530,46 @@ pub enum Spawned {
 /// comes back on a close-on-exec pipe, so a runtime that never started is told apart from one
 /// that exited 127.
 pub fn spawn_wait(path: &Path, argv: *const *const u8, envp: *const *const u8) -> Spawned {
-    let mut fds = [0i32; 2];
-    // SAFETY: fds holds two ints.
-    let r = unsafe { syscall(SYS_PIPE2, fds.as_mut_ptr() as usize, O_CLOEXEC, 0, 0, 0, 0) };
-    if errno(r).is_err() {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    let Ok((rd, wr)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
         return Spawned::NotStarted;
-    }
-    let (rd, wr) = (fds[0] as usize, fds[1] as usize);
-    // SAFETY: fork in a single-threaded process with no locks held.
-    let Ok(pid) = errno(unsafe { syscall(SYS_FORK, 0, 0, 0, 0, 0, 0) }) else {
-        close(rd);
-        close(wr);
+    };
+    // SAFETY: this process has one thread and holds no locks.
+    let Some(pid) = (unsafe { raw::fork() }) else {
         return Spawned::NotStarted;
     };
     if pid == 0 {
-        close(rd);
+        drop(rd);
         execve(path, argv, envp);
-        write_all(wr, b"x");
+        let _ = rio::write(&wr, b"x");
         exit(127);
     }
-    close(wr);
+    drop(wr);
     let mut byte = [0u8; 1];
     let failed = loop {
-        // SAFETY: byte is one writable byte.
-        match errno(unsafe { syscall(SYS_READ, rd, byte.as_mut_ptr() as usize, 1, 0, 0, 0) }) {
-            Err(4) => continue,
+        match rio::read(&rd, &mut byte) {
+            Err(Errno::INTR) => continue,
             Ok(n) => break n > 0,
             Err(_) => break false,
         }
     };
-    close(rd);
-    let mut status: i32 = 0;
+    drop(rd);
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return Spawned::Lost;
+    };
     let waited = loop {
-        // SAFETY: status is an int.
-        let r = unsafe { syscall(SYS_WAIT4, pid, &mut status as *mut i32 as usize, 0, 0, 0, 0) };
-        if r != EINTR {
-            break errno(r).is_ok();
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Err(Errno::INTR) => continue,
+            Ok(Some((_, status))) => break Some(status),
+            _ => break None,
         }
     };
     match (failed, waited) {
         (true, _) => Spawned::NotStarted,
-        (false, false) => Spawned::Lost,
-        (false, true) => Spawned::Exited(match status & 0x7f {
-            0 => (status >> 8) & 0xff,
-            sig => 128 + sig,
+        (false, None) => Spawned::Lost,
+        (false, Some(status)) => Spawned::Exited(match status.terminating_signal() {
+            Some(sig) => 128 + sig,
+            None => status.exit_status().unwrap_or(0),
         }),
     }
 }
@@ -763,31 +577,20 @@ pub fn spawn_wait(path: &Path, argv: *const *const u8, envp: *const *const u8) -
 /// `name` in the folder this binary was started from.
 pub fn sibling(name: &[u8]) -> Option<Path> {
     let mut buf = [0u8; 4096];
-    let exe = Path::new(&[b"/proc/self/exe"]);
-    // SAFETY: buf is writable for its length.
-    let r = unsafe {
-        syscall(
-            SYS_READLINK,
-            exe.c().ok()?,
-            buf.as_mut_ptr() as usize,
-            buf.len(),
-            0,
-            0,
-            0,
-        )
-    };
-    let n = errno(r).ok()?;
+    let n = rustix::fs::readlinkat_raw(CWD, c"/proc/self/exe", &mut buf[..]).ok()?;
     let dir_end = buf[..n].iter().rposition(|&b| b == b'/')?;
     Some(Path::new(&[&buf[..dir_end], b"/", name]))
 }
 
-// With no libc, the compiler's calls to these must be met here. Written with string
-// instructions or volatile reads so that the optimizer cannot turn them into calls to
-// themselves.
+// With no libc, the compiler's calls to these must be met here: rustix makes system calls and
+// no more, and Rust's compiler_builtins supplies them only on targets that have no libc (on
+// x86_64-unknown-linux-gnu it leaves them to libc). Written with string instructions or
+// volatile reads so that the optimizer cannot turn them into calls to themselves. (core's
+// CStr::from_ptr calls strlen.)
 
 #[no_mangle]
 unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
+    core::arch::asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
         options(nostack, preserves_flags));
     dst
 }
@@ -798,14 +601,14 @@ unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 
         return memcpy(dst, src, n);
     }
     // Overlapping with dst above src: copy from the end, backwards.
-    asm!("std", "rep movsb", "cld", inout("rdi") dst.add(n - 1) => _,
+    core::arch::asm!("std", "rep movsb", "cld", inout("rdi") dst.add(n - 1) => _,
         inout("rsi") src.add(n - 1) => _, inout("rcx") n => _, options(nostack));
     dst
 }
 
 #[no_mangle]
 unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
-    asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8,
+    core::arch::asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8,
         options(nostack, preserves_flags));
     dst
 }
