@@ -25,6 +25,7 @@ mod sys;
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Errno, Map, Path};
+    use gpushare_fastpath::runc_log::{self, Level};
     use gpushare_fastpath::{args, claim, config, decimal, journal, offers, scan, splice, state};
 
     /// The full wrapper's file name; it lives next to this binary.
@@ -154,8 +155,10 @@ mod entry {
                             bundle,
                             spec: m.bytes(),
                         };
-                        if grant.offered(p).is_some() {
-                            exec_runtime(p, &runtime);
+                        match grant.offered(p) {
+                            Ok(()) => exec_runtime(p, &runtime),
+                            Err(Some(why)) => tell(&parsed, why),
+                            Err(None) => {}
                         }
                     }
                     _ => {}
@@ -177,8 +180,13 @@ mod entry {
                 // create of the id still runs (the claim is held), the full wrapper waits for
                 // it, so the slice is never freed while the container is still to come up.
                 let claim_path = Path::new(&[dir, b"/", claim::DIR, b"/", id]);
-                if !claim::is_nameable(id) || !matches!(sys::take_claim(&claim_path), Ok(Some(_))) {
+                if !claim::is_nameable(id) {
                     return;
+                }
+                match sys::take_claim(&claim_path) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return tell(&parsed, Why::new(Level::Info, CLAIM_HELD, None)),
+                    Err(e) => return tell(&parsed, Why::new(Level::Warning, NO_CLAIM, Some(e))),
                 }
                 // runc's own state says it will run gpushare's poststop hook, which releases:
                 // nothing is left for gpushare to do after runc, which then replaces this
@@ -259,31 +267,38 @@ mod entry {
     }
 
     impl Create<'_> {
-        /// Grant what the ledger's offers hold for this spec and write the edited spec; Some
-        /// when done (the runtime is then exec'd). None hands the whole create, untouched so
-        /// far or with its grant journaled, to the full wrapper.
-        fn offered(&self, p: &Process) -> Option<()> {
+        /// Grant what the ledger's offers hold for this spec and write the edited spec; Ok
+        /// when done (the runtime is then exec'd). Err hands the whole create, untouched so far
+        /// or with its grant journaled, to the full wrapper, with the reason to log if there is
+        /// one a person should know.
+        fn offered(&self, p: &Process) -> Result<(), Handover> {
             let started = sys::monotonic_us();
             // Crash tests kill the full wrapper at its failpoints: it must be the one to run.
             if env(p, b"GPUSHARE_FAILPOINT").is_some() {
-                return None;
+                return Err(None);
             }
             let id = self
                 .parsed
                 .container_id
-                .filter(|id| journal::is_plain_id(id))?;
-            let profile = splice::plain_profile(self.spec)?;
+                .filter(|id| journal::is_plain_id(id))
+                .quietly()?;
+            let profile = splice::plain_profile(self.spec).quietly()?;
             let dir = self.state_dir;
             // A state folder that is not root's alone is never used: the full wrapper refuses
-            // the request and says why.
-            sys::check_state_dir(&Path::new(&[dir])).ok()?;
+            // the request and says why. One that does not exist yet holds no offers.
+            sys::check_state_dir(&Path::new(&[dir])).quietly()?;
             if !claim::is_nameable(id) {
-                return None;
+                return Err(None);
             }
-            let offers_text = Map::open_state(&Path::new(&[dir, b"/", offers::FILE])).ok()?;
-            let offers = offers::parse(offers_text.bytes())?;
+            // No offers file: the full wrapper has not made any (yet).
+            let offers_text = match Map::open_state(&Path::new(&[dir, b"/", offers::FILE])) {
+                Err(Errno::NOENT) => return Err(None),
+                r => r.telling(Level::Warning, b"cannot read the offers file")?,
+            };
+            let offers = offers::parse(offers_text.bytes())
+                .telling(Level::Warning, b"cannot parse the offers file")?;
             if !self.config_matches(offers.config) {
-                return None;
+                return Err(Some(Why::new(Level::Info, STALE_CONFIG, None)));
             }
             let runtime_root = match self.parsed.root {
                 Some(r) => Some(r),
@@ -294,60 +309,78 @@ mod entry {
                 },
             };
             if runtime_root.is_some_and(|r| !journal::is_plain_root(r)) {
-                return None;
+                return Err(None);
             }
             let spec_path = Path::new(&[self.bundle, b"/config.json"]);
-            let mode = sys::mode_of(&spec_path).ok()?;
+            let mode = sys::mode_of(&spec_path).quietly()?;
 
             let ledger_path = Path::new(&[dir, b"/", config::LEDGER_FILE]);
             let journal_path = Path::new(&[dir, b"/", journal::FILE]);
-            // Which offer applies, read from the ledger and its journal (None: the full
-            // wrapper's case). When the lock is busy it is looked at once without the lock
-            // first: when many creates come at once, most find the offers spent and should not
-            // queue for the lock to learn it. A free lock is taken at once, and the look made
-            // only under it.
+            // Which offer applies, read from the ledger and its journal. When the lock is busy
+            // it is looked at once without the lock first: when many creates come at once, most
+            // find the offers spent and should not queue for the lock to learn it. A free lock
+            // is taken at once, and the look made only under it.
             let applies = || {
-                let ledger = Map::open_state(&ledger_path).ok()?;
-                let generation = journal::generation(ledger.bytes())?;
+                let ledger = Map::open_state(&ledger_path)
+                    .telling(Level::Warning, b"cannot read the ledger")?;
+                let generation = journal::generation(ledger.bytes())
+                    .telling(Level::Warning, b"cannot read the ledger's generation")?;
                 if generation != offers.generation {
-                    return None;
+                    return Err(Some(Why::new(Level::Info, STALE_LEDGER, None)));
                 }
                 let journal = match Map::open_state(&journal_path) {
-                    Ok(m) => Some(m),
                     Err(Errno::NOENT) => None,
-                    Err(_) => return None,
+                    r => Some(r.telling(Level::Warning, b"cannot read the release journal")?),
                 };
                 let bytes = journal.as_ref().map_or(&[][..], Map::bytes);
-                // The same container asking again keeps what it holds: the full wrapper's case.
+                // The same container asking again keeps what it holds, and a long journal is
+                // folded into the ledger: the full wrapper's ordinary work.
                 if bytes.len() > journal::MAX_GRANT_BYTES
                     || journal::may_hold(ledger.bytes(), bytes, id)
                 {
-                    return None;
+                    return Err(None);
                 }
-                let released = journal::net_release(bytes, generation)?;
-                let offer = offers.offer(released, profile)?;
-                Some((offer, generation, journal::torn(bytes)))
+                // A grant of the journal's still held, or more than one lease released: the
+                // offers were spent, as containers come and go. So too when none is left for
+                // this profile. The full wrapper's ordinary work either way.
+                let released = journal::net_release(bytes, generation).quietly()?;
+                let offer = offers.offer(released, profile).quietly()?;
+                Ok((offer, generation, journal::torn(bytes)))
             };
             // The create claim, from before the grant until the runtime's create exits (its
             // descriptor survives the exec). Anything that hands over to the full wrapper lets
             // it go first: the full wrapper takes it itself.
-            let claim = sys::take_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id]))
-                .ok()
-                .flatten()?;
+            let claim = match sys::take_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id])) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return Err(Some(Why::new(Level::Info, CLAIM_HELD, None))),
+                Err(e) => return Err(Some(Why::new(Level::Warning, NO_CLAIM, Some(e)))),
+            };
             let lock_path = Path::new(&[dir, b"/ledger.lock"]);
-            let lock = match sys::try_lock(&lock_path).ok()? {
+            let lock = match sys::try_lock(&lock_path)
+                .telling(Level::Warning, b"cannot open the ledger's lock")?
+            {
                 Some(fd) => fd,
                 None => {
                     applies()?;
-                    sys::lock_within(&lock_path, HOOK_LOCK_MS).ok()?
+                    match sys::lock_within(&lock_path, HOOK_LOCK_MS) {
+                        Ok(fd) => fd,
+                        Err(Errno::WOULDBLOCK) => {
+                            return Err(Some(Why::new(Level::Info, LOCK_BUSY, None)))
+                        }
+                        Err(e) => {
+                            let why = b"cannot lock the ledger";
+                            return Err(Some(Why::new(Level::Warning, why, Some(e))));
+                        }
+                    }
                 }
             };
             let granted = (|| {
                 let (offer, generation, torn) = applies()?;
                 if !sys::exists(&Path::new(&[offer.cap_file])) {
-                    return None; // the instance is gone: the full wrapper prunes and picks again
+                    // The full wrapper prunes it and picks again.
+                    return Err(Some(Why::new(Level::Info, INSTANCE_GONE, None)));
                 }
-                let plan = splice::plan(self.spec, &offers, &offer).ok()?;
+                let plan = splice::plan(self.spec, &offers, &offer).ok().quietly()?;
                 let mut line = [0u8; 2 * journal::MAX_ID + 4200];
                 let n = journal::grant_line(
                     offer.instance,
@@ -358,20 +391,26 @@ mod entry {
                     sys::monotonic_us().saturating_sub(started),
                     torn,
                     &mut line,
-                )?;
-                sys::append_durably(&journal_path, &line[..n]).ok()?;
-                Some((offer, plan))
+                )
+                .quietly()?;
+                sys::append_durably(&journal_path, &line[..n])
+                    .telling(Level::Warning, b"cannot append to the release journal")?;
+                Ok((offer, plan))
             })();
             drop(lock);
             let (offer, plan) = granted?;
             // From here the container holds the slice: a failure leaves the rest to the full
             // wrapper, which finds the grant and finishes the same create.
-            let buf = sys::scratch(splice::room(self.spec, offers_text.bytes())).ok()?;
+            let unwritten = |e| Why::new(Level::Warning, UNWRITTEN, e);
+            let buf = sys::scratch(splice::room(self.spec, offers_text.bytes()))
+                .map_err(|e| unwritten(Some(e)))?;
             let mut out = splice::Out::new(buf);
-            splice::write(self.spec, &plan, &offers, &offer, &mut out).ok()?;
-            sys::replace_file(self.bundle, b"config.json", out.bytes(), mode).ok()?;
+            splice::write(self.spec, &plan, &offers, &offer, &mut out)
+                .map_err(|_| unwritten(None))?;
+            sys::replace_file(self.bundle, b"config.json", out.bytes(), mode)
+                .map_err(|e| unwritten(Some(e)))?;
             core::mem::forget(claim); // held by the runtime's create from here
-            Some(())
+            Ok(())
         }
 
         /// Whether the config file is the one the offers were made under.
@@ -386,6 +425,95 @@ mod entry {
             id.iter()
                 .all(|&v| words.next().is_some_and(|w| decimal::parse(w) == Some(v)))
                 && words.next().is_none()
+        }
+    }
+
+    /// Why a create or delete goes to the full wrapper, when a person should know: None when
+    /// it is simply not a warm plain request (the full wrapper's ordinary work).
+    type Handover = Option<Why>;
+
+    /// A reason to log when handing over.
+    struct Why {
+        level: Level,
+        what: &'static [u8],
+        errno: Option<Errno>,
+    }
+
+    impl Why {
+        fn new(level: Level, what: &'static [u8], errno: Option<Errno>) -> Why {
+            Why { level, what, errno }
+        }
+    }
+
+    const STALE_CONFIG: &[u8] =
+        b"the warm offers were made under another config file (it changed since)";
+    const STALE_LEDGER: &[u8] = b"the warm offers are stale (the ledger changed since)";
+    const LOCK_BUSY: &[u8] = b"the ledger's lock stayed busy past the entry binary's wait";
+    const INSTANCE_GONE: &[u8] = b"the offered GPU instance is gone";
+    const CLAIM_HELD: &[u8] = b"another gpushare process holds the container's claim";
+    const NO_CLAIM: &[u8] = b"cannot take the container's claim";
+    const UNWRITTEN: &[u8] = b"the slice is granted but the edited spec cannot be written";
+
+    /// What went wrong on the way to a warm grant, as a hand-over.
+    trait OrHandOver<T> {
+        /// The full wrapper's ordinary case: nothing to log.
+        fn quietly(self) -> Result<T, Handover>;
+        /// A reason to log.
+        fn telling(self, level: Level, what: &'static [u8]) -> Result<T, Handover>;
+    }
+
+    impl<T> OrHandOver<T> for Option<T> {
+        fn quietly(self) -> Result<T, Handover> {
+            self.ok_or(None)
+        }
+        fn telling(self, level: Level, what: &'static [u8]) -> Result<T, Handover> {
+            self.ok_or(Some(Why::new(level, what, None)))
+        }
+    }
+
+    impl<T> OrHandOver<T> for Result<T, Errno> {
+        fn quietly(self) -> Result<T, Handover> {
+            self.map_err(|_| None)
+        }
+        fn telling(self, level: Level, what: &'static [u8]) -> Result<T, Handover> {
+            self.map_err(|e| Some(Why::new(level, what, Some(e))))
+        }
+    }
+
+    /// Log why the command goes to the full wrapper: one line in the runtime log format, to
+    /// the engine's `--log` file, or to stderr without one (as runc logs). Best effort.
+    fn tell(parsed: &args::Parsed, why: Why) {
+        let mut digits = [0u8; 20];
+        let errno: [&[u8]; 3] = match why.errno {
+            Some(e) => [
+                b" (errno ",
+                decimal::format(u64::from(e.raw_os_error().unsigned_abs()), &mut digits),
+                b")",
+            ],
+            None => [b"", b"", b""],
+        };
+        let msg: [&[u8]; 10] = [
+            b"gpushare: ",
+            parsed.command.unwrap_or(b""),
+            b" ",
+            parsed.container_id.unwrap_or(b""),
+            b": ",
+            why.what,
+            errno[0],
+            errno[1],
+            errno[2],
+            b"; gpushare-runtime takes it over",
+        ];
+        let mut buf = [0u8; 8192];
+        let json = parsed.log_format == Some(b"json");
+        let Some(line) = runc_log::line(&mut buf, json, why.level, &msg, sys::now()) else {
+            return;
+        };
+        match parsed.log {
+            Some(log) => {
+                let _ = sys::append_line(&Path::new(&[log]), line);
+            }
+            None => sys::say(line),
         }
     }
 

@@ -298,6 +298,14 @@ pub fn append_durably(path: &Path, data: &[u8]) -> Result<(), Errno> {
     rustix::fs::fsync(&fd)
 }
 
+/// Append one line to the file at `path` (made if new, as runc's `--log` file is), with no
+/// fsync: a log line, not state.
+pub fn append_line(path: &Path, line: &[u8]) -> Result<(), Errno> {
+    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE;
+    let fd = open_mode(path, flags, Mode::from_raw_mode(0o666))?;
+    write_fd(&fd, line)
+}
+
 /// Drop every capability: effective, permitted, inheritable and ambient (the bounding set is
 /// left alone, as the full hook leaves it). Best effort, as there.
 pub fn drop_all_caps() {

@@ -14,6 +14,7 @@ pub mod decimal;
 pub mod journal;
 mod json;
 pub mod offers;
+pub mod runc_log;
 pub mod scan;
 pub mod splice;
 pub mod state;

@@ -6,6 +6,7 @@ use crate::invariants;
 
 use common::*;
 use serde_json::Value;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 fn journal(node: &SimNode) -> String {
@@ -206,4 +207,109 @@ fn the_journal_stays_short_and_every_grant_is_counted() {
         by_entry * 10 >= cycles * 9,
         "most grants were the entry binary's: {by_entry} of {cycles}"
     );
+}
+
+/// The lines the entry binary wrote to the engine's runtime log (`engine.create` passes
+/// `--log B/runtime-log.json --log-format json`, as containerd does).
+fn entry_log(b: &Bundle) -> Vec<Value> {
+    std::fs::read_to_string(b.path().join("runtime-log.json"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .filter(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("gpushare: "))
+        })
+        .collect()
+}
+
+/// The one line the entry binary logged, whose message holds `what`, at `level`.
+fn logged_once(b: &Bundle, id: &str, level: &str, what: &str) {
+    let lines = entry_log(b);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let msg = lines[0]["msg"].as_str().unwrap();
+    assert_eq!(lines[0]["level"], level, "{msg}");
+    assert!(
+        msg.starts_with(&format!("gpushare: create {id}: ")),
+        "{msg}"
+    );
+    assert!(msg.contains(what), "{msg}");
+    assert!(msg.ends_with("; gpushare-runtime takes it over"), "{msg}");
+    let time = lines[0]["time"].as_str().unwrap();
+    assert!(time.len() == 20 && time.ends_with('Z'), "{time}");
+}
+
+#[test]
+fn a_hand_over_a_person_should_know_of_is_logged_once_and_an_ordinary_one_not() {
+    require_root();
+    let node = warm_node();
+    let engine = Engine::new(&node, Runtime::Runc);
+    let gpu = || Bundle::new("sleep 30", &[("gpu.profile", "1g.10gb")], &[]);
+
+    // Ordinary hand-overs, each granted by the full wrapper: no offers made yet, then the
+    // offers spent (the only warm slice held by another container).
+    let (cold, cold_id) = (gpu(), unique("cold"));
+    assert!(engine.create(&cold, &cold_id).status.success());
+    assert!(engine.delete(&cold_id).status.success());
+    let (warm, warm_id) = (gpu(), unique("warm"));
+    assert!(engine.create(&warm, &warm_id).status.success());
+    assert!(granted_by_entry(&node, &warm_id), "{}", journal(&node));
+    let (spent, spent_id) = (gpu(), unique("spent"));
+    assert!(engine.create(&spent, &spent_id).status.success());
+    assert!(!granted_by_entry(&node, &spent_id));
+    for (b, id) in [(&cold, &cold_id), (&warm, &warm_id), (&spent, &spent_id)] {
+        assert_eq!(entry_log(b), Vec::<Value>::new(), "{id}");
+    }
+    assert!(engine.delete(&warm_id).status.success());
+    assert!(engine.delete(&spent_id).status.success());
+    // Two leases released since the offers were made: spent too. One more container through
+    // the full wrapper makes them apply again.
+    warm_up(&engine);
+
+    // The ledger's lock held past the entry binary's wait: it says so, and the full wrapper
+    // grants once the lock is free.
+    let lock_path = node.cfg().state_dir.join("ledger.lock");
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let (busy, busy_id) = (gpu(), unique("busy"));
+    std::thread::scope(|s| {
+        let create = s.spawn(|| engine.create(&busy, &busy_id));
+        let waited = std::time::Instant::now();
+        while entry_log(&busy).is_empty() && waited.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(lock);
+        let out = create.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    });
+    logged_once(&busy, &busy_id, "info", "lock stayed busy");
+    assert!(!granted_by_entry(&node, &busy_id));
+    assert!(engine.delete(&busy_id).status.success());
+
+    // Offers made under a config file edited since: stale, said on stderr (the text form, as
+    // runc logs) when the engine gives no --log.
+    let cfg = node.config();
+    let bytes = std::fs::read(&cfg).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&cfg, bytes).unwrap();
+    let (stale, stale_id) = (gpu(), unique("stale"));
+    create(&engine, &stale, &stale_id, &[]);
+    let stderr = text(&std::fs::read(stale.path().join("stderr")).unwrap());
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("gpushare: "))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].starts_with("time=\"")
+            && said[0].contains(&format!(
+                "level=info msg=\"gpushare: create {stale_id}: the warm offers were made under another config file"
+            )),
+        "{stderr}"
+    );
+    assert!(!granted_by_entry(&node, &stale_id));
+    assert!(engine.delete(&stale_id).status.success());
+    invariants::check(&node, Some(engine.root.path())).unwrap();
 }
