@@ -197,14 +197,19 @@ pub fn lock_within(path: &Path, max_ms: u32) -> Result<OwnedFd, Errno> {
         tv_sec: 0,
         tv_nsec: 100_000,
     };
-    for _ in 0..max_ms.saturating_mul(10).max(1) {
+    // Bounded by the clock, not by a count of pauses: on a loaded node each pause lasts far
+    // longer than asked, and a count would wait many times `max_ms`.
+    let deadline = monotonic_us() + u64::from(max_ms) * 1_000;
+    loop {
         if flock_now(fd.as_fd())? {
             return Ok(fd);
+        }
+        if monotonic_us() >= deadline {
+            return Err(Errno::WOULDBLOCK);
         }
         // Interrupted or not, the next try comes soon enough.
         let _ = rustix::thread::nanosleep(&pause);
     }
-    Err(Errno::WOULDBLOCK)
 }
 
 /// Take a container's create claim (`gpushare_fastpath::claim`): the file at `path` (made 0600
