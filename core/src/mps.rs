@@ -19,9 +19,7 @@ use crate::nvml::BackendError;
 use crate::request::DeviceSelector;
 use crate::share::{self, ShareError};
 use crate::spec::{Edit, Mount};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +159,7 @@ pub fn grant_on(
             Some(i) => {
                 tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
                 let (p, m) = (st.mps[i].percent, st.mps[i].memory);
-                let fresh = start_exclusive(cfg, be, &locked, &mut st, &gpu, p, m)?;
+                let fresh = start_exclusive(cfg, be, node, &locked, &mut st, &gpu, p, m)?;
                 st.mps[i] = MpsDaemon {
                     clients: std::mem::take(&mut st.mps[i].clients),
                     ..fresh
@@ -174,7 +172,7 @@ pub fn grant_on(
                     MpsPolicy::Strict => (percent, memory),
                     MpsPolicy::Cooperative => (100, None),
                 };
-                match start_exclusive(cfg, be, &locked, &mut st, &gpu, p, m) {
+                match start_exclusive(cfg, be, node, &locked, &mut st, &gpu, p, m) {
                     Ok(d) => st.mps.push(d),
                     Err(e @ MpsError::ComputeMode(ComputeModeError::Busy { .. })) => {
                         busy.push((gpu.uuid.clone(), e));
@@ -226,9 +224,11 @@ pub(crate) fn repair_modes(
 
 /// [`start`], on a GPU made EXCLUSIVE_PROCESS first where `mps.exclusive` asks for it; a
 /// daemon that fails to start gives the mode back.
+#[allow(clippy::too_many_arguments)]
 fn start_exclusive(
     cfg: &Config,
     be: &dyn Gpu,
+    node: &dyn Node,
     locked: &crate::ledger::Locked,
     st: &mut LedgerState,
     gpu: &GpuRecord,
@@ -236,10 +236,10 @@ fn start_exclusive(
     memory: Option<u64>,
 ) -> Result<MpsDaemon, MpsError> {
     if !cfg.mps.exclusive {
-        return start(cfg, gpu, percent, memory);
+        return start(cfg, node, gpu, percent, memory);
     }
     crate::compute_mode::take(be, locked, st, gpu)?;
-    start(cfg, gpu, percent, memory).inspect_err(|_| {
+    start(cfg, node, gpu, percent, memory).inspect_err(|_| {
         // Only a GPU without a daemon entry gets its mode back: a restarted daemon's clients
         // keep theirs, and `gc` or the next grant settles it.
         if st.mps.iter().any(|d| d.gpu_uuid == gpu.uuid) {
@@ -464,6 +464,7 @@ fn daemon_dirs(cfg: &Config, gpu: &GpuRecord) -> (PathBuf, PathBuf) {
 
 fn start(
     cfg: &Config,
+    node: &dyn Node,
     gpu: &GpuRecord,
     percent: u8,
     memory: Option<u64>,
@@ -484,24 +485,13 @@ fn start(
         // Clients of any uid connect through the pipe folder.
         let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
     }
-    let mut cmd = Command::new(&control);
-    cmd.arg("-d");
-    if cfg.mps.multi_user {
-        cmd.arg("-M");
-    }
-    let status = daemon_env(&mut cmd, &pipe_dir, &log_dir)
-        .env("CUDA_VISIBLE_DEVICES", &gpu.uuid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| fail(e.to_string()))?;
-    if !status.success() {
-        return Err(fail(format!(
-            "exited with {status}; see {}",
-            log_dir.display()
-        )));
-    }
+    let daemon = crate::node::MpsDaemonDirs {
+        control: &control,
+        pipe_dir: &pipe_dir,
+        log_dir: &log_dir,
+    };
+    node.mps_start(&daemon, &gpu.uuid, cfg.mps.multi_user)
+        .map_err(fail)?;
     let deadline = Instant::now() + Duration::from_millis(cfg.mps.start_timeout_ms);
     let pid_file = pipe_dir.join("nvidia-cuda-mps-control.pid");
     let read_pid = || {
@@ -535,6 +525,7 @@ fn start(
     if percent < 100 {
         command(
             cfg,
+            node,
             &daemon,
             &format!("set_default_active_thread_percentage {percent}"),
         )?;
@@ -542,6 +533,7 @@ fn start(
     if let Some(m) = memory {
         command(
             cfg,
+            node,
             &daemon,
             &format!("set_default_device_pinned_mem_limit 0 {}M", m >> 20),
         )?;
@@ -555,54 +547,25 @@ fn start(
     Ok(daemon)
 }
 
-/// The daemon runs with a fixed, minimal environment: never the environment of whichever
-/// engine or container caused it to start.
-fn daemon_env<'c>(cmd: &'c mut Command, pipe_dir: &Path, log_dir: &Path) -> &'c mut Command {
-    cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("CUDA_MPS_PIPE_DIRECTORY", pipe_dir)
-        .env("CUDA_MPS_LOG_DIRECTORY", log_dir)
-}
-
 /// One command to the control daemon, through the control program's stdin; bounded in time.
-pub fn command(cfg: &Config, d: &MpsDaemon, line: &str) -> Result<String, MpsError> {
+pub fn command(
+    cfg: &Config,
+    node: &dyn Node,
+    d: &MpsDaemon,
+    line: &str,
+) -> Result<String, MpsError> {
     let fail = |why: String| MpsError::Command {
         gpu: d.gpu_index,
         command: line.to_string(),
         why,
     };
     let control = control_path(cfg).ok_or_else(|| fail("control program not found".into()))?;
-    let mut child = daemon_env(&mut Command::new(control), &d.pipe_dir, &d.log_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let _ = writeln!(stdin, "{line}");
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait().map_err(|e| fail(e.to_string()))? {
-            Some(_) => break,
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail("no answer within 10 s".into()));
-            }
-            None => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    if !out.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let daemon = crate::node::MpsDaemonDirs {
+        control: &control,
+        pipe_dir: &d.pipe_dir,
+        log_dir: &d.log_dir,
+    };
+    node.mps_command(&daemon, line).map_err(fail)
 }
 
 /// The daemon is running: its process exists (and is no zombie a killed daemon leaves until
@@ -620,7 +583,7 @@ fn running(node: &dyn Node, d: &MpsDaemon) -> bool {
 
 fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
     if running(node, d) {
-        command(cfg, d, "quit")?;
+        command(cfg, node, d, "quit")?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while running(node, d) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -631,8 +594,7 @@ fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
                 pid,
                 "the MPS daemon ignored quit; killing it"
             );
-            // SAFETY: sending a signal to the daemon's pid, read from its own pid file.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            node.kill(pid);
         }
     }
     let _ = std::fs::remove_dir_all(&d.pipe_dir);
@@ -763,6 +725,101 @@ mod tests {
         );
         assert_eq!(gpu.calls(), Vec::<Call>::new());
         assert_eq!(s.ledger().mps[0].clients.len(), 1);
+    }
+
+    /// A config whose control program exists (the double never runs it).
+    fn with_control(mut s: Scratch) -> Scratch {
+        s.cfg.mps.control = PathBuf::from("/bin/sh");
+        s
+    }
+
+    #[test]
+    fn a_first_share_makes_the_gpu_exclusive_and_starts_a_daemon_that_carries_its_limits() {
+        let s = with_control(Scratch::new("mps-start"));
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        let uuid = gpu.info(0).uuid;
+
+        let g = grant_on(&s.cfg, &gpu, &node, 25, Some(4 << 30), None, &who("a")).unwrap();
+        assert!(g.fresh && !g.warm);
+        assert_eq!(
+            gpu.changes(),
+            vec![Call::SetComputeMode {
+                gpu: 0,
+                mode: ComputeMode::ExclusiveProcess
+            }]
+        );
+        assert_eq!(
+            node.mps_log(),
+            vec![
+                format!("start {uuid} -d -M"),
+                "set_default_active_thread_percentage 25".into(),
+                "set_default_device_pinned_mem_limit 0 4096M".into(),
+            ]
+        );
+        let st = s.ledger();
+        assert_eq!(st.compute_modes.len(), 1);
+        assert_eq!(st.compute_modes[0].found, Mode::Default, "what to put back");
+        assert_eq!(st.mps.len(), 1);
+        assert_eq!((st.mps[0].pid, st.mps[0].percent), (Some(50_000), 25));
+        assert_eq!(st.mps[0].clients.len(), 1);
+    }
+
+    #[test]
+    fn a_dead_daemon_is_started_again_and_keeps_its_clients() {
+        let s = with_control(Scratch::new("mps-restart"));
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        let mut st = node_with_daemon(&s, &gpu, 25, &["first"]);
+        st.compute_modes.push(ComputeModeRecord {
+            gpu_uuid: gpu.info(0).uuid,
+            gpu_index: 0,
+            found: Mode::Default,
+            since: now_unix(),
+        });
+        gpu.put_mode(0, ComputeMode::ExclusiveProcess);
+        s.save(&st);
+        // PID does not run on the node: the daemon died.
+
+        let g = grant_on(&s.cfg, &gpu, &node, 25, None, None, &who("second")).unwrap();
+        assert!(g.fresh && !g.warm);
+        assert_eq!(gpu.changes(), Vec::<Call>::new(), "already exclusive");
+        assert_eq!(
+            node.mps_log(),
+            vec![
+                format!("start {} -d -M", gpu.info(0).uuid),
+                "set_default_active_thread_percentage 25".into(),
+            ]
+        );
+        let st = s.ledger();
+        assert_eq!(st.mps[0].pid, Some(50_000), "the new daemon");
+        let clients: Vec<&str> = st.mps[0]
+            .clients
+            .iter()
+            .map(|c| c.lease.container_id.as_str())
+            .collect();
+        assert_eq!(clients, vec!["first", "second"]);
+        assert_eq!(st.compute_modes.len(), 1, "the first record is kept");
+    }
+
+    #[test]
+    fn the_last_client_of_a_running_daemon_tells_it_to_quit() {
+        let s = with_control(Scratch::new("mps-quit"));
+        let gpu = whole_gpu();
+        let node = FakeNode::new(&gpu);
+        let mut st = node_with_daemon(&s, &gpu, 25, &["a"]);
+        node.add_process(PID);
+        std::fs::write(
+            st.mps[0].pipe_dir.join("nvidia-cuda-mps-control.pid"),
+            format!("{PID}\n"),
+        )
+        .unwrap();
+
+        assert!(release_client_on(&s.cfg, &gpu, &node, &mut st, "a"));
+        assert_eq!(node.mps_log(), vec!["quit".to_string()]);
+        assert!(!node.process_running(PID));
+        assert!(st.mps.is_empty());
+        assert_eq!(gpu.changes(), Vec::<Call>::new(), "no mode was recorded");
     }
 
     #[test]

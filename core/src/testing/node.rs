@@ -3,7 +3,7 @@
 
 use super::FakeGpu;
 use crate::driver::{DriverError, Majors};
-use crate::node::Node;
+use crate::node::{MpsDaemonDirs, Node};
 use crate::running::RunningGpu;
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -15,6 +15,11 @@ pub struct FakeNode<'g> {
     containers: RefCell<Vec<(String, String)>>,
     running: RefCell<Vec<RunningGpu>>,
     processes: RefCell<Vec<u32>>,
+    /// What the MPS control program was asked, in order: `start <gpu uuid> -d [-M]`, then
+    /// each command line.
+    mps: RefCell<Vec<String>>,
+    /// The pid the next daemon gets.
+    next_pid: std::cell::Cell<u32>,
 }
 
 impl<'g> FakeNode<'g> {
@@ -24,7 +29,19 @@ impl<'g> FakeNode<'g> {
             containers: RefCell::default(),
             running: RefCell::default(),
             processes: RefCell::default(),
+            mps: RefCell::default(),
+            next_pid: std::cell::Cell::new(50_000),
         }
+    }
+
+    /// What the MPS control program was asked so far.
+    pub fn mps_log(&self) -> Vec<String> {
+        self.mps.borrow().clone()
+    }
+
+    /// Process `pid` dies (a daemon killed behind gpushare's back).
+    pub fn kill_process(&self, pid: u32) {
+        self.processes.borrow_mut().retain(|p| *p != pid);
     }
 
     /// The runtime whose state root is `root` has container `id` (its state folder exists).
@@ -98,5 +115,48 @@ impl Node for FakeNode<'_> {
 
     fn process_running(&self, pid: u32) -> bool {
         self.processes.borrow().contains(&pid)
+    }
+
+    /// A daemon comes up as the real one does: its control socket and pid file appear in the
+    /// pipe folder and its process runs.
+    fn mps_start(
+        &self,
+        daemon: &MpsDaemonDirs<'_>,
+        gpu_uuid: &str,
+        multi_user: bool,
+    ) -> Result<(), String> {
+        self.mps.borrow_mut().push(format!(
+            "start {gpu_uuid} -d{}",
+            if multi_user { " -M" } else { "" }
+        ));
+        let pid = self.next_pid.get();
+        self.next_pid.set(pid + 1);
+        let write = |name: &str, text: String| {
+            std::fs::write(daemon.pipe_dir.join(name), text).map_err(|e| e.to_string())
+        };
+        write("control", String::new())?;
+        write("nvidia-cuda-mps-control.pid", format!("{pid}\n"))?;
+        self.processes.borrow_mut().push(pid);
+        Ok(())
+    }
+
+    fn mps_command(&self, daemon: &MpsDaemonDirs<'_>, line: &str) -> Result<String, String> {
+        self.mps.borrow_mut().push(line.to_string());
+        if line == "quit" {
+            let pid_file = daemon.pipe_dir.join("nvidia-cuda-mps-control.pid");
+            let pid = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                self.kill_process(pid);
+            }
+            let _ = std::fs::remove_file(daemon.pipe_dir.join("control"));
+        }
+        Ok(String::new())
+    }
+
+    fn kill(&self, pid: u32) {
+        self.mps.borrow_mut().push(format!("kill {pid}"));
+        self.kill_process(pid);
     }
 }
