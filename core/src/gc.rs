@@ -1037,6 +1037,43 @@ mod tests {
     }
 
     #[test]
+    fn a_compute_mode_a_crash_left_changed_is_put_back() {
+        use crate::compute_mode::{ComputeModeRecord, Mode};
+        use nvml_wrapper::enum_wrappers::device::ComputeMode;
+        let s = Scratch::new("gc-mode");
+        let gpu = FakeGpu::h100(1);
+        gpu.set_mig(0, false);
+        let node = FakeNode::new(&gpu);
+        // Recorded before the daemon's start, which never came (the process died).
+        let mut st = LedgerState::default();
+        st.compute_modes.push(ComputeModeRecord {
+            gpu_uuid: gpu.info(0).uuid,
+            gpu_index: 0,
+            found: Mode::Default,
+            since: now_unix(),
+        });
+        s.save(&st);
+        gpu.put_mode(0, ComputeMode::ExclusiveProcess);
+
+        let report = gc(&s, &gpu, &node);
+        assert_eq!(
+            report.actions,
+            vec![Action::RestoreComputeMode {
+                gpu: 0,
+                mode: "Default"
+            }]
+        );
+        assert_eq!(
+            gpu.changes(),
+            vec![Call::SetComputeMode {
+                gpu: 0,
+                mode: ComputeMode::Default
+            }]
+        );
+        assert!(s.ledger().compute_modes.is_empty());
+    }
+
+    #[test]
     fn a_live_container_on_an_idle_instance_gets_its_lease_back() {
         let s = Scratch::new("gc-adopt-lease");
         let gpu = FakeGpu::h100(1);
