@@ -485,12 +485,12 @@ fn start(
         // Clients of any uid connect through the pipe folder.
         let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
     }
-    let daemon = crate::node::MpsDaemonDirs {
+    let dirs = crate::node::MpsDaemonDirs {
         control: &control,
         pipe_dir: &pipe_dir,
         log_dir: &log_dir,
     };
-    node.mps_start(&daemon, &gpu.uuid, cfg.mps.multi_user)
+    node.mps_start(&dirs, &gpu.uuid, cfg.mps.multi_user)
         .map_err(fail)?;
     let deadline = Instant::now() + Duration::from_millis(cfg.mps.start_timeout_ms);
     let pid_file = pipe_dir.join("nvidia-cuda-mps-control.pid");
@@ -560,12 +560,12 @@ pub fn command(
         why,
     };
     let control = control_path(cfg).ok_or_else(|| fail("control program not found".into()))?;
-    let daemon = crate::node::MpsDaemonDirs {
+    let dirs = crate::node::MpsDaemonDirs {
         control: &control,
         pipe_dir: &d.pipe_dir,
         log_dir: &d.log_dir,
     };
-    node.mps_command(&daemon, line).map_err(fail)
+    node.mps_command(&dirs, line).map_err(fail)
 }
 
 /// The daemon is running: its process exists (and is no zombie a killed daemon leaves until
