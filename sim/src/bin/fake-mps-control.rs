@@ -52,8 +52,14 @@ fn daemon(pipe: &Path, logs: &Path, args: &[String]) {
     unsafe { libc::setsid() };
     let pid = std::process::id();
     let _ = std::fs::write(pipe.join("nvidia-cuda-mps-control.pid"), format!("{pid}\n"));
-    let _ = std::fs::remove_file(&socket);
-    let listener = match UnixListener::bind(&socket) {
+    // Bound and listening under a private name first, then renamed into place: a client that
+    // sees `control` must find it listening (a bind() before listen() refuses a connect).
+    let fresh = pipe.join(format!(".control.{pid}"));
+    let _ = std::fs::remove_file(&fresh);
+    let listener = match UnixListener::bind(&fresh).and_then(|l| {
+        std::fs::rename(&fresh, &socket)?;
+        Ok(l)
+    }) {
         Ok(l) => l,
         Err(e) => {
             log(logs, &format!("cannot bind {}: {e}", socket.display()));
