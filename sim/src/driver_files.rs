@@ -13,8 +13,13 @@ pub const NVIDIA_MAJOR: u32 = 195;
 pub const NVIDIACTL_MINOR: u32 = 255;
 pub const UVM_MAJOR: u32 = 238;
 pub const CAPS_MAJOR: u32 = 241;
-/// GPUs, GPU instances and compute instances that mig-minors lists.
+/// GPUs, GPU instances and compute instances that the real driver's mig-minors lists (32
+/// GPUs: the driver's own limit).
 pub const MINORS_GPUS: u32 = 32;
+/// The most GPUs a simulated node has. Past the real driver's 32, for benchmarks of how
+/// gpushare's costs grow with a node's size: mig-minors then goes on numbering past `gpu31`
+/// as the driver's formula does (a node of up to 32 GPUs gets the real file, byte for byte).
+pub const MAX_GPUS: u32 = 64;
 pub const MINORS_GIS: u32 = 15;
 pub const MINORS_CIS: u32 = 8;
 
@@ -28,10 +33,10 @@ pub fn ci_cap_minor(gpu_minor: u32, gi: u32, ci: u32) -> u32 {
     gi_cap_minor(gpu_minor, gi) + 1 + ci
 }
 
-/// /proc/driver/nvidia-caps/mig-minors: 4322 lines.
-pub fn mig_minors() -> String {
+/// /proc/driver/nvidia-caps/mig-minors for a node of `gpus` GPUs: 4322 lines up to 32.
+pub fn mig_minors(gpus: u32) -> String {
     let mut s = String::from("config 1\nmonitor 2\n");
-    for g in 0..MINORS_GPUS {
+    for g in 0..gpus.max(MINORS_GPUS) {
         for i in 0..MINORS_GIS {
             s.push_str(&format!("gpu{g}/gi{i}/access {}\n", gi_cap_minor(g, i)));
             for c in 0..MINORS_CIS {
@@ -226,7 +231,7 @@ pub fn lay_out(state: &State) -> SimResult<Vec<PathBuf>> {
     write(&root.join("proc/devices"), &proc_devices())?;
     write(
         &root.join("proc/driver/nvidia-caps/mig-minors"),
-        &mig_minors(),
+        &mig_minors(state.gpus.len() as u32),
     )?;
     let caps = root.join("proc/driver/nvidia/capabilities/mig");
     write(&caps.join("config"), &access_file(1, 256))?;
@@ -271,7 +276,8 @@ mod tests {
 
     #[test]
     fn mig_minors_matches_fixture_shape() {
-        let s = mig_minors();
+        let s = mig_minors(1);
+        assert_eq!(s, mig_minors(MINORS_GPUS), "the real file up to 32 GPUs");
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines.len(), 4322);
         assert_eq!(lines[0], "config 1");
@@ -282,6 +288,12 @@ mod tests {
         assert_eq!(lines[11], "gpu0/gi1/access 12");
         assert_eq!(lines[12], "gpu0/gi1/ci0/access 13");
         assert_eq!(*lines.last().unwrap(), "gpu31/gi14/ci7/access 4322");
+        let big = mig_minors(MAX_GPUS);
+        assert!(big.starts_with(&s), "past 32 GPUs it goes on");
+        assert_eq!(
+            big.lines().last().unwrap(),
+            format!("gpu63/gi14/ci7/access {}", ci_cap_minor(63, 14, 7))
+        );
     }
 
     #[test]

@@ -72,10 +72,10 @@ pub fn init(opts: &InitOptions) -> SimResult<InitReport> {
             models::model_keys().join(", ")
         ))
     })?;
-    if opts.gpus == 0 || opts.gpus > driver_files::MINORS_GPUS {
+    if opts.gpus == 0 || opts.gpus > driver_files::MAX_GPUS {
         return Err(SimError::Usage(format!(
             "--gpus must be 1..={}",
-            driver_files::MINORS_GPUS
+            driver_files::MAX_GPUS
         )));
     }
     io(&opts.root, fs::create_dir_all(&opts.root))?;
