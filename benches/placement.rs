@@ -12,6 +12,10 @@
 //! `run` prints one JSON line `{"requests":N,"accepted":A,"warm":W,"policy":"...","pool":"..."}`;
 //! `grid` prints one JSON line per run and then a Markdown table.
 
+mod args;
+mod workload;
+
+use args::{parse_args, Args};
 use gpushare_core::placement::Profile;
 use gpushare_core::policy::mdp::{Demand, Table};
 use gpushare_core::policy::replay::{self, Event, Holds, Learner, Outcome, Placer};
@@ -20,6 +24,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
+use workload::{holds, parse_mix, resolve};
 
 const MODELS: &[(&str, &str)] = &[
     ("h100-80gb", include_str!("../sim/models/h100-80gb.json")),
@@ -27,80 +32,6 @@ const MODELS: &[(&str, &str)] = &[
     ("a100-40gb", include_str!("../sim/models/a100-40gb.json")),
     ("a100-80gb", include_str!("../sim/models/a100-80gb.json")),
 ];
-
-/// The three mixes, by H100 profile name.
-fn named_mix(name: &str) -> Option<Vec<(String, f64)>> {
-    let m: &[(&str, f64)] = match name {
-        "a" => &[
-            ("1g.10gb", 1.0 / 3.0),
-            ("2g.20gb", 1.0 / 3.0),
-            ("3g.40gb", 1.0 / 3.0),
-        ],
-        "b" => &[
-            ("2g.20gb", 0.5),
-            ("1g.10gb", 0.3),
-            ("3g.40gb", 0.15),
-            ("7g.80gb", 0.05),
-        ],
-        "c" => &[
-            ("1g.10gb", 0.6),
-            ("1g.20gb", 0.15),
-            ("2g.20gb", 0.15),
-            ("3g.40gb", 0.1),
-        ],
-        _ => return None,
-    };
-    Some(m.iter().map(|&(k, v)| (k.to_string(), v)).collect())
-}
-
-fn parse_mix(s: &str) -> Result<Vec<(String, f64)>, String> {
-    if let Some(m) = named_mix(s) {
-        return Ok(m);
-    }
-    s.split(',')
-        .map(|kv| {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("mix {s:?}: want a, b, c or name=share,..."))?;
-            Ok((
-                k.to_string(),
-                v.parse::<f64>().map_err(|_| format!("mix share {v:?}"))?,
-            ))
-        })
-        .collect()
-}
-
-struct Args(BTreeMap<String, String>);
-
-impl Args {
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str)
-    }
-    fn or<'a>(&'a self, k: &str, d: &'a str) -> &'a str {
-        self.get(k).unwrap_or(d)
-    }
-    fn num<T: std::str::FromStr>(&self, k: &str, d: T) -> Result<T, String> {
-        match self.get(k) {
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{k} {v:?} is not a number")),
-            None => Ok(d),
-        }
-    }
-}
-
-fn parse_args(raw: &[String]) -> Result<Args, String> {
-    let mut m = BTreeMap::new();
-    let mut it = raw.iter();
-    while let Some(a) = it.next() {
-        let k = a
-            .strip_prefix("--")
-            .ok_or_else(|| format!("unexpected argument {a:?}"))?;
-        let v = it.next().ok_or_else(|| format!("--{k} needs a value"))?;
-        m.insert(k.to_string(), v.clone());
-    }
-    Ok(Args(m))
-}
 
 fn profiles(model_key: &str) -> Result<Vec<Profile>, String> {
     let text = MODELS.iter().find(|m| m.0 == model_key).ok_or_else(|| {
@@ -110,38 +41,6 @@ fn profiles(model_key: &str) -> Result<Vec<Profile>, String> {
         )
     })?;
     model::profiles_from_json(text.1).map_err(|e| e.to_string())
-}
-
-/// Mix as profile indexes, and the arrival rate per mean hold for an offered load (share of
-/// compute slices).
-fn resolve(
-    ps: &[Profile],
-    mix: &[(String, f64)],
-    load: f64,
-) -> Result<(Vec<(usize, f64)>, f64), String> {
-    let total: f64 = mix.iter().map(|m| m.1).sum();
-    let idx: Vec<(usize, f64)> = mix
-        .iter()
-        .map(|(n, v)| {
-            ps.iter()
-                .position(|p| &p.name == n)
-                .map(|i| (i, v / total))
-                .ok_or_else(|| format!("profile {n} is not on this GPU"))
-        })
-        .collect::<Result<_, _>>()?;
-    let slices = ps.iter().map(|p| p.slice_count).max().unwrap_or(7) as f64;
-    let mean: f64 = idx.iter().map(|&(i, v)| v * ps[i].slice_count as f64).sum();
-    Ok((idx, load * slices / mean))
-}
-
-fn holds(a: &Args) -> Result<Holds, String> {
-    match a.or("holds", "exp") {
-        "exp" => Ok(Holds::Exponential),
-        "hyper" => Ok(Holds::Hyper {
-            scv: a.num("scv", 4.0)?,
-        }),
-        o => Err(format!("--holds {o:?}: want exp or hyper")),
-    }
 }
 
 fn demand(ps: &[Profile], mix: &[(usize, f64)], rate: f64) -> Demand {
