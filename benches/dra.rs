@@ -294,8 +294,8 @@ impl Driver for Gpushare<'_> {
 /// NVIDIA's DynamicMIG publication (dra-driver-nvidia-gpu, `generateSplitResourceSlices`): one
 /// slice per GPU listing the full GPU and every (profile, placement) as a device, sorted by
 /// device name `gpu-<minor>-mig-<profile>-<profile id>-<start>`, each consuming its memory
-/// slices. The allocator walks the slices by name; their names end in a random suffix the API
-/// server generates, so the GPU order is a fixed random permutation per node.
+/// slices. The allocator walks the slices by name, which the driver does not choose (generated
+/// when the slice is created), so the GPU order is a fixed random permutation per node.
 struct Nvidia<'m> {
     model: &'m Model,
     gpus: Vec<Gpu>,
