@@ -6,35 +6,23 @@
 //! instance, or reclaim idle ones to make room) opens NVML.
 
 use crate::config::Config;
-use crate::driver::{self, DriverError};
 use crate::fsutil::now_unix;
 use crate::gpu::{self, BackendError, Gpu, GpuInfo};
-use crate::ledger::{GpuRecord, InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
+use crate::gpus::{refresh_gpus, GpuError};
+use crate::ledger::{Claimant, InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
 use crate::node::Node;
-use crate::placement::{self, Occupied, Profile, Slot};
+use crate::placement::{self, GpuInstance, Occupied, Profile, Slot};
 use crate::policy::node::Victims;
 use crate::request::DeviceSelector;
-use crate::spec::{Edit, Hook};
+use crate::slice::{pick_idle, Grant};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(transparent)]
-    Driver(#[from] DriverError),
+    Gpu(#[from] GpuError),
     #[error(transparent)]
     InstanceLog(#[from] crate::instance_log::InstanceLogError),
-    #[error("NVML reports no GPU on this node")]
-    NoGpu,
-    #[error("gpu.device={selector}: no such GPU; this node has {count} GPU(s): {known}")]
-    NoSuchDevice {
-        selector: String,
-        count: usize,
-        known: String,
-    },
     #[error("gpu.profile={profile} is not allowed by this node's policy; allowed: {allowed}")]
     NotAllowed { profile: String, allowed: String },
     #[error("gpu.profile={profile}: MIG mode is disabled on {gpus}; an operator enables it with `nvidia-smi -i <index> -mig 1` (the GPU must be idle; some GPUs also need a reset), or ask for the whole GPU instead")]
@@ -53,67 +41,20 @@ pub enum AllocError {
     },
 }
 
-/// A slice granted to a container: what its spec needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    pub gpu_index: u32,
-    pub gpu_uuid: String,
-    pub gpu_minor: u32,
-    pub profile: String,
-    pub gi: u32,
-    pub ci: u32,
-    pub mig_uuid: String,
-    pub gi_cap_minor: u32,
-    pub ci_cap_minor: u32,
-    /// Served from the idle pool (no NVML).
-    pub warm: bool,
-    /// Taken by this call (false: the container already held it).
-    pub fresh: bool,
-}
+crate::gpus::from_gpu_errors!(AllocError);
 
-impl Grant {
-    pub(crate) fn from_record(r: &InstanceRecord, m: &Made, warm: bool, fresh: bool) -> Grant {
-        Grant {
-            gpu_index: r.gpu_index,
-            gpu_uuid: r.gpu_uuid.clone(),
-            gpu_minor: r.gpu_minor,
-            profile: r.profile.clone(),
-            gi: m.gi,
-            ci: m.ci,
-            mig_uuid: m.mig_uuid.clone(),
-            gi_cap_minor: m.gi_cap_minor,
-            ci_cap_minor: m.ci_cap_minor,
-            warm,
-            fresh,
+impl AllocError {
+    /// A stable label, for `errors_total{kind=...}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AllocError::Gpu(e) => e.kind(),
+            AllocError::InstanceLog(_) => "other",
+            AllocError::NotAllowed { .. } => "not_allowed",
+            AllocError::MigDisabled { .. } => "mig_disabled",
+            AllocError::UnknownProfile { .. } => "unknown_profile",
+            AllocError::NoRoom { .. } => "no_room",
         }
     }
-
-    /// The spec edit for this grant: the GPU's shared nodes, its own two capability nodes and
-    /// no other, the MIG UUID in env, and the release hook.
-    pub fn edit(&self, majors: &driver::Majors, poststop: Option<Hook>) -> Edit {
-        let mut devices = driver::gpu_nodes(majors, self.gpu_minor);
-        devices.extend(driver::cap_nodes(
-            majors,
-            self.gi_cap_minor,
-            self.ci_cap_minor,
-        ));
-        Edit {
-            devices,
-            env: vec![
-                ("CUDA_VISIBLE_DEVICES".into(), self.mig_uuid.clone()),
-                ("NVIDIA_VISIBLE_DEVICES".into(), self.mig_uuid.clone()),
-            ],
-            poststop,
-            ..Edit::default()
-        }
-    }
-}
-
-/// Who is asking.
-#[derive(Debug, Clone)]
-pub struct Claimant<'a> {
-    pub container_id: &'a str,
-    pub runtime_root: Option<&'a str>,
 }
 
 pub fn allocate(
@@ -210,7 +151,7 @@ pub fn allocate_on(
             .arrive(profile, since, result.is_ok(), cfg.placement.history);
     }
     if let Err(e) = &result {
-        st.stats.error(e);
+        st.stats.error(e.kind());
     }
     st.stats.alloc_latency.observe(started.elapsed());
     let saved = save_if_changed(&locked, &before, &st)?;
@@ -283,27 +224,6 @@ fn reap_gone(st: &mut LedgerState, node: &dyn Node, grace_s: u64) {
     }
 }
 
-fn selects(device: Option<&DeviceSelector>, index: u32, uuid: &str) -> bool {
-    match device {
-        None => true,
-        Some(DeviceSelector::Index(i)) => *i == index,
-        Some(DeviceSelector::Uuid(u)) => u.eq_ignore_ascii_case(uuid),
-    }
-}
-
-/// Pool-aware: an idle instance is reused only where it sits at a best placement for its GPU's
-/// busy occupancy (from the ledger and the cached policy table; no NVML, no solving).
-pub(crate) fn pick_idle(
-    cfg: &Config,
-    st: &LedgerState,
-    profile: &str,
-    device: Option<&DeviceSelector>,
-) -> Option<usize> {
-    crate::policy::node::warm_pick(cfg, st, profile, |r| {
-        selects(device, r.gpu_index, &r.gpu_uuid)
-    })
-}
-
 fn gpu_label(g: &GpuInfo) -> String {
     format!("GPU {} ({})", g.index, g.name)
 }
@@ -333,24 +253,7 @@ fn cold(
         tracing::warn!("{f}");
     }
     let gpus = be.gpus()?;
-    if gpus.is_empty() {
-        return Err(AllocError::NoGpu);
-    }
-    let targets: Vec<&GpuInfo> = gpus
-        .iter()
-        .filter(|g| selects(device, g.index, &g.uuid))
-        .collect();
-    if targets.is_empty() {
-        return Err(AllocError::NoSuchDevice {
-            selector: device.map(|d| d.to_string()).unwrap_or_default(),
-            count: gpus.len(),
-            known: gpus
-                .iter()
-                .map(|g| format!("{} {}", g.index, g.uuid))
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    let targets = crate::gpus::select_live(&gpus, device)?;
     refresh_gpus(be, st, &gpus)?;
     let mut misses = Vec::new();
     let mut owned = None;
@@ -488,7 +391,7 @@ fn cold(
 fn nothing_made(e: &AllocError) -> bool {
     matches!(
         e,
-        AllocError::Backend(BackendError::Call { call, .. })
+        AllocError::Gpu(GpuError::Backend(BackendError::Call { call, .. }))
             if *call == "device_by_index" || *call == "nvmlDeviceCreateGpuInstanceWithPlacement"
     )
 }
@@ -539,46 +442,15 @@ fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {
     AllocError::MigDisabled { profile, gpus }
 }
 
-/// Record what NVML says of every GPU in the ledger's cache, so later grants need no NVML.
-/// A GPU's profile table is kept from the cache while it is the same GPU.
-pub(crate) fn refresh_gpus(
-    be: &dyn Gpu,
-    st: &mut LedgerState,
-    gpus: &[GpuInfo],
-) -> Result<(), BackendError> {
-    let mut fresh = Vec::with_capacity(gpus.len());
-    for g in gpus {
-        let cached = st
-            .gpus
-            .iter()
-            .find(|r| r.uuid == g.uuid && !r.profiles.is_empty());
-        let profiles = match cached {
-            Some(r) => r.profiles.clone(),
-            None => be.profiles(g.index)?,
-        };
-        fresh.push(GpuRecord {
-            index: g.index,
-            uuid: g.uuid.clone(),
-            name: g.name.clone(),
-            minor: g.minor,
-            profiles,
-            memory_total: g.memory_total,
-            mig_enabled: g.mig_mode.is_some_and(|(current, _)| current),
-        });
-    }
-    st.gpus = fresh;
-    Ok(())
-}
-
 /// Make room by destroying idle instances gpushare made: the placement needing the fewest
 /// destroyed (ties: lowest start). Foreign and busy instances are never touched.
 fn reclaim(
     st: &LedgerState,
     gpu: &GpuInfo,
     p: &Profile,
-    existing: &[gpu::GpuInstance],
+    existing: &[GpuInstance],
 ) -> Option<(Slot, Victims)> {
-    let idle_ours = |gi: &gpu::GpuInstance| {
+    let idle_ours = |gi: &GpuInstance| {
         st.instances.iter().any(|r| {
             r.gpu_uuid == gpu.uuid
                 && r.lease.is_none()
@@ -588,7 +460,7 @@ fn reclaim(
     };
     let mut best: Option<(usize, Slot, Victims)> = None;
     for &slot in &p.placements {
-        let overlapping: Vec<&gpu::GpuInstance> =
+        let overlapping: Vec<&GpuInstance> =
             existing.iter().filter(|g| g.slot.overlaps(&slot)).collect();
         if !overlapping.iter().all(|g| idle_ours(g)) {
             continue;
@@ -626,9 +498,9 @@ fn destroy_logged_leftovers(
     st: &LedgerState,
     gpu: &GpuInfo,
     owned: &mut Option<Vec<crate::instance_log::Owned>>,
-    existing: &mut Vec<gpu::GpuInstance>,
+    existing: &mut Vec<GpuInstance>,
 ) -> Result<(), AllocError> {
-    let claimed = |gi: &gpu::GpuInstance| {
+    let claimed = |gi: &GpuInstance| {
         st.instances.iter().any(|r| {
             r.gpu_uuid == gpu.uuid
                 && r.slot == gi.slot

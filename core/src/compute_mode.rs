@@ -15,9 +15,8 @@
 
 use crate::fsutil::now_unix;
 use crate::gpu::{BackendError, Gpu};
-use crate::ledger::{GpuRecord, LedgerError, LedgerState, Locked};
+use crate::ledger::{ComputeModeRecord, GpuRecord, LedgerError, LedgerState, Locked, Mode};
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeModeError {
@@ -29,28 +28,6 @@ pub enum ComputeModeError {
     Busy { gpu: u32, pids: String },
     #[error("GPU {gpu} has no compute modes (NVML: not supported), so nothing stops a tenant there from leaving its MPS share; an operator who accepts that sets mps.exclusive = false")]
     Unsupported { gpu: u32 },
-}
-
-/// `nvmlComputeMode_t`, as the ledger and `status` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Default,
-    ExclusiveThread,
-    Prohibited,
-    ExclusiveProcess,
-}
-
-impl Mode {
-    /// nvidia-smi's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Default => "Default",
-            Mode::ExclusiveThread => "Exclusive_Thread",
-            Mode::Prohibited => "Prohibited",
-            Mode::ExclusiveProcess => "Exclusive_Process",
-        }
-    }
 }
 
 impl From<ComputeMode> for Mode {
@@ -73,16 +50,6 @@ impl From<Mode> for ComputeMode {
             Mode::ExclusiveProcess => ComputeMode::ExclusiveProcess,
         }
     }
-}
-
-/// A GPU whose compute mode gpushare set for its MPS daemon, and the mode to put back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ComputeModeRecord {
-    pub gpu_uuid: String,
-    pub gpu_index: u32,
-    /// The mode found before the change.
-    pub found: Mode,
-    pub since: u64,
 }
 
 /// Make `gpu` EXCLUSIVE_PROCESS before its MPS daemon starts, recording (and saving) the mode
@@ -206,6 +173,22 @@ pub fn repair(be: &dyn Gpu, st: &mut LedgerState) -> (Vec<ComputeModeRecord>, Ve
         }
     }
     (done, failed)
+}
+
+/// Put back compute modes a crash left changed, saving at once: the grant may still fail.
+pub(crate) fn repair_and_save(
+    be: &dyn Gpu,
+    locked: &Locked,
+    st: &mut LedgerState,
+) -> Result<(), LedgerError> {
+    let (done, failed) = repair(be, st);
+    for f in &failed {
+        tracing::warn!("{f}");
+    }
+    if !done.is_empty() {
+        locked.save(st)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

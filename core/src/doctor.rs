@@ -234,7 +234,7 @@ pub fn run(cfg: &Config) -> Vec<Check> {
 fn mps_checks(cfg: &Config, g: &crate::status::GpuStatus, out: &mut Vec<Check>) {
     let name = format!("GPU {} MPS", g.index);
     let mode = g.compute_mode.as_deref().unwrap_or("unknown");
-    let exclusive = mode == crate::compute_mode::Mode::ExclusiveProcess.name();
+    let exclusive = mode == crate::ledger::Mode::ExclusiveProcess.name();
     if g.mps.is_none() {
         if let Some(found) = &g.compute_mode_found {
             check(out, &name, Level::Warn, format!(

@@ -3,6 +3,7 @@
 //! the per-instance capability `access` files that exist exactly while an instance does.
 
 use crate::config::Config;
+use crate::spec::DeviceNode;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,15 +28,6 @@ pub struct Majors {
     pub nvidia: u32,
     pub uvm: u32,
     pub caps: u32,
-}
-
-/// A device node to put in a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceNode {
-    pub path: String,
-    pub major: u32,
-    pub minor: u32,
-    pub file_mode: u32,
 }
 
 pub const NVIDIACTL_MINOR: u32 = 255;

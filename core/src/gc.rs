@@ -9,10 +9,10 @@
 
 use crate::config::Config;
 use crate::fsutil::now_unix;
-use crate::gpu::{BackendError, Gpu, GpuInstance};
+use crate::gpu::{BackendError, Gpu};
 use crate::ledger::{InstanceRecord, Ledger, LedgerError, LedgerState};
 use crate::node::Node;
-use crate::placement::{Profile, Slot};
+use crate::placement::{GpuInstance, Profile, Slot};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -650,7 +650,7 @@ pub fn run_on(
     // 4. What the ledger lost but gpushare's instance log names is gpushare's: adopted when
     // whole, else destroyed. Whatever else the driver shows is someone else's.
     let owned = crate::instance_log::owned(&cfg.state_dir);
-    let mut holders: Option<Vec<crate::repair::Container>> = None;
+    let mut holders: Option<Vec<crate::running::Container>> = None;
     for (index, uuid, profiles, existing) in &live {
         for gi in existing {
             if claimed.contains(&(*index, gi.id)) {
@@ -658,7 +658,7 @@ pub fn run_on(
             }
             if let Some(o) = owned.iter().find(|o| o.gpu == *uuid && o.claims(gi)) {
                 let holders = holders.get_or_insert_with(|| {
-                    crate::repair::scan(&crate::repair::roots(cfg, &st, None, &[]))
+                    crate::running::scan(&crate::running::roots(cfg, &st, None, &[]))
                 });
                 match reclaim_logged(be, node, &gpus, *index, gi, o, holders, opts.dry_run) {
                     Ok(Some((action, record))) => {
@@ -741,7 +741,7 @@ pub(crate) fn reclaim_logged(
     index: u32,
     gi: &GpuInstance,
     o: &crate::instance_log::Owned,
-    holders: &[crate::repair::Container],
+    holders: &[crate::running::Container],
     dry_run: bool,
 ) -> Result<Option<(Action, Option<InstanceRecord>)>, String> {
     let whole = o.made.as_ref().filter(|(_, ci, mig)| {
@@ -833,7 +833,8 @@ pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocator::{allocate_on, release, Claimant};
+    use crate::allocator::{allocate_on, release};
+    use crate::ledger::Claimant;
     use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
 
     const ROOT: &str = "/run/gpushare-test-runtime";
@@ -1038,7 +1039,7 @@ mod tests {
 
     #[test]
     fn a_compute_mode_a_crash_left_changed_is_put_back() {
-        use crate::compute_mode::{ComputeModeRecord, Mode};
+        use crate::ledger::{ComputeModeRecord, Mode};
         use nvml_wrapper::enum_wrappers::device::ComputeMode;
         let s = Scratch::new("gc-mode");
         let gpu = FakeGpu::h100(1);

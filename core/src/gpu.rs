@@ -6,7 +6,7 @@
 //! call (an ioctl into the driver, milliseconds on a cold path), so an indirect call costs
 //! nothing measurable, and each service is compiled once instead of once per implementation.
 
-use crate::placement::{Profile, Slot};
+use crate::placement::{GpuInstance, Profile, Slot};
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::error::NvmlError;
 
@@ -32,15 +32,6 @@ pub struct GpuInfo {
     pub memory_total: u64,
     /// (current, pending) MIG mode; None where the GPU has no MIG at all.
     pub mig_mode: Option<(bool, bool)>,
-}
-
-/// A GPU instance and its compute instances, as NVML lists them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuInstance {
-    pub id: u32,
-    pub profile_id: u32,
-    pub slot: Slot,
-    pub compute_instances: Vec<u32>,
 }
 
 /// A MIG slice just made: GI + one compute instance spanning it.

@@ -1,10 +1,11 @@
 //! From a request to the spec edit that gives the container what it asked for: the one place
 //! the shim (and the Podman precreate hook) turn a [`Request`] into GPU access.
 
-use crate::allocator::{self, AllocError, Claimant};
+use crate::allocator::{self, AllocError};
 use crate::config::Config;
 use crate::driver::{Driver, DriverError};
 use crate::inject::{self, InjectError};
+use crate::ledger::Claimant;
 use crate::mps::{self, MpsError};
 use crate::request::Request;
 use crate::share::{self, ShareError};

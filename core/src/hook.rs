@@ -12,8 +12,9 @@
 //! state, never a claim an annotation names, since any container can carry any annotation and a
 //! claim is shown by `status` and `podman inspect` (issue 16, finding 9).
 
-use crate::allocator::{self, Claimant};
+use crate::allocator;
 use crate::config::Config;
+use crate::ledger::Claimant;
 use crate::shim;
 use serde_json::Value;
 use std::io::{Read, Write};

@@ -91,7 +91,7 @@ impl Owned {
     /// entry that is only an intent claims a GPU instance without compute instances alone (a
     /// create that died between the two calls), never a whole one, which another manager may
     /// have made at that placement since.
-    pub fn claims(&self, gi: &crate::nvml::GpuInstance) -> bool {
+    pub fn claims(&self, gi: &crate::placement::GpuInstance) -> bool {
         self.matches(gi.id, gi.profile_id, gi.slot)
             && (self.made.is_some() || gi.compute_instances.is_empty())
     }

@@ -5,6 +5,7 @@
 
 use crate::fsutil::{now_unix, write_atomic};
 use crate::placement::{Profile, Slot};
+use crate::stats::Stats;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -82,12 +83,44 @@ pub struct LedgerState {
     /// GPUs whose compute mode gpushare changed for their MPS daemon, with the mode found:
     /// written before the change, dropped once that mode is back (see [`crate::compute_mode`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub compute_modes: Vec<crate::compute_mode::ComputeModeRecord>,
+    pub compute_modes: Vec<ComputeModeRecord>,
     /// On disk only: each GPU model's profile table, written once rather than once per GPU
     /// (a node of identical GPUs would otherwise read and rewrite N copies on every grant).
     /// Empty in memory, where every [`GpuRecord`] holds its own.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub profile_tables: std::collections::BTreeMap<String, Vec<Profile>>,
+}
+
+/// A GPU whose compute mode gpushare set for its MPS daemon, and the mode to put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeModeRecord {
+    pub gpu_uuid: String,
+    pub gpu_index: u32,
+    /// The mode found before the change.
+    pub found: Mode,
+    pub since: u64,
+}
+
+/// `nvmlComputeMode_t`, as the ledger and `status` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Default,
+    ExclusiveThread,
+    Prohibited,
+    ExclusiveProcess,
+}
+
+impl Mode {
+    /// nvidia-smi's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Default => "Default",
+            Mode::ExclusiveThread => "Exclusive_Thread",
+            Mode::Prohibited => "Prohibited",
+            Mode::ExclusiveProcess => "Exclusive_Process",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,23 +208,11 @@ pub struct Lease {
     pub runtime_root: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    pub grants_warm: u64,
-    pub grants_cold: u64,
-    pub refused_no_room: u64,
-    /// Of the warm grants, those the `gpushare` entry binary made itself from the offers.
-    #[serde(default)]
-    pub grants_by_entry: u64,
-    /// The same counters per GPU (by UUID), so an operator sees what sharing costs where.
-    #[serde(default)]
-    pub per_gpu: std::collections::BTreeMap<String, crate::metrics::GpuCounters>,
-    /// How long allocations took, lock wait included.
-    #[serde(default)]
-    pub alloc_latency: crate::metrics::Histogram,
-    /// Allocation failures by kind (`no_room`, `nvml`, ...).
-    #[serde(default)]
-    pub errors: std::collections::BTreeMap<String, u64>,
+/// Who asks for a grant: the container a [`Lease`] will name.
+#[derive(Debug, Clone)]
+pub struct Claimant<'a> {
+    pub container_id: &'a str,
+    pub runtime_root: Option<&'a str>,
 }
 
 impl LedgerState {

@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod gc;
 pub mod gpu;
+pub mod gpus;
 pub mod grant;
 pub mod hook;
 pub mod inject;
@@ -38,8 +39,10 @@ pub mod runc_log;
 pub mod running;
 pub mod share;
 pub mod shim;
+pub mod slice;
 pub mod spec;
 pub mod statedir;
+pub mod stats;
 pub mod status;
 pub mod strict_json;
 #[cfg(any(test, feature = "testing"))]

@@ -7,17 +7,15 @@
 //! container's env are wishes it can drop. So under the strict policy the daemon carries the
 //! ceiling and every container on that GPU gets the same share.
 
-use crate::allocator::Claimant;
 use crate::compute_mode::ComputeModeError;
 use crate::config::{Config, MpsPolicy};
-use crate::driver::{self, DriverError};
+use crate::driver;
 use crate::fsutil::now_unix;
 use crate::gpu::Gpu;
-use crate::ledger::{GpuRecord, Lease, Ledger, LedgerError, LedgerState, MpsClient, MpsDaemon};
+use crate::gpus::{known_gpus, select, GpuError};
+use crate::ledger::{Claimant, GpuRecord, Lease, Ledger, LedgerState, MpsClient, MpsDaemon};
 use crate::node::Node;
-use crate::nvml::BackendError;
 use crate::request::DeviceSelector;
-use crate::share::{self, ShareError};
 use crate::spec::{Edit, Mount};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,13 +23,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum MpsError {
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(transparent)]
-    Driver(#[from] DriverError),
-    #[error(transparent)]
-    Gpu(#[from] ShareError),
+    Gpu(#[from] GpuError),
     #[error("no GPU can take an MPS share of {percent}%{memory}: {reasons}")]
     NoRoom {
         percent: u8,
@@ -61,6 +53,8 @@ pub enum MpsError {
         why: String,
     },
 }
+
+crate::gpus::from_gpu_errors!(MpsError);
 
 /// An MPS share granted to a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,12 +117,12 @@ pub fn grant_on(
             warm: true,
         });
     }
-    let mut warm = share::known_gpus(be, &mut st)?;
-    repair_modes(be, &locked, &mut st)?;
+    let mut warm = known_gpus(be, &mut st)?;
+    crate::compute_mode::repair_and_save(be, &locked, &mut st)?;
     // GPUs where another process holds a context cannot take a new daemon: the next one may.
     let mut busy: Vec<(String, MpsError)> = Vec::new();
     let (at, gpu) = loop {
-        let candidates: Vec<GpuRecord> = share::select(&st, device)?
+        let candidates: Vec<GpuRecord> = select(&st, device)?
             .into_iter()
             .filter(|g| !busy.iter().any(|(u, _)| *u == g.uuid))
             .cloned()
@@ -204,22 +198,6 @@ pub fn grant_on(
         edit,
         warm,
     })
-}
-
-/// Put back compute modes a crash left changed, saving at once: the grant may still fail.
-pub(crate) fn repair_modes(
-    be: &dyn Gpu,
-    locked: &crate::ledger::Locked,
-    st: &mut LedgerState,
-) -> Result<(), LedgerError> {
-    let (done, failed) = crate::compute_mode::repair(be, st);
-    for f in &failed {
-        tracing::warn!("{f}");
-    }
-    if !done.is_empty() {
-        locked.save(st)?;
-    }
-    Ok(())
 }
 
 /// [`start`], on a GPU made EXCLUSIVE_PROCESS first where `mps.exclusive` asks for it; a
@@ -605,7 +583,7 @@ fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute_mode::{ComputeModeRecord, Mode};
+    use crate::ledger::{ComputeModeRecord, Mode};
     use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
     use nvml_wrapper::enum_wrappers::device::ComputeMode;
 
@@ -630,7 +608,7 @@ mod tests {
     /// `clients`, whose pipe folder has its control socket.
     fn node_with_daemon(s: &Scratch, gpu: &FakeGpu, percent: u8, clients: &[&str]) -> LedgerState {
         let mut st = LedgerState::default();
-        crate::allocator::refresh_gpus(gpu, &mut st, &gpu.gpus().unwrap()).unwrap();
+        crate::gpus::refresh_gpus(gpu, &mut st, &gpu.gpus().unwrap()).unwrap();
         let pipe_dir = s.dir().join("pipe");
         std::fs::create_dir_all(&pipe_dir).unwrap();
         std::fs::write(pipe_dir.join("control"), "").unwrap();

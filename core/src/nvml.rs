@@ -7,8 +7,8 @@
 
 use crate::config::Config;
 use crate::gpu::Gpu;
-pub use crate::gpu::{occupancy, BackendError, Created, GpuInfo, GpuInstance};
-use crate::placement::{Profile, Slot};
+pub use crate::gpu::{occupancy, BackendError, Created, GpuInfo};
+use crate::placement::{GpuInstance, Profile, Slot};
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::Nvml;

@@ -12,7 +12,6 @@
 //! notebook restarted, a server rolled) is then granted without the full wrapper even though
 //! its release is still only a journal line.
 
-use crate::allocator;
 use crate::config::{Config, InjectMode};
 use crate::driver::Driver;
 use crate::ledger::LedgerState;
@@ -151,13 +150,13 @@ fn offer_for(
     if !cfg.profile_allowed(profile) {
         return;
     }
-    let Some(i) = allocator::pick_idle(cfg, st, profile, None) else {
+    let Some(i) = crate::slice::pick_idle(cfg, st, profile, None) else {
         return;
     };
     let r = &st.instances[i];
     let Some(m) = &r.made else { return };
     let cap = Driver::new(cfg).cap_file(r.gpu_minor, m.gi, Some(m.ci));
-    let edit = allocator::Grant::from_record(r, m, true, true).edit(majors, None);
+    let edit = crate::slice::Grant::from_record(r, m, true, true).edit(majors, None);
     offer(
         out,
         released,
@@ -249,7 +248,7 @@ pub fn offer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::DeviceNode;
+    use crate::spec::DeviceNode;
     use crate::spec::{Mount, PathEnv};
     use gpushare_fastpath::{offers as front_offers, splice};
     use serde_json::{json, Value};

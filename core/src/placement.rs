@@ -34,6 +34,15 @@ pub struct Profile {
 }
 
 /// A GPU instance that exists on the GPU, whoever made it.
+/// A GPU instance and its compute instances, as NVML lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInstance {
+    pub id: u32,
+    pub profile_id: u32,
+    pub slot: Slot,
+    pub compute_instances: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Occupied {
     pub profile_id: u32,

@@ -5,8 +5,6 @@
 //! one gpushare made that no container names goes back to the idle pool, a half-made one is
 //! destroyed, and one neither gpushare's log nor a gpushare request names stays foreign. So
 //! nothing is stranded and nothing a container runs on can be granted again.
-//!
-//! Also the container scan `gc` uses to find who holds an instance it adopts.
 
 use crate::config::Config;
 use crate::fsutil::now_unix;
@@ -14,8 +12,9 @@ use crate::gc::Foreign;
 use crate::gpu::{BackendError, Gpu};
 use crate::ledger::{InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
 use crate::node::Node;
+use crate::running::{roots, scan, Container};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,139 +31,6 @@ pub enum RepairError {
         to: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Where low-level runtimes keep their containers' state when nobody names a root: runc's and
-/// crun's defaults, and the roots Docker and containerd give runc.
-const DEFAULT_ROOTS: &[&str] = &[
-    "/run/runc",
-    "/run/crun",
-    "/run/docker/runtime-runc/moby",
-    "/run/containerd/runc/k8s.io",
-    "/run/containerd/runc/default",
-    "/run/containerd/runc/moby",
-];
-
-/// A container a runtime has, and the MIG UUIDs its spec names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Container {
-    pub root: String,
-    pub id: String,
-    pub migs: Vec<String>,
-    /// The spec carries a gpushare request (`gpu.profile`, or `GPUSHARE_PROFILE` in its env).
-    pub requested: bool,
-}
-
-/// The runtime roots to scan: `extra` (the operator's), the defaults, the roots gpushare's
-/// instance log and the ledger's leases name, and those a corrupt ledger's text and the
-/// journal's grants still name.
-pub fn roots(
-    cfg: &Config,
-    st: &LedgerState,
-    salvage: Option<&[u8]>,
-    extra: &[String],
-) -> Vec<String> {
-    let mut out: Vec<String> = extra.to_vec();
-    out.extend(DEFAULT_ROOTS.iter().map(|s| s.to_string()));
-    out.extend(crate::instance_log::roots(&crate::instance_log::owned(
-        &cfg.state_dir,
-    )));
-    let leases = st
-        .instances
-        .iter()
-        .filter_map(|r| r.lease.as_ref())
-        .chain(st.shares.iter().map(|s| &s.lease))
-        .chain(
-            st.mps
-                .iter()
-                .flat_map(|d| d.clients.iter().map(|c| &c.lease)),
-        );
-    out.extend(leases.filter_map(|l| l.runtime_root.clone()));
-    if let Some(raw) = salvage {
-        out.extend(quoted_after(
-            &String::from_utf8_lossy(raw),
-            "\"runtime_root\":",
-        ));
-    }
-    let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
-    for e in gpushare_fastpath::journal::entries(&journal) {
-        if let gpushare_fastpath::journal::Entry::Grant {
-            runtime_root: Some(r),
-            ..
-        } = e
-        {
-            out.push(String::from_utf8_lossy(r).into_owned());
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    out.retain(|r| r.starts_with('/') && seen.insert(r.clone()));
-    out
-}
-
-/// Every JSON string that follows `key` in `text` (a ledger too damaged to parse may still
-/// name its leases' roots).
-fn quoted_after(text: &str, key: &str) -> Vec<String> {
-    text.match_indices(key)
-        .filter_map(|(i, _)| {
-            let rest = text[i + key.len()..].trim_start().strip_prefix('"')?;
-            let end = rest.find('"')?;
-            Some(rest[..end].to_string())
-        })
-        .collect()
-}
-
-/// The containers under `roots`: runc keeps `<root>/<id>/state.json` (the bundle in its
-/// labels), crun `<root>/<id>/status` (with `bundle`) and a copy of the spec.
-pub fn scan(roots: &[String]) -> Vec<Container> {
-    let mut out = Vec::new();
-    for root in roots {
-        let Ok(dir) = std::fs::read_dir(root) else {
-            continue;
-        };
-        for e in dir.flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            let Some(spec) = spec_of(&e.path()) else {
-                continue;
-            };
-            let migs = crate::running::mig_uuids(&spec);
-            let env: Vec<&str> = spec["process"]["env"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
-            let requested = spec["annotations"].get("gpu.profile").is_some()
-                || env.iter().any(|v| v.starts_with("GPUSHARE_PROFILE="));
-            out.push(Container {
-                root: root.clone(),
-                id,
-                migs,
-                requested,
-            });
-        }
-    }
-    out
-}
-
-/// The OCI spec of the container whose state directory is `dir`.
-fn spec_of(dir: &Path) -> Option<serde_json::Value> {
-    use crate::running::read_json;
-    // Read as every spec gpushare reads: a regular file, no symlink, bounded.
-    let spec = |p: &Path| {
-        let raw = crate::trust::read_spec(p).ok()?;
-        serde_json::from_slice(&raw).ok()
-    };
-    if let Some(state) = read_json(&dir.join("state.json")) {
-        let bundle = state["config"]["labels"].as_array().and_then(|l| {
-            l.iter()
-                .filter_map(|v| v.as_str())
-                .find_map(|v| v.strip_prefix("bundle="))
-        })?;
-        return spec(&Path::new(bundle).join("config.json"));
-    }
-    if let Some(copy) = spec(&dir.join("config.json")) {
-        return Some(copy);
-    }
-    let status = read_json(&dir.join("status"))?;
-    spec(&Path::new(status["bundle"].as_str()?).join("config.json"))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -267,7 +133,7 @@ pub fn run_on(
         instances: Vec::new(),
         ..old.clone()
     };
-    crate::allocator::refresh_gpus(be, &mut st, &gpus)?;
+    crate::gpus::refresh_gpus(be, &mut st, &gpus)?;
     let mut gone = Vec::new();
     let mut held: std::collections::BTreeSet<String> = Default::default();
 
@@ -439,7 +305,8 @@ pub fn run_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocator::{allocate_on, release, Claimant};
+    use crate::allocator::{allocate_on, release};
+    use crate::ledger::Claimant;
     use crate::placement::Slot;
     use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
 
@@ -486,59 +353,5 @@ mod tests {
             report.foreign.iter().map(|f| f.gi).collect::<Vec<_>>(),
             vec![theirs.gi]
         );
-    }
-
-    #[test]
-    fn a_damaged_ledger_still_names_its_roots() {
-        let raw = r#"{"instances":[{"lease":{"container_id":"a","runtime_root": "/run/x"}},{"lease":{"runtime_root":"/run/y","#;
-        assert_eq!(quoted_after(raw, "\"runtime_root\":"), ["/run/x", "/run/y"]);
-    }
-
-    #[test]
-    fn scan_reads_runc_and_crun_state() {
-        let dir = std::env::temp_dir().join(format!("gpushare-repair-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let spec = |env: &str, ann: &str| {
-            format!(r#"{{"process":{{"env":["PATH=/bin",{env}]}},"annotations":{{{ann}}}}}"#)
-        };
-        // runc: state.json names the bundle in its labels.
-        let bundle = dir.join("bundle");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(
-            bundle.join("config.json"),
-            spec(
-                r#""CUDA_VISIBLE_DEVICES=MIG-a""#,
-                r#""gpu.profile":"1g.10gb""#,
-            ),
-        )
-        .unwrap();
-        let runc = dir.join("runc");
-        std::fs::create_dir_all(runc.join("c1")).unwrap();
-        std::fs::write(
-            runc.join("c1/state.json"),
-            format!(
-                r#"{{"config":{{"labels":["bundle={}"]}}}}"#,
-                bundle.display()
-            ),
-        )
-        .unwrap();
-        // crun: its own copy of the spec.
-        let crun = dir.join("crun");
-        std::fs::create_dir_all(crun.join("c2")).unwrap();
-        std::fs::write(
-            crun.join("c2/config.json"),
-            spec(r#""NVIDIA_VISIBLE_DEVICES=MIG-b,MIG-c""#, ""),
-        )
-        .unwrap();
-        std::fs::create_dir_all(crun.join("junk")).unwrap();
-        let roots = [runc.display().to_string(), crun.display().to_string()];
-        let found = scan(&roots);
-        assert_eq!(found.len(), 2, "{found:?}");
-        assert_eq!(found[0].id, "c1");
-        assert_eq!(found[0].migs, ["MIG-a"]);
-        assert!(found[0].requested);
-        assert_eq!(found[1].migs, ["MIG-b", "MIG-c"]);
-        assert!(!found[1].requested);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

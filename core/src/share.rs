@@ -2,14 +2,13 @@
 //! isolation and no limits. The GPU list comes from the ledger's cache; NVML is opened only
 //! while that cache is empty.
 
-use crate::allocator::{self, Claimant};
 use crate::config::Config;
-use crate::driver::{self, DriverError};
+use crate::driver;
 use crate::fsutil::now_unix;
 use crate::gpu::Gpu;
-use crate::ledger::{GpuRecord, Lease, Ledger, LedgerError, LedgerState, ShareLease};
+use crate::gpus::{known_gpus, select, GpuError};
+use crate::ledger::{Claimant, GpuRecord, Lease, Ledger, ShareLease};
 use crate::node::Node;
-use crate::nvml::BackendError;
 use crate::request::DeviceSelector;
 use crate::spec::Edit;
 use std::time::Duration;
@@ -17,20 +16,14 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(transparent)]
-    Driver(#[from] DriverError),
-    #[error("NVML reports no GPU on this node")]
-    NoGpu,
-    #[error("gpu.device={selector}: no such GPU; this node has {known}")]
-    NoSuchDevice { selector: String, known: String },
+    Gpu(#[from] GpuError),
     #[error("{what}: {gpus} has MIG enabled, so CUDA sees no whole GPU there; ask for a MIG slice (gpu.profile) instead, or an operator disables MIG with `nvidia-smi -i <index> -mig 0`")]
     MigEnabled { what: &'static str, gpus: String },
     #[error("gpu.share=timeslice: {gpus} serves MPS shares; the whole GPU cannot be given beside them (ask for gpu.mps, or another gpu.device)")]
     ServesMps { gpus: String },
 }
+
+crate::gpus::from_gpu_errors!(ShareError);
 
 /// A whole GPU granted to a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,48 +45,6 @@ pub fn whole_gpu_edit(majors: &driver::Majors, gpu: &GpuRecord) -> Edit {
         ],
         ..Edit::default()
     }
-}
-
-/// The node's GPUs from the ledger's cache, filled through NVML when empty. Returns whether
-/// the cache was used (no NVML).
-pub(crate) fn known_gpus(be: &dyn Gpu, st: &mut LedgerState) -> Result<bool, BackendError> {
-    if !st.gpus.is_empty() {
-        return Ok(true);
-    }
-    let gpus = be.gpus()?;
-    allocator::refresh_gpus(be, st, &gpus)?;
-    Ok(false)
-}
-
-/// The GPUs a selector names, or an error listing what exists.
-pub(crate) fn select<'a>(
-    st: &'a LedgerState,
-    device: Option<&DeviceSelector>,
-) -> Result<Vec<&'a GpuRecord>, ShareError> {
-    if st.gpus.is_empty() {
-        return Err(ShareError::NoGpu);
-    }
-    let chosen: Vec<&GpuRecord> = st
-        .gpus
-        .iter()
-        .filter(|g| match device {
-            None => true,
-            Some(DeviceSelector::Index(i)) => g.index == *i,
-            Some(DeviceSelector::Uuid(u)) => g.uuid.eq_ignore_ascii_case(u),
-        })
-        .collect();
-    if chosen.is_empty() {
-        return Err(ShareError::NoSuchDevice {
-            selector: device.map(|d| d.to_string()).unwrap_or_default(),
-            known: st
-                .gpus
-                .iter()
-                .map(|g| format!("GPU {} {}", g.index, g.uuid))
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    Ok(chosen)
 }
 
 pub fn grant(
@@ -119,7 +70,7 @@ pub fn grant_on(
     let mut st = locked.load()?;
     let warm = known_gpus(be, &mut st)?;
     // A GPU a crash left in EXCLUSIVE_PROCESS would admit one time-sliced container only.
-    crate::mps::repair_modes(be, &locked, &mut st)?;
+    crate::compute_mode::repair_and_save(be, &locked, &mut st)?;
     let candidates = select(&st, device)?;
     let usable: Vec<&GpuRecord> = candidates
         .iter()

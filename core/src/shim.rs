@@ -1,9 +1,10 @@
 //! The runtime wrapper's logic: what `gpushare <runc args>` does.
 
-use crate::allocator::{self, Claimant};
+use crate::allocator;
 use crate::config::Config;
 use crate::config::InjectMode;
 use crate::grant;
+use crate::ledger::Claimant;
 use crate::request;
 use crate::runc_args::{self, RuncArgs};
 use crate::runc_log;

@@ -2,9 +2,17 @@
 //! code does not know is lost. Every edit removes what a previous edit added before adding,
 //! so applying a grant twice gives the same spec.
 
-use crate::driver::DeviceNode;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
+
+/// A device node to put in a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    pub path: String,
+    pub major: u32,
+    pub minor: u32,
+    pub file_mode: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {

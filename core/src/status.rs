@@ -2,8 +2,8 @@
 //! MIG instance (gpushare's, busy or idle, and anyone else's), the leases of every kind (MIG
 //! slices, MPS shares, time-sliced GPUs) in one list, and free capacity per profile.
 
-use crate::compute_mode::Mode;
 use crate::config::Config;
+use crate::ledger::Mode;
 use crate::ledger::{self, LedgerState};
 use crate::nvml::{self, Backend};
 use crate::placement;
@@ -16,7 +16,7 @@ pub struct Status {
     pub mps_exclusive: bool,
     pub gpus: Vec<GpuStatus>,
     pub leases: Vec<LeaseStatus>,
-    pub stats: ledger::Stats,
+    pub stats: crate::stats::Stats,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,7 +29,7 @@ pub struct GpuStatus {
     /// How many more instances of each profile could be made now.
     pub free: Vec<(String, u32)>,
     /// Grants (warm: from the idle pool) and refusals for lack of room on this GPU.
-    pub counters: crate::metrics::GpuCounters,
+    pub counters: crate::stats::GpuCounters,
     /// NVML's MIG profile table (answered even while MIG is disabled).
     pub profiles: Vec<placement::Profile>,
     /// MPS daemon and time-slice users on this GPU.

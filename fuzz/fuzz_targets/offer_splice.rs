@@ -7,8 +7,7 @@
 //! plain request for a profile an offer could name, the full wrapper (Kubernetes selection and
 //! all, as `shim::wanted` reads a spec with the default config) reads exactly that request.
 #![no_main]
-use gpushare_core::driver::DeviceNode;
-use gpushare_core::spec::{self, Edit, Hook, Mount, PathEnv};
+use gpushare_core::spec::{self, DeviceNode, Edit, Hook, Mount, PathEnv};
 use gpushare_fastpath::{offers, splice};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;

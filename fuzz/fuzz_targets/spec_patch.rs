@@ -1,8 +1,7 @@
 //! Patching whatever config.json an engine (or a tenant's image config) produced: never a
 //! panic, unknown fields kept, and applying the same edit twice gives the same spec.
 #![no_main]
-use gpushare_core::driver::DeviceNode;
-use gpushare_core::spec::{self, Edit, Hook};
+use gpushare_core::spec::{self, DeviceNode, Edit, Hook};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

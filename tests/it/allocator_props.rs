@@ -5,8 +5,9 @@
 use crate::common;
 
 use common::*;
-use gpushare_core::allocator::{self, AllocError, Claimant};
+use gpushare_core::allocator::{self, AllocError};
 use gpushare_core::config::Config;
+use gpushare_core::ledger::Claimant;
 use gpushare_core::nvml::Backend;
 use gpushare_core::placement::{self, Occupied};
 use gpushare_core::request::DeviceSelector;

@@ -383,7 +383,7 @@ fn poststop_hook_is_bounded_while_the_ledger_is_busy() {
         let node = SimNode::new("h100-80gb", 1, true);
         node.configure("[pool]\nhook_lock_timeout_ms = 300\n");
         let cfg = node.cfg();
-        let who = gpushare_core::allocator::Claimant {
+        let who = gpushare_core::ledger::Claimant {
             container_id: "busy-1",
             runtime_root: None,
         };

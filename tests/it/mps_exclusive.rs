@@ -54,7 +54,7 @@ fn exclusive_while_served(runtime: Runtime) {
     assert_eq!(st.compute_modes.len(), 1, "the mode found is recorded");
     assert_eq!(
         st.compute_modes[0].found,
-        gpushare_core::compute_mode::Mode::Default
+        gpushare_core::ledger::Mode::Default
     );
     assert!(engine.create(&b, &idb).status.success());
     engine.start_and_wait(&a, &ida);
@@ -143,7 +143,7 @@ fn the_simulated_driver_refuses_a_second_context_in_exclusive_process() {
     let node = mps_node();
     let uuid = gpu0_uuid(&node);
     let cfg = node.cfg();
-    let who = gpushare_core::allocator::Claimant {
+    let who = gpushare_core::ledger::Claimant {
         container_id: "tenant",
         runtime_root: None,
     };
@@ -355,7 +355,7 @@ fn a_daemon_that_cannot_start_leaves_the_mode_as_found() {
     let node = SimNode::new("h100-80gb", 1, false);
     node.configure("[mps]\ncontrol = \"/bin/false\"");
     let cfg = node.cfg();
-    let who = gpushare_core::allocator::Claimant {
+    let who = gpushare_core::ledger::Claimant {
         container_id: "nostart",
         runtime_root: None,
     };
@@ -383,7 +383,7 @@ fn a_busy_gpu_is_passed_over_for_a_free_one() {
         .status
         .success());
     let cfg = node.cfg();
-    let who = |id| gpushare_core::allocator::Claimant {
+    let who = |id| gpushare_core::ledger::Claimant {
         container_id: id,
         runtime_root: None,
     };

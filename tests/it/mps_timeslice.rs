@@ -5,8 +5,8 @@ use crate::common;
 use common::*;
 
 /// A claimant with no runtime state, for grants made straight through the library.
-fn who(id: &str) -> gpushare_core::allocator::Claimant<'_> {
-    gpushare_core::allocator::Claimant {
+fn who(id: &str) -> gpushare_core::ledger::Claimant<'_> {
+    gpushare_core::ledger::Claimant {
         container_id: id,
         runtime_root: None,
     }

@@ -342,7 +342,7 @@ fn the_hook_releases_with_no_capabilities() {
 fn ctl_release_frees_a_named_lease() {
     let node = SimNode::new("h100-80gb", 1, true);
     let cfg = node.cfg();
-    let who = gpushare_core::allocator::Claimant {
+    let who = gpushare_core::ledger::Claimant {
         container_id: "precreate-abc",
         runtime_root: None,
     };

@@ -9,8 +9,7 @@ use super::{decide, history, Decision, PolicyKind, PoolKind, Scorer};
 use crate::config::Config;
 use crate::fsutil::now_unix;
 use crate::ledger::{InstanceRecord, LedgerState};
-use crate::nvml::GpuInstance;
-use crate::placement::{Occupied, Profile, Slot};
+use crate::placement::{GpuInstance, Occupied, Profile, Slot};
 use std::sync::Arc;
 
 /// Idle instances to destroy first: (GI id, its CI ids).

@@ -2,7 +2,8 @@
 //! GPU-instance ids, errors), and a record of every call made of them, like youki's recording
 //! syscall double.
 
-use crate::gpu::{BackendError, Created, Gpu, GpuInfo, GpuInstance};
+use crate::gpu::{BackendError, Created, Gpu, GpuInfo};
+use crate::placement::GpuInstance;
 use crate::placement::{Profile, Slot};
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::error::NvmlError;
