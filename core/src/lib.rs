@@ -23,6 +23,8 @@ pub mod hook;
 pub mod inject;
 pub mod instance_log;
 pub mod kube;
+#[cfg(test)]
+mod layers;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
