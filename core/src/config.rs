@@ -13,8 +13,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("no low-level OCI runtime found: set `runtime` in {path} or install runc or crun")]
     NoRuntime { path: String },
 }
@@ -285,16 +288,16 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut cfg = Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
+            source,
         })?;
         cfg.source = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
         Ok(cfg)
     }
 
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// A path of the driver's, read below `driver_root` ("/proc/devices" -> ROOT/proc/devices).
@@ -429,7 +432,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = Config::parse("stat_dir = \"/x\"").unwrap_err();
+        let err = Config::parse("stat_dir = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("stat_dir"), "{err}");
     }
 

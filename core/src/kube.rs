@@ -33,6 +33,15 @@ pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
 pub const SANDBOX: &str = "sandbox";
 
+/// A `gpu.containers` list gpushare cannot honour; the value is shown quoted and cut short.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KubeError {
+    #[error("annotation {ANN_CONTAINERS}={list} names containers of a Kubernetes pod, but this container has no pod container name ({CRI_CONTAINER_NAME}); ask without {ANN_CONTAINERS} outside Kubernetes")]
+    NoPodName { list: String },
+    #[error("annotation {ANN_CONTAINERS}={list} is not valid: {why}; accepted: {NAMES_ACCEPTED}")]
+    Invalid { list: String, why: String },
+}
+
 /// True for a Kubernetes pod sandbox (pause) container's spec.
 pub fn is_sandbox(spec: &Value) -> bool {
     let Some(ann) = spec.get("annotations").and_then(Value::as_object) else {
@@ -54,7 +63,7 @@ pub fn container_name(spec: &Value) -> Option<&str> {
 /// Whether the spec's request (if any) is meant for this container: true without
 /// `gpu.containers`; with it, true only for a container the list names. A malformed list, or
 /// a list on a container that has no pod container name, is an error naming the annotation.
-pub fn selected(spec: &Value) -> Result<bool, String> {
+pub fn selected(spec: &Value) -> Result<bool, KubeError> {
     let Some(list) = spec
         .get("annotations")
         .and_then(Value::as_object)
@@ -65,22 +74,15 @@ pub fn selected(spec: &Value) -> Result<bool, String> {
     };
     let names = parse_names(list)?;
     let Some(me) = container_name(spec) else {
-        return Err(format!(
-            "annotation {ANN_CONTAINERS}={} names containers of a Kubernetes pod, but this \
-             container has no pod container name ({CRI_CONTAINER_NAME}); ask without \
-             {ANN_CONTAINERS} outside Kubernetes",
-            shown(list)
-        ));
+        return Err(KubeError::NoPodName { list: shown(list) });
     };
     Ok(names.contains(&me))
 }
 
-fn parse_names(list: &str) -> Result<Vec<&str>, String> {
-    let bad = |why: &str| {
-        format!(
-            "annotation {ANN_CONTAINERS}={} is not valid: {why}; accepted: {NAMES_ACCEPTED}",
-            shown(list)
-        )
+fn parse_names(list: &str) -> Result<Vec<&str>, KubeError> {
+    let bad = |why: &str| KubeError::Invalid {
+        list: shown(list),
+        why: why.to_string(),
     };
     if list.len() > MAX_NAMES * 64 {
         return Err(bad("too long"));
@@ -164,7 +166,7 @@ mod tests {
             ("a\nb", "is not a container name"),
         ] {
             let s = json!({"annotations": {CRI_CONTAINER_NAME: "a", ANN_CONTAINERS: list}});
-            let err = selected(&s).unwrap_err();
+            let err = selected(&s).unwrap_err().to_string();
             assert!(
                 err.contains("annotation gpu.containers=") && err.contains(why),
                 "{list:?}: {err}"
@@ -173,13 +175,13 @@ mod tests {
         }
         let long = vec!["a"; MAX_NAMES + 1].join(",");
         let s = json!({"annotations": {CRI_CONTAINER_NAME: "a", ANN_CONTAINERS: long}});
-        assert!(selected(&s).unwrap_err().contains("more than"));
+        assert!(selected(&s).unwrap_err().to_string().contains("more than"));
     }
 
     #[test]
     fn a_list_outside_a_pod_is_refused() {
         let s = json!({"annotations": {ANN_CONTAINERS: "a", "gpu.profile": "1g.10gb"}});
-        let err = selected(&s).unwrap_err();
+        let err = selected(&s).unwrap_err().to_string();
         assert!(err.contains("has no pod container name"), "{err}");
     }
 

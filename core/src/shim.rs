@@ -217,7 +217,7 @@ pub(crate) fn unreadable(path: &Path, e: &crate::strict_json::StrictJsonError) -
 /// What the spec asks for, if anything, and whether this node serves it. Shared by the
 /// wrapper's `create` and the Podman precreate hook so that both read a spec the same way.
 pub fn wanted(cfg: &Config, spec: &serde_json::Value) -> Result<Option<request::Request>, String> {
-    if crate::kube::is_sandbox(spec) || !crate::kube::selected(spec)? {
+    if crate::kube::is_sandbox(spec) || !crate::kube::selected(spec).map_err(|e| e.to_string())? {
         return Ok(None);
     }
     let req = request::from_spec(spec, cfg.policy.allow_env).map_err(|e| e.to_string())?;
