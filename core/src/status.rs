@@ -3,11 +3,19 @@
 //! slices, MPS shares, time-sliced GPUs) in one list, and free capacity per profile.
 
 use crate::config::Config;
-use crate::ledger::Mode;
-use crate::ledger::{self, LedgerState};
+use crate::ledger::{self, LedgerState, Mode};
 use crate::nvml::{self, Backend};
 use crate::placement;
 use serde::Serialize;
+
+/// What keeps `status` from reading the node: the ledger or NVML.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Backend(#[from] nvml::BackendError),
+}
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -83,7 +91,7 @@ pub struct LeaseStatus {
     pub gpu_uuid: String,
 }
 
-pub fn collect(cfg: &Config) -> Result<Status, crate::allocator::AllocError> {
+pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
     let st: LedgerState = ledger::snapshot(&cfg.state_dir)?;
     let be = Backend::open(cfg)?;
     let mut gpus = Vec::new();
