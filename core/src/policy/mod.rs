@@ -28,7 +28,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("GPU model data: {0}")]
-    Model(String),
+    ModelJson(#[source] serde_json::Error),
+    #[error("GPU model data: no GPU in the file")]
+    ModelNoGpu,
+    #[error("GPU model data: profile index {index} lacks {field}")]
+    ModelField { index: u32, field: &'static str },
+    #[error("GPU model data: no supported profile")]
+    ModelNoProfile,
     #[error("the MDP for this GPU has {0} placements; at most 64 fit its state word")]
     TooManyItems(usize),
     #[error("the MDP for this GPU has more than {0} occupancy states")]

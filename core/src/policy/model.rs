@@ -31,16 +31,13 @@ struct RawProfile {
 
 /// The supported GPU-instance profiles of a model file, as the allocator's [`Profile`]s.
 pub fn profiles_from_json(text: &str) -> Result<Vec<Profile>, PolicyError> {
-    let f: File = serde_json::from_str(text).map_err(|e| PolicyError::Model(e.to_string()))?;
-    let gpu = f
-        .gpus
-        .into_iter()
-        .next()
-        .ok_or_else(|| PolicyError::Model("no GPU in the file".into()))?;
+    let f: File = serde_json::from_str(text).map_err(PolicyError::ModelJson)?;
+    let gpu = f.gpus.into_iter().next().ok_or(PolicyError::ModelNoGpu)?;
     let mut out = Vec::new();
     for p in gpu.gi_profiles.into_iter().filter(|p| p.error.is_none()) {
-        let missing = |what: &str| {
-            PolicyError::Model(format!("profile index {} lacks {what}", p.profile_index))
+        let missing = |field| PolicyError::ModelField {
+            index: p.profile_index,
+            field,
         };
         let name = p.name.as_deref().ok_or_else(|| missing("name"))?;
         out.push(Profile {
@@ -60,7 +57,7 @@ pub fn profiles_from_json(text: &str) -> Result<Vec<Profile>, PolicyError> {
         });
     }
     if out.is_empty() {
-        return Err(PolicyError::Model("no supported profile".into()));
+        return Err(PolicyError::ModelNoProfile);
     }
     Ok(out)
 }
