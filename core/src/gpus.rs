@@ -164,3 +164,52 @@ pub(crate) fn refresh_gpus(
     st.gpus = fresh;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_grant_names_a_missing_gpu_alike() {
+        let info = GpuInfo {
+            index: 0,
+            uuid: "GPU-a".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            minor: 0,
+            memory_total: 0,
+            mig_mode: None,
+        };
+        let st = LedgerState {
+            gpus: vec![GpuRecord {
+                index: 0,
+                uuid: "GPU-a".into(),
+                name: info.name.clone(),
+                minor: 0,
+                profiles: Vec::new(),
+                memory_total: 0,
+                mig_enabled: false,
+            }],
+            ..LedgerState::default()
+        };
+        let three = DeviceSelector::Index(3);
+        // The MIG allocator selects from NVML's list, MPS and time-slicing from the cache.
+        let live = select_live(std::slice::from_ref(&info), Some(&three)).unwrap_err();
+        let cached = select(&st, Some(&three)).unwrap_err();
+        assert_eq!(live.to_string(), cached.to_string());
+        assert_eq!(
+            live.to_string(),
+            "gpu.device=3: no such GPU; this node has 1 GPU(s): GPU 0 GPU-a"
+        );
+        assert!(matches!(
+            select(&LedgerState::default(), None),
+            Err(GpuError::NoGpu)
+        ));
+        assert!(matches!(select_live(&[], None), Err(GpuError::NoGpu)));
+        let upper = DeviceSelector::Uuid("gpu-A".into());
+        assert_eq!(
+            select(&st, Some(&upper)).unwrap().len(),
+            1,
+            "UUIDs match in any case"
+        );
+    }
+}
