@@ -8,83 +8,39 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Lowest first. A module not listed fails the test: a new module says where it belongs.
-const LAYERS: &[(&str, &[&str])] = &[
+/// The layers, lowest first: each is a folder of `core/src` (`service/allocator.rs`), and the
+/// crate root re-exports its modules, so a module's public path names no layer
+/// (`gpushare_core::allocator`).
+const LAYERS: &[&str] = &[
     // No knowledge of GPUs or containers: files, JSON, test hooks, runc's log format.
-    (
-        "util",
-        &["failpoint", "fsutil", "runc_log", "statedir", "strict_json"],
-    ),
+    "util",
     // What things are: requests, config, the ledger's data, placement policy, spec edits.
-    (
-        "model",
-        &[
-            "config",
-            "kube",
-            "ledger",
-            "placement",
-            "policy",
-            "policy::cache",
-            "policy::history",
-            "policy::mdp",
-            "policy::model",
-            "policy::node",
-            "policy::replay",
-            "policy::rng",
-            "request",
-            "runc_args",
-            "spec",
-            "stats",
-        ],
-    ),
+    "model",
     // What gpushare does to the GPU (NVML) and the node (driver files, procfs, runtimes' state).
-    (
-        "service",
-        &[
-            "allocator",
-            "claim",
-            "compute_mode",
-            "driver",
-            "exec_env",
-            "gc",
-            "gpu",
-            "gpus",
-            "grant",
-            "inject",
-            "instance_log",
-            "logging",
-            "mps",
-            "node",
-            "nvml",
-            "offers",
-            "repair",
-            "running",
-            "share",
-            "slice",
-            "testing",
-            "testing::gpu",
-            "testing::node",
-            "trust",
-        ],
-    ),
-    // What an operator reads.
-    ("report", &["doctor", "metrics", "status"]),
+    "service", // What an operator reads: status, metrics, doctor.
+    "report",
 ];
 
 /// Process logic on its way out of core into the binaries (issue 18): not yet held to the
 /// layers, and edges to or from them are not counted.
 const LEAVING: &[&str] = &["hook", "shim"];
 
-/// Crate roots that are not modules.
+/// Files of `core/src` that are not modules of a layer.
 const ROOTS: &[&str] = &["lib", "layers"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// A module's file and layer (None: outside every layer's folder).
+struct Module {
+    file: PathBuf,
+    layer: Option<usize>,
+}
+
 /// Every `.rs` file under `dir` with its module path (`policy/node.rs` is `policy::node`,
 /// `policy/mod.rs` is `policy`).
-fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
+fn files(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
@@ -99,7 +55,7 @@ fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
         if p.is_dir() {
             let mut inner = prefix.to_vec();
             inner.push(name);
-            modules(&p, &inner, out);
+            files(&p, &inner, out);
         } else if p.extension().is_some_and(|x| x == "rs") {
             let mut path = prefix.to_vec();
             if name != "mod" {
@@ -108,6 +64,27 @@ fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
             out.insert(path.join("::"), p);
         }
     }
+}
+
+/// Core's modules by the name the crate root gives them (`service/allocator.rs` is
+/// `allocator`), less the roots and the layer folders' own `mod.rs`.
+fn modules() -> BTreeMap<String, Module> {
+    let mut all = BTreeMap::new();
+    files(&src(), &[], &mut all);
+    let mut out = BTreeMap::new();
+    for (path, file) in all {
+        if ROOTS.contains(&path.as_str()) || LAYERS.contains(&path.as_str()) {
+            continue;
+        }
+        let (layer, name) = match path.split_once("::") {
+            Some((l, rest)) if LAYERS.contains(&l) => {
+                (LAYERS.iter().position(|x| *x == l), rest.to_string())
+            }
+            _ => (None, path),
+        };
+        out.insert(name, Module { file, layer });
+    }
+    out
 }
 
 /// The source without comments, so a doc link to another module is not an import.
@@ -181,8 +158,13 @@ fn segments(s: &str) -> Vec<String> {
     out
 }
 
-/// The module a path names: its longest prefix that is a module.
-fn resolve(path: &[String], known: &BTreeMap<String, PathBuf>) -> Option<String> {
+/// The module a path names: its longest prefix that is a module (`service::allocator::X`
+/// and `allocator::X` both name `allocator`).
+fn resolve(path: &[String], known: &BTreeMap<String, Module>) -> Option<String> {
+    let path = match path.first() {
+        Some(l) if LAYERS.contains(&l.as_str()) => &path[1..],
+        _ => path,
+    };
     (1..=path.len())
         .rev()
         .map(|n| path[..n].join("::"))
@@ -194,7 +176,7 @@ fn imports(
     module: &str,
     is_mod_rs: bool,
     text: &str,
-    known: &BTreeMap<String, PathBuf>,
+    known: &BTreeMap<String, Module>,
 ) -> BTreeSet<String> {
     let code = without_tests(&code(text));
     let mut out = BTreeSet::new();
@@ -232,24 +214,16 @@ fn imports(
     out
 }
 
-fn layer_of(module: &str) -> Option<usize> {
-    LAYERS.iter().position(|(_, mods)| mods.contains(&module))
-}
-
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let mut known = BTreeMap::new();
-    modules(&src(), &[], &mut known);
-    for r in ROOTS {
-        known.remove(*r);
-    }
+/// Each module's imports of other modules (those leaving core not counted).
+fn graph(known: &BTreeMap<String, Module>) -> BTreeMap<String, BTreeSet<String>> {
     let mut g = BTreeMap::new();
-    for (m, path) in &known {
+    for (m, module) in known {
         if LEAVING.contains(&m.as_str()) {
             continue;
         }
-        let text = std::fs::read_to_string(path).expect("readable source");
-        let is_mod_rs = path.file_name().is_some_and(|n| n == "mod.rs");
-        let mut deps = imports(m, is_mod_rs, &text, &known);
+        let text = std::fs::read_to_string(&module.file).expect("readable source");
+        let is_mod_rs = module.file.file_name().is_some_and(|n| n == "mod.rs");
+        let mut deps = imports(m, is_mod_rs, &text, known);
         deps.retain(|d| !LEAVING.contains(&d.as_str()));
         g.insert(m.clone(), deps);
     }
@@ -257,38 +231,28 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 #[test]
-fn every_module_has_a_layer() {
-    let missing: Vec<String> = graph()
-        .into_keys()
-        .filter(|m| layer_of(m).is_none())
+fn every_module_is_in_a_layer() {
+    let outside: Vec<String> = modules()
+        .into_iter()
+        .filter(|(m, module)| module.layer.is_none() && !LEAVING.contains(&m.as_str()))
+        .map(|(_, module)| module.file.display().to_string())
         .collect();
     assert!(
-        missing.is_empty(),
-        "modules in no layer (add them to LAYERS in core/src/layers.rs): {missing:?}"
-    );
-    let gone: Vec<&str> = LAYERS
-        .iter()
-        .flat_map(|(_, mods)| mods.iter().copied())
-        .filter(|m| !graph().contains_key(*m))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "LAYERS names modules that do not exist: {gone:?}"
+        outside.is_empty(),
+        "modules outside the layer folders (move each into core/src/<layer>/, {LAYERS:?}, and re-export it in lib.rs): {outside:?}"
     );
 }
 
 #[test]
 fn no_import_from_a_higher_layer() {
+    let known = modules();
     let mut wrong = Vec::new();
-    for (m, deps) in graph() {
-        let Some(own) = layer_of(&m) else { continue };
+    for (m, deps) in graph(&known) {
+        let Some(own) = known[&m].layer else { continue };
         for d in deps {
-            if let Some(theirs) = layer_of(&d) {
+            if let Some(theirs) = known[&d].layer {
                 if theirs > own {
-                    wrong.push(format!(
-                        "{m} ({}) -> {d} ({})",
-                        LAYERS[own].0, LAYERS[theirs].0
-                    ));
+                    wrong.push(format!("{m} ({}) -> {d} ({})", LAYERS[own], LAYERS[theirs]));
                 }
             }
         }
@@ -330,7 +294,7 @@ fn cycle_through(start: &str, g: &BTreeMap<String, BTreeSet<String>>) -> Option<
 
 #[test]
 fn no_import_cycle() {
-    let g = graph();
+    let g = graph(&modules());
     let mut seen = BTreeSet::new();
     let mut cycles = Vec::new();
     for m in g.keys() {
@@ -385,9 +349,9 @@ fn core_never_names_the_binaries() {
         "core depends on the root package {package}: {deps:?}"
     );
     let mut named = Vec::new();
-    let mut files = BTreeMap::new();
-    modules(&src(), &[], &mut files);
-    for (m, path) in files {
+    let mut all = BTreeMap::new();
+    files(&src(), &[], &mut all);
+    for (m, path) in all {
         if m == "layers" {
             continue;
         }
@@ -418,9 +382,15 @@ fn the_simulated_driver_depends_on_nothing_of_ours() {
 /// The checker itself: a cycle and an upward import in made-up sources are found.
 #[test]
 fn the_checker_sees_cycles_and_layers() {
-    let known: BTreeMap<String, PathBuf> = ["a", "b", "p", "p::q"]
+    let known: BTreeMap<String, Module> = ["a", "b", "p", "p::q"]
         .iter()
-        .map(|m| (m.to_string(), PathBuf::new()))
+        .map(|m| {
+            let module = Module {
+                file: PathBuf::new(),
+                layer: None,
+            };
+            (m.to_string(), module)
+        })
         .collect();
     let text = "use crate::b::Thing; // crate::a in a comment\nlet s = \"//\"; fn f() { crate::p::q::go() }";
     assert_eq!(
@@ -430,6 +400,11 @@ fn the_checker_sees_cycles_and_layers() {
     assert_eq!(
         imports("p::q", false, "use super::X; use crate::{a, b::Y};", &known),
         BTreeSet::from(["p".to_string(), "a".to_string(), "b".to_string()])
+    );
+    // A path through the layer's folder names the same module.
+    assert_eq!(
+        imports("a", false, "use crate::service::b::Thing;", &known),
+        BTreeSet::from(["b".to_string()])
     );
     let with_tests = "use crate::b::X;\n#[cfg(test)]\nmod tests {\n    use crate::p::Y;\n    fn f() {\n    }\n}\nfn g() { crate::p::q::go() }\n";
     assert_eq!(

@@ -5,48 +5,36 @@
 //! finds what the container asks for in its `config.json`, [`allocator`] grants a MIG slice
 //! (from the [`ledger`]'s idle pool, or through [`nvml`] on the cold path), [`spec`] writes the
 //! grant into the spec, and [`runc_log`] reports failures the way engines read them.
+//!
+//! Four layers, one folder each, lowest first: `util`, `model`, `service`, `report`. A module
+//! imports only from its own layer or a lower one, and no modules import each other in a circle
+//! (the `layers` unit test reads the source and fails on either). The crate root re-exports
+//! every module, so a path names no layer (`gpushare_core::allocator`).
+mod model;
+mod report;
+mod service;
+mod util;
 
-pub mod allocator;
-pub mod claim;
-pub mod compute_mode;
-pub mod config;
-pub mod doctor;
-pub mod driver;
-pub mod exec_env;
-pub mod failpoint;
-pub mod fsutil;
-pub mod gc;
-pub mod gpu;
-pub mod gpus;
-pub mod grant;
+// Files, strict JSON, state-folder checks, test hooks: nothing of GPUs or containers.
+pub use util::{failpoint, fsutil, runc_log, statedir, strict_json};
+
+// What things are: config, requests, the ledger's data, placement policy, spec edits.
+pub use model::{config, kube, ledger, placement, policy, request, runc_args, spec, stats};
+
+// What gpushare does to the GPU (NVML) and the node (driver files, procfs, runtimes' state).
+#[cfg(any(test, feature = "testing"))]
+pub use service::testing;
+pub use service::{
+    allocator, claim, compute_mode, driver, exec_env, gc, gpu, gpus, grant, inject, instance_log,
+    logging, mps, node, nvml, offers, repair, running, share, slice, trust,
+};
+
+// What an operator reads.
+pub use report::{doctor, metrics, status};
+
+// Process logic on its way into the binaries (issue 18).
 pub mod hook;
-pub mod inject;
-pub mod instance_log;
-pub mod kube;
+pub mod shim;
+
 #[cfg(test)]
 mod layers;
-pub mod ledger;
-pub mod logging;
-pub mod metrics;
-pub mod mps;
-pub mod node;
-pub mod nvml;
-pub mod offers;
-pub mod placement;
-pub mod policy;
-pub mod repair;
-pub mod request;
-pub mod runc_args;
-pub mod runc_log;
-pub mod running;
-pub mod share;
-pub mod shim;
-pub mod slice;
-pub mod spec;
-pub mod statedir;
-pub mod stats;
-pub mod status;
-pub mod strict_json;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-pub mod trust;

@@ -1,5 +1,5 @@
 //! Kill -9 at every failpoint of allocate, spec write and release (test builds carry them:
-//! core/src/failpoint.rs), then prove that the next call, or `gpusharectl gc`, leaves no leaked
+//! core/src/util/failpoint.rs), then prove that the next call, or `gpusharectl gc`, leaves no leaked
 //! instance, no leftover intent, no lease of a container that is gone and no double grant.
 use crate::common;
 use crate::invariants;

@@ -1,4 +1,4 @@
-//! Warm grants made by the `gpushare` entry binary from the ledger's offers (core/src/offers.rs,
+//! Warm grants made by the `gpushare` entry binary from the ledger's offers (core/src/service/offers.rs,
 //! fastpath/src/splice.rs), through real runc: the same spec as the full wrapper writes, and the
 //! full wrapper's whenever the offers may no longer hold.
 use crate::common;

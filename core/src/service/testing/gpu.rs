@@ -74,7 +74,7 @@ pub struct FakeGpu {
 /// The H100 80GB's profile table as NVML reported it (the simulator's model file, which a
 /// unit test holds equal to the recorded fixture).
 pub fn h100_profiles() -> Vec<Profile> {
-    crate::policy::model::profiles_from_json(include_str!("../../../sim/models/h100-80gb.json"))
+    crate::policy::model::profiles_from_json(include_str!("../../../../sim/models/h100-80gb.json"))
         .expect("the H100 model file parses")
 }
 

@@ -92,35 +92,35 @@ pub(crate) fn all_models() -> Vec<(&'static str, Vec<Profile>)> {
     [
         (
             "h100-80gb",
-            include_str!("../../../sim/models/h100-80gb.json"),
+            include_str!("../../../../sim/models/h100-80gb.json"),
         ),
         (
             "h200-141gb",
-            include_str!("../../../sim/models/h200-141gb.json"),
+            include_str!("../../../../sim/models/h200-141gb.json"),
         ),
         (
             "a100-40gb",
-            include_str!("../../../sim/models/a100-40gb.json"),
+            include_str!("../../../../sim/models/a100-40gb.json"),
         ),
         (
             "a100-80gb",
-            include_str!("../../../sim/models/a100-80gb.json"),
+            include_str!("../../../../sim/models/a100-80gb.json"),
         ),
         (
             "b200-180gb",
-            include_str!("../../../sim/models/b200-180gb.json"),
+            include_str!("../../../../sim/models/b200-180gb.json"),
         ),
         (
             "h100-nvl-94gb",
-            include_str!("../../../sim/models/h100-nvl-94gb.json"),
+            include_str!("../../../../sim/models/h100-nvl-94gb.json"),
         ),
         (
             "gh200-96gb",
-            include_str!("../../../sim/models/gh200-96gb.json"),
+            include_str!("../../../../sim/models/gh200-96gb.json"),
         ),
         (
             "h20-96gb",
-            include_str!("../../../sim/models/h20-96gb.json"),
+            include_str!("../../../../sim/models/h20-96gb.json"),
         ),
     ]
     .into_iter()

@@ -1,0 +1,13 @@
+//! What things are: the config, a container's request, the ledger's data and its counters,
+//! MIG placement and the placement policy, OCI spec edits. No NVML, no driver files, no other
+//! process: what the services read and write, and the rules that hold of it.
+
+pub mod config;
+pub mod kube;
+pub mod ledger;
+pub mod placement;
+pub mod policy;
+pub mod request;
+pub mod runc_args;
+pub mod spec;
+pub mod stats;

@@ -1,0 +1,5 @@
+//! What an operator reads: `gpusharectl status`, `metrics` and `doctor`.
+
+pub mod doctor;
+pub mod metrics;
+pub mod status;
