@@ -1,9 +1,34 @@
 //! `gpusharectl`: the operator's view of gpushare on this node.
 
 use clap::{Parser, Subcommand};
-use gpushare_core::config::Config;
+use gpushare_core::allocator::AllocError;
+use gpushare_core::config::{Config, ConfigError};
+use gpushare_core::gc::GcError;
+use gpushare_core::ledger::LedgerError;
+use gpushare_core::repair::RepairError;
+use gpushare_core::status::StatusError;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// A command that could not do its work, in the words the operator reads (after
+/// `gpusharectl: `); a report that finds something wrong is an exit code, not an error.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error(transparent)]
+    Gc(#[from] GcError),
+    #[error(transparent)]
+    Repair(#[from] RepairError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{0} holds nothing (see `gpusharectl status`)")]
+    HoldsNothing(String),
+}
 
 #[derive(Parser)]
 #[command(
@@ -82,12 +107,12 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("reports serialize")
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
-    let cfg = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let cfg = Config::load(cli.config.as_deref())?;
     gpushare_core::logging::init(&cfg, "gpusharectl");
     match cli.command {
         Cmd::Status { json: as_json } => {
-            let s = gpushare_core::status::collect(&cfg).map_err(|e| e.to_string())?;
+            let s = gpushare_core::status::collect(&cfg)?;
             if as_json {
                 println!("{}", json(&s));
             } else {
@@ -106,7 +131,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 opts.grace_s = g;
             }
             opts.runtime_roots = runtime_roots;
-            let report = gpushare_core::gc::run(&cfg, &opts).map_err(|e| e.to_string())?;
+            let report = gpushare_core::gc::run(&cfg, &opts)?;
             if as_json {
                 println!("{}", json(&report));
             } else {
@@ -122,7 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             json: as_json,
         } => {
             let opts = gpushare_core::repair::RepairOptions { dry_run, roots };
-            let report = gpushare_core::repair::run(&cfg, &opts).map_err(|e| e.to_string())?;
+            let report = gpushare_core::repair::run(&cfg, &opts)?;
             if as_json {
                 println!("{}", json(&report));
             } else {
@@ -148,15 +173,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Release { id } => {
             let timeout = std::time::Duration::from_millis(cfg.pool.lock_timeout_ms);
-            let released =
-                gpushare_core::allocator::release(&cfg, &id, timeout).map_err(|e| e.to_string())?;
+            let released = gpushare_core::allocator::release(&cfg, &id, timeout)?;
             if !released {
-                return Err(format!("{id} holds nothing (see `gpusharectl status`)"));
+                return Err(Error::HoldsNothing(id));
             }
             println!("released what {id} held");
         }
         Cmd::Metrics => {
-            let st = gpushare_core::ledger::snapshot(&cfg.state_dir).map_err(|e| e.to_string())?;
+            let st = gpushare_core::ledger::snapshot(&cfg.state_dir)?;
             let live = gpushare_core::status::collect(&cfg).ok();
             print!("{}", gpushare_core::metrics::render(&st, live.as_ref()));
         }
