@@ -1,7 +1,52 @@
-//! `gpushare-hook`: the OCI hook gpushare adds to GPU containers' specs.
+//! `gpushare-hook`: the OCI hooks gpushare adds to GPU containers' specs, one file per hook:
+//! [`poststop`] releases the container's slice, [`bind`] moves a precreate grant's lease to
+//! the container, and [`precreate`] is the oci-hooks(5) precreate stage for Podman users who
+//! install only the hooks. Each reads stdin, calls gpushare-core, and returns an error that
+//! [`main`] reports once, on stderr and in syslog.
+
+mod bind;
+mod poststop;
+mod precreate;
 
 use clap::{Parser, Subcommand};
+use gpushare_core::allocator::AllocError;
+use gpushare_core::config::ConfigError;
+use gpushare_core::hook::HookError;
+use gpushare_core::precreate::PrecreateError;
+use std::io::Read;
 use std::path::PathBuf;
+
+/// The most of stdin read for a state document: it is small, and stdin is not trusted to end.
+const MAX_STATE: u64 = 1 << 20;
+
+/// A hook that failed, in the words an operator reads.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("cannot read the container state on stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("the spec on stdin is not valid: larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("cannot write the edited spec: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error(transparent)]
+    Precreate(#[from] PrecreateError),
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+}
+
+/// The OCI state document on stdin, at most [`MAX_STATE`] bytes of it.
+fn read_state(stdin: impl Read) -> Result<Vec<u8>, Error> {
+    let mut buf = Vec::new();
+    stdin
+        .take(MAX_STATE)
+        .read_to_end(&mut buf)
+        .map_err(Error::Stdin)?;
+    Ok(buf)
+}
 
 #[derive(Parser)]
 #[command(name = "gpushare-hook", version, about = "gpushare's OCI hooks")]
@@ -38,12 +83,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Poststop { config } => {
-            gpushare_core::hook::poststop(config.as_deref(), std::io::stdin().lock()).map(drop)
+            poststop::run(config.as_deref(), std::io::stdin().lock()).map(drop)
         }
-        Cmd::Bind { config } => {
-            gpushare_core::hook::bind(config.as_deref(), std::io::stdin().lock()).map(drop)
-        }
-        Cmd::Precreate { config } => gpushare_core::hook::precreate(
+        Cmd::Bind { config } => bind::run(config.as_deref(), std::io::stdin().lock()).map(drop),
+        Cmd::Precreate { config } => precreate::run(
             config.as_deref(),
             std::io::stdin().lock(),
             std::io::stdout().lock(),

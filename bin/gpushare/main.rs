@@ -15,8 +15,13 @@
 #![cfg_attr(target_arch = "x86_64", no_std, no_main)]
 
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(dead_code)] // its own `main`
+#[path = "../gpushare-runtime/main.rs"]
+mod runtime;
+
+#[cfg(not(target_arch = "x86_64"))]
 fn main() {
-    std::process::exit(gpushare_core::shim::run(std::env::args_os().collect()));
+    std::process::exit(runtime::run(std::env::args_os().collect()));
 }
 
 #[cfg(target_arch = "x86_64")]

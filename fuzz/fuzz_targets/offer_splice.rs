@@ -5,7 +5,7 @@
 //! too: it reads the spec strictly (no duplicate or case-folded keys), finds that very request
 //! and no foreign driver node or rule. And on any spec at all, whenever the entry binary reads a
 //! plain request for a profile an offer could name, the full wrapper (Kubernetes selection and
-//! all, as `shim::wanted` reads a spec with the default config) reads exactly that request.
+//! all, as `grant::wanted` reads a spec with the default config) reads exactly that request.
 #![no_main]
 use gpushare_core::spec::{self, DeviceNode, Edit, Hook, Mount, PathEnv};
 use gpushare_fastpath::{offers, splice};
@@ -112,7 +112,7 @@ fn full_wrapper_reads(data: &[u8], profile: &[u8]) {
         Err(e) => panic!("the full wrapper cannot read the spec: {e}"),
     };
     let cfg = gpushare_core::config::Config::default();
-    match gpushare_core::shim::wanted(&cfg, &spec) {
+    match gpushare_core::grant::wanted(&cfg, &spec) {
         Ok(Some(gpushare_core::request::Request::Mig {
             profile: p,
             device: None,

@@ -324,8 +324,9 @@ fn scenario(point: &str, setup: Setup, gc_first: bool) {
 #[test]
 fn every_failpoint_in_the_code_is_exercised() {
     let mut names = std::collections::BTreeSet::new();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("core/src");
-    let mut dirs = vec![src];
+    // The library's, and the binaries' own (the wrapper's create and delete).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("core/src"), root.join("bin")];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(d).unwrap().flatten() {
             let p = e.path();

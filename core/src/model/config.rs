@@ -351,7 +351,8 @@ impl Config {
     }
 }
 
-pub(crate) fn find_in_path(name: &Path) -> Option<PathBuf> {
+/// The executable `name` on `$PATH`, or `name` itself when it names a folder and is a file.
+pub fn find_in_path(name: &Path) -> Option<PathBuf> {
     if name.components().count() > 1 {
         return name.is_file().then(|| name.to_path_buf());
     }

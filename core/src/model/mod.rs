@@ -3,11 +3,11 @@
 //! process: what the services read and write, and the rules that hold of it.
 
 pub mod config;
+pub mod hook;
 pub mod kube;
 pub mod ledger;
 pub mod placement;
 pub mod policy;
 pub mod request;
-pub mod runc_args;
 pub mod spec;
 pub mod stats;

@@ -14,19 +14,15 @@
 //! What the exec sets itself wins (an engine's `exec -e`, or the container's env the engine
 //! copies into every exec), except an MPS share: the thread percentage and pinned-memory limit
 //! may only go lower than the grant's, and the pipe folder is always the daemon's.
+//!
+//! This module builds the env and edits a process file; `gpushare-runtime exec`
+//! (bin/gpushare-runtime/exec.rs) puts the result into the exec's argv and runs the runtime.
 
 use crate::config::Config;
-use crate::ledger::{self, LedgerState};
-use crate::runc_args::RuncArgs;
-use crate::runc_log;
+use crate::ledger::LedgerState;
 use crate::spec::{PathEnv, OWNED_ENV};
-use gpushare_fastpath::args::{Role, Roles};
 use serde_json::Value;
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 
 const PERCENT: &str = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 const MEMORY: &str = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT";
@@ -42,8 +38,6 @@ pub enum ExecEnvError {
     Shape { path: String },
     #[error("exec --process: the file is not JSON")]
     NotJson,
-    #[error("cannot hold the edited exec process in memory: {0}")]
-    Copy(std::io::Error),
     #[error(transparent)]
     Inject(#[from] crate::inject::InjectError),
 }
@@ -126,7 +120,7 @@ impl GrantEnv {
 
     /// The exec's env list with the grant's: every entry settled, and the grant's variables
     /// (and path variables, when `paths_too`) the exec does not set added after.
-    fn edit_list(&self, env: &[String], paths_too: bool) -> Vec<String> {
+    pub fn edit_list(&self, env: &[String], paths_too: bool) -> Vec<String> {
         let sets = |name: &str| {
             env.iter()
                 .any(|e| e.split_once('=').is_some_and(|(n, _)| n == name))
@@ -175,151 +169,8 @@ fn memory_within(value: &str, limit: u64) -> bool {
     })
 }
 
-/// `gpushare exec ...` for a container the ledger may name (the entry binary sent it here): give
-/// the exec its grant's env, then replace this process with the runtime.
-pub fn exec(cfg: &Config, runtime: &Path, argv: &[OsString], args: &RuncArgs) -> i32 {
-    let fail = |msg: &str| {
-        runc_log::error(args.log.as_deref(), args.log_format_json, msg);
-        1
-    };
-    // As for `delete`: a container the ledger never mentions costs a byte scan, not a parse
-    // (where this binary is the entry point itself, on other architectures).
-    let id = args
-        .container_id
-        .as_deref()
-        .filter(|id| crate::gc::may_hold(cfg, id));
-    let grant = id.and_then(|id| {
-        let st = ledger::snapshot(&cfg.state_dir)
-            .map_err(|e| eprintln!("gpushare: {e}; the exec gets no GPU env from gpushare"))
-            .ok()?;
-        Some(of_lease(cfg, &st, id))
-    });
-    let grant = match grant {
-        None | Some(Ok(None)) => return run_runtime(runtime, argv),
-        Some(Ok(Some(g))) => g,
-        Some(Err(e)) => return fail(&e.to_string()),
-    };
-    match with_grant(&grant, argv) {
-        Ok(argv) => run_runtime(runtime, &argv),
-        // A missing file, or one that is not JSON: the runtime refuses it in its own words.
-        Err(
-            ExecEnvError::Read(crate::trust::SpecFileError::Missing(_)) | ExecEnvError::NotJson,
-        ) => run_runtime(runtime, argv),
-        Err(e) => fail(&e.to_string()),
-    }
-}
-
-fn run_runtime(runtime: &Path, argv: &[OsString]) -> i32 {
-    let err = Command::new(runtime).args(&argv[1..]).exec();
-    eprintln!("gpushare: cannot run {}: {err}", runtime.display());
-    127
-}
-
-/// Where an exec's argv says what: the process file, the env flags' values, the fds it keeps.
-#[derive(Default)]
-struct ExecArgv {
-    /// Index of the `exec` word.
-    command: usize,
-    /// (index of the argument holding the file name, the part before it in that argument).
-    process: Option<(usize, Vec<u8>)>,
-    /// (index, the part before `K=V` in that argument) of each `--env` value.
-    env: Vec<(usize, Vec<u8>)>,
-    /// The env flag as the engine wrote it (`-e`, `--env`): runc refuses an exec that mixes
-    /// the two forms.
-    env_flag: Option<Vec<u8>>,
-    preserve_fds: u32,
-}
-
-fn read_argv(argv: &[OsString]) -> ExecArgv {
-    let mut out = ExecArgv::default();
-    let mut roles = Roles::default();
-    for (i, arg) in argv.iter().enumerate().skip(1) {
-        let bytes = arg.as_bytes();
-        let prefix = |v: &[u8]| bytes[..bytes.len() - v.len()].to_vec();
-        match roles.next(bytes) {
-            Role::Command => out.command = i,
-            Role::Flag { name, value } => match (name, value) {
-                (b"process" | b"p", Some(v)) => out.process = Some((i, prefix(v))),
-                (b"env" | b"e", Some(v)) => {
-                    out.env.push((i, prefix(v)));
-                    let flag = &bytes[..bytes.len() - v.len() - 1];
-                    out.env_flag.get_or_insert_with(|| flag.to_vec());
-                }
-                (b"preserve-fds", Some(v)) => out.preserve_fds = decimal(v),
-                _ => {}
-            },
-            Role::FlagValue { name } => match name {
-                b"process" | b"p" => out.process = Some((i, Vec::new())),
-                b"env" | b"e" => {
-                    out.env.push((i, Vec::new()));
-                    let flag = argv[i - 1].as_bytes();
-                    out.env_flag.get_or_insert_with(|| flag.to_vec());
-                }
-                b"preserve-fds" => out.preserve_fds = decimal(bytes),
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-    out
-}
-
-fn decimal(v: &[u8]) -> u32 {
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The exec's argv with the grant's env in it.
-fn with_grant(grant: &GrantEnv, argv: &[OsString]) -> Result<Vec<OsString>, ExecEnvError> {
-    let found = read_argv(argv);
-    let mut out = argv.to_vec();
-    if let Some((at, prefix)) = &found.process {
-        let file = &argv[*at].as_bytes()[prefix.len()..];
-        let fd = edited_process(grant, Path::new(OsStr::from_bytes(file)), &found)?;
-        let mut arg = prefix.clone();
-        arg.extend_from_slice(format!("/proc/self/fd/{fd}").as_bytes());
-        out[*at] = OsStr::from_bytes(&arg).to_os_string();
-        return Ok(out);
-    }
-    // The argv form. With no `--env` at all the runtime gives the exec the container's own env,
-    // which is the spec gpushare edited (runc reads the bundle's config.json, crun the copy in
-    // its state): nothing to add, and a `--env` added here would make crun drop the rest of it.
-    if found.env.is_empty() {
-        return Ok(out);
-    }
-    let values: Vec<String> = found
-        .env
-        .iter()
-        .map(|(i, prefix)| String::from_utf8_lossy(&argv[*i].as_bytes()[prefix.len()..]).into())
-        .collect();
-    // Path variables the exec does not set come from the container's env under runc; under crun
-    // an exec with `--env` has only those, as the engine asked.
-    let edited = grant.edit_list(&values, false);
-    for (((i, prefix), value), was) in found.env.iter().zip(&edited).zip(&values) {
-        // Unchanged ones keep their bytes (a value that is not UTF-8 included).
-        if value == was {
-            continue;
-        }
-        let mut arg = prefix.clone();
-        arg.extend_from_slice(value.as_bytes());
-        out[*i] = OsStr::from_bytes(&arg).to_os_string();
-    }
-    let flag = OsStr::from_bytes(found.env_flag.as_deref().unwrap_or(b"--env")).to_os_string();
-    let added = edited[values.len()..]
-        .iter()
-        .flat_map(|e| [flag.clone(), OsString::from(e)]);
-    let at = found.command + 1;
-    out.splice(at..at, added);
-    Ok(out)
-}
-
-/// The engine's process file with the grant's env, as an unnamed in-memory file this process
-/// (and the runtime that replaces it) holds open: nothing is written where the engine's file
-/// lies, and nothing is left behind. Returns its descriptor, above those the runtime hands on
-/// to the exec'd process.
-fn edited_process(grant: &GrantEnv, path: &Path, found: &ExecArgv) -> Result<i32, ExecEnvError> {
+/// The engine's process file (an `exec --process` file) with the grant's env, as JSON bytes.
+pub fn edited_process_file(grant: &GrantEnv, path: &Path) -> Result<Vec<u8>, ExecEnvError> {
     let raw = crate::trust::read_spec(path).map_err(|e| match e {
         crate::trust::SpecFileError::NotRegular { path, what } => {
             ExecEnvError::NotRegular { path, what }
@@ -331,32 +182,7 @@ fn edited_process(grant: &GrantEnv, path: &Path, found: &ExecArgv) -> Result<i32
     };
     let mut process: Value = serde_json::from_slice(&raw).map_err(|_| ExecEnvError::NotJson)?;
     grant.edit_process(&mut process).map_err(|_| shape())?;
-    let data = serde_json::to_vec(&process).expect("a JSON value always serializes");
-    // runc and crun pass fds 3..3+N (N: --preserve-fds, and crun adds $LISTEN_FDS) to the exec'd
-    // process and close the rest: the copy sits past them.
-    let listen: u32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let lowest = 3u32
-        .saturating_add(found.preserve_fds)
-        .saturating_add(listen)
-        .min(i32::MAX as u32) as i32;
-    // SAFETY: plain system calls on descriptors this function owns.
-    unsafe {
-        let fd = libc::memfd_create(c"gpushare-exec-process".as_ptr(), 0);
-        if fd < 0 {
-            return Err(ExecEnvError::Copy(std::io::Error::last_os_error()));
-        }
-        let mut file = <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        std::io::Write::write_all(&mut file, &data).map_err(ExecEnvError::Copy)?;
-        let high = libc::fcntl(fd, libc::F_DUPFD, lowest);
-        if high < 0 {
-            return Err(ExecEnvError::Copy(std::io::Error::last_os_error()));
-        }
-        // `file` closes the first descriptor; the high one stays open, without close-on-exec.
-        Ok(high)
-    }
+    Ok(serde_json::to_vec(&process).expect("a JSON value always serializes"))
 }
 
 #[cfg(test)]
@@ -445,27 +271,5 @@ mod tests {
         assert!(env.contains(&"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25"));
         let mut bad = serde_json::json!({"env": "PATH=/bin"});
         assert!(g.edit_process(&mut bad).is_err());
-    }
-
-    fn os(s: &str) -> Vec<OsString> {
-        s.split_whitespace().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn argv_form_edits_env_flags_in_place_and_adds_the_rest() {
-        let g = mps_grant();
-        let argv = os("gpushare --root /r exec -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90 -e=PATH=/x -t c1 sh -e -c env");
-        let out = with_grant(&g, &argv).unwrap();
-        // In the form the engine used: runc refuses `-e` and `--env` in one exec.
-        let want = "gpushare --root /r exec \
-            -e CUDA_VISIBLE_DEVICES=GPU-1 -e NVIDIA_VISIBLE_DEVICES=GPU-1 \
-            -e CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps \
-            -e CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4096M \
-            -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 -e=PATH=/x:/usr/local/gpushare/bin \
-            -t c1 sh -e -c env";
-        assert_eq!(out, os(want));
-        // No env flag: the runtime's own (the edited spec's) env applies, argv untouched.
-        let argv = os("gpushare exec -t c1 sh -e");
-        assert_eq!(with_grant(&g, &argv).unwrap(), argv);
     }
 }

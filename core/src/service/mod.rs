@@ -19,6 +19,7 @@ pub mod mps;
 pub mod node;
 pub mod nvml;
 pub mod offers;
+pub mod precreate;
 pub mod repair;
 pub mod running;
 pub mod share;

@@ -98,7 +98,7 @@ pub(crate) fn render(cfg: &Config, st: &mut LedgerState, generation: u64) -> Opt
     let config = config_identity(cfg)?;
     let majors = Driver::new(cfg).majors().ok()?;
     let common = crate::inject::driver_edit(cfg).ok()?;
-    let hook = crate::shim::poststop_hook(cfg);
+    let hook = crate::hook::poststop_hook(cfg);
     let mut out = header(generation, &config, &common, &hook)?;
     let mut recent: Vec<(u64, usize)> = st
         .instances

@@ -3,6 +3,5 @@
 
 pub mod failpoint;
 pub mod fsutil;
-pub mod runc_log;
 pub mod statedir;
 pub mod strict_json;

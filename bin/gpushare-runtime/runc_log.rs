@@ -27,7 +27,7 @@ pub fn error(log: Option<&Path>, json: bool, msg: &str) {
 
 /// UTC time in RFC 3339, without pulling in a date crate.
 pub fn rfc3339_now() -> String {
-    let secs = crate::fsutil::now_unix() as i64;
+    let secs = gpushare_core::fsutil::now_unix() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (H. Hinnant's algorithm).
     let z = days + 719_468;

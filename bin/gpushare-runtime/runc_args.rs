@@ -5,7 +5,7 @@
 use gpushare_fastpath::args::{self as front, Roles};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuncArgs {
@@ -59,6 +59,22 @@ pub fn parse(argv: &[OsString]) -> RuncArgs {
         command: p.command.map(text),
         bundle: p.bundle.map(path),
         container_id: p.container_id.map(text),
+    }
+}
+
+impl RuncArgs {
+    /// The runtime's state root for this container: the engine's `--root`, else the default of
+    /// a runtime gpushare knows. None for any other runtime: its containers are then never
+    /// released as "gone" by the existence check, only by delete, the hook or an operator.
+    pub fn runtime_root(&self, runtime: &Path) -> Option<String> {
+        if let Some(r) = &self.root {
+            return Some(r.clone());
+        }
+        match runtime.file_name().and_then(|n| n.to_str()) {
+            Some("runc") => Some("/run/runc".into()),
+            Some("crun") => Some("/run/crun".into()),
+            _ => None,
+        }
     }
 }
 
