@@ -224,3 +224,40 @@ fn release_after(cfg: &Config, who: &Claimant<'_>, err: GrantError) -> GrantErro
     }
     err
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_a_spec_are_typed_and_keep_their_words() {
+        let cfg = Config::default();
+        let outside_a_pod =
+            serde_json::json!({"annotations": {"gpu.containers": "a", "gpu.profile": "1g.10gb"}});
+        let err = wanted(&cfg, &outside_a_pod).unwrap_err();
+        assert!(
+            matches!(err, GrantError::Kube(KubeError::NoPodName { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("has no pod container name"),
+            "{err}"
+        );
+        let bad = serde_json::json!({"annotations": {"gpu.profile": "0g.1gb"}});
+        let err = wanted(&cfg, &bad).unwrap_err();
+        assert!(matches!(err, GrantError::Request(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("annotation gpu.profile=\"0g.1gb\" is not valid"),
+            "{err}"
+        );
+        let twice = br#"{"annotations":{"gpu.profile":"1g.10gb","gpu.profile":"2g.20gb"}}"#;
+        let err = parse_spec(twice, Path::new("/b/config.json")).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "/b/config.json mentions a GPU request (gpu.* or GPUSHARE_*) but cannot be read as one: "
+            ),
+            "{err}"
+        );
+    }
+}
