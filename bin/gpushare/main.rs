@@ -189,7 +189,9 @@ mod entry {
                     return;
                 }
                 match sys::take_claim(&claim_path) {
-                    Ok(Some(_)) => {}
+                    // Never closed: this process, and the runtime's delete it becomes, hold
+                    // the claim until they exit (a dropped descriptor would let it go now).
+                    Ok(Some(fd)) => core::mem::forget(fd),
                     Ok(None) => return tell(&parsed, Why::new(Level::Info, CLAIM_HELD, None)),
                     Err(e) => return tell(&parsed, Why::new(Level::Warning, NO_CLAIM, Some(e))),
                 }
