@@ -8,7 +8,7 @@
 //!
 //! Run under the name `gpushare-hook` (argv[0], as the poststop hook gpushare writes into GPU
 //! specs runs it), it is that hook: it releases the container's slice by appending one line to
-//! the ledger's release journal (`gpushare_fastpath::journal`), or hands the hook, stdin
+//! the ledger's release journal (`gpushare_state::journal`), or hands the hook, stdin
 //! included, to the full `gpushare-hook` next to it when the case is not a plain one.
 //!
 //! On other architectures `gpushare` is the full wrapper itself.
@@ -31,7 +31,8 @@ mod sys;
 mod entry {
     use super::sys::{self, Errno, Map, Path};
     use gpushare_fastpath::runc_log::{self, Level};
-    use gpushare_fastpath::{args, claim, config, decimal, journal, offers, scan, splice, state};
+    use gpushare_fastpath::{args, config, scan, splice, state};
+    use gpushare_state::{claim, decimal, journal, ledger, lock, offers};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
@@ -184,7 +185,7 @@ mod entry {
                 // meanwhile waits, and cannot be handed the lease this delete then frees. If a
                 // create of the id still runs (the claim is held), the full wrapper waits for
                 // it, so the slice is never freed while the container is still to come up.
-                let claim_path = Path::new(&[dir, b"/", claim::DIR, b"/", id]);
+                let claim_path = Path::new(&[dir, b"/", claim::DIR.as_bytes(), b"/", id]);
                 if !claim::is_nameable(id) {
                     return;
                 }
@@ -298,13 +299,14 @@ mod entry {
                 return Err(None);
             }
             // No offers file: the full wrapper has not made any (yet).
-            let offers_text = match Map::open_state(&Path::new(&[dir, b"/", offers::FILE])) {
-                Err(Errno::NOENT) => return Err(None),
-                r => r.telling(Level::Warning, b"cannot read the offers file")?,
-            };
+            let offers_text =
+                match Map::open_state(&Path::new(&[dir, b"/", offers::NAME.as_bytes()])) {
+                    Err(Errno::NOENT) => return Err(None),
+                    r => r.telling(Level::Warning, b"cannot read the offers file")?,
+                };
             let offers = offers::parse(offers_text.bytes())
                 .telling(Level::Warning, b"cannot parse the offers file")?;
-            if !self.config_matches(offers.config) {
+            if !self.config_matches(&offers) {
                 return Err(Some(Why::new(Level::Info, STALE_CONFIG, None)));
             }
             let runtime_root = match self.parsed.root {
@@ -321,8 +323,8 @@ mod entry {
             let spec_path = Path::new(&[self.bundle, b"/config.json"]);
             let mode = sys::mode_of(&spec_path).quietly()?;
 
-            let ledger_path = Path::new(&[dir, b"/", config::LEDGER_FILE]);
-            let journal_path = Path::new(&[dir, b"/", journal::FILE]);
+            let ledger_path = Path::new(&[dir, b"/", ledger::NAME.as_bytes()]);
+            let journal_path = Path::new(&[dir, b"/", journal::NAME.as_bytes()]);
             // Which offer applies, read from the ledger and its journal. When the lock is busy
             // it is looked at once without the lock first: when many creates come at once, most
             // find the offers spent and should not queue for the lock to learn it. A free lock
@@ -330,7 +332,7 @@ mod entry {
             let applies = || {
                 let ledger = Map::open_state(&ledger_path)
                     .telling(Level::Warning, b"cannot read the ledger")?;
-                let generation = journal::generation(ledger.bytes())
+                let generation = ledger::generation(ledger.bytes())
                     .telling(Level::Warning, b"cannot read the ledger's generation")?;
                 if generation != offers.generation {
                     return Err(Some(Why::new(Level::Info, STALE_LEDGER, None)));
@@ -352,17 +354,22 @@ mod entry {
                 // this profile. The full wrapper's ordinary work either way.
                 let released = journal::net_release(bytes, generation).quietly()?;
                 let offer = offers.offer(released, profile).quietly()?;
-                Ok((offer, generation, journal::torn(bytes)))
+                let tail = journal::tail(bytes).telling(
+                    Level::Warning,
+                    b"the release journal is another gpushare version's",
+                )?;
+                Ok((offer, generation, tail))
             };
             // The create claim, from before the grant until the runtime's create exits (its
             // descriptor survives the exec). Anything that hands over to the full wrapper lets
             // it go first: the full wrapper takes it itself.
-            let claim = match sys::take_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id])) {
-                Ok(Some(fd)) => fd,
-                Ok(None) => return Err(Some(Why::new(Level::Info, CLAIM_HELD, None))),
-                Err(e) => return Err(Some(Why::new(Level::Warning, NO_CLAIM, Some(e)))),
-            };
-            let lock_path = Path::new(&[dir, b"/ledger.lock"]);
+            let claim =
+                match sys::take_claim(&Path::new(&[dir, b"/", claim::DIR.as_bytes(), b"/", id])) {
+                    Ok(Some(fd)) => fd,
+                    Ok(None) => return Err(Some(Why::new(Level::Info, CLAIM_HELD, None))),
+                    Err(e) => return Err(Some(Why::new(Level::Warning, NO_CLAIM, Some(e)))),
+                };
+            let lock_path = Path::new(&[dir, b"/", lock::NAME.as_bytes()]);
             let lock = match sys::try_lock(&lock_path)
                 .telling(Level::Warning, b"cannot open the ledger's lock")?
             {
@@ -382,13 +389,13 @@ mod entry {
                 }
             };
             let granted = (|| {
-                let (offer, generation, torn) = applies()?;
+                let (offer, generation, tail) = applies()?;
                 if !sys::exists(&Path::new(&[offer.cap_file])) {
                     // The full wrapper prunes it and picks again.
                     return Err(Some(Why::new(Level::Info, INSTANCE_GONE, None)));
                 }
                 let plan = splice::plan(self.spec, &offers, &offer).ok().quietly()?;
-                let mut line = [0u8; 2 * journal::MAX_ID + 4200];
+                let mut line = [0u8; journal::MAX_GRANT_LINE];
                 let n = journal::grant_line(
                     offer.instance,
                     id,
@@ -396,7 +403,7 @@ mod entry {
                     generation,
                     runtime_root,
                     sys::monotonic_us().saturating_sub(started),
-                    torn,
+                    tail,
                     &mut line,
                 )
                 .quietly()?;
@@ -421,17 +428,13 @@ mod entry {
         }
 
         /// Whether the config file is the one the offers were made under.
-        fn config_matches(&self, recorded: &[u8]) -> bool {
-            let Some((_, path)) = self.config else {
-                return recorded == b"-";
-            };
-            let Some(id) = sys::identity(path) else {
-                return false;
-            };
-            let mut words = recorded.split(|&b| b == b' ');
-            id.iter()
-                .all(|&v| words.next().is_some_and(|w| decimal::parse(w) == Some(v)))
-                && words.next().is_none()
+        fn config_matches(&self, offers: &offers::Offers) -> bool {
+            match self.config {
+                None => offers.made_under(None),
+                Some((_, path)) => {
+                    sys::identity(path).is_some_and(|id| offers.made_under(Some(id)))
+                }
+            }
         }
     }
 
@@ -556,12 +559,12 @@ mod entry {
         // The journal first: a fold between the two reads then shows in the ledger read after
         // it (and the journal's lines, of the older generation, no longer apply). The other
         // order could miss a grant folded in between.
-        let journal = Map::open_state(&Path::new(&[dir, b"/", journal::FILE]));
+        let journal = Map::open_state(&Path::new(&[dir, b"/", journal::NAME.as_bytes()]));
         if journal.as_ref().err() == Some(&Errno::ACCESS) {
             return true;
         }
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
-        let ledger = match Map::open_state(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
+        let ledger = match Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()])) {
             Ok(m) => m,
             Err(Errno::ACCESS) => return true,
             Err(_) => return false,
@@ -611,19 +614,22 @@ mod entry {
             Err(Errno::NOENT) => sys::exit(0), // nothing was ever granted here
             Err(_) => delegate_hook(p, Some(state)), // the full hook refuses and says why
         }
-        let _lock = match sys::lock_within(&Path::new(&[dir, b"/ledger.lock"]), HOOK_LOCK_MS) {
+        let _lock = match sys::lock_within(
+            &Path::new(&[dir, b"/", lock::NAME.as_bytes()]),
+            HOOK_LOCK_MS,
+        ) {
             Ok(fd) => fd,
             // No state directory yet: nothing was ever granted here.
             Err(Errno::NOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
-        let ledger = match Map::open_state(&Path::new(&[dir, b"/", config::LEDGER_FILE])) {
+        let ledger = match Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()])) {
             Ok(m) => m,
             Err(Errno::NOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
         let ledger = ledger.bytes();
-        let path = Path::new(&[dir, b"/", journal::FILE]);
+        let path = Path::new(&[dir, b"/", journal::NAME.as_bytes()]);
         let journal = match Map::open_state(&path) {
             Ok(m) => Some(m),
             Err(Errno::NOENT) => None,
@@ -635,22 +641,18 @@ mod entry {
         }
         // An MPS client's release may stop its daemon: the full hook's work.
         let (Some(generation), true) = (
-            journal::generation(ledger),
-            scan::contains(ledger, b"\"mps\":[]"),
+            ledger::generation(ledger),
+            ledger::runs_no_mps_daemon(ledger),
         ) else {
             delegate_hook(p, Some(state))
         };
         if journal.len() > journal::MAX_BYTES {
             delegate_hook(p, Some(state)); // the full hook folds the journal into the ledger
         }
-        let mut line = [0u8; journal::MAX_ID + 64];
-        let Some(n) = journal::release_line(
-            id,
-            sys::now(),
-            generation,
-            journal::torn(journal),
-            &mut line,
-        ) else {
+        let mut line = [0u8; journal::MAX_RELEASE_LINE];
+        let Some(n) = journal::tail(journal)
+            .and_then(|tail| journal::release_line(id, sys::now(), generation, tail, &mut line))
+        else {
             delegate_hook(p, Some(state))
         };
         if sys::append_durably(&path, &line[..n]).is_err() {
@@ -659,7 +661,7 @@ mod entry {
         // The container is gone: its claim with it, if nobody holds it or the one holding it
         // is this hook's parent, the runtime's delete (which the entry binary ran holding it).
         if claim::is_nameable(id) {
-            sys::remove_claim(&Path::new(&[dir, b"/", claim::DIR, b"/", id]));
+            sys::remove_claim(&Path::new(&[dir, b"/", claim::DIR.as_bytes(), b"/", id]));
         }
         sys::exit(0)
     }

@@ -3,6 +3,7 @@
 //! the few that rustix offers only to libc replacements (`raw` below).
 
 use core::ffi::CStr;
+use gpushare_state::{claim, temp};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
     AtFlags, FileType, FlockOperation, MemfdFlags, Mode, OFlags, SeekFrom, Stat, CWD,
@@ -212,7 +213,7 @@ pub fn lock_within(path: &Path, max_ms: u32) -> Result<OwnedFd, Errno> {
     }
 }
 
-/// Take a container's create claim (`gpushare_fastpath::claim`): the file at `path` (made 0600
+/// Take a container's create claim (`gpushare_state::claim`): the file at `path` (made 0600
 /// if new, never through a symlink) locked, on a descriptor left open across exec() so that the
 /// runtime's create holds it until it exits. None when another process holds it. The lock is
 /// kept only if the path still names the locked file (a remover unlinks under the lock).
@@ -235,16 +236,12 @@ pub fn take_claim(path: &Path) -> Result<Option<OwnedFd>, Errno> {
         if !now.is_ok_and(|now| now.st_dev == held.st_dev && now.st_ino == held.st_ino) {
             continue; // removed (and perhaps made again) meanwhile: start over
         }
-        // The taker's pid, as the full program writes it (`{:>10}\n`): after exec() it is
-        // the runtime's create's, which a delete waits for.
+        // The taker's pid: after exec() it is the runtime's create's, which a delete waits for.
         let pid = rustix::process::getpid().as_raw_nonzero().get() as u64;
-        let mut digits = [0u8; 20];
-        let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
-        let mut text = [b' '; 11];
-        text[10 - pid.len()..10].copy_from_slice(pid);
-        text[10] = b'\n';
-        return match rio::pwrite(&fd, &text, 0)? {
-            11 => Ok(Some(fd)),
+        let mut text = [0u8; claim::PID_WIDTH + 1];
+        let text = claim::write_pid(pid, &mut text);
+        return match rio::pwrite(&fd, text, 0)? {
+            n if n == text.len() => Ok(Some(fd)),
             _ => Err(Errno::IO),
         };
     }
@@ -262,16 +259,9 @@ pub fn remove_claim(path: &Path) {
         Ok(true) => true,
         Ok(false) => {
             let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u64);
-            let mut text = [0u8; 16];
-            let n = rio::read(&fd, &mut text).unwrap_or(0).min(16);
-            let digits = text[..n].iter().copied().filter(u8::is_ascii_digit);
-            let mut pid = 0u64;
-            let mut any = false;
-            for d in digits {
-                pid = pid.saturating_mul(10).saturating_add(u64::from(d - b'0'));
-                any = true;
-            }
-            any && pid == parent
+            let mut text = [0u8; claim::PID_WIDTH + 1];
+            let n = rio::read(&fd, &mut text).unwrap_or(0).min(text.len());
+            claim::read_pid(&text[..n]) == Some(parent)
         }
         Err(_) => false,
     };
@@ -362,19 +352,15 @@ pub fn mode_of(path: &Path) -> Result<Mode, Errno> {
 /// same folder with `mode`, written, fsync'd, renamed over the file, then the folder fsync'd.
 pub fn replace_file(dir: &[u8], name: &[u8], data: &[u8], mode: Mode) -> Result<(), Errno> {
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u64;
-    let mut digits = [0u8; 20];
-    let pid = gpushare_fastpath::decimal::format(pid, &mut digits);
     // Unpredictable and made exclusively: nothing planted at the name is ever written through.
     let mut random = [0u8; 8];
     if rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())? != 8 {
         return Err(Errno::IO);
     }
-    let mut hex = [0u8; 16];
-    for (i, b) in random.iter().enumerate() {
-        hex[2 * i] = b"0123456789abcdef"[(b >> 4) as usize];
-        hex[2 * i + 1] = b"0123456789abcdef"[(b & 15) as usize];
-    }
-    let tmp = Path::new(&[dir, b"/.", name, b".gpushare-tmp.", pid, b".", &hex]);
+    let mut tmp_name = [0u8; 256];
+    let n = temp::write_name(name, pid, u64::from_ne_bytes(random), &mut tmp_name)
+        .ok_or(Errno::NAMETOOLONG)?;
+    let tmp = Path::new(&[dir, b"/", &tmp_name[..n]]);
     let target = Path::new(&[dir, b"/", name]);
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
     let fd = open_mode(&tmp, flags, mode)?;

@@ -4,9 +4,7 @@
 
 pub const DEFAULT_PATH: &[u8] = b"/etc/gpushare/config.toml";
 pub const ENV_CONFIG: &[u8] = b"GPUSHARE_CONFIG";
-pub const DEFAULT_STATE_DIR: &[u8] = b"/run/gpushare";
-/// What the ledger file is called inside the state directory.
-pub const LEDGER_FILE: &[u8] = b"ledger.json";
+pub const DEFAULT_STATE_DIR: &[u8] = gpushare_state::DEFAULT_DIR.as_bytes();
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TopLevel<'a> {

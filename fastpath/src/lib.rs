@@ -1,19 +1,16 @@
 //! The decisions `gpushare` makes before anything is loaded, shared by the entry binary (which
 //! runs with no libc and no allocator, so that a container that asks for no GPU pays one
 //! execve() of a few kilobytes) and by `gpushare-core` (so the full wrapper reads argv, specs
-//! and the ledger exactly the same way).
+//! and the ledger exactly the same way). The state directory's files and formats are
+//! `gpushare-state`'s.
 #![no_std]
 
 #[cfg(test)]
 extern crate std;
 
 pub mod args;
-pub mod claim;
 pub mod config;
-pub mod decimal;
-pub mod journal;
 mod json;
-pub mod offers;
 pub mod runc_log;
 pub mod scan;
 pub mod splice;

@@ -7,7 +7,7 @@
 //! the same JSON as the full wrapper's, not the same text.
 
 use crate::json::{Json, Kind, Node, R};
-use crate::offers::{Offer, Offers, PathEnv};
+use gpushare_state::offers::{Offer, Offers, PathEnv};
 
 /// The spec is not the plain case; the full wrapper decides.
 pub use crate::json::Refused;

@@ -3,8 +3,8 @@
 //! annotation, a repeated or non-plain `id`, or anything that is not a JSON object gets None,
 //! and the full hook (which parses it properly) decides.
 
-use crate::journal::is_plain_id;
 use crate::json::Kind;
+use gpushare_state::journal::is_plain_id;
 
 /// The state's `id`, when the document is plain enough to be sure of it.
 pub fn container_id(state: &[u8]) -> Option<&[u8]> {

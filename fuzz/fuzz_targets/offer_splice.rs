@@ -8,7 +8,8 @@
 //! all, as `grant::wanted` reads a spec with the default config) reads exactly that request.
 #![no_main]
 use gpushare_core::spec::{self, DeviceNode, Edit, Hook, Mount, PathEnv};
-use gpushare_fastpath::{offers, splice};
+use gpushare_fastpath::splice;
+use gpushare_state::offers;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -65,7 +66,7 @@ fn edits() -> &'static (Edit, Edit, Hook, String) {
             env: vec!["PATH=/usr/bin".into()],
             timeout: Some(30),
         };
-        let mut text = gpushare_core::offers::header(1, "-", &common, &hook).unwrap();
+        let mut text = gpushare_core::offers::header(1, None, &common, &hook).unwrap();
         assert!(gpushare_core::offers::offer(
             &mut text,
             None,
@@ -74,7 +75,7 @@ fn edits() -> &'static (Edit, Edit, Hook, String) {
             "/proc/x/access",
             &own
         ));
-        text.push_str("end\n");
+        offers::write_end(&mut text).unwrap();
         (own, common, hook, text)
     })
 }

@@ -17,8 +17,13 @@ fn state_dir(node: &SimNode) -> PathBuf {
     node.cfg().state_dir
 }
 
+/// The journal's lines, after its version line.
 fn journal(node: &SimNode) -> String {
-    std::fs::read_to_string(state_dir(node).join("journal")).unwrap_or_default()
+    let raw = std::fs::read(state_dir(node).join("journal")).unwrap_or_default();
+    let lines = raw
+        .strip_prefix(gpushare_state::journal::VERSION_LINE)
+        .unwrap_or(&raw);
+    String::from_utf8(lines.to_vec()).unwrap()
 }
 
 /// The ledger file as written, with no journal applied.

@@ -187,7 +187,7 @@ fn the_journal_stays_short_and_every_grant_is_counted() {
     }
     // One container's grant and release lines are well under 200 bytes.
     assert!(
-        longest <= gpushare_fastpath::journal::MAX_GRANT_BYTES + 200,
+        longest <= gpushare_state::journal::MAX_GRANT_BYTES + 200,
         "the journal grew to {longest} bytes"
     );
     // Unfolded, it would hold a grant and a release line for every container.

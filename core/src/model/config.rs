@@ -100,7 +100,7 @@ impl Default for Config {
             runtime: None,
             // MIG instances, MPS daemons and containers are all gone after a reboot, so their
             // ledger should be too; on tmpfs its durable writes also cost next to nothing.
-            state_dir: PathBuf::from("/run/gpushare"),
+            state_dir: PathBuf::from(gpushare_state::DEFAULT_DIR),
             nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             driver_root: PathBuf::from("/"),
             hook_path: None,
@@ -394,7 +394,7 @@ mod tests {
         let ledger = crate::ledger::Ledger::new(&d.state_dir).path();
         assert_eq!(
             ledger.file_name().unwrap().as_encoded_bytes(),
-            front::LEDGER_FILE
+            gpushare_state::ledger::NAME.as_bytes()
         );
         let t = front::scan(b"runtime = \"/r\"\nstate_dir = \"/s\"\n[pool]\n").unwrap();
         let c = Config::parse("runtime = \"/r\"\nstate_dir = \"/s\"\n[pool]\n").unwrap();

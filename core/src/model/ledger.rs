@@ -6,6 +6,7 @@
 use crate::fsutil::{now_unix, write_atomic};
 use crate::placement::{Profile, Slot};
 use crate::stats::Stats;
+use gpushare_state::{journal, ledger::FORMAT};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -13,14 +14,13 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const LEDGER_FILE: &str = "ledger.json";
-const LOCK_FILE: &str = "ledger.lock";
-const HISTORY_FILE: &str = "history.log";
-const FORMAT: u32 = 1;
+use gpushare_state::ledger::NAME as LEDGER_FILE;
+use gpushare_state::lock::NAME as LOCK_FILE;
+use gpushare_state::HISTORY_LOG as HISTORY_FILE;
 
-/// The release journal's path in a state directory (see [`gpushare_fastpath::journal`]).
+/// The release journal's path in a state directory (see [`gpushare_state::journal`]).
 fn journal_path(dir: &Path) -> PathBuf {
-    dir.join(std::str::from_utf8(gpushare_fastpath::journal::FILE).expect("an ASCII name"))
+    dir.join(journal::NAME)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,10 @@ pub enum LedgerError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("ledger {path} is of format {found}, and this gpushare reads format {FORMAT}: a gpushare of another version wrote it. Run that version, or `gpusharectl repair` to rebuild the ledger in this version's format (`--dry-run` shows what it would record); do not delete it")]
+    Format { path: PathBuf, found: u32 },
+    #[error("journal {path} begins {found:?}, a version this gpushare does not read: a gpushare of another version wrote it, and nothing was granted or released. Run one gpushare version on the node (gpushare, gpushare-runtime, gpushare-hook and gpusharectl come as one), or `gpusharectl repair`, which drops the journal (its grants and releases are then lost until `gpusharectl gc`)")]
+    Journal { path: PathBuf, found: String },
     #[error(transparent)]
     StateDir(#[from] crate::statedir::StateDirError),
     #[error("cannot write ledger {path}: {source}")]
@@ -53,10 +57,12 @@ pub enum LedgerError {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerState {
+    /// Written by the header ([`gpushare_state::ledger::write`]), read here wherever it stands.
+    #[serde(skip_serializing)]
     pub format: u32,
     /// Bumped by every write; a release journal line applies only to the generation it was
-    /// written against. Kept second: the hook reads it off the file's start.
-    #[serde(default)]
+    /// written against. Written by the header, which the entry binary reads.
+    #[serde(default, skip_serializing)]
     pub generation: u64,
     /// What the cold path learnt of each GPU, so warm grants need no NVML.
     #[serde(default)]
@@ -252,7 +258,7 @@ impl LedgerState {
 
     /// Apply the journal's lines written against this ledger's generation, in order.
     fn apply_journal(&mut self, journal: &[u8]) {
-        use gpushare_fastpath::journal::{of_generation, Entry};
+        use journal::{of_generation, Entry};
         let text = |b: &[u8]| {
             std::str::from_utf8(b)
                 .expect("journal words are ASCII")
@@ -395,11 +401,9 @@ impl Ledger {
     }
 }
 
-/// The ledger as written: profile tables once per GPU model.
+/// The ledger as written: the header, then the body with profile tables once per GPU model.
 fn encode(state: &LedgerState, generation: u64) -> Vec<u8> {
     let mut state = state.clone();
-    state.format = FORMAT;
-    state.generation = generation;
     state.profile_tables.clear();
     for g in &mut state.gpus {
         if g.profiles.is_empty() {
@@ -416,13 +420,28 @@ fn encode(state: &LedgerState, generation: u64) -> Vec<u8> {
             Some(_) => {}
         }
     }
-    // Compact: the whole ledger is rewritten under the lock on every grant and release.
-    serde_json::to_vec(&state).expect("ledger always serializes")
+    // Compact: the whole ledger is rewritten under the lock on every grant and release (and
+    // the entry binary's scans rely on it, see `gpushare_state::ledger`).
+    let body = serde_json::to_vec(&state).expect("ledger always serializes");
+    let mut out = Vec::with_capacity(body.len() + 48);
+    gpushare_state::ledger::write(generation, &body, |b| out.extend_from_slice(b))
+        .expect("a struct serializes to an object");
+    out
 }
 
 /// The ledger as used: every GPU record holds its profile table.
-fn decode(raw: &[u8]) -> Result<LedgerState, serde_json::Error> {
-    let mut st: LedgerState = serde_json::from_slice(raw)?;
+fn decode(path: &Path, raw: &[u8]) -> Result<LedgerState, LedgerError> {
+    let mut st: LedgerState =
+        serde_json::from_slice(raw).map_err(|source| LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if st.format != FORMAT {
+        return Err(LedgerError::Format {
+            path: path.to_path_buf(),
+            found: st.format,
+        });
+    }
     let tables = std::mem::take(&mut st.profile_tables);
     for g in &mut st.gpus {
         if g.profiles.is_empty() {
@@ -434,30 +453,44 @@ fn decode(raw: &[u8]) -> Result<LedgerState, serde_json::Error> {
     Ok(st)
 }
 
-/// The release journal's bytes; none when it does not exist.
+/// The release journal's bytes; none when it does not exist. One of another version is refused.
 fn read_journal(path: &Path) -> Result<Vec<u8>, LedgerError> {
-    Ok(crate::statedir::read(path)?.unwrap_or_default())
+    let raw = crate::statedir::read(path)?.unwrap_or_default();
+    if journal::is_foreign(&raw) {
+        return Err(LedgerError::Journal {
+            path: path.to_path_buf(),
+            found: String::from_utf8_lossy(journal::first_line(&raw))
+                .chars()
+                .take(40)
+                .collect(),
+        });
+    }
+    Ok(raw)
 }
 
 impl Locked {
     /// The ledger, with the releases its journal holds applied.
     pub fn load(&self) -> Result<LedgerState, LedgerError> {
-        let mut st = match crate::statedir::read(&self.path)? {
-            Some(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt {
-                path: self.path.clone(),
-                source,
-            })?,
+        let mut st = self.load_without_journal()?;
+        let journal = read_journal(&self.journal)?;
+        if !journal.is_empty() {
+            st.apply_journal(&journal);
+            self.journaled.set(true);
+        }
+        Ok(st)
+    }
+
+    /// The ledger file alone, its journal not applied (`repair`, which drops a journal it
+    /// cannot read).
+    pub fn load_without_journal(&self) -> Result<LedgerState, LedgerError> {
+        let st = match crate::statedir::read(&self.path)? {
+            Some(raw) => decode(&self.path, &raw)?,
             None => LedgerState {
                 format: FORMAT,
                 ..Default::default()
             },
         };
         self.generation.set(st.generation);
-        let journal = read_journal(&self.journal)?;
-        if !journal.is_empty() {
-            st.apply_journal(&journal);
-            self.journaled.set(true);
-        }
         Ok(st)
     }
 
@@ -559,7 +592,7 @@ pub fn snapshot(dir: &Path) -> Result<LedgerState, LedgerError> {
     let journal = read_journal(&journal_path(dir))?;
     let path = dir.join(LEDGER_FILE);
     let mut st = match crate::statedir::read(&path)? {
-        Some(raw) => decode(&raw).map_err(|source| LedgerError::Corrupt { path, source })?,
+        Some(raw) => decode(&path, &raw)?,
         None => LedgerState::default(),
     };
     st.apply_journal(&journal);
@@ -613,7 +646,7 @@ mod tests {
         let raw = encode(&st, 0);
         let text = String::from_utf8(raw.clone()).unwrap();
         assert_eq!(text.matches("\"1g.10gb\"").count(), 3, "{text}");
-        let mut back = decode(&raw).unwrap();
+        let mut back = decode(Path::new("l"), &raw).unwrap();
         assert_eq!(
             back.gpus[4].profiles,
             table(7),
@@ -642,13 +675,127 @@ mod tests {
         }
     }
 
+    /// The entry binary reads core's ledger through `gpushare_state::ledger` alone: the header,
+    /// the ids, and whether an MPS daemon or a compute mode record is there.
+    #[test]
+    fn the_entry_binary_reads_what_core_writes() {
+        use gpushare_state::ledger as fmt;
+        let mut st = LedgerState {
+            format: FORMAT,
+            instances: vec![leased("c-1.x", 100)],
+            ..Default::default()
+        };
+        let raw = encode(&st, 77);
+        assert!(
+            raw.starts_with(br#"{"format":1,"generation":77,"#),
+            "{raw:?}"
+        );
+        assert_eq!(fmt::generation(&raw), Some(77));
+        assert!(fmt::may_mention(&raw, b"c-1.x") && !fmt::may_mention(&raw, b"c-1"));
+        assert!(fmt::runs_no_mps_daemon(&raw));
+        assert!(!fmt::may_record_compute_modes(&raw));
+        st.mps.push(MpsDaemon {
+            gpu_uuid: "GPU-0".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            pid: None,
+            pipe_dir: "/p".into(),
+            log_dir: "/l".into(),
+            percent: 50,
+            memory: None,
+            started_at: 1,
+            clients: vec![],
+        });
+        st.compute_modes.push(ComputeModeRecord {
+            gpu_uuid: "GPU-0".into(),
+            gpu_index: 0,
+            found: Mode::Default,
+            since: 1,
+        });
+        let raw = encode(&st, 78);
+        assert_eq!(fmt::generation(&raw), Some(78));
+        assert!(!fmt::runs_no_mps_daemon(&raw));
+        assert!(fmt::may_record_compute_modes(&raw));
+        let back = decode(Path::new("l"), &raw).unwrap();
+        assert_eq!((back.format, back.generation), (FORMAT, 78));
+        assert_eq!(back.mps, st.mps);
+    }
+
+    #[test]
+    fn members_in_another_order_load_and_another_format_is_refused() {
+        let st = LedgerState {
+            format: FORMAT,
+            instances: vec![leased("a", 100)],
+            ..Default::default()
+        };
+        // A tool that rewrote the file with its members in another order: no header, a ledger.
+        let raw = encode(&st, 9);
+        let rest = raw.strip_prefix(br#"{"format":1,"generation":9,"#).unwrap();
+        let moved = [
+            b"{",
+            &rest[..rest.len() - 1],
+            br#","generation":9,"format":1}"#,
+        ]
+        .concat();
+        assert_eq!(
+            gpushare_state::ledger::generation(&moved),
+            None,
+            "the entry binary hands over"
+        );
+        let back = decode(Path::new("l"), &moved).unwrap();
+        assert_eq!((back.generation, back.lease_of("a")), (9, Some(0)));
+
+        let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        v["format"] = 2.into();
+        let err = decode(
+            Path::new("/x/ledger.json"),
+            &serde_json::to_vec(&v).unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LedgerError::Format { found: 2, .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("/x/ledger.json") && err.contains("format 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_journal_of_another_version_stops_every_reader_and_says_so() {
+        let dir = tmp("journal-foreign");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.instances = vec![leased("a", 100)];
+        locked.save(&st).unwrap();
+        std::fs::write(journal_path(&dir), b"#gpushare-journal 2\nwhatever\n").unwrap();
+        for err in [locked.load().unwrap_err(), snapshot(&dir).unwrap_err()] {
+            assert!(matches!(err, LedgerError::Journal { .. }), "{err}");
+            let err = err.to_string();
+            assert!(
+                err.contains("#gpushare-journal 2") && err.contains("journal"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            locked.load_without_journal().unwrap().lease_of("a"),
+            Some(0)
+        );
+        // One from before the version line is read as version 1.
+        let g = locked.generation();
+        std::fs::write(journal_path(&dir), format!("a 150 {g};\n")).unwrap();
+        assert_eq!(locked.load().unwrap().lease_of("a"), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// What the hook appends, for the ledger as it is on disk now.
     fn journal_release(dir: &Path, id: &str, t: u64) {
         let raw = std::fs::read(dir.join(LEDGER_FILE)).unwrap();
-        let g = gpushare_fastpath::journal::generation(&raw).expect("the hook can read it");
+        let g = gpushare_state::ledger::generation(&raw).expect("the hook can read it");
+        let journal = std::fs::read(journal_path(dir)).unwrap_or_default();
+        let tail = journal::tail(&journal).unwrap();
         let mut buf = [0u8; 128];
-        let n =
-            gpushare_fastpath::journal::release_line(id.as_bytes(), t, g, false, &mut buf).unwrap();
+        let n = journal::release_line(id.as_bytes(), t, g, tail, &mut buf).unwrap();
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)

@@ -36,11 +36,10 @@ pub enum ClaimError {
 
 /// The claim file of `id` under `state_dir`.
 pub fn path(state_dir: &Path, id: &str) -> Result<PathBuf, ClaimError> {
-    if !gpushare_fastpath::claim::is_nameable(id.as_bytes()) {
+    if !gpushare_state::claim::is_nameable(id.as_bytes()) {
         return Err(ClaimError::Name(id.into()));
     }
-    let dir = std::str::from_utf8(gpushare_fastpath::claim::DIR).expect("an ASCII name");
-    Ok(state_dir.join(dir).join(id))
+    Ok(state_dir.join(gpushare_state::claim::DIR).join(id))
 }
 
 /// A held claim; dropping it lets the claim go (unless the descriptor was kept across exec).
@@ -146,15 +145,14 @@ impl Claim {
     }
 }
 
-/// The width the holder's pid is written in, at the claim file's start, so that a rewrite never
-/// leaves digits of a longer one behind.
-const PID_WIDTH: usize = 10;
-
 /// Write this process's id into the held claim: after exec() it is the runtime's create's.
 fn record_pid(file: &File) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let text = format!("{:>width$}\n", std::process::id(), width = PID_WIDTH);
-    file.write_all_at(text.as_bytes(), 0)
+    let mut text = [0u8; gpushare_state::claim::PID_WIDTH + 1];
+    file.write_all_at(
+        gpushare_state::claim::write_pid(std::process::id().into(), &mut text),
+        0,
+    )
 }
 
 /// Whether the process that took the claim at `path` (the runtime's create, after exec) is
@@ -168,9 +166,7 @@ fn taker_running(path: &Path) -> bool {
 /// The pid the claim file at `path` records.
 fn taker(path: &Path) -> Option<i32> {
     let text = std::fs::read(path).ok()?;
-    std::str::from_utf8(&text[..text.len().min(PID_WIDTH + 1)])
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
+    gpushare_state::claim::read_pid(&text).and_then(|p| i32::try_from(p).ok())
 }
 
 /// Whether this very process took `id`'s claim (the entry binary took it, then exec()'d the
@@ -207,7 +203,7 @@ pub fn held(state_dir: &Path, id: &str) -> bool {
 /// Whether the runtime has state for container `id` under `root` (runc's `state.json`, crun's
 /// `status`): from then on its own delete sees the container.
 pub fn runtime_has(root: &Path, id: &str) -> bool {
-    if !gpushare_fastpath::claim::is_nameable(id.as_bytes()) {
+    if !gpushare_state::claim::is_nameable(id.as_bytes()) {
         return false;
     }
     let dir = root.join(id);
@@ -307,7 +303,7 @@ pub fn remove_after_release(state_dir: &Path, id: &str) {
 
 /// Remove claim files nobody holds whose id `keep` does not want kept (gc).
 pub fn sweep(state_dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
-    let dir = state_dir.join(std::str::from_utf8(gpushare_fastpath::claim::DIR).expect("ASCII"));
+    let dir = state_dir.join(gpushare_state::claim::DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };

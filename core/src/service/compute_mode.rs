@@ -135,11 +135,8 @@ pub fn give_back(
 /// exists), so releases on a node without MPS daemons pay nothing for it.
 pub fn may_put_back(state_dir: &std::path::Path) -> bool {
     std::fs::read(crate::ledger::Ledger::new(state_dir).path())
-        .is_ok_and(|b| b.windows(KEY.len()).any(|w| w == KEY))
+        .is_ok_and(|b| gpushare_state::ledger::may_record_compute_modes(&b))
 }
-
-/// The ledger's key for [`ComputeModeRecord`]s.
-const KEY: &[u8] = b"\"compute_modes\"";
 
 /// Records whose GPU has no MPS daemon in the ledger: a crash left the mode changed.
 pub fn stranded(st: &LedgerState) -> Vec<ComputeModeRecord> {

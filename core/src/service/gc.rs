@@ -827,7 +827,7 @@ pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
         Err(e) if unusable(&e) => return true,
         _ => return false,
     };
-    gpushare_fastpath::journal::may_hold(&raw, &journal, container_id.as_bytes())
+    gpushare_state::journal::may_hold(&raw, &journal, container_id.as_bytes())
 }
 
 #[cfg(test)]

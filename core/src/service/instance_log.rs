@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub const FILE: &str = "instances.log";
+pub const FILE: &str = gpushare_state::INSTANCE_LOG;
 /// Past this size an append compacts the log (a line is ~250 bytes: ~1000 events).
 pub const COMPACT_BYTES: u64 = 256 << 10;
 

@@ -436,7 +436,7 @@ pub fn control_path(cfg: &Config) -> Option<PathBuf> {
 }
 
 fn daemon_dirs(cfg: &Config, gpu: &GpuRecord) -> (PathBuf, PathBuf) {
-    let base = cfg.state_dir.join("mps").join(&gpu.uuid);
+    let base = cfg.state_dir.join(gpushare_state::MPS_DIR).join(&gpu.uuid);
     (base.join("pipe"), base.join("log"))
 }
 

@@ -5,7 +5,7 @@
 //! grant makes, already rendered as JSON. The entry binary uses an offer only while the ledger
 //! is still that generation, its journal has changed nothing but releases it can account for,
 //! and the config file is the one the offers were made under; anything else is the full
-//! wrapper's, which then writes fresh offers. The format is `gpushare_fastpath::offers`'s.
+//! wrapper's, which then writes fresh offers. The format is `gpushare_state::offers`'s.
 //!
 //! Besides the node's state as written, offers are made for the state in which one of the most
 //! recently granted leases is released again: a container that stops and is replaced (a
@@ -16,13 +16,11 @@ use crate::config::{Config, InjectMode};
 use crate::driver::Driver;
 use crate::ledger::LedgerState;
 use crate::spec::{Edit, Hook};
-use gpushare_fastpath::journal::{is_plain_id, is_plain_root};
-use std::fmt::Write as _;
+use gpushare_state::journal::is_plain_id;
+use gpushare_state::offers::{self as fmt, DeviceLine, NAME as FILE};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// The offers file's name inside the state directory.
-pub const FILE: &str = "offers";
 /// For this many of the latest leases, offers are also made as if that lease were released.
 const RECENT_LEASES: usize = 2;
 
@@ -56,27 +54,16 @@ fn write_quick(path: &Path, data: &[u8]) -> std::io::Result<()> {
     written
 }
 
-/// Whether a word can stand in the line-based offers file as it is.
-fn plain(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b > b' ' && b != 0x7f && b != b'\\' && b != b'"')
-}
-
-/// The config file's identity, as the entry binary checks it: device, inode, size, mtime.
-fn config_identity(cfg: &Config) -> Option<String> {
+/// The config file's identity, as the entry binary checks it: device, inode, size, mtime
+/// (Some(None): no config file; None: it cannot be told).
+fn config_identity(cfg: &Config) -> Option<Option<[u64; 5]>> {
     match &cfg.source {
-        None => Some("-".into()),
+        None => Some(None),
         Some(p) => {
             let m = std::fs::metadata(p).ok()?;
-            Some(format!(
-                "{} {} {} {} {}",
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec()
-            ))
+            let mtime = u64::try_from(m.mtime()).ok()?;
+            let mtime_ns = u64::try_from(m.mtime_nsec()).ok()?;
+            Some(Some([m.dev(), m.ino(), m.size(), mtime, mtime_ns]))
         }
     }
 }
@@ -99,7 +86,7 @@ pub(crate) fn render(cfg: &Config, st: &mut LedgerState, generation: u64) -> Opt
     let majors = Driver::new(cfg).majors().ok()?;
     let common = crate::inject::driver_edit(cfg).ok()?;
     let hook = crate::hook::poststop_hook(cfg);
-    let mut out = header(generation, &config, &common, &hook)?;
+    let mut out = header(generation, config, &common, &hook)?;
     let mut recent: Vec<(u64, usize)> = st
         .instances
         .iter()
@@ -135,7 +122,7 @@ pub(crate) fn render(cfg: &Config, st: &mut LedgerState, generation: u64) -> Opt
         );
         st.instances[i].lease = Some(lease);
     }
-    out.push_str("end\n");
+    fmt::write_end(&mut out)?;
     Some(out)
 }
 
@@ -169,40 +156,29 @@ fn offer_for(
 
 /// The offers' first lines: what every grant's edit shares (driver mounts, path variables, the
 /// release hook). None when a part cannot be written as a word of the file.
-pub fn header(generation: u64, config: &str, common: &Edit, hook: &Hook) -> Option<String> {
+pub fn header(
+    generation: u64,
+    config: Option<[u64; 5]>,
+    common: &Edit,
+    hook: &Hook,
+) -> Option<String> {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "gpushare-offers 1\ngeneration {generation}\nconfig {config}"
-    );
+    fmt::write_head(&mut out, generation, config)?;
     for p in &common.env_paths {
-        if !plain(&p.name) || !plain(&p.dir) || !(p.default.is_empty() || plain(&p.default)) {
-            return None;
-        }
-        let _ = writeln!(
-            out,
-            "path-env {} {} {} ={}",
-            p.name,
-            u8::from(p.prepend),
-            p.dir,
-            p.default
-        );
+        fmt::write_path_env(&mut out, &p.name, p.prepend, &p.dir, &p.default)?;
     }
     for m in &common.mounts {
-        if !plain(&m.destination) {
-            return None;
-        }
-        let _ = writeln!(
-            out,
-            "mount {} {}",
-            m.destination,
-            crate::spec::mount_json(m)
-        );
+        fmt::write_mount(
+            &mut out,
+            &m.destination,
+            &crate::spec::mount_json(m).to_string(),
+        )?;
     }
-    if !plain(&hook.path) {
-        return None;
-    }
-    let _ = writeln!(out, "hook {} {}", hook.path, crate::spec::hook_json(hook));
+    fmt::write_hook(
+        &mut out,
+        &hook.path,
+        &crate::spec::hook_json(hook).to_string(),
+    )?;
     Some(out)
 }
 
@@ -215,34 +191,27 @@ pub fn offer(
     cap: &str,
     edit: &Edit,
 ) -> bool {
-    if !plain(profile)
-        || !is_plain_id(mig_uuid.as_bytes())
-        || !is_plain_root(cap.as_bytes())
-        || edit.devices.iter().any(|d| !plain(&d.path))
-        || edit.env.iter().any(|(k, v)| !plain(k) || !plain(v))
-    {
-        return false;
-    }
-    let _ = writeln!(
-        out,
-        "offer {} {profile} {mig_uuid} {cap}",
-        released.unwrap_or("-")
-    );
-    for d in &edit.devices {
-        let _ = writeln!(
-            out,
-            "device {} {} {} {} {}",
-            d.path,
-            d.major,
-            d.minor,
-            crate::spec::device_json(d),
-            crate::spec::rule_json(d)
-        );
-    }
-    for (k, v) in &edit.env {
-        let _ = writeln!(out, "env {k} {v}");
-    }
-    true
+    let json: Vec<(String, String)> = edit
+        .devices
+        .iter()
+        .map(|d| {
+            let json = crate::spec::device_json(d).to_string();
+            (json, crate::spec::rule_json(d).to_string())
+        })
+        .collect();
+    let devices = edit
+        .devices
+        .iter()
+        .zip(&json)
+        .map(|(d, (json, rule))| DeviceLine {
+            path: &d.path,
+            major: d.major,
+            minor: d.minor,
+            json,
+            rule,
+        });
+    let env = edit.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    fmt::write_offer(out, released, profile, mig_uuid, cap, devices, env).is_some()
 }
 
 #[cfg(test)]
@@ -250,7 +219,8 @@ mod tests {
     use super::*;
     use crate::spec::DeviceNode;
     use crate::spec::{Mount, PathEnv};
-    use gpushare_fastpath::{offers as front_offers, splice};
+    use gpushare_fastpath::splice;
+    use gpushare_state::offers as front_offers;
     use serde_json::{json, Value};
 
     const HOOK_PATH: &str = "/usr/bin/gpushare";
@@ -469,7 +439,7 @@ mod tests {
     #[test]
     fn the_entry_binarys_edit_is_the_full_wrappers_edit() {
         let (own, common, hook) = edits();
-        let mut text = header(7, "-", &common, &hook).unwrap();
+        let mut text = header(7, None, &common, &hook).unwrap();
         assert!(offer(
             &mut text,
             None,
@@ -478,7 +448,7 @@ mod tests {
             "/proc/x/gi1/ci0/access",
             &own
         ));
-        text.push_str("end\n");
+        fmt::write_end(&mut text).unwrap();
         let offers = front_offers::parse(text.as_bytes()).expect("the front reads it");
         let offer = offers.offer(None, b"1g.10gb").unwrap();
         let mut whole = own.clone();

@@ -116,12 +116,19 @@ pub fn run_on(
     };
     let (old, salvage) = match locked.load() {
         Ok(st) => (st, None),
-        Err(LedgerError::Corrupt { path, .. }) => {
+        Err(LedgerError::Corrupt { path, .. }) | Err(LedgerError::Format { path, .. }) => {
             let raw = std::fs::read(&path).unwrap_or_default();
-            report.moved_aside =
-                Some(path.with_file_name(format!("ledger.json.corrupt-{}", now_unix())));
+            let mut aside = path.clone().into_os_string();
+            aside.push(format!(
+                "{}{}",
+                gpushare_state::ledger::CORRUPT_SUFFIX,
+                now_unix()
+            ));
+            report.moved_aside = Some(aside.into());
             (LedgerState::default(), Some(raw))
         }
+        // A journal this version cannot read goes below, as every journal does.
+        Err(LedgerError::Journal { .. }) => (locked.load_without_journal()?, None),
         Err(e) => return Err(e.into()),
     };
     report.roots = roots(cfg, &old, salvage.as_deref(), &opts.roots);
@@ -284,7 +291,7 @@ pub fn run_on(
     // ledger's generations could meet theirs, so both go before it is written.
     for stale in [
         ledger.journal_path(),
-        cfg.state_dir.join(crate::offers::FILE),
+        cfg.state_dir.join(gpushare_state::offers::NAME),
     ] {
         if let Err(e) = std::fs::remove_file(&stale) {
             if e.kind() != std::io::ErrorKind::NotFound {

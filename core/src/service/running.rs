@@ -218,8 +218,8 @@ pub fn roots(
         ));
     }
     let journal = std::fs::read(Ledger::new(&cfg.state_dir).journal_path()).unwrap_or_default();
-    for e in gpushare_fastpath::journal::entries(&journal) {
-        if let gpushare_fastpath::journal::Entry::Grant {
+    for e in gpushare_state::journal::entries(&journal) {
+        if let gpushare_state::journal::Entry::Grant {
             runtime_root: Some(r),
             ..
         } = e

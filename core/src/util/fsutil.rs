@@ -37,10 +37,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<(
     written
 }
 
-/// The mark every temp file gpushare writes carries in its name:
-/// `.<name>.gpushare-tmp.<pid>.<random>`.
-const TEMP_MARK: &str = ".gpushare-tmp.";
-
 /// Create a fresh temp file for `name` in `dir`, exclusively (`O_EXCL`, never through a
 /// symlink): its name carries this process's id, for [`sweep_temp`], and 64 random bits, so
 /// that nobody can plant a file or a link where gpushare will write.
@@ -49,13 +45,17 @@ pub fn create_temp(
     name: &std::ffi::OsStr,
     mode: u32,
 ) -> io::Result<(File, std::path::PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; name.len() + 64];
     loop {
-        let tmp = dir.join(format!(
-            ".{}{TEMP_MARK}{}.{:016x}",
-            name.to_string_lossy(),
-            std::process::id(),
-            random_u64()?
-        ));
+        let n = gpushare_state::temp::write_name(
+            name.as_bytes(),
+            std::process::id().into(),
+            random_u64()?,
+            &mut buf,
+        )
+        .expect("room for the name and 64 bytes");
+        let tmp = dir.join(std::ffi::OsStr::from_bytes(&buf[..n]));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -92,15 +92,8 @@ pub fn sweep_temp(dir: &Path, min_age: std::time::Duration) -> Vec<std::path::Pa
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some((_, tail)) = name.rsplit_once(TEMP_MARK) else {
-            continue;
-        };
-        let Some(pid) = tail
-            .split('.')
-            .next()
-            .and_then(|p| p.parse::<i32>().ok())
-            .filter(|&p| p > 0)
+        let Some(pid) = gpushare_state::temp::writer_pid(name.as_encoded_bytes())
+            .and_then(|p| i32::try_from(p).ok())
         else {
             continue;
         };
@@ -115,11 +108,7 @@ pub fn sweep_temp(dir: &Path, min_age: std::time::Duration) -> Vec<std::path::Pa
         // SAFETY: kill with signal 0 only asks whether the process exists.
         let writer_alive = unsafe { libc::kill(pid, 0) } == 0
             || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !name.starts_with('.')
-            || !(m.is_file() || m.file_type().is_symlink())
-            || !old
-            || writer_alive
-        {
+        if !(m.is_file() || m.file_type().is_symlink()) || !old || writer_alive {
             continue;
         }
         if fs::remove_file(e.path()).is_ok() {

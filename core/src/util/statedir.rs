@@ -174,15 +174,18 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         check_dir(&d).unwrap();
 
-        let f = d.join("ledger.json");
+        let f = d.join(gpushare_state::ledger::NAME);
         std::fs::write(&f, "{}").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = read(&f).unwrap_err().to_string();
-        assert!(e.contains("ledger.json") && e.contains("0666"), "{e}");
+        assert!(
+            e.contains(gpushare_state::ledger::NAME) && e.contains("0666"),
+            "{e}"
+        );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read(&f).unwrap().unwrap(), b"{}");
 
-        let link = d.join("journal");
+        let link = d.join(gpushare_state::journal::NAME);
         std::os::unix::fs::symlink(&f, &link).unwrap();
         let e = read(&link).unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");

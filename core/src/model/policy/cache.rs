@@ -40,7 +40,10 @@ impl TableCache {
         for b in key.bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
-        dir.join(format!("placement-{model}-{h:016x}.json"))
+        use gpushare_state::{PLACEMENT_PREFIX, PLACEMENT_SUFFIX};
+        dir.join(format!(
+            "{PLACEMENT_PREFIX}{model}-{h:016x}{PLACEMENT_SUFFIX}"
+        ))
     }
 
     /// A cached table for this GPU and demand key ([`Demand::key`]), if one is present and

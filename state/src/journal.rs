@@ -12,11 +12,21 @@
 //! only to the generation it was written against, so a line left behind by a crash between the
 //! ledger's write and the journal's emptying is never applied twice, not even to a new lease
 //! of a reused id.
-
-use crate::decimal;
+//!
+//! Versions: the first append to an empty journal writes [`VERSION_LINE`] (`#gpushare-journal
+//! 1`) before its line, in the same write. No line of any version starts with `#` (ids never
+//! hold one), so a journal that starts with `#` and not with this version line is another
+//! version's: this gpushare reads nothing of it and appends nothing to it (the entry binary
+//! hands over, the full program refuses the ledger and says so). A journal with no version line
+//! was written by a gpushare from before the line existed, whose lines are version 1's: it is
+//! read as version 1. Such a journal exists only on a node upgraded while containers ran (the
+//! state directory is in /run, emptied at boot), and only until the next locked save empties it.
+use crate::{decimal, ledger};
 
 /// The journal's file name inside the state directory.
-pub const FILE: &[u8] = b"journal";
+pub const NAME: &str = "journal";
+/// The journal's first line.
+pub const VERSION_LINE: &[u8] = b"#gpushare-journal 1\n";
 /// Past this size the hook leaves the release to the full hook, which folds the journal.
 pub const MAX_BYTES: usize = 64 << 10;
 /// Past this size `create` leaves the grant to the full wrapper, which folds the journal. Every
@@ -28,6 +38,12 @@ pub const MAX_BYTES: usize = 64 << 10;
 pub const MAX_GRANT_BYTES: usize = 4 << 10;
 /// The longest id journaled; runc's own limit is far below.
 pub const MAX_ID: usize = 1024;
+/// The longest runtime root journaled.
+const MAX_ROOT: usize = 4096;
+/// The most bytes [`release_line`] writes.
+pub const MAX_RELEASE_LINE: usize = VERSION_LINE.len() + MAX_ID + 2 * 20 + 4;
+/// The most bytes [`grant_line`] writes.
+pub const MAX_GRANT_LINE: usize = VERSION_LINE.len() + 2 * MAX_ID + MAX_ROOT + 3 * 20 + 8;
 
 /// An id the journal can hold as is: the characters runc and crun allow in a container id.
 /// Anything else (which JSON might escape) is the full hook's to release.
@@ -43,7 +59,7 @@ pub fn is_plain_id(id: &[u8]) -> bool {
 /// control character.
 pub fn is_plain_root(root: &[u8]) -> bool {
     root.first() == Some(&b'/')
-        && root.len() <= 4096
+        && root.len() <= MAX_ROOT
         && root.iter().all(|&b| b > b' ' && b < 0x7f && b != b';')
 }
 
@@ -80,11 +96,39 @@ impl<'a> Entry<'a> {
     }
 }
 
-/// The journal's well-formed lines, in order; anything else (a line torn by a crash) is skipped.
+/// The journal's lines after its version line (or all of a journal from before there was
+/// one); None for a journal of another version.
+fn body(journal: &[u8]) -> Option<&[u8]> {
+    if let Some(rest) = journal.strip_prefix(VERSION_LINE) {
+        return Some(rest);
+    }
+    if VERSION_LINE.starts_with(journal) {
+        return Some(&[]); // empty, or a version line a crash cut short
+    }
+    match journal.first() {
+        Some(b'#') => None,
+        _ => Some(journal),
+    }
+}
+
+/// Whether the journal is of another version than this gpushare's, which it must neither read
+/// nor append to.
+pub fn is_foreign(journal: &[u8]) -> bool {
+    body(journal).is_none()
+}
+
+/// The journal's first line (its version line, if it has one), for messages.
+pub fn first_line(journal: &[u8]) -> &[u8] {
+    journal.split(|&b| b == b'\n').next().unwrap_or(&[])
+}
+
+/// The journal's well-formed lines, in order; anything else (a line torn by a crash) is skipped,
+/// and a journal of another version has none.
 pub fn entries(journal: &[u8]) -> impl Iterator<Item = Entry<'_>> {
-    let complete = match journal.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &journal[..i],
-        None => &journal[..0],
+    let body = body(journal).unwrap_or(&[]);
+    let complete = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &body[..i],
+        None => &body[..0],
     };
     complete.split(|&b| b == b'\n').filter_map(parse_line)
 }
@@ -138,10 +182,13 @@ fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
 
 /// Whether the ledger, with its journal, could still hold anything of `id`'s: the ledger may
 /// mention it, or the journal grants it, and no later journal line releases it. A false
-/// "maybe" only costs a locked look.
+/// "maybe" only costs a locked look, which a journal of another version always gets.
 pub fn may_hold(ledger: &[u8], journal: &[u8], id: &[u8]) -> bool {
-    let mut held = crate::scan::may_mention(ledger, id);
-    if let Some(g) = generation(ledger) {
+    if is_foreign(journal) {
+        return true;
+    }
+    let mut held = ledger::may_mention(ledger, id);
+    if let Some(g) = ledger::generation(ledger) {
         for e in of_generation(journal, g).filter(|e| e.id() == id) {
             held = matches!(e, Entry::Grant { .. });
         }
@@ -152,8 +199,12 @@ pub fn may_hold(ledger: &[u8], journal: &[u8], id: &[u8]) -> bool {
 /// How the journal of generation `g` leaves the ledger's leases, when that is simple enough
 /// for the ledger's offers to still apply: every grant it holds released again, and at most
 /// one lease of the ledger itself released (`Some(Some(id))`; `Some(None)`: none). None for
-/// anything else. One pass, with room for [`MAX_OUTSTANDING`] grants held at once.
+/// anything else (a journal of another version included). One pass, with room for
+/// [`MAX_OUTSTANDING`] grants held at once.
 pub fn net_release(journal: &[u8], g: u64) -> Option<Option<&[u8]>> {
+    if is_foreign(journal) {
+        return None;
+    }
     let mut held: [&[u8]; MAX_OUTSTANDING] = [&[]; MAX_OUTSTANDING];
     let mut n = 0;
     let mut released: Option<&[u8]> = None;
@@ -185,31 +236,37 @@ pub fn net_release(journal: &[u8], g: u64) -> Option<Option<&[u8]>> {
 /// The most grants [`net_release`] follows at once.
 pub const MAX_OUTSTANDING: usize = 64;
 
-/// The ledger's generation: the ledger writer puts it right after the format, so that the
-/// hook reads it with no parser. None for a ledger that does not start that way.
-pub fn generation(ledger: &[u8]) -> Option<u64> {
-    let rest = ledger.strip_prefix(b"{\"format\":1,\"generation\":")?;
-    let end = rest.iter().position(|&b| b == b',' || b == b'}')?;
-    decimal::parse(&rest[..end])
+/// How a journal ends, as far as an append cares: what goes before the appended line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail(&'static [u8]);
+
+/// How `journal` (its bytes now, read under the lock) ends: an empty one needs the version
+/// line (or what a crash left unwritten of it); a torn last line needs a newline, so the torn
+/// part stays a line of its own, which readers skip. None for a journal of another version,
+/// which nothing may be appended to.
+pub fn tail(journal: &[u8]) -> Option<Tail> {
+    if VERSION_LINE.starts_with(journal) {
+        return Some(Tail(&VERSION_LINE[journal.len()..]));
+    }
+    body(journal)?;
+    Some(Tail(if torn(journal) { b"\n" } else { b"" }))
 }
 
-/// The line that releases `id` (a plain id) at `time` from the ledger of `generation`, written
-/// into `out`; its length, or None when it does not fit. After a torn last line a newline
-/// comes first, so the torn part stays a line of its own, which readers skip.
+/// What to append to a journal that ends as `tail` says to release `id` (a plain id) at `time`
+/// from the ledger of `generation`, written into `out`: its length, or None when it does not
+/// fit.
 pub fn release_line(
     id: &[u8],
     time: u64,
     generation: u64,
-    after_torn: bool,
+    tail: Tail,
     out: &mut [u8],
 ) -> Option<usize> {
     if !is_plain_id(id) {
         return None;
     }
     let mut w = Writer { out, at: 0 };
-    if after_torn {
-        w.put(b"\n")?;
-    }
+    w.put(tail.0)?;
     w.put(id)?;
     w.put(b" ")?;
     w.number(time)?;
@@ -219,7 +276,8 @@ pub fn release_line(
     Some(w.at)
 }
 
-/// The line that grants `instance` to `id` (plain ids), as [`release_line`] writes one.
+/// What to append to a journal that ends as `tail` says to grant `instance` to `id` (plain
+/// ids), as [`release_line`].
 #[allow(clippy::too_many_arguments)]
 pub fn grant_line(
     instance: &[u8],
@@ -228,16 +286,14 @@ pub fn grant_line(
     generation: u64,
     runtime_root: Option<&[u8]>,
     latency_us: u64,
-    after_torn: bool,
+    tail: Tail,
     out: &mut [u8],
 ) -> Option<usize> {
     if !is_plain_id(instance) || !is_plain_id(id) || !runtime_root.is_none_or(is_plain_root) {
         return None;
     }
     let mut w = Writer { out, at: 0 };
-    if after_torn {
-        w.put(b"\n")?;
-    }
+    w.put(tail.0)?;
     w.put(b"+")?;
     w.put(instance)?;
     w.put(b" ")?;
@@ -273,7 +329,7 @@ impl Writer<'_> {
 }
 
 /// Whether a journal's last line is torn (a write cut short).
-pub fn torn(journal: &[u8]) -> bool {
+fn torn(journal: &[u8]) -> bool {
     journal.last().is_some_and(|&b| b != b'\n')
 }
 
@@ -281,6 +337,9 @@ pub fn torn(journal: &[u8]) -> bool {
 mod tests {
     use super::*;
     use std::vec::Vec;
+
+    /// Nothing before the line: a journal that ends with a whole line.
+    const NONE: Tail = Tail(b"");
 
     enum L<'a> {
         R(&'a [u8], u64, u64),
@@ -292,9 +351,9 @@ mod tests {
         for p in parts {
             let mut buf = [0u8; 200];
             let n = match *p {
-                L::R(id, t, g) => release_line(id, t, g, torn(&j), &mut buf),
+                L::R(id, t, g) => release_line(id, t, g, tail(&j).unwrap(), &mut buf),
                 L::G(inst, id, t, g, root, us) => {
-                    grant_line(inst, id, t, g, root, us, torn(&j), &mut buf)
+                    grant_line(inst, id, t, g, root, us, tail(&j).unwrap(), &mut buf)
                 }
             }
             .unwrap();
@@ -317,7 +376,8 @@ mod tests {
             ),
             L::G(b"MIG-3", b"z", u64::MAX, u64::MAX, None, 0),
         ]);
-        assert_eq!(&j[..9], b"abc 0 7;\n");
+        let v = VERSION_LINE.len();
+        assert_eq!(&j[..v + 9], b"#gpushare-journal 1\nabc 0 7;\n");
         let got: Vec<_> = entries(&j).collect();
         assert_eq!(
             got,
@@ -406,32 +466,13 @@ mod tests {
     }
 
     #[test]
-    fn the_generation_is_read_from_the_ledgers_start() {
-        assert_eq!(
-            generation(br#"{"format":1,"generation":42,"gpus":[]}"#),
-            Some(42)
-        );
-        assert_eq!(generation(br#"{"format":1,"generation":0}"#), Some(0));
-        for bad in [
-            &br#"{"format":1,"gpus":[],"generation":4}"#[..],
-            br#"{"format":2,"generation":4,"gpus":[]}"#,
-            br#"{"format":1,"generation":-4,"gpus":[]}"#,
-            br#"{"format":1,"generation":"4","gpus":[]}"#,
-            br#"{"format":1,"generation":4"#,
-            b"",
-        ] {
-            assert_eq!(generation(bad), None, "{:?}", core::str::from_utf8(bad));
-        }
-    }
-
-    #[test]
     fn torn_and_foreign_lines_are_skipped() {
         let mut j = written(&[L::R(b"a", 1, 3)]);
         j.extend_from_slice(b"b 17"); // cut short by a crash
         assert!(torn(&j));
         assert_eq!(entries(&j).count(), 1, "an unfinished line is not read");
         let mut buf = [0u8; 32];
-        let n = release_line(b"c", 5, 3, torn(&j), &mut buf).unwrap();
+        let n = release_line(b"c", 5, 3, tail(&j).unwrap(), &mut buf).unwrap();
         j.extend_from_slice(&buf[..n]);
         let got: Vec<_> = entries(&j).map(|e| e.id()).collect();
         assert_eq!(
@@ -464,12 +505,12 @@ mod tests {
         let mut buf = [0u8; 2048];
         for bad in [&b""[..], b"a b", b"a\nb", b"a/b", b"\xff", b"a\"b", b"a\\b"] {
             assert!(!is_plain_id(bad));
-            assert_eq!(release_line(bad, 1, 1, false, &mut buf), None);
+            assert_eq!(release_line(bad, 1, 1, NONE, &mut buf), None);
             assert_eq!(
-                grant_line(b"MIG-1", bad, 1, 1, None, 0, false, &mut buf),
+                grant_line(b"MIG-1", bad, 1, 1, None, 0, NONE, &mut buf),
                 None
             );
-            assert_eq!(grant_line(bad, b"c", 1, 1, None, 0, false, &mut buf), None);
+            assert_eq!(grant_line(bad, b"c", 1, 1, None, 0, NONE, &mut buf), None);
         }
         for bad in [
             &b"run/runc"[..],
@@ -480,13 +521,63 @@ mod tests {
             b"/run/r\xfcnc",
         ] {
             assert_eq!(
-                grant_line(b"MIG-1", b"c", 1, 1, Some(bad), 0, false, &mut buf),
+                grant_line(b"MIG-1", b"c", 1, 1, Some(bad), 0, NONE, &mut buf),
                 None
             );
         }
-        assert!(release_line(&[b'a'; MAX_ID], 1, 1, false, &mut buf).is_some());
-        assert!(release_line(&[b'a'; MAX_ID + 1], 1, 1, false, &mut buf).is_none());
-        assert!(release_line(b"abc", 1, 1, false, &mut buf[..8]).is_none());
-        assert!(release_line(b"abc", 1, 1, false, &mut buf[..9]).is_some());
+        assert!(release_line(&[b'a'; MAX_ID], 1, 1, NONE, &mut buf).is_some());
+        assert!(release_line(&[b'a'; MAX_ID + 1], 1, 1, NONE, &mut buf).is_none());
+        assert!(release_line(b"abc", 1, 1, NONE, &mut buf[..8]).is_none());
+        assert!(release_line(b"abc", 1, 1, NONE, &mut buf[..9]).is_some());
+    }
+
+    #[test]
+    fn the_first_append_writes_the_version_line() {
+        let mut buf = [0u8; 64];
+        let n = release_line(b"a", 1, 2, tail(b"").unwrap(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"#gpushare-journal 1\na 1 2;\n");
+        let n = release_line(b"b", 1, 2, tail(&buf[..n]).unwrap(), &mut [0u8; 64]).unwrap();
+        assert_eq!(n, 7, "no second version line");
+        // A first write cut short inside the version line: the next one completes it.
+        let cut = &VERSION_LINE[..5];
+        assert!(!is_foreign(cut) && entries(cut).count() == 0);
+        let mut j = std::vec::Vec::from(cut);
+        let n = release_line(b"c", 1, 2, tail(&j).unwrap(), &mut buf).unwrap();
+        j.extend_from_slice(&buf[..n]);
+        assert_eq!(j, b"#gpushare-journal 1\nc 1 2;\n");
+        assert_eq!(entries(&j).count(), 1);
+    }
+
+    #[test]
+    fn a_journal_from_before_the_version_line_is_read_as_version_1() {
+        let old = b"a 1 5;\n+MIG-1 b 2 5 - 3;\n";
+        assert!(!is_foreign(old));
+        assert_eq!(entries(old).count(), 2);
+        assert_eq!(net_release(old, 5), None, "b still holds MIG-1");
+        let mut buf = [0u8; 64];
+        let n = release_line(b"b", 3, 5, tail(old).unwrap(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"b 3 5;\n", "appended to as it is");
+        // A container named like the version word is still a line.
+        assert_eq!(entries(b"gpushare-journal 1 5;\n").count(), 1);
+    }
+
+    #[test]
+    fn a_journal_of_another_version_is_neither_read_nor_appended_to() {
+        for other in [
+            &b"#gpushare-journal 2\na 1 5;\n"[..],
+            b"#gpushare-journal 10\n",
+            b"#gpushare-journal 1 \n",
+            b"#x",
+        ] {
+            assert!(is_foreign(other), "{:?}", core::str::from_utf8(other));
+            assert_eq!(entries(other).count(), 0);
+            assert_eq!(tail(other), None);
+            assert_eq!(net_release(other, 5), None);
+            assert!(may_hold(br#"{"format":1,"generation":5}"#, other, b"zz"));
+        }
+        assert_eq!(
+            first_line(b"#gpushare-journal 2\na 1 5;\n"),
+            b"#gpushare-journal 2"
+        );
     }
 }
