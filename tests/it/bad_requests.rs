@@ -275,7 +275,11 @@ fn warm_engine(node: &SimNode) -> Engine<'_> {
     let engine = Engine::new(node, Runtime::Runc);
     let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     engine.run_to_end(&b, &unique("warm"));
-    assert!(node.cfg().state_dir.join("offers").exists());
+    assert!(node
+        .cfg()
+        .state_dir
+        .join(gpushare_state::offers::NAME)
+        .exists());
     engine
 }
 
@@ -527,7 +531,8 @@ fn foreign_driver_nodes_are_refused_unless_the_policy_allows_them() {
     let id = unique("docker");
     let out = engine.create(&docker, &id);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let journal = std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
+    let journal = std::fs::read_to_string(node.cfg().state_dir.join(gpushare_state::journal::NAME))
+        .unwrap_or_default();
     assert!(
         journal
             .lines()

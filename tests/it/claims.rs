@@ -144,7 +144,8 @@ fn delete_while_made(rt: Runtime, warm: bool, how: Make) {
         std::thread::sleep(Duration::from_secs(1));
         if warm {
             let journal =
-                std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
+                std::fs::read_to_string(node.cfg().state_dir.join(gpushare_state::journal::NAME))
+                    .unwrap_or_default();
             assert!(
                 journal
                     .lines()
@@ -383,7 +384,7 @@ fn a_deleted_container_leaves_no_claim_behind() {
     require_root();
     let node = SimNode::new("h100-80gb", 1, true);
     let engine = Engine::new(&node, Runtime::Runc);
-    let claims = node.cfg().state_dir.join("claims");
+    let claims = node.cfg().state_dir.join(gpushare_state::claim::DIR);
     for round in ["cold", "warm"] {
         let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
         let id = unique(round);
@@ -458,8 +459,10 @@ fn twenty_loops_sharing_six_ids_never_put_two_containers_on_one_slice() {
                         panic!(
                             "{} and {other} both run on {u}; ledger: {leases:#?}; journal: {}",
                             c.container_id,
-                            std::fs::read_to_string(node.cfg().state_dir.join("journal"))
-                                .unwrap_or_default()
+                            std::fs::read_to_string(
+                                node.cfg().state_dir.join(gpushare_state::journal::NAME)
+                            )
+                            .unwrap_or_default()
                         );
                     }
                     seen.push((&c.container_id, u));

@@ -201,7 +201,11 @@ fn set_up(engine: &Engine, setup: Setup) {
                 .unwrap();
             assert!(killed(st), "setting up a half-destroyed instance");
             // The ledger drops the record, as the next grant's check of the driver files does.
-            let path = engine.node.cfg().state_dir.join("ledger.json");
+            let path = engine
+                .node
+                .cfg()
+                .state_dir
+                .join(gpushare_state::ledger::NAME);
             let mut raw: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             raw["instances"] = serde_json::json!([]);

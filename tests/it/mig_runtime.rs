@@ -22,7 +22,8 @@ fn one_slice_sees_exactly_its_nodes(rt: Runtime, warm: bool) {
     let id = unique("mig1g");
     let out = engine.create(&bundle, &id);
     assert!(out.status.success(), "create: {}", text(&out.stderr));
-    let journal = std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
+    let journal = std::fs::read_to_string(node.cfg().state_dir.join(gpushare_state::journal::NAME))
+        .unwrap_or_default();
     assert_eq!(
         journal
             .lines()

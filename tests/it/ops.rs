@@ -68,7 +68,7 @@ fn gc_releases_vanished_containers_after_the_grace_and_dry_run_changes_nothing()
     let id = unique("gone");
     assert!(engine.create(&b, &id).status.success());
     vanish(&node, &engine, &id);
-    let before = std::fs::read(node.cfg().state_dir.join("ledger.json")).unwrap();
+    let before = std::fs::read(node.cfg().state_dir.join(gpushare_state::ledger::NAME)).unwrap();
 
     let dry = node.ctl(&["gc", "--dry-run", "--grace", "0"]);
     let out = text(&dry.stdout);
@@ -78,7 +78,7 @@ fn gc_releases_vanished_containers_after_the_grace_and_dry_run_changes_nothing()
         "{out}"
     );
     assert_eq!(
-        std::fs::read(node.cfg().state_dir.join("ledger.json")).unwrap(),
+        std::fs::read(node.cfg().state_dir.join(gpushare_state::ledger::NAME)).unwrap(),
         before,
         "dry run wrote the ledger"
     );

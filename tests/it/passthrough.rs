@@ -182,7 +182,8 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
                 for (b, spec) in [(&plain, &plain_spec), (&gpu, &gpu_spec)] {
                     std::fs::write(b.path().join("config.json"), spec).unwrap();
                 }
-                let _ = std::fs::remove_file(node.cfg().state_dir.join("offers"));
+                let _ =
+                    std::fs::remove_file(node.cfg().state_dir.join(gpushare_state::offers::NAME));
                 let mut outcomes = Vec::new();
                 for args in &steps {
                     let _ = std::fs::remove_file(&log);

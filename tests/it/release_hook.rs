@@ -19,7 +19,8 @@ fn state_dir(node: &SimNode) -> PathBuf {
 
 /// The journal's lines, after its version line.
 fn journal(node: &SimNode) -> String {
-    let raw = std::fs::read(state_dir(node).join("journal")).unwrap_or_default();
+    let raw =
+        std::fs::read(state_dir(node).join(gpushare_state::journal::NAME)).unwrap_or_default();
     let lines = raw
         .strip_prefix(gpushare_state::journal::VERSION_LINE)
         .unwrap_or(&raw);
@@ -28,7 +29,10 @@ fn journal(node: &SimNode) -> String {
 
 /// The ledger file as written, with no journal applied.
 fn ledger_file(node: &SimNode) -> Value {
-    serde_json::from_slice(&std::fs::read(state_dir(node).join("ledger.json")).unwrap()).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(state_dir(node).join(gpushare_state::ledger::NAME)).unwrap(),
+    )
+    .unwrap()
 }
 
 fn file_lease_of(node: &SimNode, id: &str) -> bool {
@@ -176,7 +180,7 @@ fn what_is_not_plain_goes_to_the_full_hook_with_the_state_it_read() {
     // A busy ledger: the entry hook waits briefly, then the full hook waits its own time.
     let id = unique("busy");
     let b = leased(&engine, &id);
-    let lock = std::fs::File::open(state_dir(&node).join("ledger.lock")).unwrap();
+    let lock = std::fs::File::open(state_dir(&node).join(gpushare_state::lock::NAME)).unwrap();
     // SAFETY: flock on a descriptor this test owns.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let unlock = std::thread::spawn(move || {
@@ -197,7 +201,7 @@ fn what_is_not_plain_goes_to_the_full_hook_with_the_state_it_read() {
     // An MPS daemon on the node: a release may have to stop it, which is the full hook's.
     let id = unique("mps");
     let b = leased(&engine, &id);
-    let path = state_dir(&node).join("ledger.json");
+    let path = state_dir(&node).join(gpushare_state::ledger::NAME);
     let mut ledger = ledger_file(&node);
     ledger["mps"] = json!([{"gpu_uuid": "GPU-x", "gpu_index": 0, "gpu_minor": 0, "pid": null,
         "pipe_dir": "/nonexistent", "log_dir": "/nonexistent", "percent": 50, "memory": null,

@@ -56,7 +56,8 @@ fn run_sees_its_slice_and_releases_at_exit(rt: Runtime, ask: Ask, warm: bool) {
     let printed = text(&out.stdout);
     if warm {
         let journal =
-            std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default();
+            std::fs::read_to_string(node.cfg().state_dir.join(gpushare_state::journal::NAME))
+                .unwrap_or_default();
         assert!(
             journal
                 .lines()

@@ -18,10 +18,12 @@ fn state_dir(node: &SimNode) -> PathBuf {
 /// Whether the ledger's files (read as bytes: a refused folder cannot be loaded) name `id`.
 fn named(node: &SimNode, id: &str) -> bool {
     let dir = state_dir(node);
-    ["ledger.json", "journal"].iter().any(|f| {
-        std::fs::read_to_string(dir.join(f))
-            .is_ok_and(|t| t.contains(&format!("\"{id}\"")) || t.contains(&format!(" {id} ")))
-    })
+    [gpushare_state::ledger::NAME, gpushare_state::journal::NAME]
+        .iter()
+        .any(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .is_ok_and(|t| t.contains(&format!("\"{id}\"")) || t.contains(&format!(" {id} ")))
+        })
 }
 
 #[test]
@@ -36,7 +38,7 @@ fn a_state_folder_or_file_others_can_write_fails_gpu_requests_closed() {
 
     for (path, mode, back) in [
         (dir.clone(), 0o777, 0o700),
-        (dir.join("ledger.json"), 0o666, 0o600),
+        (dir.join(gpushare_state::ledger::NAME), 0o666, 0o600),
     ] {
         chmod(&path, mode);
         let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
@@ -67,7 +69,7 @@ fn a_state_folder_or_file_others_can_write_fails_gpu_requests_closed() {
     }
     // Offers others could have written are never spliced into a spec: the full wrapper grants,
     // and writes offers of its own in their place.
-    chmod(&dir.join("offers"), 0o646);
+    chmod(&dir.join(gpushare_state::offers::NAME), 0o646);
     let by_entry = node.ledger().stats.grants_by_entry;
     let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     engine.run_to_end(&b, &unique("after"));
@@ -76,7 +78,7 @@ fn a_state_folder_or_file_others_can_write_fails_gpu_requests_closed() {
         by_entry,
         "not granted from those offers"
     );
-    let mode = std::fs::metadata(dir.join("offers"))
+    let mode = std::fs::metadata(dir.join(gpushare_state::offers::NAME))
         .unwrap()
         .permissions()
         .mode();
@@ -128,8 +130,8 @@ fn the_release_hook_never_appends_through_a_symlinked_journal() {
     let dir = state_dir(&node);
     let victim = node.root().join("victim-file");
     std::fs::write(&victim, "precious\n").unwrap();
-    let _ = std::fs::remove_file(dir.join("journal"));
-    std::os::unix::fs::symlink(&victim, dir.join("journal")).unwrap();
+    let _ = std::fs::remove_file(dir.join(gpushare_state::journal::NAME));
+    std::os::unix::fs::symlink(&victim, dir.join(gpushare_state::journal::NAME)).unwrap();
 
     let out = run_hook(&b.config(), &state_of(&id, &b));
     assert_eq!(
@@ -143,7 +145,7 @@ fn the_release_hook_never_appends_through_a_symlinked_journal() {
         said.contains("journal") && said.contains("symlink"),
         "{said}"
     );
-    std::fs::remove_file(dir.join("journal")).unwrap();
+    std::fs::remove_file(dir.join(gpushare_state::journal::NAME)).unwrap();
     assert!(node.ledger().lease_of(&id).is_some(), "still leased");
     engine.delete(&id);
 }
@@ -182,4 +184,102 @@ fn gc_sweeps_temp_files_that_killed_writers_left() {
     }
     assert!(young.exists(), "a young one may be a live write");
     assert!(live.exists(), "a live writer's is never taken");
+}
+
+/// Whether the entry binary granted `id` (only it writes grant lines).
+fn granted_by_entry(node: &SimNode, id: &str) -> bool {
+    std::fs::read_to_string(state_dir(node).join(gpushare_state::journal::NAME))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with('+') && l.split(' ').nth(1) == Some(id))
+}
+
+#[test]
+fn a_journal_of_another_version_is_never_read_or_appended_to_until_repair() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    // An idle instance and its offer: the entry binary would grant the next one itself.
+    let first = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    engine.run_to_end(&first, &unique("first"));
+    let journal = state_dir(&node).join(gpushare_state::journal::NAME);
+    let newer = b"#gpushare-journal 2\n+MIG-x c 1 1 - 1;\n";
+    std::fs::write(&journal, newer).unwrap();
+    chmod(&journal, 0o600);
+
+    let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let id = unique("refused");
+    let out = engine.create(&b, &id);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "a GPU create must fail: {said}");
+    assert!(
+        said.contains(&journal.display().to_string()) && said.contains("#gpushare-journal 2"),
+        "the message names the journal and its version: {said}"
+    );
+    assert_eq!(std::fs::read(&journal).unwrap(), newer, "nothing appended");
+    let plain = Bundle::new("echo plain", &[], &[]);
+    assert_eq!(engine.run_to_end(&plain, &unique("plain")), "plain\n");
+
+    let root = engine.root.path().display().to_string();
+    let out = node.ctl(&["repair", "--runtime-root", &root]);
+    assert!(
+        out.status.success(),
+        "repair: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(!journal.exists(), "repair drops the journal");
+    let id = unique("after");
+    let out = engine.create(&b, &id);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(node.ledger().lease_of(&id).is_some());
+    assert!(run(&mut engine.cmd(&["delete", "--force", &id]))
+        .status
+        .success());
+}
+
+#[test]
+fn a_journal_from_before_the_version_line_is_read_and_appended_to_as_it_is() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 1, true);
+    let engine = Engine::new(&node, Runtime::Runc);
+    let first = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    engine.run_to_end(&first, &unique("first"));
+    let held = unique("held");
+    let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    assert!(engine.create(&b, &held).status.success());
+    assert!(granted_by_entry(&node, &held), "granted by the entry binary");
+    let dir = state_dir(&node);
+    let journal = dir.join(gpushare_state::journal::NAME);
+    let written = std::fs::read(&journal).unwrap();
+    let lines = written
+        .strip_prefix(gpushare_state::journal::VERSION_LINE)
+        .expect("a new journal starts with its version line");
+    // The same lines, and a release of `held`, as an older gpushare's binaries wrote them: no
+    // version line.
+    let ledger = std::fs::read(dir.join(gpushare_state::ledger::NAME)).unwrap();
+    let g = gpushare_state::ledger::generation(&ledger).expect("a header");
+    let old = [lines, format!("{held} 1795580185 {g};\n").as_bytes()].concat();
+    std::fs::write(&journal, &old).unwrap();
+    let old = String::from_utf8(old).unwrap();
+    assert!(node.ledger().lease_of(&held).is_none(), "read as version 1");
+
+    // The next warm grant takes the instance it freed, and appends to the journal as it is.
+    let next = unique("next");
+    let b2 = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
+    let out = engine.create(&b2, &next);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        granted_by_entry(&node, &next),
+        "granted by the entry binary"
+    );
+    let now = std::fs::read_to_string(&journal).unwrap();
+    assert!(now.starts_with(&old), "{now}");
+    assert!(!now.contains('#'), "no version line in the middle: {now}");
+    assert!(node.ledger().lease_of(&next).is_some());
+    for id in [&held, &next] {
+        assert!(run(&mut engine.cmd(&["delete", "--force", id]))
+            .status
+            .success());
+    }
 }

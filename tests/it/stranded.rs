@@ -193,7 +193,7 @@ fn repair_rebuilds_a_corrupt_ledger_from_the_driver_the_log_and_the_runtime() {
         .unwrap()
         .mig_uuid;
 
-    let ledger = node.cfg().state_dir.join("ledger.json");
+    let ledger = node.cfg().state_dir.join(gpushare_state::ledger::NAME);
     std::fs::write(&ledger, b"{\"format\":1,\"generation\":7,\"instan").unwrap();
     let refused = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     let mut c = engine.cmd(&["create", "--bundle"]);
@@ -279,7 +279,7 @@ fn gc_adopts_whole_instances_the_ledger_lost() {
     let before = node.ledger();
 
     // Lose both records, as a hand edit or a restore from an old backup would.
-    let path = node.cfg().state_dir.join("ledger.json");
+    let path = node.cfg().state_dir.join(gpushare_state::ledger::NAME);
     let mut raw: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     raw["instances"] = serde_json::json!([]);
@@ -329,14 +329,18 @@ fn repair_rebuilds_a_deleted_ledger_from_the_roots_the_log_names() {
     let busy_id = unique("busy");
     assert!(engine.create(&busy, &busy_id).status.success());
     let held = node.ledger().instances[0].made.clone().unwrap().mig_uuid;
-    std::fs::remove_file(node.cfg().state_dir.join("ledger.json")).unwrap();
+    std::fs::remove_file(node.cfg().state_dir.join(gpushare_state::ledger::NAME)).unwrap();
 
     let out = node.ctl(&["repair", "--dry-run", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["recorded"].as_array().unwrap().len(), 1, "{report}");
     assert!(
-        !node.cfg().state_dir.join("ledger.json").exists(),
+        !node
+            .cfg()
+            .state_dir
+            .join(gpushare_state::ledger::NAME)
+            .exists(),
         "a dry run writes nothing"
     );
 

@@ -10,7 +10,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 fn journal(node: &SimNode) -> String {
-    std::fs::read_to_string(node.cfg().state_dir.join("journal")).unwrap_or_default()
+    std::fs::read_to_string(node.cfg().state_dir.join(gpushare_state::journal::NAME))
+        .unwrap_or_default()
 }
 
 /// Whether the entry binary granted `id` (only it writes grant lines).
