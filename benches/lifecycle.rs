@@ -405,7 +405,11 @@ fn placement_tables(node: &SimNode) -> Vec<(String, u64, std::time::SystemTime)>
     let mut out: Vec<_> = std::fs::read_dir(node.cfg().state_dir)
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("placement-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(gpushare_state::PLACEMENT_PREFIX)
+        })
         .map(|e| {
             let m = e.metadata().unwrap();
             (

@@ -248,7 +248,10 @@ fn a_journal_from_before_the_version_line_is_read_and_appended_to_as_it_is() {
     let held = unique("held");
     let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     assert!(engine.create(&b, &held).status.success());
-    assert!(granted_by_entry(&node, &held), "granted by the entry binary");
+    assert!(
+        granted_by_entry(&node, &held),
+        "granted by the entry binary"
+    );
     let dir = state_dir(&node);
     let journal = dir.join(gpushare_state::journal::NAME);
     let written = std::fs::read(&journal).unwrap();

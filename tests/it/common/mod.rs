@@ -550,7 +550,7 @@ pub fn mps_node_with(extra: &str) -> SimNode {
 
 /// What the stand-in MPS control programs of every GPU recorded, in one string.
 pub fn mps_control_log(node: &SimNode) -> String {
-    let dir = node.cfg().state_dir.join("mps");
+    let dir = node.cfg().state_dir.join(gpushare_state::MPS_DIR);
     let mut out = String::new();
     for gpu in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         out.push_str(
