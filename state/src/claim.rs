@@ -8,7 +8,7 @@
 //! which a `delete` waits for while it runs, and the poststop hook may remove the claim its
 //! parent (the runtime's `delete`, run by the entry binary holding the claim) holds.
 //!
-//! Lock order: a claim is taken before the ledger's lock ([`crate::lock`]), never while it is
+//! Lock order: see [`crate::lock`]: a claim is waited for only while the ledger's lock is not
 //! held.
 
 use crate::decimal;
