@@ -270,7 +270,7 @@ fn a_hand_over_a_person_should_know_of_is_logged_once_and_an_ordinary_one_not() 
 
     // The ledger's lock held past the entry binary's wait: it says so, and the full wrapper
     // grants once the lock is free.
-    let lock_path = node.cfg().state_dir.join("ledger.lock");
+    let lock_path = node.cfg().state_dir.join(gpushare_state::lock::NAME);
     let lock = std::fs::File::open(&lock_path).unwrap();
     // SAFETY: flock on a descriptor this test owns.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
