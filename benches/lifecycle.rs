@@ -656,7 +656,7 @@ impl Scaled {
     }
 
     fn journal_len(&self) -> u64 {
-        std::fs::metadata(self.state_dir.join("journal")).map_or(0, |m| m.len())
+        std::fs::metadata(self.state_dir.join(gpushare_state::journal::NAME)).map_or(0, |m| m.len())
     }
 
     fn lifecycle(&self, with_stub: bool) -> Steps {
@@ -762,7 +762,7 @@ impl Scaled {
         );
         println!(
             "| {label} | {leases} | {idle} | {:.0} | {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {by_entry} | {reference} |",
-            self.file_kib("ledger.json"),
+            self.file_kib(gpushare_state::ledger::NAME),
             steps.len(),
             pct(&c, 50.0),
             pct(&c, 99.0),
