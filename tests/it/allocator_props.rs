@@ -11,22 +11,10 @@ use gpushare_core::ledger::Claimant;
 use gpushare_core::nvml::Backend;
 use gpushare_core::placement::{self, Occupied};
 use gpushare_core::request::DeviceSelector;
+use proptest::prelude::*;
+use proptest::sample::Index;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
-
-/// xorshift64*: small, seedable, and enough to explore sequences.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// (gpu index, gi, ci, profile id, placement start, MIG uuid) of every compute instance the
 /// driver has.
@@ -122,88 +110,131 @@ fn check_invariants(node: &SimNode, cfg: &Config, held: &HashMap<String, String>
     assert_eq!(ours, driver_view(cfg), "ledger == driver");
 }
 
-fn random_sequences(model: &str, gpus: u32, seeds: u64, steps: usize) {
-    for seed in 1..=seeds {
-        let node = SimNode::new(model, gpus, true);
-        let cfg = node.cfg();
-        let be = Backend::open(&cfg).unwrap();
-        let profiles: Vec<String> = be
-            .profiles(0)
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        drop(be);
-        assert!(!profiles.is_empty(), "{model} has MIG profiles");
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut held: HashMap<String, String> = HashMap::new();
-        let mut granted = 0;
-        for step in 0..steps {
-            if !held.is_empty() && rng.below(3) == 0 {
-                let ids: Vec<String> = held.keys().cloned().collect();
-                let id = &ids[rng.below(ids.len())];
-                assert!(allocator::release(&cfg, id, Duration::from_secs(5)).unwrap());
-                assert!(
-                    !allocator::release(&cfg, id, Duration::from_secs(5)).unwrap(),
-                    "idempotent"
-                );
-                held.remove(id);
-            } else {
-                let profile = &profiles[rng.below(profiles.len())];
-                let id = format!("c{seed}-{step}");
-                let who = Claimant {
-                    container_id: &id,
-                    runtime_root: None,
-                };
-                // On several GPUs, a third of the requests name one (gpu.device).
-                let gpu = (gpus > 1 && rng.below(3) == 0).then(|| rng.below(gpus as usize) as u32);
-                let device = gpu.map(DeviceSelector::Index);
-                match allocator::allocate(&cfg, profile, device.as_ref(), &who) {
-                    Ok(g) => {
-                        assert_eq!(&g.profile, profile);
-                        if let Some(want) = gpu {
-                            assert_eq!(g.gpu_index, want, "gpu.device={want} honoured");
-                        }
-                        held.insert(id, g.mig_uuid);
-                        granted += 1;
+/// One step of a sequence: release one of the held slices (when any is held), or ask for a
+/// profile, on a GPU named by `gpu.device` or on any.
+#[derive(Debug, Clone)]
+struct Step {
+    release: bool,
+    pick: Index,
+    gpu: Option<Index>,
+}
+
+/// Sequences of up to `len` steps (a failure shrinks to a short one): a third release (when
+/// something is held); on several GPUs, a third of the requests name one (gpu.device).
+fn steps(len: usize) -> impl Strategy<Value = Vec<Step>> {
+    let step = (
+        prop::bool::weighted(1.0 / 3.0),
+        any::<Index>(),
+        prop::option::weighted(1.0 / 3.0, any::<Index>()),
+    )
+        .prop_map(|(release, pick, gpu)| Step { release, pick, gpu });
+    prop::collection::vec(step, 1..=len)
+}
+
+/// Each case gets a fresh node, so a failing case replays alone (proptest keeps it in
+/// tests/proptest-regressions/ and runs it first next time) and shrinks to a short sequence.
+fn random_sequence(model: &str, gpus: u32, steps: &[Step]) {
+    let node = SimNode::new(model, gpus, true);
+    let cfg = node.cfg();
+    let be = Backend::open(&cfg).unwrap();
+    let profiles: Vec<String> = be
+        .profiles(0)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    drop(be);
+    assert!(!profiles.is_empty(), "{model} has MIG profiles");
+    let mut held: HashMap<String, String> = HashMap::new();
+    let mut granted = 0;
+    for (step, s) in steps.iter().enumerate() {
+        if !held.is_empty() && s.release {
+            let mut ids: Vec<String> = held.keys().cloned().collect();
+            ids.sort();
+            let id = s.pick.get(&ids);
+            assert!(allocator::release(&cfg, id, Duration::from_secs(5)).unwrap());
+            assert!(
+                !allocator::release(&cfg, id, Duration::from_secs(5)).unwrap(),
+                "idempotent"
+            );
+            held.remove(id);
+        } else {
+            let profile = s.pick.get(&profiles);
+            let id = format!("c{step}");
+            let who = Claimant {
+                container_id: &id,
+                runtime_root: None,
+            };
+            let gpu = s
+                .gpu
+                .filter(|_| gpus > 1)
+                .map(|g| g.index(gpus as usize) as u32);
+            let device = gpu.map(DeviceSelector::Index);
+            match allocator::allocate(&cfg, profile, device.as_ref(), &who) {
+                Ok(g) => {
+                    assert_eq!(&g.profile, profile);
+                    if let Some(want) = gpu {
+                        assert_eq!(g.gpu_index, want, "gpu.device={want} honoured");
                     }
-                    Err(AllocError::NoRoom { .. }) => {
-                        assert_nothing_fits(&node, &cfg, profile, gpu)
-                    }
-                    Err(e) => panic!("{model} seed {seed} step {step}: {profile}: unexpected {e}"),
+                    held.insert(id, g.mig_uuid);
+                    granted += 1;
                 }
+                Err(AllocError::NoRoom { .. }) => assert_nothing_fits(&node, &cfg, profile, gpu),
+                Err(e) => panic!("{model} step {step}: {profile}: unexpected {e}"),
             }
-            check_invariants(&node, &cfg, &held);
         }
-        assert!(
-            granted * 4 >= steps,
-            "{model} seed {seed}: only {granted} grants in {steps} steps"
-        );
-        for id in held.keys() {
-            allocator::release(&cfg, id, Duration::from_secs(5)).unwrap();
-        }
-        check_invariants(&node, &cfg, &HashMap::new());
+        check_invariants(&node, &cfg, &held);
+    }
+    assert!(
+        granted * 4 >= steps.len(),
+        "{model}: only {granted} grants in {} steps",
+        steps.len()
+    );
+    for id in held.keys() {
+        allocator::release(&cfg, id, Duration::from_secs(5)).unwrap();
+    }
+    check_invariants(&node, &cfg, &HashMap::new());
+}
+
+/// A case costs a node and up to 60 NVML calls: `n` cases a test (twice the seeds of 60 steps
+/// before proptest, at half the steps on average); PROPTEST_CASES sets more for a long run.
+fn cases(n: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n),
+        max_shrink_iters: 256,
+        // A case takes seconds: stop shrinking after two minutes, with what it has by then.
+        max_shrink_time: 120_000,
+        ..ProptestConfig::default()
     }
 }
 
-#[test]
-fn random_sequences_h100() {
-    random_sequences("h100-80gb", 1, 6, 60);
+proptest! {
+    #![proptest_config(cases(12))]
+    #[test]
+    fn random_sequences_h100(steps in steps(60)) {
+        random_sequence("h100-80gb", 1, &steps);
+    }
 }
 
-#[test]
-fn random_sequences_h200_two_gpus() {
-    random_sequences("h200-141gb", 2, 4, 60);
-}
+proptest! {
+    #![proptest_config(cases(8))]
+    #[test]
+    fn random_sequences_h200_two_gpus(steps in steps(60)) {
+        random_sequence("h200-141gb", 2, &steps);
+    }
 
-#[test]
-fn random_sequences_a100_40gb() {
-    random_sequences("a100-40gb", 1, 4, 60);
-}
+    #[test]
+    fn random_sequences_a100_40gb(steps in steps(60)) {
+        random_sequence("a100-40gb", 1, &steps);
+    }
 
-#[test]
-fn random_sequences_a100_80gb() {
-    random_sequences("a100-80gb", 1, 4, 60);
+    #[test]
+    fn random_sequences_a100_80gb(steps in steps(60)) {
+        random_sequence("a100-80gb", 1, &steps);
+    }
 }
 
 const CHILD_ENV: &str = "GPUSHARE_TEST_ALLOC_CHILD";

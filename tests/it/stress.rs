@@ -6,35 +6,53 @@ use crate::common;
 use crate::invariants;
 
 use common::*;
+use proptest::prelude::Rng as _;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use std::collections::{BTreeMap, BTreeSet};
 
 const PROFILES: &[&str] = &[
     "1g.10gb", "1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb", "1g.20gb",
 ];
 
-/// A small deterministic generator (xorshift), so a failing round can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// The choices of a run (profiles, which containers go, which call is killed and when) come
+/// from proptest's seeded generator: `GPUSHARE_STRESS_SEED` replays them (not the timing). A
+/// long run of real containers is no property test to shrink, so only the generator is used.
+fn rng(seed: u64, stream: u64) -> TestRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&stream.to_le_bytes());
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
+/// The run's seed: `GPUSHARE_STRESS_SEED`, else `default` (None: the clock), printed first.
+fn seed(default: Option<u64>) -> u64 {
+    let seed = std::env::var("GPUSHARE_STRESS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or(default)
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("seed {seed} (GPUSHARE_STRESS_SEED replays the choices, not the timing)");
+    seed
+}
+
+fn below(rng: &mut TestRng, n: usize) -> usize {
+    rng.random_range(0..n)
 }
 
 /// Create `n` containers at once; returns (id, bundle, profile, created?).
 fn create_many<'a>(
     engine: &Engine<'a>,
-    rng: &mut Rng,
+    rng: &mut TestRng,
     n: usize,
 ) -> Vec<(String, Bundle, String, bool)> {
     let wanted: Vec<(String, Bundle, String)> = (0..n)
         .map(|_| {
-            let p = PROFILES[rng.below(PROFILES.len())].to_string();
+            let p = PROFILES[below(rng, PROFILES.len())].to_string();
             (
                 unique("s"),
                 Bundle::new("sleep 600", &[("gpu.profile", &p)], &[]),
@@ -122,7 +140,8 @@ fn sixty_four_at_once_then_churn() {
     require_root();
     let node = SimNode::new("h100-80gb", 2, true);
     let engine = Engine::new(&node, Runtime::Runc);
-    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let seed = seed(Some(1));
+    let mut rng = rng(seed, 0);
     let mut live: BTreeMap<String, (Bundle, String)> = BTreeMap::new();
 
     let first = create_many(&engine, &mut rng, 64);
@@ -152,7 +171,10 @@ fn sixty_four_at_once_then_churn() {
     for round in 0..rounds {
         // Delete about half of what runs, all at once, then create 16 more at once.
         let ids: Vec<String> = live.keys().cloned().collect();
-        let doomed: Vec<String> = ids.into_iter().filter(|_| rng.below(2) == 0).collect();
+        let doomed: Vec<String> = ids
+            .into_iter()
+            .filter(|_| below(&mut rng, 2) == 0)
+            .collect();
         std::thread::scope(|s| {
             for id in &doomed {
                 let engine = &engine;
@@ -344,17 +366,7 @@ fn loops_with_random_sigkills(runtime: Runtime) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
-    let seed: u64 = std::env::var("GPUSHARE_STRESS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("seed {seed} (GPUSHARE_STRESS_SEED replays the choices, not the timing)");
+    let seed = seed(None);
     let ids: Vec<String> = (0..6).map(|_| unique("sk")).collect();
     // One rootfs for every bundle: a bundle per create is then only its config.json.
     let rootfs_dir = TempDir::new("rootfs");
@@ -368,19 +380,19 @@ fn loops_with_random_sigkills(runtime: Runtime) {
             let (engine, ids, rootfs, template, counts) =
                 (&engine, &ids, &rootfs, &template, &counts);
             s.spawn(move || {
-                let mut rng = Rng(seed.wrapping_mul(l as u64 + 1) | 1);
+                let mut rng = rng(seed, l as u64);
                 let scratch = TempDir::new("kb");
                 let mut n = 0;
                 while std::time::Instant::now() < deadline {
-                    let id = &ids[rng.below(ids.len())];
-                    let (op, mut cmd) = match rng.below(10) {
+                    let id = &ids[below(&mut rng, ids.len())];
+                    let (op, mut cmd) = match below(&mut rng, 10) {
                         0..=3 => {
                             n += 1;
                             let b = scratch.path().join(n.to_string());
                             std::fs::create_dir_all(&b).unwrap();
                             let mut spec = template.clone();
                             spec["root"]["path"] = rootfs.display().to_string().into();
-                            let p = PROFILES[rng.below(PROFILES.len())];
+                            let p = PROFILES[below(&mut rng, PROFILES.len())];
                             spec["annotations"] = serde_json::json!({ "gpu.profile": p });
                             std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
                             let mut c = engine.cmd(&["create", "--bundle"]);
@@ -394,11 +406,11 @@ fn loops_with_random_sigkills(runtime: Runtime) {
                         .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null());
                     let mut child = cmd.spawn().unwrap();
-                    let kill = rng.below(10) < 3;
+                    let kill = below(&mut rng, 10) < 3;
                     if kill {
                         // A random moment of the call: most calls take a few ms.
                         std::thread::sleep(std::time::Duration::from_micros(
-                            rng.below(30_000) as u64
+                            below(&mut rng, 30_000) as u64,
                         ));
                         // SAFETY: the child is not yet waited for, so its pid is still ours.
                         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };

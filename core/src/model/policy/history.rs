@@ -234,31 +234,39 @@ pub fn target(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::rng::Rng;
 
     #[test]
     fn estimates_the_mix_and_load_of_a_known_stream() {
+        use crate::policy::replay::{generate, Holds};
         let mut h = History::default();
-        let mut rng = Rng::new(3);
+        let names = ["1g.10gb", "2g.20gb", "3g.40gb"];
+        // Arrivals at 4 a mean hold of 1: a load of 4 slices' worth, on 2 GPUs.
         let (rate, hold) = (4.0, 1.0);
-        let mut t = 0.0;
-        let mut running: Vec<(f64, u64, String)> = Vec::new();
+        let events = generate(
+            &[(0, 0.6), (1, 0.3), (2, 0.1)],
+            rate,
+            Holds::Exponential,
+            20_000,
+            3,
+        );
         let tick = |x: f64| (x * 1e6) as u64;
-        for _ in 0..20_000 {
-            t += rng.exp(1.0 / rate);
-            running.retain(|(end, at, p)| {
-                if *end <= t {
-                    h.depart(p, *at, tick(*end));
-                }
-                *end > t
-            });
-            let p = ["1g.10gb", "2g.20gb", "3g.40gb"][rng.pick(&[0.6, 0.3, 0.1])];
-            h.arrive(p, tick(t), true, 4096);
-            running.push((t + rng.exp(hold), tick(t), p.to_string()));
+        // Departures after the last arrival are still to come when the estimate is made.
+        let t = events
+            .iter()
+            .filter(|e| e.arrive)
+            .map(|e| e.time)
+            .fold(0.0, f64::max);
+        let mut arrived = std::collections::HashMap::new();
+        for e in events {
+            let p = names[e.profile];
+            if e.arrive {
+                h.arrive(p, tick(e.time), true, 4096);
+                arrived.insert(e.id, tick(e.time));
+            } else if e.time <= t {
+                h.depart(p, arrived[&e.id], tick(e.time));
+            }
         }
-        let d = h
-            .demand(&["1g.10gb", "2g.20gb", "3g.40gb"], tick(t), 2)
-            .unwrap();
+        let d = h.demand(&names, tick(t), 2).unwrap();
         assert_eq!(h.entries.len(), 4096);
         assert!((d.shares["1g.10gb"] - 0.6).abs() < 0.04, "{d:?}");
         assert!((d.load - rate * hold / 2.0).abs() < 0.2, "{d:?}");

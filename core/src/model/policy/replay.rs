@@ -375,19 +375,25 @@ mod tests {
     /// placement, reuses an instance of another profile, or refuses a request that fits.
     #[test]
     fn no_policy_ever_picks_an_impossible_placement() {
-        let mut rng = Rng::new(0x5eed);
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
         for (model, profiles) in all_models() {
-            for round in 0..3 {
-                // Up to four profiles at random, so the MDP stays small enough for a test.
-                let mut mix: Vec<(usize, f64)> = Vec::new();
-                while mix.len() < 2 + rng.below(3) {
-                    let k = rng.below(profiles.len());
-                    if !mix.iter().any(|m| m.0 == k) {
-                        mix.push((k, 0.1 + rng.f64()));
-                    }
-                }
-                let load = 1.0 + 6.0 * rng.f64();
-                let seed = rng.next_u64();
+            let n = profiles.len();
+            // Up to four profiles at random, so the MDP stays small enough for a test.
+            let mixes = (
+                prop::sample::subsequence((0..n).collect::<Vec<_>>(), 2..=n.min(4)),
+                prop::collection::vec(0.1..1.1f64, 4),
+            )
+                .prop_map(|(ks, ws)| ks.into_iter().zip(ws).collect::<Vec<_>>());
+            let cases = (mixes, 1.0..7.0f64, any::<u64>(), 0..3usize);
+            // Each case replays 15 placers and pools over 1,500 requests: three a model, as
+            // many as before proptest; a failure is kept in core/proptest-regressions/.
+            let mut runner = TestRunner::new(Config {
+                cases: 3,
+                source_file: Some(file!()),
+                ..Config::default()
+            });
+            let result = runner.run(&cases, |(mix, load, seed, round)| {
                 let events = generate(&mix, load, Holds::Hyper { scv: 4.0 }, 1500, seed);
                 for pool in [PoolKind::None, PoolKind::Naive, PoolKind::Aware] {
                     for mut placer in placers(&profiles, &mix, load) {
@@ -401,7 +407,9 @@ mod tests {
                         }
                     }
                 }
-            }
+                Ok(())
+            });
+            result.unwrap_or_else(|e| panic!("{model}: {e}"));
         }
     }
 

@@ -1,5 +1,9 @@
-//! A small, seedable PRNG (xoshiro256**, seeded through splitmix64) for traces and randomized
-//! tests, so results are reproducible from a seed without a dependency.
+//! The seeded generator behind the benchmarks' synthetic workloads (xoshiro256**, seeded
+//! through splitmix64): `replay::generate`'s traces and `benches/dra`'s choices. Tests draw
+//! their random inputs from proptest; this one stays because the published tables
+//! (docs/placement.md, docs/kubernetes.md) are reproducible from `--seed N` only while the stream
+//! is exactly this one, which no dependency's generator promises across its versions. Nothing
+//! at run time uses it.
 
 #[derive(Debug, Clone)]
 pub struct Rng {
