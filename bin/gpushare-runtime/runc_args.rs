@@ -90,14 +90,37 @@ mod tests {
         parse(&argv)
     }
 
+    /// argv as fixtures/ holds it (NUL-separated, without argv[0]).
+    fn fixture(raw: &[u8]) -> Vec<OsString> {
+        std::iter::once(&b"gpushare"[..])
+            .chain(raw.split(|&b| b == 0))
+            .map(|a| OsStr::from_bytes(a).to_os_string())
+            .collect()
+    }
+
     #[test]
     fn containerd_style_create() {
-        let a = p("--root /run/containerd/runc/k8s.io --log /x/log.json --log-format json create --bundle /b --pid-file /b/pid c1");
+        let a = parse(&fixture(include_bytes!(
+            "../../fixtures/argv/containerd-create"
+        )));
+        let task = "/run/containerd/io.containerd.runtime.v2.task/k8s.io/c1";
         assert_eq!(a.root.as_deref(), Some("/run/containerd/runc/k8s.io"));
-        assert_eq!(a.log, Some(PathBuf::from("/x/log.json")));
+        assert_eq!(a.log, Some(PathBuf::from(format!("{task}/log.json"))));
         assert!(a.log_format_json);
         assert_eq!(a.command.as_deref(), Some("create"));
-        assert_eq!(a.bundle, Some(PathBuf::from("/b")));
+        assert_eq!(a.bundle, Some(PathBuf::from(task)));
+        assert_eq!(a.container_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn docker_style_delete_with_the_own_config_flag() {
+        let argv = fixture(include_bytes!("../../fixtures/argv/docker-delete"));
+        let (runtime, own) = take_own(&argv);
+        assert_eq!(own.config, Some(PathBuf::from("/etc/gpushare/alt.toml")));
+        assert_eq!(runtime[..1], argv[..1]);
+        assert_eq!(runtime[1..], argv[2..], "only the own flag is taken off");
+        let a = parse(&runtime);
+        assert_eq!(a.command.as_deref(), Some("delete"));
         assert_eq!(a.container_id.as_deref(), Some("c1"));
     }
 

@@ -22,8 +22,13 @@ mod tests {
 
     #[test]
     fn reads_runc_and_crun_states() {
-        let runc = br#"{"ociVersion":"1.0.2","id":"c1","status":"stopped","pid":0,"bundle":"/run/b","annotations":{"gpu.profile":"1g.10gb","id":"x"}}"#;
+        let runc = include_bytes!("../../fixtures/state/runc.json");
         assert_eq!(container_id(runc), Some(&b"c1"[..]));
+        let crun = include_bytes!("../../fixtures/state/crun.json");
+        assert_eq!(container_id(crun), Some(&b"c1"[..]));
+        // An `id` nested in the annotations is not the container's.
+        let nested = br#"{"annotations":{"gpu.profile":"1g.10gb","id":"x"},"id":"c1"}"#;
+        assert_eq!(container_id(nested), Some(&b"c1"[..]));
         let spaced = b" {\n \"pid\" : -1.5e3 , \"ok\": [true, null, {\"id\": \"no\"}, []], \"id\" : \"a.b-c_d+e\" }\n";
         assert_eq!(container_id(spaced), Some(&b"a.b-c_d+e"[..]));
     }

@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn reads_the_id_of_a_runc_state() {
-        let s = br#"{"ociVersion":"1.0.2","id":"c1","status":"stopped","pid":0,"bundle":"/b","annotations":{"gpu.profile":"1g.10gb"}}"#;
+        let s = include_bytes!("../../../fixtures/state/runc.json");
         assert_eq!(container_id(s).unwrap(), "c1");
     }
 

@@ -1013,4 +1013,38 @@ mod tests {
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// The ledger and journal in fixtures/ (the fuzz targets' seeds too) are what core writes
+    /// and the entry binary appends: core writes the ledger back byte for byte, the entry
+    /// binary reads its generation off its start, and the journal's lines apply to it.
+    #[test]
+    fn the_fixture_ledger_is_what_core_writes_and_both_sides_read() {
+        let raw = include_bytes!("../../../fixtures/ledger/ledger.json");
+        let st = decode(raw).unwrap();
+        assert_eq!(
+            String::from_utf8(encode(&st, st.generation)).unwrap(),
+            std::str::from_utf8(raw).unwrap(),
+            "fixtures/ledger/ledger.json is no longer what core writes: regenerate it"
+        );
+        assert_eq!(
+            gpushare_fastpath::journal::generation(raw),
+            Some(st.generation)
+        );
+        let journal = include_bytes!("../../../fixtures/ledger/journal");
+        let mut applied = st.clone();
+        applied.apply_journal(journal);
+        assert_eq!(applied.lease_of("c1"), None, "c1's release applied");
+        let i = applied.lease_of("c2").expect("the journaled grant applied");
+        assert_eq!(
+            applied.instances[i].made.as_ref().unwrap().mig_uuid,
+            "MIG-0c9d8e7f-6a5b-5c4d-8e3f-2a1b0c9d8e7f"
+        );
+        for (id, held) in [("c1", false), ("c2", true), ("c3", false)] {
+            assert_eq!(
+                gpushare_fastpath::journal::may_hold(raw, journal, id.as_bytes()),
+                held,
+                "{id}"
+            );
+        }
+    }
 }

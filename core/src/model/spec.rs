@@ -371,12 +371,26 @@ mod tests {
     }
 
     /// The edited spec still reads as a typed OCI runtime spec, with the grant where runc
-    /// looks for it.
+    /// looks for it: oci-spec-rs's default spec, and the specs Docker and containerd's CRI
+    /// plugin write.
     #[test]
     fn edited_spec_is_a_valid_oci_spec() {
-        let mut s = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
-        apply(&mut s, &edit(), Path::new("c")).unwrap();
-        let typed: oci_spec::runtime::Spec = serde_json::from_value(s).unwrap();
+        let engines: [&[u8]; 2] = [
+            include_bytes!("../../../fixtures/spec/docker.json"),
+            include_bytes!("../../../fixtures/spec/kubernetes.json"),
+        ];
+        let specs = engines
+            .iter()
+            .map(|raw| serde_json::from_slice(raw).unwrap())
+            .chain([serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap()]);
+        for mut s in specs {
+            serde_json::from_value::<oci_spec::runtime::Spec>(s.clone()).expect("a valid spec");
+            apply(&mut s, &edit(), Path::new("c")).unwrap();
+            assert_is_granted(serde_json::from_value(s).unwrap());
+        }
+    }
+
+    fn assert_is_granted(typed: oci_spec::runtime::Spec) {
         let linux = typed.linux().as_ref().unwrap();
         let dev = &linux.devices().as_ref().unwrap()[0];
         assert_eq!((dev.major(), dev.minor()), (195, 0));

@@ -436,6 +436,43 @@ mod tests {
         out
     }
 
+    /// The engines' specs in fixtures/: Docker's the entry binary edits exactly as the full
+    /// wrapper does; a Kubernetes container's (pod annotations, `gpu.containers`) it leaves to
+    /// the full wrapper, which selects the container.
+    #[test]
+    fn the_entry_binary_edits_dockers_spec_and_leaves_kubernetes_to_the_full_wrapper() {
+        let (own, common, hook) = edits();
+        let mut text = header(7, "-", &common, &hook).unwrap();
+        assert!(offer(
+            &mut text,
+            None,
+            "1g.10gb",
+            "MIG-abc",
+            "/proc/x/access",
+            &own
+        ));
+        text.push_str("end\n");
+        let offers = front_offers::parse(text.as_bytes()).unwrap();
+        let offer = offers.offer(None, b"1g.10gb").unwrap();
+        let mut whole = own.clone();
+        whole.extend(common.clone());
+        whole.poststop = Some(hook.clone());
+
+        let docker = include_bytes!("../../../fixtures/spec/docker.json");
+        assert_eq!(splice::plain_profile(docker), Some(&b"1g.10gb"[..]));
+        let plan = splice::plan(docker, &offers, &offer).expect("a plain Docker spec");
+        let mut buf = vec![0u8; splice::room(docker, text.as_bytes())];
+        let mut out = splice::Out::new(&mut buf);
+        splice::write(docker, &plan, &offers, &offer, &mut out).unwrap();
+        let got: Value = serde_json::from_slice(out.bytes()).unwrap();
+        let mut want: Value = serde_json::from_slice(docker).unwrap();
+        crate::spec::apply(&mut want, &whole, Path::new("config.json")).unwrap();
+        assert_eq!(got, want);
+
+        let kube = include_bytes!("../../../fixtures/spec/kubernetes.json");
+        assert_eq!(splice::plain_profile(kube), None);
+    }
+
     #[test]
     fn the_entry_binarys_edit_is_the_full_wrappers_edit() {
         let (own, common, hook) = edits();

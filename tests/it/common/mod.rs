@@ -258,29 +258,11 @@ impl Bundle {
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
-        let spec = json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": ["/bin/sh", "-c", script],
-                "env": env_list,
-                "cwd": "/",
-                "noNewPrivileges": true
-            },
-            "root": {"path": "rootfs", "readonly": false},
-            "hostname": "gpushare-test",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
-            ],
-            "annotations": ann,
-            "linux": {
-                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-            }
-        });
+        let mut spec: Value =
+            serde_json::from_str(include_str!("../../../fixtures/spec/bundle.json")).unwrap();
+        spec["process"]["args"] = json!(["/bin/sh", "-c", script]);
+        spec["process"]["env"] = json!(env_list);
+        spec["annotations"] = Value::Object(ann);
         std::fs::write(
             dir.path().join("config.json"),
             serde_json::to_vec_pretty(&spec).unwrap(),
@@ -462,10 +444,11 @@ pub fn with_stdin(c: &mut Command, input: &[u8]) -> std::process::Output {
 
 /// The state runc gives a poststop hook on stdin for a stopped 1g.10gb container.
 pub fn state_of(id: &str, bundle: &Bundle) -> Vec<u8> {
-    json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "pid": 0,
-           "bundle": bundle.path(), "annotations": {"gpu.profile": "1g.10gb"}})
-    .to_string()
-    .into_bytes()
+    let mut state: Value =
+        serde_json::from_str(include_str!("../../../fixtures/state/runc.json")).unwrap();
+    state["id"] = json!(id);
+    state["bundle"] = json!(bundle.path());
+    state.to_string().into_bytes()
 }
 
 impl Engine<'_> {
