@@ -77,7 +77,9 @@ pub fn capacity(p: &Profile, occupied: &[Occupied]) -> u32 {
     (taken.len() as u32).min(p.instance_count.saturating_sub(existing))
 }
 
-/// The best free placement for `target`, or None when none is free.
+/// The best free placement for `target`, or None when none is free. The reference the policy's
+/// `bestfit` scorer is tested against; nothing else calls it.
+#[cfg(test)]
 pub fn best_fit(target: &Profile, profiles: &[Profile], occupied: &[Occupied]) -> Option<Slot> {
     let mut after: Vec<Occupied> = occupied.to_vec();
     let mut best: Option<(u32, Slot)> = None;
@@ -126,7 +128,9 @@ pub fn driver_rank(start: u32) -> u32 {
         .map_or(100 + start, |i| i as u32)
 }
 
-/// The free placement NVIDIA's driver would pick with no placement given.
+/// The free placement NVIDIA's driver would pick with no placement given: the reference the
+/// `driver-order` rule is tested against.
+#[cfg(test)]
 pub fn driver_order(target: &Profile, occupied: &[Occupied]) -> Option<Slot> {
     free_placements(target, occupied)
         .into_iter()

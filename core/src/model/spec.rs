@@ -16,16 +16,6 @@ pub struct DeviceNode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid JSON: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
     #[error("{path}: `{field}` is not {expected}")]
     Shape {
         path: PathBuf,
@@ -110,18 +100,6 @@ pub struct Hook {
 
 /// Variables gpushare owns in a container's env: removed before the grant's are added.
 pub const OWNED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
-
-pub fn read(path: &Path) -> Result<(Vec<u8>, Value), SpecError> {
-    let raw = std::fs::read(path).map_err(|source| SpecError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let value = serde_json::from_slice(&raw).map_err(|source| SpecError::Parse {
-        path: path.into(),
-        source,
-    })?;
-    Ok((raw, value))
-}
 
 /// Write the edited spec durably; the engine's file is replaced whole or not at all.
 pub fn write(path: &Path, spec: &Value) -> Result<(), SpecError> {
