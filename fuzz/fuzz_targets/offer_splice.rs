@@ -6,6 +6,9 @@
 //! and no foreign driver node or rule. And on any spec at all, whenever the entry binary reads a
 //! plain request for a profile an offer could name, the full wrapper (Kubernetes selection and
 //! all, as `grant::wanted` reads a spec with the default config) reads exactly that request.
+//! And the other way, as far as the rule goes: a spec the full wrapper reads as a plain request
+//! for such a profile, written as serde_json writes it, the entry binary reads as that very
+//! request, unless it holds what the entry binary leaves to the full wrapper by design.
 #![no_main]
 use gpushare_core::spec::{self, DeviceNode, Edit, Hook, Mount, PathEnv};
 use gpushare_fastpath::splice;
@@ -124,11 +127,69 @@ fn full_wrapper_reads(data: &[u8], profile: &[u8]) {
     }
 }
 
+/// What the entry binary leaves to the full wrapper by design, whatever the request: a string
+/// that marks an env request, Kubernetes or a precreate claim anywhere; an annotation key or
+/// the profile written with an escape; a number of 1e300 or more; nesting deeper than 100.
+fn left_to_the_full_wrapper(spec: &serde_json::Value, written: &[u8]) -> bool {
+    fn deep_or_huge(v: &serde_json::Value, depth: u32) -> bool {
+        use serde_json::Value::*;
+        match v {
+            _ if depth > 100 => true,
+            Number(n) => n.as_f64().is_none_or(|f| f.abs() >= 1e300),
+            Array(a) => a.iter().any(|v| deep_or_huge(v, depth + 1)),
+            Object(o) => o.values().any(|v| deep_or_huge(v, depth + 1)),
+            _ => false,
+        }
+    }
+    let marks = [&b"GPUSHARE_"[..], b"io.kubernetes", b"gpushare.lease"];
+    let escaped = |s: &str| s.chars().any(|c| c == '"' || c == '\\' || c < ' ');
+    let escaped_key = spec["annotations"]
+        .as_object()
+        .is_some_and(|a| a.keys().any(|k| escaped(k)));
+    let escaped_profile = spec["annotations"]["gpu.profile"]
+        .as_str()
+        .is_some_and(escaped);
+    marks.iter().any(|m| written.windows(m.len()).any(|w| w == *m))
+        || escaped_key
+        || escaped_profile
+        || deep_or_huge(spec, 0)
+}
+
+/// The full wrapper's plain request for an offerable profile is one the entry binary reads too,
+/// as written in the annotation (which the full wrapper may have trimmed: the entry binary then
+/// finds no offer of that name and hands over).
+fn entry_binary_reads(data: &[u8]) {
+    let Ok(spec) = gpushare_core::strict_json::from_slice(data) else {
+        return;
+    };
+    let cfg = gpushare_core::config::Config::default();
+    let Ok(Some(gpushare_core::request::Request::Mig {
+        profile,
+        device: None,
+    })) = gpushare_core::grant::wanted(&cfg, &spec)
+    else {
+        return;
+    };
+    let written = serde_json::to_vec(&spec).unwrap();
+    let Some(raw) = spec["annotations"]["gpu.profile"].as_str() else {
+        return; // not an annotation: an env request, which the entry binary never reads
+    };
+    if !offerable(profile.as_bytes()) || left_to_the_full_wrapper(&spec, &written) {
+        return;
+    }
+    assert_eq!(
+        splice::plain_profile(&written),
+        Some(raw.as_bytes()),
+        "the entry binary does not read the full wrapper's plain request"
+    );
+}
+
 fuzz_target!(|data: &[u8]| {
     let (own, common, hook, text) = edits();
     if let Some(p) = splice::plain_profile(data).filter(|p| offerable(p)) {
         full_wrapper_reads(data, p);
     }
+    entry_binary_reads(data);
     let o = offers::parse(text.as_bytes()).unwrap();
     let offer = o.offer(None, b"1g.10gb").unwrap();
     let Ok(plan) = splice::plan(data, &o, &offer) else {

@@ -1,0 +1,66 @@
+//! The entry binary's reading of the ledger and its journal (fastpath/src/journal.rs), which
+//! decides with no parser whether `delete`, `exec` and the poststop hook may skip the full
+//! wrapper, against core's reading of the same files (`ledger::snapshot`: serde, then the
+//! journal applied). Input: ledger, journal and a container id, separated by NUL bytes.
+//! For every ledger core accepts, written back as core writes it: the entry binary reads its
+//! generation, and whenever core's view of it (journal applied) holds anything of the id, the
+//! entry binary's `may_hold` says it may (a false "maybe" only costs a locked look).
+#![no_main]
+use gpushare_core::ledger::{self, LedgerState};
+use gpushare_fastpath::{config, journal};
+use libfuzzer_sys::fuzz_target;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// A state directory of this process's own (root-only, as core requires).
+fn dir() -> &'static PathBuf {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("gpushare-fuzz-ledger-{}", std::process::id()));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&d);
+        d
+    })
+}
+
+fn holds(st: &LedgerState, id: &str) -> bool {
+    let of = |l: &ledger::Lease| l.container_id == id;
+    st.instances.iter().any(|r| r.lease.as_ref().is_some_and(of))
+        || st.shares.iter().any(|s| of(&s.lease))
+        || st.mps.iter().any(|d| d.clients.iter().any(|c| of(&c.lease)))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let (raw, journal_bytes, id) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let Ok(mut st) = serde_json::from_slice::<LedgerState>(raw) else {
+        return;
+    };
+    // What core writes: its format, and fields in its order (history is not written).
+    st.format = 1;
+    let written = serde_json::to_vec(&st).expect("a ledger serializes");
+    assert_eq!(
+        journal::generation(&written),
+        Some(st.generation),
+        "the entry binary reads another generation"
+    );
+    let Ok(id) = std::str::from_utf8(id) else {
+        return;
+    };
+    let d = dir();
+    let ledger_file = d.join(std::str::from_utf8(config::LEDGER_FILE).unwrap());
+    let journal_file = d.join(std::str::from_utf8(journal::FILE).unwrap());
+    std::fs::write(&ledger_file, &written).unwrap();
+    std::fs::write(&journal_file, journal_bytes).unwrap();
+    let core = ledger::snapshot(d).expect("core reads what it wrote");
+    if holds(&core, id) {
+        assert!(
+            journal::may_hold(&written, journal_bytes, id.as_bytes()),
+            "core's ledger holds {id:?}, the entry binary would skip it"
+        );
+    }
+});
