@@ -7,7 +7,7 @@
 //! entry binary's `may_hold` says it may (a false "maybe" only costs a locked look).
 #![no_main]
 use gpushare_core::ledger::{self, LedgerState};
-use gpushare_fastpath::{config, journal};
+use gpushare_state::{journal, ledger as ledger_file};
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -25,9 +25,14 @@ fn dir() -> &'static PathBuf {
 
 fn holds(st: &LedgerState, id: &str) -> bool {
     let of = |l: &ledger::Lease| l.container_id == id;
-    st.instances.iter().any(|r| r.lease.as_ref().is_some_and(of))
+    st.instances
+        .iter()
+        .any(|r| r.lease.as_ref().is_some_and(of))
         || st.shares.iter().any(|s| of(&s.lease))
-        || st.mps.iter().any(|d| d.clients.iter().any(|c| of(&c.lease)))
+        || st
+            .mps
+            .iter()
+            .any(|d| d.clients.iter().any(|c| of(&c.lease)))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -44,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     st.format = 1;
     let written = serde_json::to_vec(&st).expect("a ledger serializes");
     assert_eq!(
-        journal::generation(&written),
+        ledger_file::generation(&written),
         Some(st.generation),
         "the entry binary reads another generation"
     );
@@ -52,8 +57,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let d = dir();
-    let ledger_file = d.join(std::str::from_utf8(config::LEDGER_FILE).unwrap());
-    let journal_file = d.join(std::str::from_utf8(journal::FILE).unwrap());
+    let ledger_file = d.join(ledger_file::NAME);
+    let journal_file = d.join(journal::NAME);
     std::fs::write(&ledger_file, &written).unwrap();
     std::fs::write(&journal_file, journal_bytes).unwrap();
     let core = ledger::snapshot(d).expect("core reads what it wrote");

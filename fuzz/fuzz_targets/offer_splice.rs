@@ -149,7 +149,9 @@ fn left_to_the_full_wrapper(spec: &serde_json::Value, written: &[u8]) -> bool {
     let escaped_profile = spec["annotations"]["gpu.profile"]
         .as_str()
         .is_some_and(escaped);
-    marks.iter().any(|m| written.windows(m.len()).any(|w| w == *m))
+    marks
+        .iter()
+        .any(|m| written.windows(m.len()).any(|w| w == *m))
         || escaped_key
         || escaped_profile
         || deep_or_huge(spec, 0)

@@ -1020,16 +1020,13 @@ mod tests {
     #[test]
     fn the_fixture_ledger_is_what_core_writes_and_both_sides_read() {
         let raw = include_bytes!("../../../fixtures/ledger/ledger.json");
-        let st = decode(raw).unwrap();
+        let st = decode(Path::new("fixtures/ledger/ledger.json"), raw).unwrap();
         assert_eq!(
             String::from_utf8(encode(&st, st.generation)).unwrap(),
             std::str::from_utf8(raw).unwrap(),
             "fixtures/ledger/ledger.json is no longer what core writes: regenerate it"
         );
-        assert_eq!(
-            gpushare_fastpath::journal::generation(raw),
-            Some(st.generation)
-        );
+        assert_eq!(gpushare_state::ledger::generation(raw), Some(st.generation));
         let journal = include_bytes!("../../../fixtures/ledger/journal");
         let mut applied = st.clone();
         applied.apply_journal(journal);
@@ -1041,7 +1038,7 @@ mod tests {
         );
         for (id, held) in [("c1", false), ("c2", true), ("c3", false)] {
             assert_eq!(
-                gpushare_fastpath::journal::may_hold(raw, journal, id.as_bytes()),
+                gpushare_state::journal::may_hold(raw, journal, id.as_bytes()),
                 held,
                 "{id}"
             );

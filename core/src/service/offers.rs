@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn the_entry_binary_edits_dockers_spec_and_leaves_kubernetes_to_the_full_wrapper() {
         let (own, common, hook) = edits();
-        let mut text = header(7, "-", &common, &hook).unwrap();
+        let mut text = header(7, None, &common, &hook).unwrap();
         assert!(offer(
             &mut text,
             None,
