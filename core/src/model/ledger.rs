@@ -402,7 +402,9 @@ impl Ledger {
 }
 
 /// The ledger as written: the header, then the body with profile tables once per GPU model.
-fn encode(state: &LedgerState, generation: u64) -> Vec<u8> {
+/// The ledger's bytes as core writes them (header by `gpushare_state::ledger`, body by serde):
+/// public for the fuzz target that holds the entry binary's scans to them.
+pub fn encode(state: &LedgerState, generation: u64) -> Vec<u8> {
     let mut state = state.clone();
     state.profile_tables.clear();
     for g in &mut state.gpus {
