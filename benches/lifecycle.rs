@@ -113,7 +113,7 @@ fn overhead(iterations: usize) {
     assert!(node.sim(&["latency", "measured"]).status.success());
     let engine = Engine::new(&node, Runtime::Runc);
     let runc = Runtime::Runc.path();
-    let shim = PathBuf::from(SHIM);
+    let shim = PathBuf::from(ENTRY);
     println!("## create+start+delete, gpushare vs bare runc ({iterations} iterations each, alternating)\n");
     println!("| case | bare runc median (ms) | gpushare median (ms) | ratio of medians | bare mean | gpushare mean | target | median step, bare / gpushare (ms): create, start, delete |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -250,7 +250,7 @@ fn concurrency(rounds: usize) {
     let stub = stub_runtime();
     node.configure(&format!("runtime = {:?}", stub.display().to_string()));
     let root = TempDir::new("rtroot");
-    let shim = PathBuf::from(SHIM);
+    let shim = PathBuf::from(ENTRY);
     let bundles: Vec<Bundle> = (0..64)
         .map(|_| Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]))
         .collect();
@@ -425,7 +425,7 @@ fn placement_tables(node: &SimNode) -> Vec<(String, u64, std::time::SystemTime)>
 
 fn cold(count: usize) {
     let stub = stub_runtime();
-    let shim = PathBuf::from(SHIM);
+    let shim = PathBuf::from(ENTRY);
     // The simulated driver's charges for one cold grant on a 1-GPU node (sim/src/latency.rs):
     // init 11, first handle 7, MIG mode 0.5 per GPU, GI create 1000, CI create 200, shutdown 3.
     let charged_ms = 11.0 + 7.0 + 0.5 + 1000.0 + 200.0 + 3.0;
@@ -561,7 +561,7 @@ impl Scaled {
     fn gpushare(&self, args: &[&str]) -> Duration {
         let t = Instant::now();
         let st = quiet(
-            Command::new(SHIM)
+            Command::new(ENTRY)
                 .env("GPUSHARE_CONFIG", self.node.config())
                 .arg("--root")
                 .arg(self.root.path())

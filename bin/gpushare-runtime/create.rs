@@ -108,14 +108,14 @@ pub fn run(
             return Err(CreateError::AskedWithEnv { source, vars });
         }
     };
-    failpoint!("shim.granted");
+    failpoint!("runtime.granted");
     if let Err(e) = spec::write(&config_path, &spec) {
         if granted.fresh {
             super::release_quietly(cfg, id);
         }
         return Err(e.into());
     }
-    failpoint!("shim.spec_written");
+    failpoint!("runtime.spec_written");
     tracing::info!(container = id, uuid = %granted.uuid, warm = granted.warm, "granted");
     // Only now: a child started earlier (an MPS daemon) must not hold the claim for its life.
     if let Err(source) = claim.keep_across_exec() {

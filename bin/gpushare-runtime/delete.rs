@@ -121,7 +121,7 @@ fn release_if_gone(cfg: &Config, runtime: &Path, args: &RuncArgs, code: i32) {
             .runtime_root(runtime)
             .is_some_and(|root| !Path::new(&root).join(id).exists());
     if gone {
-        failpoint!("shim.deleted");
+        failpoint!("runtime.deleted");
         // poststop is best effort (runc skips it when its state is gone): release here too.
         super::release_quietly(cfg, id);
     }

@@ -207,7 +207,7 @@ fn a_runtime_that_cannot_run_gives_the_slice_back() {
     node.configure(&format!("runtime = {:?}", runtime.display().to_string()));
     let bundle = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     let before = bundle.config_bytes();
-    let out = run(std::process::Command::new(SHIM)
+    let out = run(std::process::Command::new(ENTRY)
         .env("GPUSHARE_CONFIG", node.config())
         .args(["create", "--bundle"])
         .arg(bundle.path())

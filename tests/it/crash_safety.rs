@@ -36,19 +36,19 @@ const SCENARIOS: &[(&str, Setup)] = &[
     ("nvml.create.gi_made", Setup::Cold),
     ("alloc.cold.made", Setup::Cold),
     ("alloc.cold.saved", Setup::Cold),
-    ("shim.granted", Setup::Cold),
-    ("shim.spec_written", Setup::Cold),
+    ("runtime.granted", Setup::Cold),
+    ("runtime.spec_written", Setup::Cold),
     ("alloc.warm.before_save", Setup::Warm),
     ("alloc.warm.saved", Setup::Warm),
     // The warm setup's container was released by its hook's journal line, which this grant
     // folds into the ledger: killed after the ledger's write, before the journal is emptied.
     ("ledger.save.before_journal_emptied", Setup::Warm),
-    ("shim.spec_written", Setup::Warm),
+    ("runtime.spec_written", Setup::Warm),
     ("alloc.cold.victims_destroyed", Setup::Victim),
     ("nvml.destroy.cis_gone", Setup::Victim),
     ("release.locked", Setup::Release),
     ("release.saved", Setup::Release),
-    ("shim.deleted", Setup::Release),
+    ("runtime.deleted", Setup::Release),
     ("gc.leftover.before_destroy", Setup::Gc),
     ("gc.before_release", Setup::GcRelease),
     ("alloc.cold.logged", Setup::Cold),
@@ -183,7 +183,7 @@ fn set_up(engine: &Engine, setup: Setup) {
         }
         Setup::GcRelease => {
             let b = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
-            let st = create_with(engine, &b, &unique("orphan"), Some("shim.spec_written"));
+            let st = create_with(engine, &b, &unique("orphan"), Some("runtime.spec_written"));
             assert!(killed(st), "setting up an orphaned lease");
         }
         Setup::GcLogged => {
@@ -232,7 +232,7 @@ fn crash(node: &SimNode, engine: &Engine, point: &str, setup: Setup) -> String {
             let out = engine.create(&b, &id);
             assert!(out.status.success(), "create: {}", text(&out.stderr));
             engine.start_and_wait(&b, &id);
-            if point == "shim.deleted" {
+            if point == "runtime.deleted" {
                 // The wrapper releases after the runtime's delete only when the poststop hook
                 // did not: make the runtime skip it (as runc does when its state is gone).
                 drop_hooks_from_runc_state(engine, &id);

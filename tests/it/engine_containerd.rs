@@ -113,7 +113,7 @@ fn containerd_loads_the_shipped_cri_runtime_entry() {
         .arg("--config")
         .arg(config)
         .args(["config", "dump"]));
-    assert_dump_has_gpushare_runtime(&out, SHIM);
+    assert_dump_has_gpushare_runtime(&out, ENTRY);
 }
 
 /// `ctr task exec` hands the runtime a process built from containerd's own container spec
@@ -130,7 +130,7 @@ fn ctr_task_exec_sees_the_slice() {
         "-d",
         "--rootfs",
         "--runc-binary",
-        SHIM,
+        ENTRY,
         "--annotation",
         "gpu.profile=1g.10gb",
         &rootfs,

@@ -21,7 +21,7 @@ fn crio_dropin_declares_the_gpushare_runtime_handler() {
     let handler = t["crio"]["runtime"]["runtimes"]["gpushare"]
         .as_table()
         .expect("[crio.runtime.runtimes.gpushare]");
-    assert_eq!(handler["runtime_path"].as_str(), Some(SHIM));
+    assert_eq!(handler["runtime_path"].as_str(), Some(ENTRY));
     assert_eq!(handler["runtime_type"].as_str(), Some("oci"));
     // Only keys CRI-O knows for a handler: it refuses to start on unknown ones.
     let known = [

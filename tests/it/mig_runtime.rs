@@ -380,7 +380,7 @@ fn runc_poststop_hook_releases() {
 /// specs runs it (it waits briefly, then hands over to the full hook).
 #[test]
 fn poststop_hook_is_bounded_while_the_ledger_is_busy() {
-    for program in [HOOK, SHIM] {
+    for program in [HOOK, ENTRY] {
         let node = SimNode::new("h100-80gb", 1, true);
         node.configure("[pool]\nhook_lock_timeout_ms = 300\n");
         let cfg = node.cfg();

@@ -292,7 +292,7 @@ fn nvidia_container_runtime_mode_hands_gpu_containers_over() {
 
     let run = |bundle: &Bundle, id: &str| {
         let out = std::fs::File::create(bundle.path().join("stdout")).unwrap();
-        let st = std::process::Command::new(SHIM)
+        let st = std::process::Command::new(ENTRY)
             .env("GPUSHARE_CONFIG", node.config())
             .env("PATH", &path)
             .arg("--root")

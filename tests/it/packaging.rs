@@ -158,7 +158,7 @@ fn containerd_2x_entry_names_the_cri_runtime_plugin() {
     assert_eq!(t["version"].as_integer(), Some(3));
     let rt = &t["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["gpushare"];
     assert_eq!(rt["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
-    assert_eq!(rt["options"]["BinaryName"].as_str(), Some(SHIM));
+    assert_eq!(rt["options"]["BinaryName"].as_str(), Some(ENTRY));
     for k in ["pod_annotations", "container_annotations"] {
         assert_eq!(rt[k].as_array().unwrap()[0].as_str(), Some("gpu.*"), "{k}");
     }

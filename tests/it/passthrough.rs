@@ -173,7 +173,7 @@ fn the_entry_binary_and_the_full_wrapper_agree() {
         ];
         for (steps, cwd, no_sigchld) in cases {
             let mut seen = Vec::new();
-            for binary in [SHIM, FULL] {
+            for binary in [ENTRY, FULL] {
                 // Each binary starts from the engine's specs: one gpushare edited for a lease
                 // since released carries capability nodes that may be another tenant's by now,
                 // and is refused (policy.allow_foreign_devices). And from no offers, so that
@@ -310,7 +310,7 @@ fn every_command_reaches_the_runtime_verbatim() {
         &["ps", "c1"],
         &["ps", "--format", "json", "c1", "--", "-o", "pid, comm"],
     ];
-    for bin in [SHIM, FULL] {
+    for bin in [ENTRY, FULL] {
         for (i, cmd) in commands.iter().enumerate() {
             for (with_global, ending) in [(false, "0"), (true, "3"), (true, "sigTERM")] {
                 let mut args: Vec<String> = Vec::new();
@@ -359,7 +359,7 @@ fn delete_of_a_leased_container_keeps_argv_and_exit_code() {
     let root = dir.path().join("state root");
     let gpu = Bundle::new("true", &[("gpu.profile", "1g.10gb")], &[]);
     let engine_spec = gpu.config_bytes();
-    for bin in [SHIM, FULL] {
+    for bin in [ENTRY, FULL] {
         let id = unique("held");
         std::fs::write(dir.path().join("ending"), "0").unwrap();
         let create: Vec<String> = ["--root", root.to_str().unwrap(), "create", "--bundle"]
@@ -428,7 +428,7 @@ fn exec_and_run_reach_the_runtime_verbatim() {
         "held",
     ]);
     std::fs::write(dir.path().join("ending"), "0").unwrap();
-    let out = run_with_stdin(SHIM, &node.config(), &run_args, b"");
+    let out = run_with_stdin(ENTRY, &node.config(), &run_args, b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(recorded_argv(dir.path(), "run"), run_args, "run: argv");
     assert!(node.ledger().lease_of("held").is_some(), "run granted");
@@ -458,7 +458,7 @@ fn exec_and_run_reach_the_runtime_verbatim() {
         ]),
         sv(&["exec", "plain", "nvidia-smi", "--env", "x"]),
     ];
-    for bin in [SHIM, FULL] {
+    for bin in [ENTRY, FULL] {
         for (i, cmd) in commands.iter().enumerate() {
             std::fs::write(dir.path().join("ending"), "5").unwrap();
             let input = format!("exec stdin {i}");
@@ -488,7 +488,7 @@ fn exec_and_run_reach_the_runtime_verbatim() {
     )
     .unwrap();
     let exec = sv(&["exec", "--preserve-fds", "7", "--process", &pf, "held"]);
-    let out = run_with_stdin(SHIM, &node.config(), &exec, b"");
+    let out = run_with_stdin(ENTRY, &node.config(), &exec, b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let copy: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("copy")).unwrap()).unwrap();

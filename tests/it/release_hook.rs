@@ -65,7 +65,7 @@ fn a_plain_release_is_one_journal_line_and_so_is_the_next_warm_grant() {
     let b = leased(&engine, &id);
     let spec = b.config();
     let hook = &spec["hooks"]["poststop"][0];
-    assert_eq!(hook["path"], SHIM, "the entry binary is the hook: {hook}");
+    assert_eq!(hook["path"], ENTRY, "the entry binary is the hook: {hook}");
     assert_eq!(hook["args"][0], "gpushare-hook");
 
     let out = run_hook(&spec, &state_of(&id, &b));
@@ -216,7 +216,7 @@ fn what_is_not_plain_goes_to_the_full_hook_with_the_state_it_read() {
     bare_delete(&engine, &id);
 
     // A command the entry hook does not know: the full hook's answer, exit code included.
-    let out = Command::new(SHIM)
+    let out = Command::new(ENTRY)
         .arg0("gpushare-hook")
         .arg("prestart")
         .stdin(Stdio::null())

@@ -176,7 +176,7 @@ fn the_journal_stays_short_and_every_grant_is_counted() {
     for i in 0..cycles {
         std::fs::write(b.path().join("config.json"), &engine_spec).unwrap();
         let id = format!("cycle-{i}");
-        let out = run(Command::new(SHIM)
+        let out = run(Command::new(ENTRY)
             .env("GPUSHARE_CONFIG", node.config())
             .args(["create", "--bundle"])
             .arg(b.path())

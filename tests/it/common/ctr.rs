@@ -47,7 +47,7 @@ impl Containerd {
     /// gpushare as this host has it installed.
     pub fn shim(&self) -> &'static str {
         match self.host {
-            Host::Here(_) => SHIM,
+            Host::Here(_) => ENTRY,
             Host::Trixie(_) => "/usr/bin/gpushare",
         }
     }

@@ -16,7 +16,7 @@ pub fn packaging_file(rel: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("packaging").join(rel))
         .unwrap_or_else(|e| panic!("packaging/{rel}: {e}"));
     text.replace("/usr/bin/gpushare-hook", HOOK)
-        .replace("/usr/bin/gpushare", SHIM)
+        .replace("/usr/bin/gpushare", ENTRY)
 }
 
 /// A scratch directory directly under /tmp, removed on drop: daemons put unix sockets below

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub const SHIM: &str = env!("CARGO_BIN_EXE_gpushare");
+pub const ENTRY: &str = env!("CARGO_BIN_EXE_gpushare");
 /// The full wrapper `gpushare` hands GPU work (and anything it is unsure of) to.
 pub const FULL: &str = env!("CARGO_BIN_EXE_gpushare-runtime");
 pub const HOOK: &str = env!("CARGO_BIN_EXE_gpushare-hook");
@@ -317,7 +317,7 @@ impl<'n> Engine<'n> {
 
     /// `gpushare --root R <args>` with the node's config in the environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(SHIM);
+        let mut c = Command::new(ENTRY);
         c.env("GPUSHARE_CONFIG", self.node.config())
             .arg("--root")
             .arg(self.root.path())

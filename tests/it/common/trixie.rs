@@ -87,7 +87,7 @@ impl Trixie {
             binds.push(format!("{}={}", p.display(), p.display()));
         }
         for (bin, name) in [
-            (SHIM, "gpushare"),
+            (ENTRY, "gpushare"),
             (FULL, "gpushare-runtime"),
             (HOOK, "gpushare-hook"),
             (CTL, "gpusharectl"),
