@@ -19,6 +19,20 @@ impl Args {
             None => Ok(d),
         }
     }
+    /// A comma-separated list (`--mixes a,b,c`).
+    pub fn list<'a>(&'a self, k: &str, d: &'a str) -> Vec<&'a str> {
+        self.or(k, d).split(',').collect()
+    }
+    /// A comma-separated list of numbers (`--loads 0.6,0.9`).
+    pub fn nums<T: std::str::FromStr>(&self, k: &str, d: &str) -> Result<Vec<T>, String> {
+        self.list(k, d)
+            .into_iter()
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("--{k} {v:?} is not a number"))
+            })
+            .collect()
+    }
 }
 
 pub fn parse_args(raw: &[String]) -> Result<Args, String> {

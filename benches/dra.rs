@@ -531,20 +531,12 @@ fn run(a: &Args) -> Result<(), String> {
 
 fn grid(a: &Args) -> Result<(), String> {
     let s = setup(a)?;
-    let mixes: Vec<String> = a
-        .or("mixes", "a,b,c")
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let loads: Vec<f64> = a
-        .or("loads", "0.6,0.9,1.2")
-        .split(',')
-        .map(|v| v.parse().map_err(|_| format!("load {v:?}")))
-        .collect::<Result<_, _>>()?;
+    let mixes = a.list("mixes", "a,b,c");
+    let loads: Vec<f64> = a.nums("loads", "0.6,0.9,1.2")?;
     let mut cells: Vec<(String, f64)> = Vec::new();
     for m in &mixes {
         for &l in &loads {
-            cells.push((m.clone(), l));
+            cells.push((m.to_string(), l));
         }
     }
     let jobs: usize = a.num("jobs", 2)?;

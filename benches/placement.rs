@@ -180,26 +180,14 @@ fn grid(a: &Args) -> Result<(), String> {
     let count: usize = a.num("count", 200_000)?;
     let seed: u64 = a.num("seed", 1)?;
     let h = holds(a)?;
-    let mixes: Vec<String> = a
-        .or("mixes", "a,b,c")
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let loads: Vec<f64> = a
-        .or("loads", "0.6,0.9,1.2")
-        .split(',')
-        .map(|s| s.parse().map_err(|_| format!("load {s:?}")))
-        .collect::<Result<_, _>>()?;
-    let tols: Vec<f64> = a
-        .or("tolerances", "0")
-        .split(',')
-        .map(|s| s.parse().map_err(|_| format!("tolerance {s:?}")))
-        .collect::<Result<_, _>>()?;
+    let mixes = a.list("mixes", "a,b,c");
+    let loads: Vec<f64> = a.nums("loads", "0.6,0.9,1.2")?;
+    let tols: Vec<f64> = a.nums("tolerances", "0")?;
     let jobs: usize = a.num("jobs", 2)?;
     let mut cells: Vec<(usize, String, f64)> = Vec::new();
     for m in &mixes {
         for &l in &loads {
-            cells.push((cells.len(), m.clone(), l));
+            cells.push((cells.len(), m.to_string(), l));
         }
     }
     let started = Instant::now();
