@@ -1,6 +1,7 @@
 //! One line of the log an engine gives runc with `--log`: JSON with `--log-format json` (what
-//! containerd and Docker ask for), else logrus's text form, as `gpushare-core`'s `runc_log`
-//! writes its errors. Built in the caller's buffer: the entry binary has no allocator.
+//! containerd and Docker ask for), else logrus's text form. The one writer of that format: the
+//! entry binary's hand-over lines and the full wrapper's errors (bin/gpushare-runtime/runc_log.rs)
+//! both come from here. Built in the caller's buffer: the entry binary has no allocator.
 
 /// How much a person should care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,6 +10,8 @@ pub enum Level {
     Info,
     /// Something to look at (a state file that cannot be read or written).
     Warning,
+    /// The command failed: the line engines show their user.
+    Error,
 }
 
 impl Level {
@@ -16,6 +19,7 @@ impl Level {
         match self {
             Level::Info => b"info",
             Level::Warning => b"warning",
+            Level::Error => b"error",
         }
     }
 }
