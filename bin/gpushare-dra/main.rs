@@ -1,0 +1,2 @@
+//! `gpushare-dra`: the kubelet plugin (docs/kubernetes.md).
+fn main() {}
