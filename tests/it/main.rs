@@ -11,6 +11,7 @@ mod bad_requests;
 mod claims;
 mod crash_safety;
 mod docs;
+mod dra_cri;
 mod engine_containerd;
 mod engine_crio;
 mod engine_docker;

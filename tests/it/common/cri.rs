@@ -13,8 +13,8 @@ use crate::common::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
+    CdiDevice, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
@@ -174,12 +174,27 @@ pub fn containerd_config(d: &Path, sock: &Path) -> String {
 
 /// [`containerd_config`] around `shipped`, the drop-in's text.
 pub fn containerd_config_with(d: &Path, sock: &Path, shipped: &str) -> String {
+    containerd_config_cri(d, sock, shipped, "")
+}
+
+/// The CRI plugin's settings that turn on CDI (containerd 1.7; kubelet's DRA hands containers
+/// CDI ids, which containerd resolves from the specs in `spec_dir`).
+pub fn cdi_settings(spec_dir: &Path) -> String {
+    format!(
+        "  enable_cdi = true\n  cdi_spec_dirs = [{:?}]\n",
+        spec_dir.display().to_string()
+    )
+}
+
+/// [`containerd_config_with`], with `cri_extra` (lines of `key = value`) in the CRI plugin's
+/// table.
+pub fn containerd_config_cri(d: &Path, sock: &Path, shipped: &str, cri_extra: &str) -> String {
     format!(
         "root = {root:?}\nstate = {state:?}\n\n{shipped}\n\
          [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n\n\
          [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {pause:?}\n\
          # The sandbox asks for oom_score_adj -998, which a nested machine may not lower to.\n  \
-         restrict_oom_score_adj = true\n\
+         restrict_oom_score_adj = true\n{cri_extra}\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n",
         root = d.join("root").display().to_string(),
         state = d.join("state").display().to_string(),
@@ -242,6 +257,17 @@ impl Cri {
 
     /// The same, with the containerd `which` names.
     pub fn start_on(node: &SimNode, which: Containerd) -> Cri {
+        Cri::start_configured(node, which, None)
+    }
+
+    /// Trixie's containerd 1.7 with CDI enabled in its CRI plugin, reading CDI specs from
+    /// `spec_dir` (seen at the same path inside the trixie namespace, so that what a kubelet
+    /// plugin writes there outside is what containerd reads). containerd 1.6 has no CDI.
+    pub fn start_cdi(node: &SimNode, spec_dir: &Path) -> Cri {
+        Cri::start_configured(node, Containerd::Trixie, Some(spec_dir))
+    }
+
+    fn start_configured(node: &SimNode, which: Containerd, cdi_dir: Option<&Path>) -> Cri {
         require_root();
         let runc = match which {
             Containerd::Host => Runtime::Runc.path().display().to_string(),
@@ -261,9 +287,12 @@ impl Cri {
                     repo_root().join("packaging/containerd/gpushare-v2.toml"),
                 )
                 .unwrap();
+                let cri_extra = cdi_dir.map(cdi_settings).unwrap_or_default();
+                let mut shared = vec![d.as_path()];
+                shared.extend(cdi_dir);
                 (
-                    containerd_config_with(&d, &sock, &shipped),
-                    Some(Trixie::enter_sharing(node, &[&d])),
+                    containerd_config_cri(&d, &sock, &shipped, &cri_extra),
+                    Some(Trixie::enter_sharing(node, &shared)),
                 )
             }
         };
@@ -454,7 +483,26 @@ impl Cri {
         name: &str,
         script: &str,
     ) -> Result<String, tonic::Status> {
+        self.create_container_cdi(pod, name, script, &[])
+    }
+
+    /// [`Cri::create_container`] with fully qualified CDI device names in the ContainerConfig's
+    /// `CDI_devices`, as kubelet (1.28 on) passes what a DRA driver's NodePrepareResources
+    /// returned for the pod's claims.
+    pub fn create_container_cdi(
+        &self,
+        pod: &Pod,
+        name: &str,
+        script: &str,
+        cdi_devices: &[&str],
+    ) -> Result<String, tonic::Status> {
         let config = ContainerConfig {
+            cdi_devices: cdi_devices
+                .iter()
+                .map(|d| CdiDevice {
+                    name: d.to_string(),
+                })
+                .collect(),
             metadata: Some(ContainerMetadata {
                 name: name.to_string(),
                 attempt: 0,
@@ -506,6 +554,19 @@ impl Cri {
         script: &str,
     ) -> Result<String, tonic::Status> {
         let id = self.create_container(pod, name, script)?;
+        self.start_container(&id)?;
+        Ok(id)
+    }
+
+    /// [`Cri::run_container`] with CDI devices ([`Cri::create_container_cdi`]).
+    pub fn run_container_cdi(
+        &self,
+        pod: &Pod,
+        name: &str,
+        script: &str,
+        cdi_devices: &[&str],
+    ) -> Result<String, tonic::Status> {
+        let id = self.create_container_cdi(pod, name, script, cdi_devices)?;
         self.start_container(&id)?;
         Ok(id)
     }
