@@ -1,6 +1,7 @@
 //! Kubernetes DRA's node half with a real container runtime: Debian trixie's containerd 1.7
-//! with CDI enabled in its CRI plugin (`enable_cdi`, `cdi_spec_dirs`), driven over CRI as
-//! kubelet drives it, pods on the plain runc handler (under DRA the devices come from CDI, not
+//! with CDI enabled in its CRI plugin by the shipped drop-in (`enable_cdi`, `cdi_spec_dirs`
+//! with `/var/run/cdi`, where the test's CDI folder is seen), driven over CRI as kubelet drives
+//! it, pods on the plain runc handler (under DRA the devices come from CDI, not
 //! from gpushare's runtime), each container given the CDI ids of its pod's claims in
 //! ContainerConfig's `CDI_devices` (kubelet's way since 1.28). The CDI names follow the DRA
 //! driver's contract (docs/kubernetes.md): kind `gpushare.dev/gpu`, one spec file per claim,
@@ -98,7 +99,11 @@ fn containerd17_cri_cdi_devices_of_a_written_spec_reach_only_their_container() {
         .run_container_cdi(&pod, "app", &show_and_hold(), &[&id])
         .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", cri.daemon_log()));
     let log = cri.wait_log(&pod, "app", "READY");
-    assert_eq!(env_seen(&log, "CUDA_VISIBLE_DEVICES"), mig, "{log}");
+    assert_eq!(
+        env_seen(&log, "CUDA_VISIBLE_DEVICES"),
+        mig,
+        "the spec's env (nothing at all: CDI is off in containerd's CRI config):\n{log}"
+    );
     assert_eq!(env_seen(&log, "NVIDIA_VISIBLE_DEVICES"), mig, "{log}");
     let mut seen: Vec<(String, String)> = nodes_seen(&log)
         .into_iter()

@@ -40,7 +40,9 @@ fn containerd17_ctr_no_request_is_exactly_plain_runc() {
 }
 
 /// packaging/containerd/gpushare-v2.toml verbatim, imported by a glob as packaging/install.sh
-/// sets it up, read by containerd 1.7's own loader (`containerd config dump`).
+/// sets it up, read by containerd 1.7's own loader (`containerd config dump`): the gpushare
+/// runtime, and CDI on where DRA drivers write their specs (the import replaces config.toml's
+/// CRI section, so the drop-in carries it; tests/it/dra_cri.rs runs pods on it).
 #[test]
 fn containerd17_loads_the_shipped_v2_drop_in() {
     let node = SimNode::new("h100-80gb", 1, true);
@@ -51,4 +53,11 @@ fn containerd17_loads_the_shipped_v2_drop_in() {
     let config = config.display().to_string();
     let out = tx.run("containerd", &["--config", &config, "config", "dump"]);
     assert_dump_has_gpushare_runtime(&out, "/usr/bin/gpushare");
+    let dump = text(&out.stdout);
+    for want in [
+        "enable_cdi = true",
+        "cdi_spec_dirs = [\"/etc/cdi\", \"/var/run/cdi\"]",
+    ] {
+        assert!(dump.contains(want), "{want} missing in:\n{dump}");
+    }
 }

@@ -172,35 +172,32 @@ pub fn containerd_config(d: &Path, sock: &Path) -> String {
     containerd_config_with(d, sock, &packaging_file("containerd/gpushare-v2.toml"))
 }
 
+/// The CRI plugin's own table. The shipped 1.x drop-in has one (its CDI settings), so the
+/// node's CRI settings go into it: TOML allows a table once.
+const CRI_TABLE: &str = "[plugins.\"io.containerd.grpc.v1.cri\"]\n";
+
 /// [`containerd_config`] around `shipped`, the drop-in's text.
 pub fn containerd_config_with(d: &Path, sock: &Path, shipped: &str) -> String {
-    containerd_config_cri(d, sock, shipped, "")
-}
-
-/// The CRI plugin's settings that turn on CDI (containerd 1.7; kubelet's DRA hands containers
-/// CDI ids, which containerd resolves from the specs in `spec_dir`).
-pub fn cdi_settings(spec_dir: &Path) -> String {
-    format!(
-        "  enable_cdi = true\n  cdi_spec_dirs = [{:?}]\n",
-        spec_dir.display().to_string()
-    )
-}
-
-/// [`containerd_config_with`], with `cri_extra` (lines of `key = value`) in the CRI plugin's
-/// table.
-pub fn containerd_config_cri(d: &Path, sock: &Path, shipped: &str, cri_extra: &str) -> String {
-    format!(
-        "root = {root:?}\nstate = {state:?}\n\n{shipped}\n\
-         [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n\n\
-         [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {pause:?}\n\
+    let node_cri = format!(
+        "  sandbox_image = {PAUSE_IMAGE:?}\n\
          # The sandbox asks for oom_score_adj -998, which a nested machine may not lower to.\n  \
-         restrict_oom_score_adj = true\n{cri_extra}\
+         restrict_oom_score_adj = true\n"
+    );
+    let with_cri = match shipped.find(CRI_TABLE) {
+        Some(at) => {
+            let (head, tail) = shipped.split_at(at + CRI_TABLE.len());
+            format!("{head}{node_cri}{tail}")
+        }
+        None => format!("{shipped}\n{CRI_TABLE}{node_cri}"),
+    };
+    format!(
+        "root = {root:?}\nstate = {state:?}\n\n{with_cri}\n\
+         [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = {ttrpc:?}\n\n\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n",
         root = d.join("root").display().to_string(),
         state = d.join("state").display().to_string(),
         sock = sock.display().to_string(),
         ttrpc = format!("{}.ttrpc", sock.display()),
-        pause = PAUSE_IMAGE,
         cni_bin = d.join("cni/bin").display().to_string(),
         cni_conf = d.join("cni/conf").display().to_string(),
     )
@@ -260,9 +257,9 @@ impl Cri {
         Cri::start_configured(node, which, None)
     }
 
-    /// Trixie's containerd 1.7 with CDI enabled in its CRI plugin, reading CDI specs from
-    /// `spec_dir` (seen at the same path inside the trixie namespace, so that what a kubelet
-    /// plugin writes there outside is what containerd reads). containerd 1.6 has no CDI.
+    /// Trixie's containerd 1.7, whose CRI plugin has CDI on by the shipped drop-in, with
+    /// `spec_dir` seen at `/var/run/cdi` inside the trixie namespace: what a DRA driver writes
+    /// there from outside is what containerd resolves CDI ids from. containerd 1.6 has no CDI.
     pub fn start_cdi(node: &SimNode, spec_dir: &Path) -> Cri {
         Cri::start_configured(node, Containerd::Trixie, Some(spec_dir))
     }
@@ -287,12 +284,12 @@ impl Cri {
                     repo_root().join("packaging/containerd/gpushare-v2.toml"),
                 )
                 .unwrap();
-                let cri_extra = cdi_dir.map(cdi_settings).unwrap_or_default();
-                let mut shared = vec![d.as_path()];
-                shared.extend(cdi_dir);
+                // /var/run is a link to /run, a fresh tmpfs in the namespace.
+                let binds: Vec<(&Path, &str)> =
+                    cdi_dir.into_iter().map(|p| (p, "/run/cdi")).collect();
                 (
-                    containerd_config_cri(&d, &sock, &shipped, &cri_extra),
-                    Some(Trixie::enter_sharing(node, &shared)),
+                    containerd_config_with(&d, &sock, &shipped),
+                    Some(Trixie::enter_binding(node, &[&d], &binds)),
                 )
             }
         };

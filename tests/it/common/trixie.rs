@@ -74,6 +74,12 @@ impl Trixie {
 
     /// The same, with `shared` directories also seen at their own paths inside.
     pub fn enter_sharing(node: &SimNode, shared: &[&Path]) -> Trixie {
+        Trixie::enter_binding(node, shared, &[])
+    }
+
+    /// [`Trixie::enter_sharing`], with each `(outside, inside)` of `extra` also seen inside at
+    /// another path (where an engine looks by default).
+    pub fn enter_binding(node: &SimNode, shared: &[&Path], extra: &[(&Path, &str)]) -> Trixie {
         require_root();
         let root = root();
         let dir = ShortDir::new("gs-tx");
@@ -85,6 +91,9 @@ impl Trixie {
         ];
         for p in shared {
             binds.push(format!("{}={}", p.display(), p.display()));
+        }
+        for (outside, inside) in extra {
+            binds.push(format!("{}={inside}", outside.display()));
         }
         for (bin, name) in [
             (ENTRY, "gpushare"),
