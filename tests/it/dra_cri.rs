@@ -145,8 +145,9 @@ fn containerd17_cri_cdi_devices_of_a_written_spec_reach_only_their_container() {
 
     let unknown = cdi_id("9e8d7c6b-0000-4000-8000-000000000000", 0);
     let err = cri
-        .run_container_cdi(&pod, "unknown", &show_and_hold(), &[&unknown])
-        .expect_err("a CDI id no spec defines must fail the container");
+        .create_container_cdi(&pod, "unknown", &show_and_hold(), &[&unknown])
+        .expect_err("a CDI id no spec defines must fail CreateContainer");
+    eprintln!("CreateContainer with an unknown CDI id: {}", err.message());
     assert!(
         err.message().contains("CDI") && err.message().contains(&unknown),
         "containerd's CDI error names the id: {err}"
