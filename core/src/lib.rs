@@ -28,7 +28,7 @@ pub use model::{config, dra_name, hook, kube, ledger, placement, policy, request
 pub use service::testing;
 pub use service::{
     allocator, claim, compute_mode, driver, exec_env, gc, gpu, gpus, grant, inject, instance_log,
-    logging, mps, node, nvml, offers, precreate, repair, running, share, slice, trust,
+    logging, mig_mode, mps, node, nvml, offers, precreate, repair, running, share, slice, trust,
 };
 
 // What an operator reads.

@@ -43,6 +43,7 @@ pub struct Config {
     pub log: LogConfig,
     pub mps: MpsConfig,
     pub inject: InjectConfig,
+    pub mig: MigConfig,
     /// Where this config was read from (not a config key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -110,6 +111,7 @@ impl Default for Config {
             log: LogConfig::default(),
             mps: MpsConfig::default(),
             inject: InjectConfig::default(),
+            mig: MigConfig::default(),
             source: None,
         }
     }
@@ -159,6 +161,46 @@ pub struct InjectConfig {
     pub lib_dirs: Vec<PathBuf>,
     /// Folders (below the driver root) searched for nvidia-smi and the MPS programs.
     pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigConfig {
+    /// Which GPUs gpushare may switch MIG mode on or off for a request (docs/operations.md,
+    /// "MIG mode on demand"): `false` (none: the operator's `nvidia-smi -mig` alone decides),
+    /// `true` (every GPU), or a list of GPU indexes and UUIDs.
+    pub manage_mode: ManageMode,
+}
+
+/// `mig.manage_mode`: `false`, `true`, or `["0", "GPU-…"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ManageMode {
+    All(bool),
+    Listed(Vec<String>),
+}
+
+impl Default for ManageMode {
+    fn default() -> Self {
+        ManageMode::All(false)
+    }
+}
+
+impl ManageMode {
+    /// Whether gpushare may switch the MIG mode of GPU `index` / `uuid`.
+    pub fn covers(&self, index: u32, uuid: &str) -> bool {
+        match self {
+            ManageMode::All(all) => *all,
+            ManageMode::Listed(gpus) => gpus
+                .iter()
+                .any(|g| *g == index.to_string() || g.eq_ignore_ascii_case(uuid)),
+        }
+    }
+
+    /// Whether it covers any GPU at all.
+    pub fn any(&self) -> bool {
+        !matches!(self, ManageMode::All(false)) && *self != ManageMode::Listed(Vec::new())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -435,6 +477,25 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::parse("stat_dir = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("stat_dir"), "{err}");
+    }
+
+    #[test]
+    fn manage_mode_is_a_switch_or_a_list_of_gpus() {
+        let off = Config::parse("").unwrap().mig.manage_mode;
+        assert!(!off.covers(0, "GPU-a") && !off.any());
+        let all = Config::parse("[mig]\nmanage_mode = true")
+            .unwrap()
+            .mig
+            .manage_mode;
+        assert!(all.covers(3, "GPU-a") && all.any());
+        let some = Config::parse("[mig]\nmanage_mode = [\"1\", \"GPU-ABC\"]")
+            .unwrap()
+            .mig
+            .manage_mode;
+        assert!(some.covers(1, "GPU-x"));
+        assert!(some.covers(0, "gpu-abc"), "UUIDs match in any case");
+        assert!(!some.covers(0, "GPU-x"));
+        assert!(Config::parse("[mig]\nmanage_mode = \"yes\"").is_err());
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub struct LedgerState {
     /// written before the change, dropped once that mode is back (see [`crate::compute_mode`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compute_modes: Vec<ComputeModeRecord>,
+    /// GPUs whose MIG mode gpushare is switching for a request (`mig.manage_mode`), with the
+    /// mode found: written before the switch, dropped in the save that records the grant it
+    /// was for. One seen by another process is what a crash left (see [`crate::mig_mode`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mig_modes: Vec<MigModeRecord>,
     /// On disk only: each GPU model's profile table, written once rather than once per GPU
     /// (a node of identical GPUs would otherwise read and rewrite N copies on every grant).
     /// Empty in memory, where every [`GpuRecord`] holds its own.
@@ -104,6 +109,16 @@ pub struct ComputeModeRecord {
     pub gpu_index: u32,
     /// The mode found before the change.
     pub found: Mode,
+    pub since: u64,
+}
+
+/// A MIG mode switch in progress: the GPU, and whether MIG was on when gpushare found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigModeRecord {
+    pub gpu_uuid: String,
+    pub gpu_index: u32,
+    /// MIG mode (current) before the switch: what a repair puts back.
+    pub found: bool,
     pub since: u64,
 }
 

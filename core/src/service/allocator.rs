@@ -25,8 +25,18 @@ pub enum AllocError {
     InstanceLog(#[from] crate::instance_log::InstanceLogError),
     #[error("gpu.profile={profile} is not allowed by this node's policy; allowed: {allowed}")]
     NotAllowed { profile: String, allowed: String },
-    #[error("gpu.profile={profile}: MIG mode is disabled on {gpus}; an operator enables it with `nvidia-smi -i <index> -mig 1` (the GPU must be idle; some GPUs also need a reset), or ask for the whole GPU instead")]
-    MigDisabled { profile: String, gpus: String },
+    #[error("gpu.profile={profile}: MIG mode is disabled on {gpus}, and gpushare does not turn it on: {why}; an operator enables it with `nvidia-smi -i <index> -mig 1` (the GPU must be idle; some GPUs also need a reset), or ask for the whole GPU instead")]
+    MigDisabled {
+        profile: String,
+        gpus: String,
+        why: String,
+    },
+    #[error("gpu.profile={profile}: MIG mode on {gpu} is pending enable: the driver applies it only when the GPU is reset (`nvidia-smi -i {index} -r`, with nothing running on it), and gpushare never resets a GPU; nothing was granted")]
+    MigPending {
+        profile: String,
+        gpu: String,
+        index: u32,
+    },
     #[error("gpu.profile={profile}: {gpu} has no such MIG profile; accepted: {accepted}")]
     UnknownProfile {
         profile: String,
@@ -51,6 +61,7 @@ impl AllocError {
             AllocError::InstanceLog(_) => "other",
             AllocError::NotAllowed { .. } => "not_allowed",
             AllocError::MigDisabled { .. } => "mig_disabled",
+            AllocError::MigPending { .. } => "mig_pending",
             AllocError::UnknownProfile { .. } => "unknown_profile",
             AllocError::NoRoom { .. } => "no_room",
         }
@@ -230,7 +241,7 @@ fn gpu_label(g: &GpuInfo) -> String {
 
 /// Why a GPU could not serve the request, kept to explain a refusal.
 enum Miss {
-    MigDisabled(String),
+    MigDisabled(String, crate::mig_mode::Hold),
     Unknown { gpu: String, accepted: String },
     NoRoom { gpu: String, free: String },
 }
@@ -252,8 +263,13 @@ fn cold(
     for f in crate::compute_mode::repair(be, st).1 {
         tracing::warn!("{f}");
     }
+    for f in crate::mig_mode::repair(be, node, st).1 {
+        tracing::warn!("{f}");
+    }
     let gpus = be.gpus()?;
-    let targets = crate::gpus::select_live(&gpus, device)?;
+    let mut targets = crate::gpus::select_live(&gpus, device)?;
+    // GPUs in MIG mode first: one is switched (mig.manage_mode) only when none of them serves.
+    targets.sort_by_key(|g| !g.mig_mode.is_some_and(|(current, _)| current));
     refresh_gpus(be, st, &gpus)?;
     let mut misses = Vec::new();
     let mut owned = None;
@@ -264,8 +280,12 @@ fn cold(
             .find(|r| r.uuid == gpu.uuid)
             .map(|r| r.profiles.clone())
             .unwrap_or_default();
-        if gpu.mig_mode.is_none_or(|(current, _)| !current) {
-            misses.push(Miss::MigDisabled(gpu_label(gpu)));
+        let mig_off = gpu.mig_mode.is_none_or(|(current, _)| !current);
+        if mig_off && gpu.mig_mode.is_none() {
+            misses.push(Miss::MigDisabled(
+                gpu_label(gpu),
+                crate::mig_mode::Hold::NoMig,
+            ));
             continue;
         }
         let Some(p) = profiles.iter().find(|p| p.name == profile) else {
@@ -280,6 +300,12 @@ fn cold(
             });
             continue;
         };
+        if mig_off {
+            if let Some(why) = crate::mig_mode::switch(cfg, be, locked, st, gpu, true)? {
+                misses.push(Miss::MigDisabled(gpu_label(gpu), why));
+                continue;
+            }
+        }
         let mut existing = be.gpu_instances(gpu.index, &profiles)?;
         destroy_logged_leftovers(cfg, be, st, gpu, &mut owned, &mut existing)?;
         let occupied = gpu::occupancy(&existing);
@@ -362,6 +388,7 @@ fn cold(
                 );
                 crate::failpoint!("alloc.cold.logged");
                 st.instances[at].made = Some(m.clone());
+                crate::mig_mode::settled(st, &gpu.uuid);
                 st.stats.grant(&gpu.uuid, false);
                 Ok(Grant::from_record(&st.instances[at], &m, false, true))
             }
@@ -431,15 +458,44 @@ fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {
             };
         }
     }
-    let gpus = misses
+    let off: Vec<(&String, &crate::mig_mode::Hold)> = misses
         .iter()
         .filter_map(|m| match m {
-            Miss::MigDisabled(g) => Some(g.as_str()),
+            Miss::MigDisabled(g, why) => Some((g, why)),
             _ => None,
         })
+        .collect();
+    if let Some((gpu, crate::mig_mode::Hold::Pending { gpu: index, .. })) = off
+        .iter()
+        .find(|(_, why)| matches!(why, crate::mig_mode::Hold::Pending { .. }))
+    {
+        return AllocError::MigPending {
+            profile,
+            gpu: gpu.to_string(),
+            index: *index,
+        };
+    }
+    let gpus = off
+        .iter()
+        .map(|(g, _)| g.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    AllocError::MigDisabled { profile, gpus }
+    let mut whys: Vec<String> = Vec::new();
+    for (g, why) in &off {
+        let why = if off.len() > 1 {
+            format!("{g}: {why}")
+        } else {
+            why.to_string()
+        };
+        if !whys.contains(&why) {
+            whys.push(why);
+        }
+    }
+    AllocError::MigDisabled {
+        profile,
+        gpus,
+        why: whys.join("; "),
+    }
 }
 
 /// Make room by destroying idle instances gpushare made: the placement needing the fewest

@@ -73,6 +73,8 @@ pub enum Action {
     },
     /// A crash left a GPU in the compute mode gpushare set for an MPS daemon that is gone.
     RestoreComputeMode { gpu: u32, mode: &'static str },
+    /// A crash left a MIG mode switch unsettled (`mig.manage_mode`): the mode found is back.
+    RestoreMigMode { gpu: u32, mig: &'static str },
     /// An instance the ledger lost that gpushare's instance log says it made, whole (its
     /// compute instance and MIG UUID as logged): recorded again, idle or held by the container
     /// whose spec names it.
@@ -172,6 +174,10 @@ impl std::fmt::Display for Action {
             Action::RestoreComputeMode { gpu, mode } => write!(
                 f,
                 "put compute mode {mode} back on GPU {gpu}: its MPS daemon is gone (a crash)"
+            ),
+            Action::RestoreMigMode { gpu, mig } => write!(
+                f,
+                "put MIG mode {mig} back on GPU {gpu}: the grant it was switched for died (a crash)"
             ),
             Action::Adopt {
                 gpu,
@@ -543,6 +549,25 @@ pub fn run_on(
             report.actions.push(Action::RestoreComputeMode {
                 gpu: r.gpu_index,
                 mode: r.found.name(),
+            });
+        }
+        report.failed.extend(failed);
+    }
+
+    // 2b'. MIG mode switches whose grant died (their instances went in step 1).
+    if opts.dry_run {
+        for r in &st.mig_modes {
+            report.actions.push(Action::RestoreMigMode {
+                gpu: r.gpu_index,
+                mig: crate::mig_mode::on_off(r.found),
+            });
+        }
+    } else {
+        let (done, failed) = crate::mig_mode::repair(be, node, &mut st);
+        for r in done {
+            report.actions.push(Action::RestoreMigMode {
+                gpu: r.gpu_index,
+                mig: crate::mig_mode::on_off(r.found),
             });
         }
         report.failed.extend(failed);

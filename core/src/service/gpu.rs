@@ -67,6 +67,10 @@ pub trait Gpu {
     fn set_compute_mode(&self, gpu: u32, mode: ComputeMode) -> Result<(), BackendError>;
     /// Pids of the processes holding a compute context on the GPU (or on its MIG devices).
     fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError>;
+    /// Ask for MIG mode `on` (`nvmlDeviceSetMigMode`). Ok(true): the mode is current now;
+    /// Ok(false): the driver took the change but holds it pending until a GPU reset (Ampere,
+    /// or a GPU some client holds).
+    fn set_mig_mode(&self, gpu: u32, on: bool) -> Result<bool, BackendError>;
 }
 
 /// Occupancy of a GPU as the placement rule needs it.

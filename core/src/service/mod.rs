@@ -15,6 +15,7 @@ pub mod grant;
 pub mod inject;
 pub mod instance_log;
 pub mod logging;
+pub mod mig_mode;
 pub mod mps;
 pub mod node;
 pub mod nvml;

@@ -119,6 +119,25 @@ pub fn grant_on(
     }
     let mut warm = known_gpus(be, &mut st)?;
     crate::compute_mode::repair_and_save(be, &locked, &mut st)?;
+    crate::mig_mode::repair_and_save(be, node, &locked, &mut st)?;
+    let mut candidates: Vec<String> = Vec::new();
+    if select(&st, device)?.iter().all(|g| {
+        candidates.push(g.uuid.clone());
+        g.mig_enabled
+    }) {
+        // Every GPU is in MIG mode: mig.manage_mode may turn one off.
+        warm = false;
+        if let Err(why) = crate::mig_mode::switch_off_one(cfg, be, &locked, &mut st, &candidates)? {
+            return Err(MpsError::NoRoom {
+                percent,
+                memory: show_memory(memory),
+                reasons: format!(
+                    "MIG is enabled there (ask for gpu.profile there), and gpushare does not turn it off: {}",
+                    crate::mig_mode::explain(&why)
+                ),
+            });
+        }
+    }
     // GPUs where another process holds a context cannot take a new daemon: the next one may.
     let mut busy: Vec<(String, MpsError)> = Vec::new();
     let (at, gpu) = loop {
@@ -190,6 +209,7 @@ pub fn grant_on(
         percent,
         memory,
     });
+    crate::mig_mode::settled(&mut st, &gpu.uuid);
     locked.save(&st)?;
     let edit = client_edit(cfg, &majors, &st.mps[at], percent, memory);
     Ok(MpsGrant {

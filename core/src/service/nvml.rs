@@ -384,6 +384,18 @@ impl Backend {
             .map_err(Self::call("nvmlDeviceGetComputeRunningProcesses_v3", gpu))?;
         Ok(procs.into_iter().map(|p| p.pid).collect())
     }
+
+    /// `nvmlDeviceSetMigMode`; true when the activation status is SUCCESS (the mode is current).
+    pub fn set_mig_mode(&self, gpu: u32, on: bool) -> Result<bool, BackendError> {
+        let d = self
+            .nvml
+            .device_by_index(gpu)
+            .map_err(Self::call("device_by_index", gpu))?;
+        let status = d
+            .set_mig_mode(on)
+            .map_err(Self::call("nvmlDeviceSetMigMode", gpu))?;
+        Ok(status == sys::nvmlReturn_enum_NVML_SUCCESS)
+    }
 }
 
 /// The compute-instance profile index that spans a GPU instance of `slices` compute slices.
@@ -430,6 +442,9 @@ impl Gpu for Backend {
     }
     fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError> {
         Backend::compute_pids(self, gpu)
+    }
+    fn set_mig_mode(&self, gpu: u32, on: bool) -> Result<bool, BackendError> {
+        Backend::set_mig_mode(self, gpu, on)
     }
 }
 
@@ -488,5 +503,8 @@ impl Gpu for OnDemand<'_> {
     }
     fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError> {
         self.be()?.compute_pids(gpu)
+    }
+    fn set_mig_mode(&self, gpu: u32, on: bool) -> Result<bool, BackendError> {
+        self.be()?.set_mig_mode(gpu, on)
     }
 }

@@ -17,8 +17,12 @@ use std::time::Duration;
 pub enum ShareError {
     #[error(transparent)]
     Gpu(#[from] GpuError),
-    #[error("{what}: {gpus} has MIG enabled, so CUDA sees no whole GPU there; ask for a MIG slice (gpu.profile) instead, or an operator disables MIG with `nvidia-smi -i <index> -mig 0`")]
-    MigEnabled { what: &'static str, gpus: String },
+    #[error("{what}: {gpus} has MIG enabled, so CUDA sees no whole GPU there, and gpushare does not turn it off: {why}; ask for a MIG slice (gpu.profile) instead, or an operator disables MIG with `nvidia-smi -i <index> -mig 0`")]
+    MigEnabled {
+        what: &'static str,
+        gpus: String,
+        why: String,
+    },
     #[error("gpu.share=timeslice: {gpus} serves MPS shares; the whole GPU cannot be given beside them (ask for gpu.mps, or another gpu.device)")]
     ServesMps { gpus: String },
 }
@@ -68,30 +72,52 @@ pub fn grant_on(
     let locked =
         Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
-    let warm = known_gpus(be, &mut st)?;
+    let mut warm = known_gpus(be, &mut st)?;
     // A GPU a crash left in EXCLUSIVE_PROCESS would admit one time-sliced container only.
     crate::compute_mode::repair_and_save(be, &locked, &mut st)?;
-    let candidates = select(&st, device)?;
-    let usable: Vec<&GpuRecord> = candidates
+    crate::mig_mode::repair_and_save(be, node, &locked, &mut st)?;
+    let mut candidates: Vec<GpuRecord> = select(&st, device)?.into_iter().cloned().collect();
+    let mut usable: Vec<GpuRecord> = candidates
         .iter()
-        .copied()
         .filter(|g| !g.mig_enabled)
+        .cloned()
         .collect();
-    if usable.is_empty() {
-        let gpus = candidates
+    if usable.is_empty()
+        && st
+            .shares
             .iter()
-            .map(|g| format!("GPU {}", g.index))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(ShareError::MigEnabled {
-            what: "gpu.share=timeslice",
-            gpus,
-        });
+            .all(|s| s.lease.container_id != who.container_id)
+    {
+        // No GPU out of MIG mode: mig.manage_mode may turn one off.
+        let uuids: Vec<String> = candidates.iter().map(|g| g.uuid.clone()).collect();
+        match crate::mig_mode::switch_off_one(cfg, be, &locked, &mut st, &uuids)? {
+            Ok(uuid) => {
+                warm = false;
+                candidates = select(&st, device)?.into_iter().cloned().collect();
+                usable = candidates
+                    .iter()
+                    .filter(|g| g.uuid == uuid)
+                    .cloned()
+                    .collect();
+            }
+            Err(why) => {
+                let gpus = candidates
+                    .iter()
+                    .map(|g| format!("GPU {}", g.index))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ShareError::MigEnabled {
+                    what: "gpu.share=timeslice",
+                    gpus,
+                    why: crate::mig_mode::explain(&why),
+                });
+            }
+        }
     }
     // A time-sliced container on a GPU that serves MPS shares would take the whole GPU beside
     // clients whose shares the MPS daemon is meant to bound.
     let usable: Vec<&GpuRecord> = usable
-        .into_iter()
+        .iter()
         .filter(|g| !st.mps.iter().any(|d| d.gpu_uuid == g.uuid))
         .collect();
     if usable.is_empty() {
@@ -139,6 +165,7 @@ pub fn grant_on(
             runtime_root: who.runtime_root.map(str::to_string),
         },
     });
+    crate::mig_mode::settled(&mut st, &gpu.uuid);
     locked.save(&st)?;
     Ok(WholeGpu {
         fresh: true,

@@ -44,6 +44,10 @@ pub enum Call {
     ComputePids {
         gpu: u32,
     },
+    SetMigMode {
+        gpu: u32,
+        on: bool,
+    },
 }
 
 struct Instance {
@@ -59,6 +63,8 @@ struct Device {
     mode: ComputeMode,
     /// Processes holding a compute context.
     pids: Vec<u32>,
+    /// A MIG mode change waits for a GPU reset (an A100's driver).
+    mig_needs_reset: bool,
 }
 
 /// GPUs in memory; see the module docs. Not `Sync`: one test, one thread.
@@ -121,6 +127,7 @@ impl FakeGpu {
                 instances: Vec::new(),
                 mode: ComputeMode::Default,
                 pids: Vec::new(),
+                mig_needs_reset: false,
             })
             .collect();
         FakeGpu {
@@ -134,6 +141,12 @@ impl FakeGpu {
     /// Turn MIG mode on or off (current and pending), as an operator's `nvidia-smi -mig`.
     pub fn set_mig(&self, gpu: u32, on: bool) {
         self.devices.borrow_mut()[gpu as usize].info.mig_mode = Some((on, on));
+    }
+
+    /// MIG mode changes on the GPU wait for a GPU reset from now on, as an A100's driver
+    /// answers (NVML_ERROR_RESET_REQUIRED as the activation status).
+    pub fn mig_needs_reset(&self, gpu: u32) {
+        self.devices.borrow_mut()[gpu as usize].mig_needs_reset = true;
     }
 
     /// Processes that hold a compute context on the GPU, as NVML lists them.
@@ -207,7 +220,10 @@ impl FakeGpu {
             .filter(|c| {
                 matches!(
                     c,
-                    Call::Create { .. } | Call::Destroy { .. } | Call::SetComputeMode { .. }
+                    Call::Create { .. }
+                        | Call::Destroy { .. }
+                        | Call::SetComputeMode { .. }
+                        | Call::SetMigMode { .. }
                 )
             })
             .cloned()
@@ -402,6 +418,27 @@ impl Gpu for FakeGpu {
     fn compute_pids(&self, gpu: u32) -> Result<Vec<u32>, BackendError> {
         self.record(Call::ComputePids { gpu });
         self.with(gpu, |d| Ok(d.pids.clone()))
+    }
+
+    /// As the simulator's driver: refused (IN_USE) while GPU instances exist, or while a
+    /// process holds the GPU on a GPU that switches at once; pending on one that needs a reset.
+    fn set_mig_mode(&self, gpu: u32, on: bool) -> Result<bool, BackendError> {
+        self.record(Call::SetMigMode { gpu, on });
+        let call = "nvmlDeviceSetMigMode";
+        self.with(gpu, |d| {
+            let Some((current, _)) = d.info.mig_mode else {
+                return Err(err(call, gpu, NvmlError::NotSupported));
+            };
+            if !d.instances.is_empty() || (!d.mig_needs_reset && !d.pids.is_empty()) {
+                return Err(err(call, gpu, NvmlError::InUse));
+            }
+            if d.mig_needs_reset {
+                d.info.mig_mode = Some((current, on));
+                return Ok(current == on);
+            }
+            d.info.mig_mode = Some((on, on));
+            Ok(true)
+        })
     }
 }
 
