@@ -864,6 +864,58 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_is_switched_to_mig_only_when_none_in_mig_mode_serves() {
+        let mut s = Scratch::new("alloc-switch");
+        let gpu = FakeGpu::h100(2);
+        let node = FakeNode::new(&gpu);
+        gpu.set_mig(0, false);
+        // mig.manage_mode off: nothing switched, and the refusal names the operator's choice.
+        allocate_on(&s.cfg, &gpu, &node, "7g.80gb", None, &who("big")).unwrap();
+        let err = allocate_on(&s.cfg, &gpu, &node, "2g.20gb", None, &who("a")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AllocError::NoRoom { .. }), "{text}");
+        let err = allocate_on(
+            &s.cfg,
+            &gpu,
+            &node,
+            "2g.20gb",
+            Some(&DeviceSelector::Index(0)),
+            &who("a"),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("MIG mode is disabled on GPU 0"), "{text}");
+        assert!(text.contains("mig.manage_mode is off"), "{text}");
+        assert!(text.contains("nvidia-smi -i <index> -mig 1"), "{text}");
+        assert!(!gpu
+            .changes()
+            .iter()
+            .any(|c| matches!(c, Call::SetMigMode { .. })));
+
+        s.cfg.mig.manage_mode = crate::config::ManageMode::All(true);
+        release(&s.cfg, "big", Duration::from_secs(5)).unwrap();
+        gpu.clear_calls();
+        // GPU 1 is in MIG mode with room: it serves, GPU 0 stays as it is.
+        let g = allocate_on(&s.cfg, &gpu, &node, "2g.20gb", None, &who("a")).unwrap();
+        assert_eq!(g.gpu_index, 1);
+        assert!(!gpu
+            .changes()
+            .iter()
+            .any(|c| matches!(c, Call::SetMigMode { .. })));
+        // GPU 1 full of busy slices: GPU 0 is switched on for the next.
+        allocate_on(&s.cfg, &gpu, &node, "4g.40gb", None, &who("b")).unwrap();
+        allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("c")).unwrap();
+        let g = allocate_on(&s.cfg, &gpu, &node, "4g.40gb", None, &who("d")).unwrap();
+        assert_eq!(g.gpu_index, 0);
+        assert!(gpu
+            .changes()
+            .contains(&Call::SetMigMode { gpu: 0, on: true }));
+        let st = s.ledger();
+        assert!(st.mig_modes.is_empty(), "settled with the grant");
+        assert!(st.gpus[0].mig_enabled);
+    }
+
+    #[test]
     fn a_create_nvml_refuses_leaves_no_record() {
         let s = Scratch::new("alloc-refused-create");
         let gpu = FakeGpu::h100(1);

@@ -220,6 +220,35 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, ShareError::MigEnabled { .. }), "{err:?}");
         assert!(err.to_string().contains("GPU 0 has MIG enabled"), "{err}");
+        assert!(err.to_string().contains("mig.manage_mode is off"), "{err}");
         assert_eq!(s.ledger().shares.len(), 2);
+    }
+
+    #[test]
+    fn mig_is_turned_off_for_a_whole_gpu_once_its_instances_are_idle() {
+        let mut s = Scratch::new("share-switch");
+        s.cfg.mig.manage_mode = crate::config::ManageMode::All(true);
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        crate::allocator::allocate_on(&s.cfg, &gpu, &node, "2g.20gb", None, &who("m")).unwrap();
+        let err = grant_on(&s.cfg, &gpu, &node, None, &who("a")).unwrap_err();
+        assert!(
+            err.to_string().contains("m hold(s) it"),
+            "the slice's container: {err}"
+        );
+        assert_eq!(gpu.info(0).mig_mode, Some((true, true)));
+        crate::allocator::release(&s.cfg, "m", Duration::from_secs(5)).unwrap();
+
+        let a = grant_on(&s.cfg, &gpu, &node, None, &who("a")).unwrap();
+        assert_eq!(a.gpu_uuid, gpu.info(0).uuid);
+        assert_eq!(gpu.info(0).mig_mode, Some((false, false)));
+        assert!(gpu.instances(0).is_empty(), "the idle slice went first");
+        let st = s.ledger();
+        assert!(st.instances.is_empty() && st.mig_modes.is_empty());
+        assert!(!st.gpus[0].mig_enabled);
+        // A MIG request now: refused while the whole GPU is held, naming its holder.
+        let err = crate::allocator::allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("b"))
+            .unwrap_err();
+        assert!(err.to_string().contains("a hold(s) it"), "{err}");
     }
 }
