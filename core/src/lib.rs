@@ -32,7 +32,7 @@ pub use service::{
 };
 
 // What an operator reads.
-pub use report::{doctor, metrics, status};
+pub use report::{doctor, metrics, readiness, status};
 
 #[cfg(test)]
 mod layers;

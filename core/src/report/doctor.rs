@@ -57,6 +57,28 @@ fn mentions_gpushare(path: &Path) -> bool {
     }
 }
 
+/// What `mig.manage_mode` would do on `g` for a request that needs the other MIG mode, and a
+/// warning for a change the driver holds until a reset.
+fn manage_mode_check(g: &crate::status::GpuStatus, out: &mut Vec<Check>) {
+    let name = format!("GPU {} mig.manage_mode", g.index);
+    if let Some(on) = g.mig_pending {
+        check(out, &name, Level::Warn, format!(
+            "MIG mode pending {}: the driver applies it only at a GPU reset (`nvidia-smi -i {} -r`, with nothing running on it); gpushare never resets a GPU, and refuses requests that need the pending mode until then",
+            if on { "enable" } else { "disable" }, g.index));
+        return;
+    }
+    // The kind of request that would need the other mode.
+    let kind = if g.mig_enabled { "whole" } else { "mig" };
+    if let Some(n) = g.needs.iter().find(|n| n.kind == kind) {
+        check(
+            out,
+            &name,
+            Level::Ok,
+            format!("a {} request: {}", n.label(), n.line),
+        );
+    }
+}
+
 pub fn run(cfg: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     check(
@@ -144,11 +166,14 @@ pub fn run(cfg: &Config) -> Vec<Check> {
             );
             for g in &s.gpus {
                 let foreign = g.instances.iter().filter(|i| i.state == "foreign").count();
+                let managed = cfg.mig.manage_mode.covers(g.index, &g.uuid);
                 let (level, mig) = if g.mig_enabled {
                     (Level::Ok, "MIG enabled".to_string())
+                } else if managed {
+                    (Level::Ok, "MIG disabled: mig.manage_mode turns it on for a MIG request while the GPU is idle".to_string())
                 } else {
                     (Level::Warn, format!(
-                        "MIG disabled: MIG requests are refused; enable with `nvidia-smi -i {} -mig 1`",
+                        "MIG disabled: MIG requests are refused; enable with `nvidia-smi -i {} -mig 1`, or let gpushare switch it (mig.manage_mode)",
                         g.index))
                 };
                 let mut detail = format!("{} {}: {mig}", g.name, g.uuid);
@@ -160,6 +185,7 @@ pub fn run(cfg: &Config) -> Vec<Check> {
                     level
                 };
                 check(&mut out, &format!("GPU {}", g.index), level, detail);
+                manage_mode_check(g, &mut out);
                 mps_checks(cfg, g, &mut out);
             }
         }

@@ -2,4 +2,5 @@
 
 pub mod doctor;
 pub mod metrics;
+pub mod readiness;
 pub mod status;

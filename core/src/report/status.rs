@@ -48,6 +48,10 @@ pub struct GpuStatus {
     pub compute_mode: Option<String>,
     /// The mode gpushare found and puts back once this GPU's MPS daemon is gone.
     pub compute_mode_found: Option<String>,
+    /// A MIG mode change the driver holds until a GPU reset: the mode it would become.
+    pub mig_pending: Option<bool>,
+    /// What the GPU would need to serve each kind of request now (`mig.manage_mode`'s part).
+    pub needs: Vec<crate::readiness::Need>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,7 +108,7 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
             Vec::new()
         };
         let occupied = nvml::occupancy(&existing);
-        let instances = existing
+        let instances: Vec<InstanceStatus> = existing
             .iter()
             .map(|gi| {
                 let ours = st.instances.iter().find(|r| {
@@ -177,6 +181,17 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
                     .collect(),
                 exclusive,
             });
+        let seen = crate::readiness::Seen {
+            info: &g,
+            pids: be.compute_pids(g.index).ok(),
+            foreign: instances.iter().filter(|i| i.state == "foreign").count(),
+            idle: instances.iter().filter(|i| i.state == "idle").count(),
+            room: free.iter().any(|(_, n)| *n > 0),
+        };
+        let needs = crate::readiness::assess(cfg, &st, &seen);
+        let mig_pending = g
+            .mig_mode
+            .and_then(|(current, pending)| (current != pending).then_some(pending));
         let timeslice_containers = st
             .shares
             .iter()
@@ -196,6 +211,8 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
             free,
             compute_mode,
             compute_mode_found,
+            mig_pending,
+            needs,
         });
     }
     Ok(Status {
@@ -324,6 +341,17 @@ pub fn render(s: &Status) -> String {
                     "  compute mode changed by gpushare for an MPS daemon that is gone (a crash): the next grant or `gpusharectl gc` puts {found} back"
                 );
             }
+        }
+        if let Some(on) = g.mig_pending {
+            let _ = writeln!(
+                out,
+                "  MIG mode pending {}: the driver applies it only at a GPU reset (`nvidia-smi -i {} -r`); gpushare never resets a GPU",
+                if on { "enable" } else { "disable" },
+                g.index
+            );
+        }
+        for n in &g.needs {
+            let _ = writeln!(out, "  {}: {}", n.label(), n.line);
         }
         if g.instances.is_empty() {
             let _ = writeln!(out, "  no MIG instances");

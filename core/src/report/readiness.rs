@@ -1,0 +1,275 @@
+//! What each GPU would need to serve each kind of request now: a MIG slice, the whole GPU
+//! (`gpu.share=timeslice`), an MPS share. `status` shows these lines and `doctor` what
+//! `mig.manage_mode` would do; both read them from [`assess`], which applies the switching
+//! rule of [`crate::mig_mode`] to what `status` saw, so the words match what a grant does.
+
+use crate::config::Config;
+use crate::gpu::GpuInfo;
+use crate::ledger::LedgerState;
+use crate::mig_mode::{self, Hold};
+use serde::Serialize;
+
+/// One kind of request on one GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Need {
+    /// `mig`, `whole` (gpu.share=timeslice) or `mps`.
+    pub kind: &'static str,
+    /// A request of this kind is served now, without waiting or switching.
+    pub ready: bool,
+    /// What it would need, in words ("after llm-2 and llm-3 exit").
+    pub line: String,
+}
+
+impl Need {
+    /// How `status` names the kind.
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            "mig" => "MIG slice",
+            "whole" => "whole GPU",
+            _ => "MPS share",
+        }
+    }
+}
+
+/// What the driver showed of a GPU, beside the ledger.
+pub struct Seen<'a> {
+    pub info: &'a GpuInfo,
+    /// Processes holding a context there (None: NVML would not say).
+    pub pids: Option<Vec<u32>>,
+    /// GPU instances there gpushare did not make.
+    pub foreign: usize,
+    /// Idle instances of gpushare's there.
+    pub idle: usize,
+    /// Some MIG profile has room now (MIG on).
+    pub room: bool,
+}
+
+/// "a", "a and b", "a, b and c".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// What a request needing MIG mode `on` needs on a GPU in the other mode.
+fn switch_line(cfg: &Config, st: &LedgerState, seen: &Seen<'_>, on: bool) -> String {
+    let index = seen.info.index;
+    let manual = format!("`nvidia-smi -i {index} -mig {}`", if on { 1 } else { 0 });
+    let turn = format!("turn MIG {}", mig_mode::on_off(on));
+    let who = mig_mode::holders(st, &seen.info.uuid);
+    match mig_mode::hold(cfg, st, seen.info, on) {
+        Some(Hold::NotManaged) if who.is_empty() => {
+            format!("needs {manual} (mig.manage_mode is off)")
+        }
+        Some(Hold::NotManaged) => format!(
+            "after {} exit, then needs {manual} (mig.manage_mode is off)",
+            and_list(&who)
+        ),
+        Some(Hold::Holders(who)) => {
+            format!(
+                "after {} exit (then mig.manage_mode would {turn})",
+                and_list(&who)
+            )
+        }
+        Some(h) => h.to_string(),
+        None => {
+            if let Some(pids) = seen.pids.as_ref().filter(|p| !p.is_empty()) {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                return format!(
+                    "after process(es) {} exit: not gpushare's (then mig.manage_mode would {turn})",
+                    and_list(&pids)
+                );
+            }
+            if !on && seen.foreign > 0 {
+                return format!(
+                    "never while {} GPU instance(s) gpushare did not make are there (mig.manage_mode switches only an idle GPU)",
+                    seen.foreign
+                );
+            }
+            if !on && seen.idle > 0 {
+                format!(
+                    "mig.manage_mode would destroy {} idle instance(s) and {turn}",
+                    seen.idle
+                )
+            } else {
+                format!("mig.manage_mode would {turn}")
+            }
+        }
+    }
+}
+
+/// For each kind of request, what `seen`'s GPU needs to serve it now.
+pub fn assess(cfg: &Config, st: &LedgerState, seen: &Seen<'_>) -> Vec<Need> {
+    let uuid = &seen.info.uuid;
+    let ready = |kind, line: &str| Need {
+        kind,
+        ready: true,
+        line: line.into(),
+    };
+    let wait = |kind, line: String| Need {
+        kind,
+        ready: false,
+        line,
+    };
+    let mig_on = seen.info.mig_mode.is_some_and(|(current, _)| current);
+    let share_holders: Vec<String> = st
+        .shares
+        .iter()
+        .filter(|s| s.gpu_uuid == *uuid)
+        .map(|s| s.lease.container_id.clone())
+        .collect();
+    let mps_clients: Vec<String> = st
+        .mps
+        .iter()
+        .filter(|d| d.gpu_uuid == *uuid)
+        .flat_map(|d| d.clients.iter().map(|c| c.lease.container_id.clone()))
+        .collect();
+    let serves_mps = st.mps.iter().any(|d| d.gpu_uuid == *uuid);
+    let mut out = Vec::with_capacity(3);
+    if mig_on {
+        out.push(if seen.room {
+            ready("mig", "ready (MIG mode)")
+        } else {
+            let busy: Vec<String> = st
+                .instances
+                .iter()
+                .filter(|r| r.gpu_uuid == *uuid)
+                .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.clone()))
+                .collect();
+            wait(
+                "mig",
+                format!("no room: after some of {} exit", and_list(&busy)),
+            )
+        });
+        let off = switch_line(cfg, st, seen, false);
+        out.push(wait("whole", off.clone()));
+        out.push(wait("mps", off));
+    } else {
+        out.push(wait("mig", switch_line(cfg, st, seen, true)));
+        out.push(if serves_mps {
+            wait(
+                "whole",
+                format!(
+                    "after {} exit (the GPU serves MPS shares)",
+                    if mps_clients.is_empty() {
+                        "gpushare's MPS daemon quits".to_string()
+                    } else {
+                        and_list(&mps_clients)
+                    }
+                ),
+            )
+        } else {
+            ready("whole", "ready")
+        });
+        out.push(if share_holders.is_empty() {
+            ready("mps", "ready")
+        } else {
+            wait(
+                "mps",
+                format!(
+                    "after {} exit (the whole GPU is time-sliced to them)",
+                    and_list(&share_holders)
+                ),
+            )
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Lease, ShareLease};
+
+    fn gpu(mig: Option<(bool, bool)>) -> GpuInfo {
+        GpuInfo {
+            index: 0,
+            uuid: "GPU-a".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            minor: 0,
+            memory_total: 0,
+            mig_mode: mig,
+        }
+    }
+
+    fn seen(info: &GpuInfo) -> Seen<'_> {
+        Seen {
+            info,
+            pids: Some(Vec::new()),
+            foreign: 0,
+            idle: 0,
+            room: true,
+        }
+    }
+
+    fn line(needs: &[Need], kind: &str) -> String {
+        needs.iter().find(|n| n.kind == kind).unwrap().line.clone()
+    }
+
+    fn shared(st: &mut LedgerState, id: &str) {
+        st.shares.push(ShareLease {
+            gpu_uuid: "GPU-a".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            lease: Lease {
+                container_id: id.into(),
+                since: 1,
+                runtime_root: None,
+            },
+        });
+    }
+
+    #[test]
+    fn each_kind_says_what_it_waits_for() {
+        let mut cfg = Config::default();
+        let mut st = LedgerState::default();
+        let off = gpu(Some((false, false)));
+        let needs = assess(&cfg, &st, &seen(&off));
+        assert_eq!(
+            line(&needs, "mig"),
+            "needs `nvidia-smi -i 0 -mig 1` (mig.manage_mode is off)"
+        );
+        assert!(needs.iter().find(|n| n.kind == "whole").unwrap().ready);
+
+        cfg.mig.manage_mode = crate::config::ManageMode::All(true);
+        assert_eq!(
+            line(&assess(&cfg, &st, &seen(&off)), "mig"),
+            "mig.manage_mode would turn MIG on"
+        );
+        shared(&mut st, "llm-2");
+        shared(&mut st, "llm-3");
+        let needs = assess(&cfg, &st, &seen(&off));
+        assert_eq!(
+            line(&needs, "mig"),
+            "after llm-2 and llm-3 exit (then mig.manage_mode would turn MIG on)"
+        );
+        assert_eq!(
+            line(&needs, "mps"),
+            "after llm-2 and llm-3 exit (the whole GPU is time-sliced to them)"
+        );
+        st.shares.clear();
+        let mut s = seen(&off);
+        s.pids = Some(vec![77]);
+        assert!(line(&assess(&cfg, &st, &s), "mig").starts_with("after process(es) 77 exit"));
+
+        let on = gpu(Some((true, true)));
+        let mut s = seen(&on);
+        s.idle = 2;
+        assert_eq!(
+            line(&assess(&cfg, &st, &s), "whole"),
+            "mig.manage_mode would destroy 2 idle instance(s) and turn MIG off"
+        );
+        s.foreign = 1;
+        assert!(line(&assess(&cfg, &st, &s), "whole").starts_with("never while 1 GPU instance"));
+
+        let pending = gpu(Some((false, true)));
+        let l = line(&assess(&cfg, &st, &seen(&pending)), "mig");
+        assert!(
+            l.contains("pending enable") && l.contains("nvidia-smi -i 0 -r"),
+            "{l}"
+        );
+        assert!(line(&assess(&cfg, &st, &seen(&gpu(None))), "mig").contains("no MIG"));
+    }
+}
