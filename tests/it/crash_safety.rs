@@ -348,6 +348,7 @@ fn every_failpoint_in_the_code_is_exercised() {
         .iter()
         .map(|(n, _)| n.to_string())
         .chain(MPS_SCENARIOS.iter().map(|(n, _)| n.to_string()))
+        .chain(crate::mig_mode::FAILPOINTS.iter().map(|n| n.to_string()))
         .collect();
     let missing: Vec<&String> = names.difference(&covered).collect();
     assert!(

@@ -18,6 +18,7 @@ mod engine_docker;
 mod engine_podman;
 mod exec_env;
 mod k8s_cri;
+mod mig_mode;
 mod mig_runtime;
 mod mps_exclusive;
 mod mps_timeslice;
