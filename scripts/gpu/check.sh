@@ -7,7 +7,8 @@
 #   $OUT            where results go (gpu-results.md, status-real.json, ...)
 # It proves: no request -> no GPU; gpu.share=timeslice -> the whole GPU; two concurrent MPS
 # shares of 25% / 4G -> ~a quarter of the SMs each, 6 GiB allocations fail, kernels overlap,
-# the daemon gone afterwards; gpu.profile on a MIG-disabled GPU -> a clear refusal; NVML's
+# the daemon gone afterwards; gpu.profile on a MIG-disabled GPU -> a clear refusal naming
+# mig.manage_mode (left off here), which status and doctor report too; NVML's
 # MIG profile table equal to the simulator's model of the same GPU (sim/models); and what
 # hostile MPS tenants get (env dropped, share raised, pipe folder redirected) in the compute
 # mode the GPU is found in. The config sets mps.exclusive = false: gpushare never calls the
@@ -168,7 +169,14 @@ before=$(md5sum < "$work/mig/config.json")
 if G create --bundle "$work/mig" mig > "$work/mig/out" 2>&1; then G delete --force mig; ok=1; else ok=0; fi
 msg=$(cat "$work/mig/out")
 check "MIG request refused, naming MIG mode and the fix" "$([ $ok = 0 ] && echo "$msg" | grep -q 'MIG mode is disabled' && echo "$msg" | grep -q 'mig 1' && echo 0 || echo 1)" "$msg"
+check "the refusal names the operator's choice (mig.manage_mode)" "$(echo "$msg" | grep -q 'mig.manage_mode is off' && echo 0 || echo 1)" "$msg"
 check "config.json untouched on refusal" "$([ "$before" = "$(md5sum < "$work/mig/config.json")" ] && echo 0 || echo 1)" ""
+# The config leaves mig.manage_mode off: status and doctor say what it would take, nothing is switched.
+mig_status=$("$GPUSHARE_BIN/gpusharectl" status 2>&1 | grep 'MIG slice:')
+check "status says what a MIG slice needs" "$(echo "$mig_status" | grep -q 'needs .* (mig.manage_mode is off)' && echo 0 || echo 1)" "$mig_status"
+mig_doctor=$("$GPUSHARE_BIN/gpusharectl" doctor 2>&1 | grep 'GPU 0 mig.manage_mode')
+check "doctor says what mig.manage_mode would do" "$(echo "$mig_doctor" | grep -q 'mig.manage_mode is off' && echo 0 || echo 1)" "$mig_doctor"
+check "MIG mode unchanged" "$(nvidia-smi -i 0 --query-gpu=mig.mode.current --format=csv,noheader | grep -q Disabled && echo 0 || echo 1)" "$(nvidia-smi -i 0 --query-gpu=mig.mode.current,mig.mode.pending --format=csv,noheader)"
 
 note "## 5. NVML's MIG profile table vs the simulator's model of this GPU"
 "$GPUSHARE_BIN/gpusharectl" status --json > "$OUT/status-real.json"

@@ -34,6 +34,7 @@ fn readme_config_example_parses_and_matches_the_defaults() {
     assert_eq!(shown.inject.mode, default.inject.mode);
     assert_eq!(shown.inject.lib_dirs, default.inject.lib_dirs);
     assert_eq!(shown.log.level, default.log.level);
+    assert_eq!(shown.mig.manage_mode, default.mig.manage_mode);
     assert_eq!(
         shown.placement.reuse_tolerance,
         default.placement.reuse_tolerance

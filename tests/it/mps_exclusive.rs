@@ -331,6 +331,10 @@ fn gpu_check_script_never_changes_the_compute_mode() {
         !cfg.mps.exclusive,
         "check.sh must set mps.exclusive = false"
     );
+    assert!(
+        !cfg.mig.manage_mode.any(),
+        "check.sh must keep mig.manage_mode off"
+    );
     for setter in [
         "-c ",
         "--compute-mode",

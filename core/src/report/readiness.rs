@@ -169,7 +169,7 @@ pub fn assess(cfg: &Config, st: &LedgerState, seen: &Seen<'_>) -> Vec<Need> {
             wait(
                 "mps",
                 format!(
-                    "after {} exit (the whole GPU is time-sliced to them)",
+                    "after {} exit (they hold it whole, time-sliced)",
                     and_list(&share_holders)
                 ),
             )
@@ -247,7 +247,7 @@ mod tests {
         );
         assert_eq!(
             line(&needs, "mps"),
-            "after llm-2 and llm-3 exit (the whole GPU is time-sliced to them)"
+            "after llm-2 and llm-3 exit (they hold it whole, time-sliced)"
         );
         st.shares.clear();
         let mut s = seen(&off);
