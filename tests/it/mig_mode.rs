@@ -120,6 +120,30 @@ fn mig_is_turned_on_for_a_slice_and_off_for_the_whole_gpu() {
 }
 
 #[test]
+fn mig_is_turned_off_for_an_mps_share() {
+    require_root();
+    let node = managed_node(true);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}",
+        fake_mps_control().display().to_string()
+    ));
+    let engine = Engine::new(&node, Runtime::Runc);
+    run_ok(&engine, &SLICE);
+    let out = run_ok(&engine, &[("gpu.mps", "25")]);
+    assert_eq!(
+        env_seen(&out, "CUDA_VISIBLE_DEVICES"),
+        gpu_uuid(&node),
+        "{out}"
+    );
+    assert_eq!(mig(&node), (0, 0), "MIG was turned off");
+    assert_eq!(driver_instances(&node), 0);
+    assert!(mps_control_log(&node).contains("start pid="));
+    let st = node.ledger();
+    assert!(st.mig_modes.is_empty() && st.instances.is_empty(), "{st:?}");
+    invariants::check(&node, Some(engine.root.path())).unwrap();
+}
+
+#[test]
 fn a_gpu_with_a_process_gpushare_does_not_know_is_never_switched() {
     require_root();
     let node = managed_node(false);

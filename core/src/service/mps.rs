@@ -132,7 +132,7 @@ pub fn grant_on(
                 percent,
                 memory: show_memory(memory),
                 reasons: format!(
-                    "MIG is enabled there (ask for gpu.profile there), and gpushare does not turn it off: {}",
+                    "every GPU has MIG enabled (ask for gpu.profile there), and gpushare does not turn it off: {}",
                     crate::mig_mode::explain(&why)
                 ),
             });
