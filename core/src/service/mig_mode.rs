@@ -27,6 +27,7 @@ use crate::gpu::{Gpu, GpuInfo};
 use crate::gpus::GpuError;
 use crate::ledger::{LedgerState, Locked, MigModeRecord};
 use crate::node::Node;
+use crate::placement::GpuInstance;
 
 /// Why gpushare does not switch a GPU's MIG mode now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,13 +130,13 @@ pub fn hold(cfg: &Config, st: &LedgerState, gpu: &GpuInfo, on: bool) -> Option<H
     (!who.is_empty()).then_some(Hold::Holders(who))
 }
 
-/// The GPU instances on `gpu` (MIG on) and which of them are idle ones of gpushare's:
-/// (idle ours as (GI, CIs, slot), how many others).
+/// The GPU instances on `gpu` (MIG on) that are idle ones of gpushare's, and how many others
+/// are there.
 fn idle_instances(
     be: &dyn Gpu,
     st: &LedgerState,
     gpu: &GpuInfo,
-) -> Result<(Vec<(u32, Vec<u32>, crate::placement::Slot)>, usize), GpuError> {
+) -> Result<(Vec<GpuInstance>, usize), GpuError> {
     let profiles = match st
         .gpus
         .iter()
@@ -154,7 +155,7 @@ fn idle_instances(
                 && r.made.as_ref().is_some_and(|m| m.gi == gi.id)
         });
         if idle {
-            ours.push((gi.id, gi.compute_instances.clone(), gi.slot));
+            ours.push(gi);
         } else {
             others += 1;
         }
@@ -223,7 +224,13 @@ pub fn switch(
     crate::failpoint!("mig_mode.recorded");
     if !on {
         let (idle, _) = idle_instances(be, st, gpu)?;
-        for (gi, cis, slot) in idle {
+        for GpuInstance {
+            id: gi,
+            compute_instances: cis,
+            slot,
+            ..
+        } in idle
+        {
             be.destroy(gpu.index, gi, &cis)?;
             crate::instance_log::note(
                 &cfg.state_dir,
