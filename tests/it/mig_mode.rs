@@ -353,6 +353,11 @@ fn crash_scenario(point: &str, switch: Switch, gc_first: bool) {
     // What the GPU was found in, before the dead grant.
     let found = u64::from(switch == Switch::Off);
     if gc_first {
+        let status = text(&node.ctl(&["status"]).stdout);
+        assert!(
+            status.contains("MIG mode switched by gpushare for a grant that died"),
+            "{label}: {status}"
+        );
         let out = gc(&node, None);
         assert!(
             out.status.success(),

@@ -61,6 +61,12 @@ fn mentions_gpushare(path: &Path) -> bool {
 /// warning for a change the driver holds until a reset.
 fn manage_mode_check(g: &crate::status::GpuStatus, out: &mut Vec<Check>) {
     let name = format!("GPU {} mig.manage_mode", g.index);
+    if let Some(found) = g.mig_switch_found {
+        check(out, &name, Level::Warn, format!(
+            "a MIG mode switch was left unsettled by a crash: the next grant or `gpusharectl gc` puts MIG {} back",
+            crate::mig_mode::on_off(found)));
+        return;
+    }
     if let Some(on) = g.mig_pending {
         check(out, &name, Level::Warn, format!(
             "MIG mode pending {}: the driver applies it only at a GPU reset (`nvidia-smi -i {} -r`, with nothing running on it); gpushare never resets a GPU, and refuses requests that need the pending mode until then",

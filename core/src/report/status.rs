@@ -50,6 +50,9 @@ pub struct GpuStatus {
     pub compute_mode_found: Option<String>,
     /// A MIG mode change the driver holds until a GPU reset: the mode it would become.
     pub mig_pending: Option<bool>,
+    /// A MIG mode switch a crash left unsettled: the mode found, which the next grant or `gc`
+    /// puts back.
+    pub mig_switch_found: Option<bool>,
     /// What the GPU would need to serve each kind of request now (`mig.manage_mode`'s part).
     pub needs: Vec<crate::readiness::Need>,
 }
@@ -189,6 +192,11 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
             room: free.iter().any(|(_, n)| *n > 0),
         };
         let needs = crate::readiness::assess(cfg, &st, &seen);
+        let mig_switch_found = st
+            .mig_modes
+            .iter()
+            .find(|r| r.gpu_uuid == g.uuid)
+            .map(|r| r.found);
         let mig_pending = g
             .mig_mode
             .and_then(|(current, pending)| (current != pending).then_some(pending));
@@ -212,6 +220,7 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
             compute_mode,
             compute_mode_found,
             mig_pending,
+            mig_switch_found,
             needs,
         });
     }
@@ -348,6 +357,13 @@ pub fn render(s: &Status) -> String {
                 "  MIG mode pending {}: the driver applies it only at a GPU reset (`nvidia-smi -i {} -r`); gpushare never resets a GPU",
                 if on { "enable" } else { "disable" },
                 g.index
+            );
+        }
+        if let Some(found) = g.mig_switch_found {
+            let _ = writeln!(
+                out,
+                "  MIG mode switched by gpushare for a grant that died (a crash): the next grant or `gpusharectl gc` puts MIG {} back",
+                crate::mig_mode::on_off(found)
             );
         }
         for n in &g.needs {
