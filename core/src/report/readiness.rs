@@ -140,7 +140,11 @@ pub fn assess(cfg: &Config, st: &LedgerState, seen: &Seen<'_>) -> Vec<Need> {
                 .collect();
             wait(
                 "mig",
-                format!("no room: after some of {} exit", and_list(&busy)),
+                if busy.is_empty() {
+                    "no room: the instances there are not gpushare's".to_string()
+                } else {
+                    format!("no room: after some of {} exit", and_list(&busy))
+                },
             )
         });
         let off = switch_line(cfg, st, seen, false);

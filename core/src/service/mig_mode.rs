@@ -578,6 +578,36 @@ mod tests {
     }
 
     #[test]
+    fn gc_puts_an_unsettled_switch_back_and_a_dry_run_only_says_so() {
+        let mut s = Scratch::new("migmode-gc");
+        managed(&mut s);
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        gpu.set_mig(0, false);
+        let locked = lock(&s);
+        let mut st = locked.load().unwrap();
+        switch(&s.cfg, &gpu, &locked, &mut st, &gpu.info(0), true).unwrap();
+        drop(locked);
+        gpu.clear_calls();
+        let mut opts = crate::gc::GcOptions::from_config(&s.cfg);
+        opts.dry_run = true;
+        let report = crate::gc::run_on(&s.cfg, &gpu, &node, &opts).unwrap();
+        assert!(report
+            .render()
+            .contains("would put MIG mode off back on GPU 0"));
+        assert_eq!(gpu.changes(), Vec::<Call>::new());
+        assert_eq!(s.ledger().mig_modes.len(), 1);
+        opts.dry_run = false;
+        let report = crate::gc::run_on(&s.cfg, &gpu, &node, &opts).unwrap();
+        assert_eq!(
+            report.actions,
+            vec![crate::gc::Action::RestoreMigMode { gpu: 0, mig: "off" }]
+        );
+        assert_eq!(gpu.info(0).mig_mode, Some((false, false)));
+        assert!(s.ledger().mig_modes.is_empty());
+    }
+
+    #[test]
     fn an_unsettled_switch_is_put_back_with_the_dead_grants_instance() {
         let mut s = Scratch::new("migmode-repair");
         managed(&mut s);
