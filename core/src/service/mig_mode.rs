@@ -279,10 +279,11 @@ pub fn switch(
     Ok(None)
 }
 
-/// For a whole-GPU or MPS grant that no GPU already out of MIG mode serves: turn MIG off on
-/// the first of `candidates` (GPU UUIDs, in the order to try) that can be. Ok(Ok(uuid)): that
-/// GPU is out of MIG mode now (the grant calls [`settled`]); Ok(Err(why)): none was switched,
-/// why for each GPU in MIG mode among them. Refreshes the ledger's cache of MIG modes.
+/// For a whole-GPU or MPS grant that no GPU out of MIG mode (as the ledger's cache says)
+/// serves: the first of `candidates` (GPU UUIDs, in the order to try) that the driver says is
+/// out of MIG mode, or else that can be switched off. Ok(Ok(uuid)): that GPU is out of MIG mode
+/// now (the grant calls [`settled`]); Ok(Err(why)): none, why for each GPU in MIG mode among
+/// them. Refreshes the ledger's cache of MIG modes.
 pub fn switch_off_one(
     cfg: &Config,
     be: &dyn Gpu,
@@ -296,14 +297,17 @@ pub fn switch_off_one(
             r.mig_enabled = g.mig_mode.is_some_and(|(current, _)| current);
         }
     }
+    let mig_on = |g: &&GpuInfo| g.mig_mode.is_some_and(|(current, _)| current);
+    let ordered: Vec<&GpuInfo> = candidates
+        .iter()
+        .filter_map(|u| live.iter().find(|g| g.uuid == *u))
+        .collect();
+    // Out of MIG mode already (the ledger's cache was behind the driver): no switch needed.
+    if let Some(g) = ordered.iter().find(|g| !mig_on(g)) {
+        return Ok(Ok(g.uuid.clone()));
+    }
     let mut why = Vec::new();
-    for uuid in candidates {
-        let Some(g) = live.iter().find(|g| g.uuid == *uuid) else {
-            continue;
-        };
-        if !g.mig_mode.is_some_and(|(current, _)| current) {
-            continue;
-        }
+    for g in ordered {
         match switch(cfg, be, locked, st, g, false)? {
             None => return Ok(Ok(g.uuid.clone())),
             Some(h) => why.push((g.index, h)),

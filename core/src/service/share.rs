@@ -225,6 +225,27 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_an_operator_took_out_of_mig_mode_is_served_though_the_cache_says_mig() {
+        let s = Scratch::new("share-stale");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let g =
+            crate::allocator::allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who("m")).unwrap();
+        crate::allocator::release(&s.cfg, "m", Duration::from_secs(5)).unwrap();
+        assert!(s.ledger().gpus[0].mig_enabled);
+        // `nvidia-smi -mig 0` behind gpushare's back, after destroying the instance.
+        gpu.vanish(0, g.gi);
+        gpu.set_mig(0, false);
+        let a = grant_on(&s.cfg, &gpu, &node, None, &who("a")).unwrap();
+        assert_eq!(a.gpu_uuid, gpu.info(0).uuid);
+        assert!(!gpu
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::SetMigMode { .. })));
+        assert!(!s.ledger().gpus[0].mig_enabled, "the cache caught up");
+    }
+
+    #[test]
     fn mig_is_turned_off_for_a_whole_gpu_once_its_instances_are_idle() {
         let mut s = Scratch::new("share-switch");
         s.cfg.mig.manage_mode = crate::config::ManageMode::All(true);
