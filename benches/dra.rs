@@ -7,6 +7,7 @@
 //!   instance where the aware pool reuses one, else a new instance at the policy's placement),
 //!   warm devices listed first; re-published after every grant and release; released
 //!   instances stay idle until the policy reclaims their slices.
+//!   The decision is production code: core's `dra_devices::mig_devices`, as the plugin publishes.
 //! - `nvidia`: NVIDIA's DynamicMIG model: every (profile, placement) of every GPU, in device
 //!   name order; the instance is made at prepare and destroyed at unprepare.
 //!
@@ -23,11 +24,12 @@ mod args;
 mod workload;
 
 use args::{parse_args, Args};
+use gpushare_core::dra_devices::{in_order, mig_devices, GpuDevices, MigGpu, Offer, Policy};
 use gpushare_core::placement::{self, Occupied, Profile, Slot};
 use gpushare_core::policy::mdp::{Demand, Table};
 use gpushare_core::policy::replay::{self, Event, Holds};
 use gpushare_core::policy::rng::Rng;
-use gpushare_core::policy::{decide, model, Decision, PoolKind, Scorer, DEFAULT_REUSE_TOLERANCE};
+use gpushare_core::policy::{model, PoolKind, Scorer, DEFAULT_REUSE_TOLERANCE};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -48,12 +50,9 @@ enum Kind {
     FullGpu,
     /// A (profile, placement) with no instance yet (NVIDIA's model).
     Placement,
-    /// gpushare: its idle instance `idle[i]` on this GPU.
-    Warm(usize),
-    /// gpushare: a new instance, after destroying these idle instances (indexes into `idle`).
-    Create(Vec<usize>),
-    /// gpushare: a leased instance, still published so that its counters stay consumed.
-    Busy,
+    /// gpushare: what core's `dra_devices` decided (warm, new, or leased and kept published so
+    /// that its counters stay consumed).
+    Gpushare(Offer),
 }
 
 /// A device in a node's ResourceSlices, as the allocator sees it.
@@ -171,8 +170,8 @@ impl Model {
 struct Gpushare<'m> {
     model: &'m Model,
     gpus: Vec<Gpu>,
-    /// Per GPU: its warm, new and busy devices as last published.
-    per_gpu: Vec<[Vec<Device>; 3]>,
+    /// Per GPU: its warm, new and leased devices as last published.
+    per_gpu: Vec<GpuDevices>,
     devices: Vec<Device>,
 }
 
@@ -181,7 +180,7 @@ impl<'m> Gpushare<'m> {
         let mut n = Gpushare {
             model,
             gpus: vec![Gpu::default(); gpus],
-            per_gpu: vec![Default::default(); gpus],
+            per_gpu: vec![GpuDevices::default(); gpus],
             devices: Vec::new(),
         };
         for g in 0..gpus {
@@ -191,56 +190,37 @@ impl<'m> Gpushare<'m> {
         n
     }
 
+    /// The production decision (core's `dra_devices`) on this GPU's instances.
     fn republish_gpu(&mut self, g: usize) {
         let gpu = &self.gpus[g];
         let busy: Vec<Occupied> = gpu.busy.iter().map(|b| b.1).collect();
-        let [warm, new, leased] = &mut self.per_gpu[g];
-        warm.clear();
-        new.clear();
-        leased.clear();
-        let scorer = self.model.scorer();
-        for &i in &self.model.asked {
-            let p = &self.model.profiles[i];
-            let (slot, kind) = match decide(
-                &scorer,
-                PoolKind::Aware,
-                DEFAULT_REUSE_TOLERANCE,
-                p,
-                &self.model.profiles,
-                &busy,
-                &gpu.idle,
-            ) {
-                Decision::Reuse(j) => (gpu.idle[j].slot, Kind::Warm(j)),
-                Decision::Create { slot, destroy } => (slot, Kind::Create(destroy)),
-                Decision::Refuse => continue,
-            };
-            let d = Device {
-                gpu: g,
-                profile_id: Some(p.id),
-                slot,
-                allocated: None,
-                kind,
-            };
-            match d.kind {
-                Kind::Warm(_) => warm.push(d),
-                _ => new.push(d),
-            }
-        }
-        leased.extend(gpu.busy.iter().map(|&(claim, o)| Device {
-            gpu: g,
-            profile_id: Some(o.profile_id),
-            slot: o.slot,
-            kind: Kind::Busy,
-            allocated: Some(claim),
-        }));
+        let view = MigGpu {
+            profiles: &self.model.profiles,
+            busy: &busy,
+            idle: &gpu.idle,
+        };
+        let policy = Policy {
+            scorer: self.model.scorer(),
+            pool: PoolKind::Aware,
+            tolerance: DEFAULT_REUSE_TOLERANCE,
+        };
+        self.per_gpu[g] = mig_devices(g, &view, self.model.asked.iter().copied(), &policy);
     }
 
     fn concat(&mut self) {
         self.devices.clear();
-        for part in 0..3 {
-            for g in &self.per_gpu {
-                self.devices.extend(g[part].iter().cloned());
-            }
+        for d in in_order(&self.per_gpu) {
+            let allocated = match d.offer {
+                Offer::Leased(j) => Some(self.gpus[d.gpu].busy[j].0),
+                _ => None,
+            };
+            self.devices.push(Device {
+                gpu: d.gpu,
+                profile_id: Some(d.profile_id),
+                slot: d.slot,
+                kind: Kind::Gpushare(d.offer.clone()),
+                allocated,
+            });
         }
     }
 }
@@ -255,7 +235,7 @@ impl Driver for Gpushare<'_> {
         let p = self.model.by_id(d.profile_id.expect("a MIG device"));
         let gpu = &mut self.gpus[d.gpu];
         let warm = match d.kind {
-            Kind::Warm(j) => {
+            Kind::Gpushare(Offer::Warm(j)) => {
                 let o = gpu.idle.swap_remove(j);
                 assert!(
                     o.profile_id == p.id && o.slot == d.slot,
@@ -264,7 +244,7 @@ impl Driver for Gpushare<'_> {
                 gpu.busy.push((claim, o));
                 true
             }
-            Kind::Create(ref destroy) => {
+            Kind::Gpushare(Offer::Create { ref destroy }) => {
                 for &j in destroy.iter().rev() {
                     gpu.idle.remove(j);
                 }

@@ -21,7 +21,9 @@ mod util;
 pub use util::{failpoint, fsutil, statedir, strict_json};
 
 // What things are: config, requests, the ledger's data, placement policy, spec edits.
-pub use model::{config, dra_name, hook, kube, ledger, placement, policy, request, spec, stats};
+pub use model::{
+    config, dra_devices, dra_name, hook, kube, ledger, placement, policy, request, spec, stats,
+};
 
 // What gpushare does to the GPU (NVML) and the node (driver files, procfs, runtimes' state).
 #[cfg(any(test, feature = "testing"))]

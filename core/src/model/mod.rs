@@ -3,6 +3,7 @@
 //! process: what the services read and write, and the rules that hold of it.
 
 pub mod config;
+pub mod dra_devices;
 pub mod dra_name;
 pub mod hook;
 pub mod kube;

@@ -26,8 +26,9 @@ fn is_idle(r: &InstanceRecord) -> bool {
     r.lease.is_none() && r.made.is_some()
 }
 
-/// The table the cold path last chose for this GPU model, if it is still on disk. Never solves.
-fn cached_table(cfg: &Config, st: &LedgerState, profiles: &[Profile]) -> Option<Arc<Table>> {
+/// The table the cold path last chose for this GPU model, if it is still on disk. Never solves:
+/// the warm path and the DRA publication (dra_devices) read it.
+pub fn cached_table(cfg: &Config, st: &LedgerState, profiles: &[Profile]) -> Option<Arc<Table>> {
     if cfg.placement.policy != PolicyKind::Adaptive {
         return None;
     }
@@ -35,7 +36,7 @@ fn cached_table(cfg: &Config, st: &LedgerState, profiles: &[Profile]) -> Option<
     TableCache::in_dir(&cfg.state_dir).load(profiles, key)
 }
 
-fn rule(kind: PolicyKind) -> Scorer<'static> {
+pub fn rule(kind: PolicyKind) -> Scorer<'static> {
     match kind {
         PolicyKind::Lowest => Scorer::Lowest,
         PolicyKind::DriverOrder => Scorer::DriverOrder,

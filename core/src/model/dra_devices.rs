@@ -1,0 +1,603 @@
+//! Which devices a node publishes to Kubernetes' DRA (docs/kubernetes.md, "What gpushare
+//! publishes instead"), decided from the ledger alone: no NVML, no API server. The scheduler's
+//! allocator takes the first published device that fits, so what is published, and in which
+//! order, is how gpushare's placement policy gets to decide inside a cluster:
+//!
+//! - per MIG GPU and profile, the one device gpushare's own allocator would grant now: the idle
+//!   instance the warm path would reuse (a warm device), else a new instance at the placement
+//!   the policy prefers (overlapping idle instances are destroyed at prepare, as on the cold
+//!   path);
+//! - leased instances, so that the memory-slice counters they consume stay consumed (the
+//!   allocator counts only devices that are published and allocated);
+//! - per GPU not in MIG mode, the whole GPU for time-slicing and its MPS shares, as devices
+//!   several claims may share (consumable capacity, KEP-5075) or, where the cluster lacks it,
+//!   as counted shares.
+//!
+//! Order: warm devices of every GPU, then new instances, then leased ones, each GPU by GPU: the
+//! order the allocator tries them (warm path first, then the cold path GPU by GPU).
+//! `benches/dra.rs` runs this module's MIG decision in its cluster simulation.
+
+use crate::config::Config;
+use crate::dra_name::{DeviceName, DraNameError};
+use crate::ledger::{GpuRecord, InstanceRecord, LedgerState};
+use crate::placement::{Occupied, Profile, Slot};
+use crate::policy::node::{cached_table, rule};
+use crate::policy::{decide, Decision, PoolKind, Scorer};
+
+/// How a MIG device published for one profile would be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// Grant the idle instance `idle[i]` of the GPU's view.
+    Warm(usize),
+    /// Destroy these idle instances (indexes into the view's `idle`), then create the instance.
+    Create { destroy: Vec<usize> },
+    /// Already granted (`busy[i]` of the view): published so its counters stay consumed.
+    Leased(usize),
+}
+
+/// A MIG device: a profile at a placement on one GPU (by its position in the node's list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigDevice {
+    pub gpu: usize,
+    pub profile_id: u32,
+    /// The memory slices it consumes from its GPU's counter set.
+    pub slot: Slot,
+    pub offer: Offer,
+}
+
+/// One MIG GPU as the decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct MigGpu<'a> {
+    pub profiles: &'a [Profile],
+    /// What must stay: leased instances (and anyone else's).
+    pub busy: &'a [Occupied],
+    /// gpushare's idle instances, which may be reused or destroyed.
+    pub idle: &'a [Occupied],
+}
+
+/// The policy a GPU's devices are decided under: the same inputs as the grant path's.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub scorer: Scorer<'a>,
+    pub pool: PoolKind,
+    pub tolerance: f64,
+}
+
+/// One GPU's MIG devices, by the part of the publication they go in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuDevices {
+    pub warm: Vec<MigDevice>,
+    pub new: Vec<MigDevice>,
+    pub leased: Vec<MigDevice>,
+}
+
+/// The MIG devices of GPU `gpu`: for every profile of `offered` (indexes into its profiles),
+/// the device gpushare would grant now, and its leased instances. A profile nothing fits gets
+/// no device.
+pub fn mig_devices(
+    gpu: usize,
+    view: &MigGpu<'_>,
+    offered: impl IntoIterator<Item = usize>,
+    policy: &Policy<'_>,
+) -> GpuDevices {
+    let mut out = GpuDevices::default();
+    for i in offered {
+        let p = &view.profiles[i];
+        let (slot, offer) = match decide(
+            &policy.scorer,
+            policy.pool,
+            policy.tolerance,
+            p,
+            view.profiles,
+            view.busy,
+            view.idle,
+        ) {
+            Decision::Reuse(j) => (view.idle[j].slot, Offer::Warm(j)),
+            Decision::Create { slot, destroy } => (slot, Offer::Create { destroy }),
+            Decision::Refuse => continue,
+        };
+        let d = MigDevice {
+            gpu,
+            profile_id: p.id,
+            slot,
+            offer,
+        };
+        match d.offer {
+            Offer::Warm(_) => out.warm.push(d),
+            _ => out.new.push(d),
+        }
+    }
+    out.leased
+        .extend(view.busy.iter().enumerate().map(|(j, o)| MigDevice {
+            gpu,
+            profile_id: o.profile_id,
+            slot: o.slot,
+            offer: Offer::Leased(j),
+        }));
+    out
+}
+
+/// The node's MIG devices in publication order: every GPU's warm devices, then new ones, then
+/// leased ones.
+pub fn in_order(per_gpu: &[GpuDevices]) -> impl Iterator<Item = &MigDevice> {
+    let part = |k: usize| {
+        per_gpu.iter().flat_map(move |g| match k {
+            0 => &g.warm,
+            1 => &g.new,
+            _ => &g.leased,
+        })
+    };
+    part(0).chain(part(1)).chain(part(2))
+}
+
+/// Memory slices of a GPU: one counter each in its counter set.
+pub fn memory_slices(profiles: &[Profile]) -> u32 {
+    profiles
+        .iter()
+        .flat_map(|p| &p.placements)
+        .map(|s| s.start + s.size)
+        .max()
+        .unwrap_or(0)
+}
+
+/// How whole-GPU and MPS shares are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Consumable capacity (KEP-5075, `DRAConsumableCapacity`): one device per GPU and way of
+    /// sharing, which many claims may be allocated.
+    Consumable,
+    /// No consumable capacity: the whole GPU goes to one claim at a time, MPS as `shares`
+    /// counted devices of `100 / shares` percent of the SMs each.
+    Counted { shares: u32 },
+}
+
+/// What a published device is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Mig {
+        profile: Profile,
+        slot: Slot,
+        offer: Offer,
+    },
+    /// The whole GPU, time-sliced; `shared` when many claims may be allocated it.
+    Whole { shared: bool },
+    /// MPS: `percent` of the SMs (per claim when counted, in all when shared).
+    Mps { percent: u32, shared: bool },
+}
+
+/// A device the node publishes, with what the ResourceSlice says of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub name: DeviceName,
+    pub gpu: GpuRecord,
+    pub kind: Kind,
+}
+
+/// Everything the node publishes, in order: MIG devices as above, then whole-GPU and MPS
+/// devices GPU by GPU. A GPU not in MIG mode offers time-slicing unless it serves MPS clients
+/// now, and MPS unless it time-slices now: gpushare refuses one beside the other.
+pub fn node_devices(
+    cfg: &Config,
+    st: &LedgerState,
+    sharing: Sharing,
+) -> Result<Vec<Published>, DraNameError> {
+    let mig_gpus: Vec<&GpuRecord> = st.gpus.iter().filter(|g| g.mig_enabled).collect();
+    let mut views: Vec<(Vec<Occupied>, Vec<Occupied>)> = Vec::new();
+    let mut per_gpu = Vec::new();
+    for (g, gpu) in mig_gpus.iter().enumerate() {
+        let on_gpu = st.instances.iter().filter(|r| r.gpu_uuid == gpu.uuid);
+        let (idle, busy): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
+            on_gpu.partition(|r| r.lease.is_none() && r.made.is_some());
+        let occ = |v: &[&InstanceRecord]| {
+            v.iter()
+                .map(|r| Occupied {
+                    profile_id: r.profile_id,
+                    slot: r.slot,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (busy, idle) = (occ(&busy), occ(&idle));
+        let table = cached_table(cfg, st, &gpu.profiles);
+        let policy = Policy {
+            scorer: table
+                .as_deref()
+                .map_or(rule(cfg.placement.policy), Scorer::Table),
+            pool: cfg.placement.pool,
+            tolerance: cfg.placement.reuse_tolerance,
+        };
+        let offered = (0..gpu.profiles.len()).filter(|&i| {
+            cfg.policy.allowed_profiles.is_empty()
+                || cfg.policy.allowed_profiles.contains(&gpu.profiles[i].name)
+        });
+        let view = MigGpu {
+            profiles: &gpu.profiles,
+            busy: &busy,
+            idle: &idle,
+        };
+        per_gpu.push(mig_devices(g, &view, offered, &policy));
+        views.push((busy, idle));
+    }
+    let mut out = Vec::new();
+    for d in in_order(&per_gpu) {
+        let gpu = mig_gpus[d.gpu];
+        let profile = gpu
+            .profiles
+            .iter()
+            .find(|p| p.id == d.profile_id)
+            .expect("devices are of the GPU's profiles")
+            .clone();
+        out.push(Published {
+            name: DeviceName::mig(gpu.index, &profile.name, d.slot.start)?,
+            gpu: gpu.clone(),
+            kind: Kind::Mig {
+                profile,
+                slot: d.slot,
+                offer: d.offer.clone(),
+            },
+        });
+    }
+    for gpu in st.gpus.iter().filter(|g| !g.mig_enabled) {
+        let time_sliced = st.shares.iter().any(|s| s.gpu_uuid == gpu.uuid);
+        let mps_clients = st
+            .mps
+            .iter()
+            .any(|m| m.gpu_uuid == gpu.uuid && !m.clients.is_empty());
+        let (whole_shared, counted) = match sharing {
+            Sharing::Consumable => (true, None),
+            Sharing::Counted { shares } => (false, Some(shares.max(1))),
+        };
+        // Counted, a time-slice lease takes the one whole device; consumable, the scheduler
+        // counts the claims itself.
+        let whole_taken = time_sliced && counted.is_some();
+        if !mps_clients && !whole_taken {
+            out.push(Published {
+                name: DeviceName::Whole { gpu: gpu.index },
+                gpu: gpu.clone(),
+                kind: Kind::Whole {
+                    shared: whole_shared,
+                },
+            });
+        }
+        if time_sliced {
+            continue;
+        }
+        let max = u32::from(cfg.policy.max_mps_percent.clamp(1, 100));
+        match counted {
+            None => out.push(Published {
+                name: DeviceName::Mps { gpu: gpu.index },
+                gpu: gpu.clone(),
+                kind: Kind::Mps {
+                    percent: 100,
+                    shared: true,
+                },
+            }),
+            Some(n) => {
+                // MPS clients gpushare granted hold shares the scheduler cannot see as
+                // allocated (they may have come through the RuntimeClass path): publish only
+                // the shares still free.
+                let used: u32 = st
+                    .mps
+                    .iter()
+                    .filter(|m| m.gpu_uuid == gpu.uuid)
+                    .flat_map(|m| &m.clients)
+                    .map(|c| u32::from(c.percent))
+                    .sum();
+                let each = (100 / n).min(max);
+                let free = 100u32.saturating_sub(used) / each.max(1);
+                for k in 0..n.min(free) {
+                    out.push(Published {
+                        name: DeviceName::MpsShare {
+                            gpu: gpu.index,
+                            share: k,
+                        },
+                        gpu: gpu.clone(),
+                        kind: Kind::Mps {
+                            percent: each,
+                            shared: false,
+                        },
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Lease, Made, ShareLease};
+    use crate::placement::tests::h100;
+    use crate::policy::DEFAULT_REUSE_TOLERANCE;
+
+    fn gpu(index: u32, mig: bool) -> GpuRecord {
+        GpuRecord {
+            index,
+            uuid: format!("GPU-{index}"),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            minor: index,
+            profiles: h100(),
+            memory_total: 80 << 30,
+            mig_enabled: mig,
+        }
+    }
+
+    fn instance(g: &GpuRecord, profile: &str, start: u32, leased: bool) -> InstanceRecord {
+        let p = g.profiles.iter().find(|p| p.name == profile).unwrap();
+        InstanceRecord {
+            gpu_uuid: g.uuid.clone(),
+            gpu_index: g.index,
+            gpu_minor: g.minor,
+            profile: p.name.clone(),
+            profile_id: p.id,
+            slot: *p.placements.iter().find(|s| s.start == start).unwrap(),
+            made: Some(Made {
+                gi: start,
+                ci: 0,
+                mig_uuid: format!("MIG-{}-{start}", g.index),
+                gi_cap_minor: 0,
+                ci_cap_minor: 0,
+            }),
+            created_at: 0,
+            lease: leased.then(|| Lease {
+                container_id: format!("claim-{start}"),
+                since: 0,
+                runtime_root: None,
+            }),
+            idle_since: (!leased).then_some(1),
+        }
+    }
+
+    fn cfg() -> Config {
+        let mut c = Config::default();
+        c.placement.policy = crate::policy::PolicyKind::BestFit;
+        c.placement.pool = PoolKind::Aware;
+        c.placement.reuse_tolerance = DEFAULT_REUSE_TOLERANCE;
+        c
+    }
+
+    fn names(v: &[Published]) -> Vec<String> {
+        v.iter().map(|p| p.name.to_string()).collect()
+    }
+
+    /// The simulated driver's check, applied to a set of devices the counters admit together
+    /// (with the leased ones): prepared one after the other, each fits beside what exists.
+    fn prepare_all(
+        profiles: &[Profile],
+        busy: &[Occupied],
+        idle: &[Occupied],
+        set: &[&MigDevice],
+    ) -> Result<(), String> {
+        let mut made: Vec<Occupied> = busy.to_vec();
+        // Per idle instance: still idle (Some) or gone, and whether a warm grant took it.
+        let mut idle: Vec<Option<Occupied>> = idle.iter().copied().map(Some).collect();
+        let mut taken = vec![false; idle.len()];
+        for d in set {
+            let p = profiles.iter().find(|p| p.id == d.profile_id).unwrap();
+            match &d.offer {
+                Offer::Warm(j) => {
+                    let o = idle[*j]
+                        .take()
+                        .ok_or(format!("warm {j} already destroyed"))?;
+                    if o.slot != d.slot || o.profile_id != p.id {
+                        return Err(format!("warm {j} is not {d:?}"));
+                    }
+                    taken[*j] = true;
+                    made.push(o);
+                }
+                Offer::Create { destroy } => {
+                    for &j in destroy {
+                        // Destroyed for an earlier create is fine; granted warm is not.
+                        if taken[j] {
+                            return Err(format!("{d:?}: victim {j} was granted warm"));
+                        }
+                        idle[j] = None;
+                    }
+                    let now: Vec<Occupied> = made
+                        .iter()
+                        .copied()
+                        .chain(idle.iter().flatten().copied())
+                        .collect();
+                    if !crate::placement::can_create(p, &now, d.slot) {
+                        return Err(format!("{} at {:?} beside {now:?}", p.name, d.slot));
+                    }
+                    made.push(Occupied {
+                        profile_id: p.id,
+                        slot: d.slot,
+                    });
+                }
+                Offer::Leased(_) => unreachable!("leased devices are allocated"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the counters admit these devices at once: no memory slice consumed twice,
+    /// counting the leased (allocated) devices too.
+    fn counters_admit(set: &[&MigDevice], leased: &[MigDevice]) -> bool {
+        let mut used = [0u32; 64];
+        for slot in set
+            .iter()
+            .map(|d| d.slot)
+            .chain(leased.iter().map(|d| d.slot))
+        {
+            for s in slot.start..slot.start + slot.size {
+                used[s as usize] += 1;
+            }
+        }
+        used.iter().all(|&n| n <= 1)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// On every simulated model, after any history of grants and releases through the
+        /// published devices: any set of devices the DRA counters let the scheduler allocate at
+        /// once can be prepared on the GPU, in either order (no two overlap on a memory slice,
+        /// none exceeds its profile's instance count, none reuses an instance another takes).
+        #[test]
+        fn counters_never_admit_devices_that_do_not_fit_together(
+            model in 0usize..8,
+            lowest in proptest::bool::ANY,
+            ops in proptest::collection::vec((proptest::bool::ANY, 0usize..64), 0..40),
+        ) {
+            let models = crate::policy::model::all_models();
+            let profiles = &models[model].1;
+            let policy = Policy {
+                scorer: if lowest { Scorer::Lowest } else { Scorer::BestFit },
+                pool: PoolKind::Aware,
+                tolerance: DEFAULT_REUSE_TOLERANCE,
+            };
+            let (mut busy, mut idle): (Vec<Occupied>, Vec<Occupied>) = (vec![], vec![]);
+            for (grant, pick) in ops {
+                let view = MigGpu { profiles, busy: &busy, idle: &idle };
+                let devs = mig_devices(0, &view, 0..profiles.len(), &policy);
+                proptest::prop_assert_eq!(devs.leased.len(), busy.len());
+                let free: Vec<&MigDevice> = devs.warm.iter().chain(&devs.new).collect();
+                for mask in 0u32..(1 << free.len()) {
+                    let set: Vec<&MigDevice> = (0..free.len())
+                        .filter(|i| mask & (1 << i) != 0)
+                        .map(|i| free[i])
+                        .collect();
+                    if !counters_admit(&set, &devs.leased) {
+                        continue;
+                    }
+                    let rev: Vec<&MigDevice> = set.iter().rev().copied().collect();
+                    for order in [&set, &rev] {
+                        let r = prepare_all(profiles, &busy, &idle, order);
+                        proptest::prop_assert!(r.is_ok(), "{}: {:?}", models[model].0, r);
+                    }
+                }
+                if grant && !free.is_empty() {
+                    let d = free[pick % free.len()];
+                    match &d.offer {
+                        Offer::Warm(j) => busy.push(idle.swap_remove(*j)),
+                        Offer::Create { destroy } => {
+                            for &j in destroy.iter().rev() {
+                                idle.remove(j);
+                            }
+                            busy.push(Occupied { profile_id: d.profile_id, slot: d.slot });
+                        }
+                        Offer::Leased(_) => unreachable!(),
+                    }
+                } else if !busy.is_empty() {
+                    let o = busy.swap_remove(pick % busy.len());
+                    idle.push(o);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_mig_gpu_offers_each_profile_once_at_the_policy_placement() {
+        let st = LedgerState {
+            gpus: vec![gpu(0, true)],
+            ..Default::default()
+        };
+        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        assert_eq!(out.len(), h100().len(), "{:?}", names(&out));
+        for d in &out {
+            let Kind::Mig {
+                profile,
+                slot,
+                offer,
+            } = &d.kind
+            else {
+                panic!("{}", d.name)
+            };
+            assert_eq!(*offer, Offer::Create { destroy: vec![] });
+            let want = crate::policy::choose(&Scorer::BestFit, profile, &h100(), &[]).unwrap();
+            assert_eq!(*slot, want, "{}", d.name);
+        }
+    }
+
+    #[test]
+    fn warm_devices_of_every_gpu_come_first_and_leased_ones_stay_published() {
+        let (g0, g1) = (gpu(0, true), gpu(1, true));
+        let st = LedgerState {
+            instances: vec![
+                instance(&g0, "1g.10gb", 6, true),
+                instance(&g1, "2g.20gb", 4, false),
+            ],
+            gpus: vec![g0, g1],
+            ..Default::default()
+        };
+        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        let n = names(&out);
+        assert_eq!(n[0], "gpu1-2g-20gb-at4", "{n:?}");
+        assert!(matches!(
+            out[0].kind,
+            Kind::Mig {
+                offer: Offer::Warm(0),
+                ..
+            }
+        ));
+        let last = out.last().unwrap();
+        assert_eq!(last.name.to_string(), "gpu0-1g-10gb-at6");
+        assert!(matches!(
+            last.kind,
+            Kind::Mig {
+                offer: Offer::Leased(0),
+                ..
+            }
+        ));
+        // Every name once: one device per (profile, placement) at most.
+        let mut sorted = n.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), n.len());
+    }
+
+    #[test]
+    fn profiles_the_node_refuses_are_not_published() {
+        let mut c = cfg();
+        c.policy.allowed_profiles = vec!["3g.40gb".into()];
+        let st = LedgerState {
+            gpus: vec![gpu(0, true)],
+            ..Default::default()
+        };
+        let out = node_devices(&c, &st, Sharing::Consumable).unwrap();
+        assert_eq!(names(&out), ["gpu0-3g-40gb-at4"]);
+    }
+
+    #[test]
+    fn a_gpu_outside_mig_offers_time_slicing_or_mps_but_not_one_beside_the_other() {
+        let (g0, g1) = (gpu(0, false), gpu(1, false));
+        let mut st = LedgerState {
+            gpus: vec![g0.clone(), g1],
+            ..Default::default()
+        };
+        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        assert_eq!(
+            names(&out),
+            ["gpu0-whole", "gpu0-mps", "gpu1-whole", "gpu1-mps"]
+        );
+        st.shares.push(ShareLease {
+            gpu_uuid: g0.uuid.clone(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            lease: Lease {
+                container_id: "c".into(),
+                since: 0,
+                runtime_root: None,
+            },
+        });
+        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        assert_eq!(names(&out), ["gpu0-whole", "gpu1-whole", "gpu1-mps"]);
+        let out = node_devices(&cfg(), &st, Sharing::Counted { shares: 4 }).unwrap();
+        assert_eq!(
+            names(&out),
+            [
+                "gpu1-whole",
+                "gpu1-mps-0",
+                "gpu1-mps-1",
+                "gpu1-mps-2",
+                "gpu1-mps-3"
+            ]
+        );
+        assert!(out[1..].iter().all(|d| d.kind
+            == Kind::Mps {
+                percent: 25,
+                shared: false
+            }));
+    }
+}
