@@ -1,0 +1,356 @@
+//! Where a node's ResourceSlices go: the API server (the kube publisher) or a folder of JSON
+//! files (`--publish-to DIR`, for tests and for clusters without a reachable API server here).
+//!
+//! Every publication replaces the pool: its slices get the next generation (the scheduler then
+//! ignores the older ones, and a pool whose newest generation is only partly written is
+//! skipped until it is whole), and slices of the pool the new publication no longer has are
+//! deleted. The kubelet plugin publishes after every grant and release.
+
+use crate::slices::{self, Shape, SlicesError, DRIVER, MANAGED_BY};
+use gpushare_core::config::Config;
+use gpushare_core::dra_devices::{self, Sharing};
+use gpushare_core::dra_name::DraNameError;
+use gpushare_core::ledger::LedgerState;
+use k8s_openapi::api::resource::v1::ResourceSlice;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+/// The field manager of server-side apply.
+const FIELD_MANAGER: &str = "gpushare-dra";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot name a published device: {0}")]
+    Name(#[from] DraNameError),
+    #[error(transparent)]
+    Slices(#[from] SlicesError),
+    #[error("publishing ResourceSlices to {dir}: {what}: {source}")]
+    Dir {
+        dir: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("ResourceSlice file {path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("publishing ResourceSlices of pool {pool} to the API server: {what}: {source} (the plugin's service account needs get, list, create, patch and delete on resource.k8s.io resourceslices: packaging/kubernetes/rbac.yaml)")]
+    Kube {
+        pool: String,
+        what: String,
+        source: kube::Error,
+    },
+}
+
+/// A destination for one node's pool.
+pub trait Publisher {
+    /// Replace the pool's slices with `slices` (all of one pool, as [`slices::resource_slices`]
+    /// makes them), under the pool's next generation.
+    fn publish(
+        &mut self,
+        slices: Vec<ResourceSlice>,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// What a node publishes and how: its name (the pool's) and the cluster's shapes.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub shape: Shape,
+    pub sharing: Sharing,
+}
+
+impl Node {
+    /// The pool's slices for the ledger's state now (generation left to the publisher).
+    pub fn slices(
+        &self,
+        cfg: &Config,
+        st: &LedgerState,
+    ) -> Result<Vec<ResourceSlice>, PublishError> {
+        let devices = dra_devices::node_devices(cfg, st, self.sharing)?;
+        Ok(slices::resource_slices(
+            &self.name, &devices, self.shape, 0,
+        )?)
+    }
+}
+
+fn pool_of(slices: &[ResourceSlice]) -> Option<&str> {
+    slices.first().map(|s| s.spec.pool.name.as_str())
+}
+
+fn set_generation(slices: &mut [ResourceSlice], generation: i64) {
+    for s in slices {
+        s.spec.pool.generation = generation;
+    }
+}
+
+/// `--publish-to DIR`: one `<slice name>.json` per slice, written whole (temp file and rename)
+/// so a reader never sees half a slice.
+#[derive(Debug, Clone)]
+pub struct DirSink {
+    dir: PathBuf,
+}
+
+impl DirSink {
+    pub fn new(dir: &Path) -> DirSink {
+        DirSink {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn err(&self, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+        let what = what.into();
+        move |source| PublishError::Dir {
+            dir: self.dir.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// The pool's slices now in the folder, by file.
+    pub fn read(&self, pool: &str) -> Result<Vec<(PathBuf, ResourceSlice)>, PublishError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.err("reading the folder")(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(self.err("reading the folder"))?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let text =
+                std::fs::read(&path).map_err(self.err(format!("reading {}", path.display())))?;
+            let slice: ResourceSlice =
+                serde_json::from_slice(&text).map_err(|source| PublishError::Json {
+                    path: path.clone(),
+                    source,
+                })?;
+            if slice.spec.pool.name == pool && slice.spec.driver == DRIVER {
+                out.push((path, slice));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+impl Publisher for DirSink {
+    async fn publish(&mut self, mut slices: Vec<ResourceSlice>) -> Result<(), PublishError> {
+        let Some(pool) = pool_of(&slices).map(str::to_string) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.dir).map_err(self.err("creating the folder"))?;
+        let old = self.read(&pool)?;
+        let generation = old
+            .iter()
+            .map(|(_, s)| s.spec.pool.generation)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        set_generation(&mut slices, generation);
+        let mut written = Vec::new();
+        for s in &slices {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            let path = self.dir.join(format!("{name}.json"));
+            let text = serde_json::to_vec_pretty(s).expect("a ResourceSlice serializes");
+            gpushare_core::fsutil::write_atomic(&path, &text, Some(0o644))
+                .map_err(self.err(format!("writing {}", path.display())))?;
+            written.push(path);
+        }
+        for (path, _) in old {
+            if !written.contains(&path) {
+                std::fs::remove_file(&path)
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(self.err(format!("removing {}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The API server: server-side apply of every slice of the pool (field manager
+/// `gpushare-dra`), then deletion of the pool's slices the publication no longer has.
+pub struct KubePublisher {
+    api: kube::Api<ResourceSlice>,
+    node: String,
+}
+
+impl KubePublisher {
+    /// From the in-cluster service account (or KUBECONFIG outside a cluster).
+    pub async fn new(node: &str) -> Result<KubePublisher, PublishError> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|source| PublishError::Kube {
+                pool: node.to_string(),
+                what: "connecting (in-cluster service account or KUBECONFIG)".into(),
+                source,
+            })?;
+        Ok(KubePublisher::with_client(client, node))
+    }
+
+    pub fn with_client(client: kube::Client, node: &str) -> KubePublisher {
+        KubePublisher {
+            api: kube::Api::all(client),
+            node: node.to_string(),
+        }
+    }
+
+    fn err(&self, what: impl Into<String>) -> impl FnOnce(kube::Error) -> PublishError + '_ {
+        let what = what.into();
+        move |source| PublishError::Kube {
+            pool: self.node.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// The pool's slices as the API server has them.
+    async fn existing(&self) -> Result<Vec<ResourceSlice>, PublishError> {
+        let lp = kube::api::ListParams::default()
+            .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+            .fields(&format!("spec.driver={DRIVER},spec.nodeName={}", self.node));
+        let list = self.api.list(&lp).await.map_err(self.err("listing"))?;
+        Ok(list.items)
+    }
+}
+
+impl Publisher for KubePublisher {
+    async fn publish(&mut self, mut slices: Vec<ResourceSlice>) -> Result<(), PublishError> {
+        let old = self.existing().await?;
+        let generation = old
+            .iter()
+            .map(|s| s.spec.pool.generation)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        set_generation(&mut slices, generation);
+        let pp = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+        for s in &slices {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            self.api
+                .patch(&name, &pp, &kube::api::Patch::Apply(s))
+                .await
+                .map_err(self.err(format!("applying {name}")))?;
+        }
+        for s in old {
+            let Some(name) = s.metadata.name else {
+                continue;
+            };
+            if !slices
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some(&name))
+            {
+                match self.api.delete(&name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(self.err(format!("deleting {name}"))(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpushare_core::ledger::{GpuRecord, LedgerState};
+    use gpushare_core::policy::model::profiles_from_json;
+
+    fn state(mig: bool) -> LedgerState {
+        LedgerState {
+            gpus: (0..2)
+                .map(|i| GpuRecord {
+                    index: i,
+                    uuid: format!("GPU-{i}"),
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    minor: i,
+                    profiles: profiles_from_json(include_str!("../../sim/models/h100-80gb.json"))
+                        .unwrap(),
+                    memory_total: 80 << 30,
+                    mig_enabled: mig,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn node() -> Node {
+        Node {
+            name: "node-a".into(),
+            shape: Shape::V1_35,
+            sharing: Sharing::Consumable,
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gpushare-dra-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[tokio::test]
+    async fn the_folder_sink_replaces_the_pool_under_the_next_generation() {
+        let dir = temp_dir("sink");
+        let mut sink = DirSink::new(&dir);
+        let cfg = Config::default();
+        // Two MIG GPUs: a counter-set slice and a device slice.
+        sink.publish(node().slices(&cfg, &state(true)).unwrap())
+            .await
+            .unwrap();
+        let first = sink.read("node-a").unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|(_, s)| s.spec.pool.generation == 1));
+        // A foreign file in the folder is neither read as ours nor removed.
+        let foreign = dir.join("other.json");
+        let mut other = first[0].1.clone();
+        other.spec.pool.name = "node-b".into();
+        std::fs::write(&foreign, serde_json::to_vec(&other).unwrap()).unwrap();
+        // Out of MIG: one device slice, no counters; the counter-set slice goes.
+        sink.publish(node().slices(&cfg, &state(false)).unwrap())
+            .await
+            .unwrap();
+        let second = sink.read("node-a").unwrap();
+        assert_eq!(second.len(), 1, "{second:?}");
+        let (path, slice) = &second[0];
+        assert_eq!(slice.spec.pool.generation, 2);
+        assert_eq!(slice.spec.pool.resource_slice_count, 1);
+        // What is on disk is a typed resource.k8s.io/v1 ResourceSlice.
+        let text = std::fs::read_to_string(path).unwrap();
+        let typed: ResourceSlice = serde_json::from_str(&text).unwrap();
+        assert_eq!(&typed, slice);
+        let names: Vec<&str> = typed
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["gpu0-whole", "gpu0-mps", "gpu1-whole", "gpu1-mps"]);
+        assert!(foreign.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broken_file_of_the_folder_is_reported_with_its_path() {
+        let dir = temp_dir("broken");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("node-a-gpushare-0000.json"), b"{").unwrap();
+        let mut sink = DirSink::new(&dir);
+        let err = sink
+            .publish(node().slices(&Config::default(), &state(true)).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("node-a-gpushare-0000.json"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
