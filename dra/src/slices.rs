@@ -663,4 +663,137 @@ mod tests {
             r#"device.driver == "gpu.gpushare.dev" && device.attributes["gpu.gpushare.dev"].type == "mig""#
         );
     }
+
+    /// Every object of a manifest file, typed by its kind; an unknown kind or field fails.
+    fn typed_objects(file: &str, text: &str) -> Vec<(String, serde_json::Value)> {
+        use k8s_openapi::api::{apps, core, node, rbac, resource};
+        let mut out = Vec::new();
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"));
+        for v in docs {
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            let s = v.to_string();
+            let typed = match kind.as_str() {
+                "DeviceClass" => serde_json::to_value(
+                    serde_json::from_str::<resource::v1::DeviceClass>(&s).unwrap(),
+                ),
+                "ResourceClaimTemplate" => serde_json::to_value(
+                    serde_json::from_str::<resource::v1::ResourceClaimTemplate>(&s).unwrap(),
+                ),
+                "Pod" => serde_json::to_value(serde_json::from_str::<core::v1::Pod>(&s).unwrap()),
+                "Namespace" => {
+                    serde_json::to_value(serde_json::from_str::<core::v1::Namespace>(&s).unwrap())
+                }
+                "ServiceAccount" => serde_json::to_value(
+                    serde_json::from_str::<core::v1::ServiceAccount>(&s).unwrap(),
+                ),
+                "ConfigMap" => {
+                    serde_json::to_value(serde_json::from_str::<core::v1::ConfigMap>(&s).unwrap())
+                }
+                "DaemonSet" => {
+                    serde_json::to_value(serde_json::from_str::<apps::v1::DaemonSet>(&s).unwrap())
+                }
+                "ClusterRole" => {
+                    serde_json::to_value(serde_json::from_str::<rbac::v1::ClusterRole>(&s).unwrap())
+                }
+                "ClusterRoleBinding" => serde_json::to_value(
+                    serde_json::from_str::<rbac::v1::ClusterRoleBinding>(&s).unwrap(),
+                ),
+                "RuntimeClass" => serde_json::to_value(
+                    serde_json::from_str::<node::v1::RuntimeClass>(&s).unwrap(),
+                ),
+                other => panic!("{file}: unexpected kind {other:?}"),
+            }
+            .unwrap();
+            // The typed object carries every field the file gives: nothing misspelt or unknown
+            // was dropped on the way.
+            assert_eq!(typed, v, "{file}: {kind} loses fields as a typed object");
+            out.push((kind, v));
+        }
+        out
+    }
+
+    macro_rules! manifest {
+        ($f:literal) => {
+            ($f, include_str!(concat!("../../packaging/kubernetes/", $f)))
+        };
+    }
+
+    #[test]
+    fn packaging_manifests_are_typed_kubernetes_objects() {
+        let files = [
+            manifest!("runtimeclass.yaml"),
+            manifest!("example-pod.yaml"),
+            manifest!("dra/deviceclasses.yaml"),
+            manifest!("dra/rbac.yaml"),
+            manifest!("dra/daemonset.yaml"),
+            manifest!("dra/mig-claim.yaml"),
+            manifest!("dra/whole-claim.yaml"),
+            manifest!("dra/mps-claim.yaml"),
+        ];
+        let mut kinds = Vec::new();
+        for (file, text) in files {
+            kinds.extend(typed_objects(file, text).into_iter().map(|o| o.0));
+        }
+        for k in [
+            "DaemonSet",
+            "ClusterRole",
+            "ResourceClaimTemplate",
+            "DeviceClass",
+        ] {
+            assert!(kinds.iter().any(|x| x == k), "no {k}");
+        }
+    }
+
+    #[test]
+    fn the_packaged_device_classes_are_the_ones_the_code_builds() {
+        let (file, text) = manifest!("dra/deviceclasses.yaml");
+        let from_file: Vec<DeviceClass> = typed_objects(file, text)
+            .into_iter()
+            .map(|(_, v)| serde_json::from_value(v).unwrap())
+            .collect();
+        assert_eq!(from_file, device_classes());
+    }
+
+    /// The example claims ask for what the node publishes: their class's selector and their
+    /// own select a device of that type, by the attribute and capacity names slices.rs writes.
+    #[test]
+    fn the_example_claims_name_published_classes_attributes_and_capacities() {
+        for (file, text, class, needle) in [
+            (
+                "mig-claim.yaml",
+                include_str!("../../packaging/kubernetes/dra/mig-claim.yaml"),
+                CLASS_MIG,
+                "].profile == ",
+            ),
+            (
+                "whole-claim.yaml",
+                include_str!("../../packaging/kubernetes/dra/whole-claim.yaml"),
+                CLASS_WHOLE,
+                "",
+            ),
+            (
+                "mps-claim.yaml",
+                include_str!("../../packaging/kubernetes/dra/mps-claim.yaml"),
+                CLASS_MPS,
+                "gpu.gpushare.dev/smPercent",
+            ),
+        ] {
+            let objs = typed_objects(file, text);
+            let tmpl = &objs
+                .iter()
+                .find(|o| o.0 == "ResourceClaimTemplate")
+                .unwrap()
+                .1;
+            let req = &tmpl["spec"]["spec"]["devices"]["requests"][0]["exactly"];
+            assert_eq!(req["deviceClassName"], class, "{file}");
+            assert!(req.to_string().contains(needle), "{file}");
+            let pod = &objs.iter().find(|o| o.0 == "Pod").unwrap().1;
+            assert_eq!(
+                pod["spec"]["resourceClaims"][0]["resourceClaimTemplateName"],
+                tmpl["metadata"]["name"],
+                "{file}"
+            );
+        }
+    }
 }
