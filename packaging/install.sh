@@ -164,7 +164,7 @@ for e in ${engines//,/ }; do
     crio)
       put crio/50-gpushare.conf /etc/crio/crio.conf.d/50-gpushare.conf && restart_list+=(crio) || true ;;
     kubernetes)
-      say "kubernetes: kubectl apply -f $share/kubernetes/runtimeclass.yaml (example pod: $share/kubernetes/example-pod.yaml)" ;;
+      say "kubernetes: kubectl apply -f $share/kubernetes/runtimeclass.yaml (example pod: $share/kubernetes/example-pod.yaml); DRA (1.34+): $share/kubernetes/dra/ (docs/kubernetes.md)" ;;
     "") ;;
     *) echo "install.sh: unknown engine $e" >&2; exit 2 ;;
   esac

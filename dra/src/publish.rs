@@ -35,6 +35,8 @@ pub enum PublishError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("the API server dropped the memory-slice counters of ResourceSlice {slice} (pool {pool}): its DRAPartitionableDevices feature gate is off (alpha in Kubernetes 1.33-1.35: turn it on in kube-apiserver, kube-scheduler and kubelet). Without counters the scheduler could allocate overlapping MIG placements, so the pool's slices were deleted")]
+    CountersDropped { pool: String, slice: String },
     #[error("publishing ResourceSlices of pool {pool} to the API server: {what}: {source} (the plugin's service account needs get, list, create, patch and delete on resource.k8s.io resourceslices: packaging/kubernetes/rbac.yaml)")]
     Kube {
         pool: String,
@@ -233,28 +235,64 @@ impl Publisher for KubePublisher {
         let pp = kube::api::PatchParams::apply(FIELD_MANAGER).force();
         for s in &slices {
             let name = s.metadata.name.clone().unwrap_or_default();
-            self.api
+            let applied = self
+                .api
                 .patch(&name, &pp, &kube::api::Patch::Apply(s))
                 .await
                 .map_err(self.err(format!("applying {name}")))?;
+            if !counters_kept(s, &applied) {
+                let mine: Vec<String> = slices
+                    .iter()
+                    .chain(&old)
+                    .filter_map(|s| s.metadata.name.clone())
+                    .collect();
+                for n in mine {
+                    self.delete(&n).await?;
+                }
+                return Err(PublishError::CountersDropped {
+                    pool: self.node.clone(),
+                    slice: name,
+                });
+            }
         }
-        for s in old {
-            let Some(name) = s.metadata.name else {
+        for s in &old {
+            let Some(name) = &s.metadata.name else {
                 continue;
             };
             if !slices
                 .iter()
-                .any(|n| n.metadata.name.as_deref() == Some(&name))
+                .any(|n| n.metadata.name.as_deref() == Some(name))
             {
-                match self.api.delete(&name, &Default::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(self.err(format!("deleting {name}"))(e)),
-                }
+                self.delete(name).await?;
             }
         }
         Ok(())
     }
+}
+
+impl KubePublisher {
+    async fn delete(&self, name: &str) -> Result<(), PublishError> {
+        match self.api.delete(name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(self.err(format!("deleting {name}"))(e)),
+        }
+    }
+}
+
+/// Whether the API server kept the counters a slice was applied with: an API server without
+/// `DRAPartitionableDevices` drops `sharedCounters` and `consumesCounters` and stores the rest.
+pub fn counters_kept(sent: &ResourceSlice, stored: &ResourceSlice) -> bool {
+    let sets = |s: &ResourceSlice| s.spec.shared_counters.as_ref().map_or(0, Vec::len);
+    let consuming = |s: &ResourceSlice| {
+        s.spec
+            .devices
+            .iter()
+            .flatten()
+            .filter(|d| d.consumes_counters.is_some())
+            .count()
+    };
+    sets(stored) == sets(sent) && consuming(stored) == consuming(sent)
 }
 
 #[cfg(test)]
@@ -335,6 +373,25 @@ mod tests {
         assert_eq!(names, ["gpu0-whole", "gpu0-mps", "gpu1-whole", "gpu1-mps"]);
         assert!(foreign.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_slice_stored_without_its_counters_is_noticed() {
+        let cfg = Config::default();
+        let mut n = node();
+        for shape in [Shape::V1_34, Shape::V1_35] {
+            n.shape = shape;
+            for sent in n.slices(&cfg, &state(true)).unwrap() {
+                assert!(counters_kept(&sent, &sent.clone()));
+                // What an API server without DRAPartitionableDevices stores.
+                let mut stored = sent.clone();
+                stored.spec.shared_counters = None;
+                for d in stored.spec.devices.iter_mut().flatten() {
+                    d.consumes_counters = None;
+                }
+                assert!(!counters_kept(&sent, &stored));
+            }
+        }
     }
 
     #[tokio::test]
