@@ -9,9 +9,9 @@
 use crate::slices::{self, Shape, SlicesError, DRIVER, MANAGED_BY};
 use gpushare_core::config::Config;
 use gpushare_core::dra_devices::{self, Sharing};
-use gpushare_core::dra_name::DraNameError;
+use gpushare_core::dra_name::{DeviceName, DraNameError};
 use gpushare_core::ledger::LedgerState;
-use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -55,26 +55,48 @@ pub trait Publisher {
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
-/// What a node publishes and how: its name (the pool's) and the cluster's shapes.
+/// A node's pool and how it is published: the node's name (the pool's) and the cluster's
+/// shapes.
 #[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
+pub struct Pool {
+    pub node: String,
     pub shape: Shape,
     pub sharing: Sharing,
 }
 
-impl Node {
+impl Pool {
     /// The pool's slices for the ledger's state now (generation left to the publisher).
+    /// `allocated`: the pool's devices that claims hold ([`allocated_devices`]), kept published
+    /// until prepared.
     pub fn slices(
         &self,
         cfg: &Config,
         st: &LedgerState,
+        allocated: &[DeviceName],
     ) -> Result<Vec<ResourceSlice>, PublishError> {
-        let devices = dra_devices::node_devices(cfg, st, self.sharing)?;
+        let devices = dra_devices::node_devices(cfg, st, self.sharing, allocated)?;
         Ok(slices::resource_slices(
-            &self.name, &devices, self.shape, 0,
+            &self.node, &devices, self.shape, 0,
         )?)
     }
+}
+
+/// The devices of `pool` that these claims were allocated (`status.allocation`), as the
+/// scheduler wrote them; names that are not gpushare's are left out.
+pub fn allocated_devices<'a>(
+    claims: impl IntoIterator<Item = &'a ResourceClaim>,
+    pool: &str,
+) -> Vec<DeviceName> {
+    let mut out: Vec<DeviceName> = claims
+        .into_iter()
+        .filter_map(|c| c.status.as_ref()?.allocation.as_ref()?.devices.as_ref())
+        .flat_map(|d| d.results.iter().flatten())
+        .filter(|r| r.driver == DRIVER && r.pool == pool)
+        .filter_map(|r| r.device.parse().ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn pool_of(slices: &[ResourceSlice]) -> Option<&str> {
@@ -180,6 +202,7 @@ impl Publisher for DirSink {
 /// `gpushare-dra`), then deletion of the pool's slices the publication no longer has.
 pub struct KubePublisher {
     api: kube::Api<ResourceSlice>,
+    claims: kube::Api<ResourceClaim>,
     node: String,
 }
 
@@ -198,7 +221,8 @@ impl KubePublisher {
 
     pub fn with_client(client: kube::Client, node: &str) -> KubePublisher {
         KubePublisher {
-            api: kube::Api::all(client),
+            api: kube::Api::all(client.clone()),
+            claims: kube::Api::all(client),
             node: node.to_string(),
         }
     }
@@ -210,6 +234,16 @@ impl KubePublisher {
             what,
             source,
         }
+    }
+
+    /// The pool's devices that claims hold now, in every namespace ([`allocated_devices`]).
+    pub async fn allocated(&self) -> Result<Vec<DeviceName>, PublishError> {
+        let list = self
+            .claims
+            .list(&Default::default())
+            .await
+            .map_err(self.err("listing ResourceClaims"))?;
+        Ok(allocated_devices(&list.items, &self.node))
     }
 
     /// The pool's slices as the API server has them.
@@ -319,9 +353,9 @@ mod tests {
         }
     }
 
-    fn node() -> Node {
-        Node {
-            name: "node-a".into(),
+    fn node() -> Pool {
+        Pool {
+            node: "node-a".into(),
             shape: Shape::V1_35,
             sharing: Sharing::Consumable,
         }
@@ -339,7 +373,7 @@ mod tests {
         let mut sink = DirSink::new(&dir);
         let cfg = Config::default();
         // Two MIG GPUs: a counter-set slice and a device slice.
-        sink.publish(node().slices(&cfg, &state(true)).unwrap())
+        sink.publish(node().slices(&cfg, &state(true), &[]).unwrap())
             .await
             .unwrap();
         let first = sink.read("node-a").unwrap();
@@ -351,7 +385,7 @@ mod tests {
         other.spec.pool.name = "node-b".into();
         std::fs::write(&foreign, serde_json::to_vec(&other).unwrap()).unwrap();
         // Out of MIG: one device slice, no counters; the counter-set slice goes.
-        sink.publish(node().slices(&cfg, &state(false)).unwrap())
+        sink.publish(node().slices(&cfg, &state(false), &[]).unwrap())
             .await
             .unwrap();
         let second = sink.read("node-a").unwrap();
@@ -376,12 +410,61 @@ mod tests {
     }
 
     #[test]
+    fn allocated_devices_are_this_pools_from_the_claims_status() {
+        let claim = |pool: &str, driver: &str, device: &str| -> ResourceClaim {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "metadata": {"name": "c", "namespace": "default", "uid": "u"},
+                "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "mig.gpu.gpushare.dev"}}]}},
+                "status": {"allocation": {"devices": {"results": [
+                    {"request": "gpu", "driver": driver, "pool": pool, "device": device}
+                ]}}}
+            }))
+            .unwrap()
+        };
+        let unallocated: ResourceClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d"},
+            "spec": {}
+        }))
+        .unwrap();
+        let claims = [
+            claim("node-a", DRIVER, "gpu0-1g-10gb-at3"),
+            claim("node-a", DRIVER, "gpu0-1g-10gb-at3"),
+            claim("node-b", DRIVER, "gpu0-1g-10gb-at6"),
+            claim("node-a", "gpu.nvidia.com", "gpu-0-mig-1g10gb-19-0"),
+            claim("node-a", DRIVER, "not-ours"),
+            claim("node-a", DRIVER, "gpu1-whole"),
+            unallocated,
+        ];
+        let got: Vec<String> = allocated_devices(&claims, "node-a")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["gpu0-1g-10gb-at3", "gpu1-whole"]);
+        // Kept published: on an empty GPU the policy offers 1g.10gb elsewhere than at 3.
+        let names = |held: &[DeviceName]| -> Vec<String> {
+            let slices = node()
+                .slices(&Config::default(), &state(true), held)
+                .unwrap();
+            slices
+                .iter()
+                .flat_map(|s| s.spec.devices.iter().flatten())
+                .map(|d| d.name.clone())
+                .collect()
+        };
+        let want = "gpu0-1g-10gb-at3".to_string();
+        assert!(!names(&[]).contains(&want));
+        assert!(names(&allocated_devices(&claims, "node-a")).contains(&want));
+    }
+
+    #[test]
     fn a_slice_stored_without_its_counters_is_noticed() {
         let cfg = Config::default();
         let mut n = node();
         for shape in [Shape::V1_34, Shape::V1_35] {
             n.shape = shape;
-            for sent in n.slices(&cfg, &state(true)).unwrap() {
+            for sent in n.slices(&cfg, &state(true), &[]).unwrap() {
                 assert!(counters_kept(&sent, &sent.clone()));
                 // What an API server without DRAPartitionableDevices stores.
                 let mut stored = sent.clone();
@@ -401,7 +484,11 @@ mod tests {
         std::fs::write(dir.join("node-a-gpushare-0000.json"), b"{").unwrap();
         let mut sink = DirSink::new(&dir);
         let err = sink
-            .publish(node().slices(&Config::default(), &state(true)).unwrap())
+            .publish(
+                node()
+                    .slices(&Config::default(), &state(true), &[])
+                    .unwrap(),
+            )
             .await
             .unwrap_err();
         assert!(

@@ -439,7 +439,7 @@ mod tests {
     }
 
     fn published(st: &LedgerState, sharing: Sharing) -> Vec<gpushare_core::dra_devices::Published> {
-        node_devices(&Config::default(), st, sharing).unwrap()
+        node_devices(&Config::default(), st, sharing, &[]).unwrap()
     }
 
     use gpushare_core::config::Config;

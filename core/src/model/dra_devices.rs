@@ -33,6 +33,9 @@ pub enum Offer {
     Create { destroy: Vec<usize> },
     /// Already granted (`busy[i]` of the view): published so its counters stay consumed.
     Leased(usize),
+    /// Allocated to a claim by the scheduler and not prepared yet, though the node would no
+    /// longer offer it: published so its counters stay consumed until prepare grants it.
+    Allocated,
 }
 
 /// A MIG device: a profile at a placement on one GPU (by its position in the node's list).
@@ -176,13 +179,80 @@ pub struct Published {
 /// Everything the node publishes, in order: MIG devices as above, then whole-GPU and MPS
 /// devices GPU by GPU. A GPU not in MIG mode offers time-slicing unless it serves MPS clients
 /// now, and MPS unless it time-slices now: gpushare refuses one beside the other.
+///
+/// `allocated`: the devices of this pool that claims hold in the API server's view (their
+/// `status.allocation`). The scheduler counts an allocated device's counters only while the
+/// device is published, so one allocated from an earlier publication and not prepared yet is
+/// published again, last, whatever the node would offer now.
 pub fn node_devices(
+    cfg: &Config,
+    st: &LedgerState,
+    sharing: Sharing,
+    allocated: &[DeviceName],
+) -> Result<Vec<Published>, DraNameError> {
+    let mut out = offered(cfg, st, sharing)?;
+    for name in allocated {
+        if out.iter().any(|p| &p.name == name) {
+            continue;
+        }
+        let Some(gpu) = st.gpus.iter().find(|g| g.index == name.gpu()) else {
+            continue;
+        };
+        let kind = match name {
+            DeviceName::Mig { start, .. } if gpu.mig_enabled => {
+                let Some(profile) = name.profile(&gpu.profiles) else {
+                    continue;
+                };
+                let Some(slot) = profile.placements.iter().find(|s| s.start == *start) else {
+                    continue;
+                };
+                Kind::Mig {
+                    slot: *slot,
+                    profile: profile.clone(),
+                    offer: Offer::Allocated,
+                }
+            }
+            DeviceName::Whole { .. } if !gpu.mig_enabled => Kind::Whole {
+                shared: sharing == Sharing::Consumable,
+            },
+            DeviceName::Mps { .. } if !gpu.mig_enabled && sharing == Sharing::Consumable => {
+                Kind::Mps {
+                    percent: 100,
+                    shared: true,
+                }
+            }
+            DeviceName::MpsShare { .. } if !gpu.mig_enabled => match sharing {
+                Sharing::Counted { shares } => Kind::Mps {
+                    percent: counted_percent(cfg, shares),
+                    shared: false,
+                },
+                Sharing::Consumable => continue,
+            },
+            // A device of another mode than the GPU's now: nothing left to count.
+            _ => continue,
+        };
+        out.push(Published {
+            name: name.clone(),
+            gpu: gpu.clone(),
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+/// Each counted MPS share's percent of the SMs.
+fn counted_percent(cfg: &Config, shares: u32) -> u32 {
+    let max = u32::from(cfg.policy.max_mps_percent.clamp(1, 100));
+    (100 / shares.max(1)).min(max)
+}
+
+/// What the node offers now, from the ledger alone.
+fn offered(
     cfg: &Config,
     st: &LedgerState,
     sharing: Sharing,
 ) -> Result<Vec<Published>, DraNameError> {
     let mig_gpus: Vec<&GpuRecord> = st.gpus.iter().filter(|g| g.mig_enabled).collect();
-    let mut views: Vec<(Vec<Occupied>, Vec<Occupied>)> = Vec::new();
     let mut per_gpu = Vec::new();
     for (g, gpu) in mig_gpus.iter().enumerate() {
         let on_gpu = st.instances.iter().filter(|r| r.gpu_uuid == gpu.uuid);
@@ -215,7 +285,6 @@ pub fn node_devices(
             idle: &idle,
         };
         per_gpu.push(mig_devices(g, &view, offered, &policy));
-        views.push((busy, idle));
     }
     let mut out = Vec::new();
     for d in in_order(&per_gpu) {
@@ -261,7 +330,6 @@ pub fn node_devices(
         if time_sliced {
             continue;
         }
-        let max = u32::from(cfg.policy.max_mps_percent.clamp(1, 100));
         match counted {
             None => out.push(Published {
                 name: DeviceName::Mps { gpu: gpu.index },
@@ -282,7 +350,7 @@ pub fn node_devices(
                     .flat_map(|m| &m.clients)
                     .map(|c| u32::from(c.percent))
                     .sum();
-                let each = (100 / n).min(max);
+                let each = counted_percent(cfg, n);
                 let free = 100u32.saturating_sub(used) / each.max(1);
                 for k in 0..n.min(free) {
                     out.push(Published {
@@ -406,7 +474,9 @@ mod tests {
                         slot: d.slot,
                     });
                 }
-                Offer::Leased(_) => unreachable!("leased devices are allocated"),
+                Offer::Leased(_) | Offer::Allocated => {
+                    unreachable!("allocated devices are not offered")
+                }
             }
         }
         Ok(())
@@ -477,7 +547,7 @@ mod tests {
                             }
                             busy.push(Occupied { profile_id: d.profile_id, slot: d.slot });
                         }
-                        Offer::Leased(_) => unreachable!(),
+                        Offer::Leased(_) | Offer::Allocated => unreachable!(),
                     }
                 } else if !busy.is_empty() {
                     let o = busy.swap_remove(pick % busy.len());
@@ -493,7 +563,7 @@ mod tests {
             gpus: vec![gpu(0, true)],
             ..Default::default()
         };
-        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap();
         assert_eq!(out.len(), h100().len(), "{:?}", names(&out));
         for d in &out {
             let Kind::Mig {
@@ -521,7 +591,7 @@ mod tests {
             gpus: vec![g0, g1],
             ..Default::default()
         };
-        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap();
         let n = names(&out);
         assert_eq!(n[0], "gpu1-2g-20gb-at4", "{n:?}");
         assert!(matches!(
@@ -555,8 +625,44 @@ mod tests {
             gpus: vec![gpu(0, true)],
             ..Default::default()
         };
-        let out = node_devices(&c, &st, Sharing::Consumable).unwrap();
+        let out = node_devices(&c, &st, Sharing::Consumable, &[]).unwrap();
         assert_eq!(names(&out), ["gpu0-3g-40gb-at4"]);
+    }
+
+    #[test]
+    fn devices_claims_hold_stay_published_until_prepared() {
+        let g0 = gpu(0, true);
+        let st = LedgerState {
+            gpus: vec![g0.clone(), gpu(1, false)],
+            ..Default::default()
+        };
+        let now = node_devices(&cfg(), &st, Sharing::Counted { shares: 2 }, &[]).unwrap();
+        // Allocated from an earlier publication: a placement the policy does not offer now
+        // (best-fit puts 1g.10gb elsewhere on an empty GPU), a whole GPU, a counted share.
+        let held: Vec<DeviceName> = ["gpu0-1g-10gb-at3", "gpu1-whole", "gpu1-mps-1", "gpu7-whole"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(!names(&now).contains(&"gpu0-1g-10gb-at3".to_string()));
+        let out = node_devices(&cfg(), &st, Sharing::Counted { shares: 2 }, &held).unwrap();
+        let n = names(&out);
+        assert_eq!(n.len(), now.len() + 1, "{n:?}");
+        let last = out.last().unwrap();
+        assert_eq!(last.name.to_string(), "gpu0-1g-10gb-at3");
+        assert!(matches!(
+            &last.kind,
+            Kind::Mig { slot, offer: Offer::Allocated, .. } if slot.start == 3 && slot.size == 1
+        ));
+        // A device of a GPU the node does not have, or of another mode, is not made up.
+        let odd: Vec<DeviceName> = ["gpu1-2g-20gb-at0", "gpu0-mps"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &odd).unwrap();
+        assert_eq!(
+            names(&out),
+            names(&node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap())
+        );
     }
 
     #[test]
@@ -566,7 +672,7 @@ mod tests {
             gpus: vec![g0.clone(), g1],
             ..Default::default()
         };
-        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap();
         assert_eq!(
             names(&out),
             ["gpu0-whole", "gpu0-mps", "gpu1-whole", "gpu1-mps"]
@@ -581,9 +687,9 @@ mod tests {
                 runtime_root: None,
             },
         });
-        let out = node_devices(&cfg(), &st, Sharing::Consumable).unwrap();
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap();
         assert_eq!(names(&out), ["gpu0-whole", "gpu1-whole", "gpu1-mps"]);
-        let out = node_devices(&cfg(), &st, Sharing::Counted { shares: 4 }).unwrap();
+        let out = node_devices(&cfg(), &st, Sharing::Counted { shares: 4 }, &[]).unwrap();
         assert_eq!(
             names(&out),
             [
