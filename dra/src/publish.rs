@@ -163,6 +163,7 @@ impl DirSink {
 
 impl Publisher for DirSink {
     async fn publish(&mut self, mut slices: Vec<ResourceSlice>) -> Result<(), PublishError> {
+        // resource_slices always makes at least one slice, so the pool is known.
         let Some(pool) = pool_of(&slices).map(str::to_string) else {
             return Ok(());
         };
@@ -406,6 +407,14 @@ mod tests {
             .collect();
         assert_eq!(names, ["gpu0-whole", "gpu0-mps", "gpu1-whole", "gpu1-mps"]);
         assert!(foreign.exists());
+        // Nothing left to offer: one empty slice of the next generation, the old ones gone.
+        sink.publish(node().slices(&cfg, &LedgerState::default(), &[]).unwrap())
+            .await
+            .unwrap();
+        let third = sink.read("node-a").unwrap();
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].1.spec.pool.generation, 3);
+        assert!(third[0].1.spec.devices.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

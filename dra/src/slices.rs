@@ -147,6 +147,11 @@ pub fn resource_slices(
             }
         }
     }
+    // A node with nothing to offer still publishes its pool, empty: the new generation is what
+    // retires the slices it published before.
+    if specs.is_empty() {
+        specs.push((Vec::new(), Vec::new()));
+    }
     let count = specs.len() as i64;
     Ok(specs
         .into_iter()
@@ -631,6 +636,21 @@ mod tests {
             .iter()
             .flat_map(|s| s.spec.devices.iter().flatten())
             .all(|d| d.allow_multiple_allocations.is_none()));
+    }
+
+    #[test]
+    fn a_node_with_nothing_to_offer_publishes_its_pool_empty() {
+        for shape in [Shape::V1_34, Shape::V1_35] {
+            let slices = resource_slices("n1", &[], shape, 7).unwrap();
+            assert_eq!(slices.len(), 1);
+            let s = &slices[0];
+            assert_eq!(s.spec.pool.name, "n1");
+            assert_eq!(s.spec.pool.resource_slice_count, 1);
+            assert!(s.spec.devices.is_none() && s.spec.shared_counters.is_none());
+            let back: ResourceSlice =
+                serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap();
+            assert_eq!(&back, s);
+        }
     }
 
     #[test]
