@@ -30,7 +30,8 @@ pub use model::{
 pub use service::testing;
 pub use service::{
     allocator, claim, compute_mode, driver, exec_env, gc, gpu, gpus, grant, inject, instance_log,
-    logging, mig_mode, mps, node, nvml, offers, precreate, repair, running, share, slice, trust,
+    logging, mig_mode, mps, mps_mig, node, nvml, offers, precreate, repair, running, share, slice,
+    trust,
 };
 
 // What an operator reads.

@@ -417,6 +417,7 @@ mod tests {
                 runtime_root: None,
             }),
             idle_since: (!leased).then_some(1),
+            mps: false,
         }
     }
 

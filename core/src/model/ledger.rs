@@ -168,6 +168,27 @@ pub struct MpsDaemon {
     pub memory: Option<u64>,
     pub started_at: u64,
     pub clients: Vec<MpsClient>,
+    /// The MIG instance this daemon serves (an MPS share inside a MIG slice), whose record is
+    /// marked [`InstanceRecord::mps`]; None for a daemon of a whole GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<MigHost>,
+}
+
+impl MpsDaemon {
+    /// The device the daemon serves and its clients see: the MIG UUID, or the GPU's.
+    pub fn device_uuid(&self) -> &str {
+        self.mig.as_ref().map_or(&self.gpu_uuid, |h| &h.mig_uuid)
+    }
+}
+
+/// The MIG device an MPS daemon is bound to: its only device (`CUDA_VISIBLE_DEVICES`), and
+/// the device nodes its clients get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigHost {
+    pub mig_uuid: String,
+    pub profile: String,
+    pub gi_cap_minor: u32,
+    pub ci_cap_minor: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +228,17 @@ pub struct InstanceRecord {
     pub created_at: u64,
     pub lease: Option<Lease>,
     pub idle_since: Option<u64>,
+    /// An MPS daemon serves this instance (the record in [`LedgerState::mps`] whose `mig`
+    /// names its MIG UUID): busy for MIG requests though no container leases it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mps: bool,
+}
+
+impl InstanceRecord {
+    /// Made, and neither leased nor serving MPS: in the idle (warm) pool.
+    pub fn is_idle(&self) -> bool {
+        self.lease.is_none() && !self.mps && self.made.is_some()
+    }
 }
 
 /// Ids NVML gave the instance. Ids are reused after a destroy, so the MIG UUID is what
@@ -295,7 +327,7 @@ impl LedgerState {
                     ..
                 } => {
                     let at = self.instances.iter().position(|r| {
-                        r.lease.is_none()
+                        r.is_idle()
                             && r.made
                                 .as_ref()
                                 .is_some_and(|m| m.mig_uuid.as_bytes() == instance)
@@ -689,6 +721,7 @@ mod tests {
                 runtime_root: None,
             }),
             idle_since: None,
+            mps: false,
         }
     }
 
@@ -721,6 +754,7 @@ mod tests {
             percent: 50,
             memory: None,
             started_at: 1,
+            mig: None,
             clients: vec![],
         });
         st.compute_modes.push(ComputeModeRecord {

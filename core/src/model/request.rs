@@ -37,6 +37,15 @@ pub enum Request {
         memory: Option<u64>,
         device: Option<DeviceSelector>,
     },
+    /// An MPS share of a MIG instance of this profile: the instance's MPS daemon binds the
+    /// share (`percent` of the instance's SMs, `memory` per client process), and the instance
+    /// is shared with other containers asking for the same profile and share.
+    MpsInMig {
+        profile: String,
+        percent: u8,
+        memory: Option<u64>,
+        device: Option<DeviceSelector>,
+    },
     /// The whole GPU, time-sliced with whoever else asked for it.
     TimeSlice { device: Option<DeviceSelector> },
 }
@@ -253,8 +262,10 @@ pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, Reque
     }
     let device_found = device;
     let device = device_found.as_ref().map(parse_device).transpose()?;
+    // A profile with an MPS share is one request (a share inside a slice), not two.
+    let mps_in_mig = profile.is_some() && mps.is_some();
     let asked: Vec<&Found<'_>> = [&profile, &mps, &share].into_iter().flatten().collect();
-    if asked.len() > 1 {
+    if asked.len() > 1 && !(mps_in_mig && share.is_none()) {
         return Err(RequestError::Conflict {
             keys: asked
                 .iter()
@@ -263,11 +274,19 @@ pub fn from_spec(spec: &Value, allow_env: bool) -> Result<Option<Request>, Reque
                 .join(", "),
         });
     }
-    if let (Some(m), Some(other)) = (&mps_memory, profile.as_ref().or(share.as_ref())) {
+    if let (Some(m), Some(other), None) = (&mps_memory, profile.as_ref().or(share.as_ref()), &mps) {
         return Err(RequestError::WrongMode {
             key: m.label(),
             mode: other.label(),
         });
+    }
+    if let (Some(p), Some(m)) = (&profile, &mps) {
+        return Ok(Some(Request::MpsInMig {
+            profile: parse_profile(p)?,
+            percent: parse_percent(m)?,
+            memory: mps_memory.as_ref().map(parse_size).transpose()?,
+            device,
+        }));
     }
     if let Some(p) = &profile {
         return Ok(Some(Request::Mig {
@@ -636,9 +655,72 @@ mod tests {
             from_spec(&s, true),
             Err(RequestError::Incomplete { .. })
         ));
-        let s = spec_with(&[("gpu.mps", "10"), ("gpu.profile", "1g.10gb")], &[]);
+        let s = spec_with(&[("gpu.mps", "10"), ("gpu.share", "timeslice")], &[]);
         let err = from_spec(&s, true).unwrap_err().to_string();
         assert!(err.contains("not several"), "{err}");
+    }
+
+    #[test]
+    fn a_profile_with_an_mps_share_is_a_share_inside_a_slice() {
+        let s = spec_with(
+            &[
+                ("gpu.profile", "3g.40gb"),
+                ("gpu.mps", "33"),
+                ("gpu.mps.memory", "8G"),
+                ("gpu.device", "1"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            from_spec(&s, true),
+            Ok(Some(Request::MpsInMig {
+                profile: "3g.40gb".into(),
+                percent: 33,
+                memory: Some(8 << 30),
+                device: Some(DeviceSelector::Index(1)),
+            }))
+        );
+        let s = spec_with(&[], &["GPUSHARE_PROFILE=3g.40gb", "GPUSHARE_MPS=50"]);
+        assert!(matches!(
+            from_spec(&s, true),
+            Ok(Some(Request::MpsInMig {
+                percent: 50,
+                memory: None,
+                ..
+            }))
+        ));
+        // Each half is checked as on its own, and a third way of sharing is refused.
+        for (ann, want) in [
+            (
+                vec![("gpu.profile", "3g.40gb"), ("gpu.mps", "0")],
+                "gpu.mps",
+            ),
+            (
+                vec![("gpu.profile", "3g"), ("gpu.mps", "50")],
+                "gpu.profile",
+            ),
+            (
+                vec![
+                    ("gpu.profile", "3g.40gb"),
+                    ("gpu.mps", "50"),
+                    ("gpu.mps.memory", "4X"),
+                ],
+                "gpu.mps.memory",
+            ),
+            (
+                vec![
+                    ("gpu.profile", "3g.40gb"),
+                    ("gpu.mps", "50"),
+                    ("gpu.share", "timeslice"),
+                ],
+                "not several",
+            ),
+        ] {
+            let err = from_spec(&spec_with(&ann, &[]), true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{ann:?}: {err}");
+        }
     }
 
     #[test]

@@ -534,6 +534,7 @@ mod tests {
                 percent: 25,
                 memory: Some(4 << 30),
             }],
+            mig: None,
         });
         st.shares.push(ledger::ShareLease {
             gpu_uuid: "GPU-b".into(),

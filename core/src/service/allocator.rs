@@ -175,7 +175,7 @@ pub fn allocate_on(
 
 /// Write the offers for the ledger this call left, once its lock is released (offers name
 /// their generation, so one written late by a slower process is merely unused).
-fn offer_after(cfg: &Config, locked: crate::ledger::Locked, mut st: LedgerState) {
+pub(crate) fn offer_after(cfg: &Config, locked: crate::ledger::Locked, mut st: LedgerState) {
     let generation = locked.generation();
     drop(locked);
     crate::offers::write(cfg, &mut st, generation);
@@ -340,6 +340,7 @@ fn cold(
             created_at: now_unix(),
             lease: Some(lease),
             idle_since: None,
+            mps: false,
         });
         let at = st.instances.len() - 1;
         // The instance log names the placement before NVML is asked, so that whatever a crash
@@ -509,7 +510,7 @@ fn reclaim(
     let idle_ours = |gi: &GpuInstance| {
         st.instances.iter().any(|r| {
             r.gpu_uuid == gpu.uuid
-                && r.lease.is_none()
+                && r.is_idle()
                 && r.made.as_ref().is_some_and(|m| m.gi == gi.id)
                 && r.slot == gi.slot
         })
@@ -638,7 +639,7 @@ fn free_summary(
     let idle = st
         .instances
         .iter()
-        .filter(|r| r.gpu_uuid == gpu.uuid && r.lease.is_none() && r.made.is_some())
+        .filter(|r| r.gpu_uuid == gpu.uuid && r.is_idle())
         .count();
     if idle > 0 {
         parts.push(format!("{idle} idle instance(s) of other profiles"));

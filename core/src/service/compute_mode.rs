@@ -249,6 +249,7 @@ mod tests {
             memory: None,
             started_at: 1,
             clients: Vec::new(),
+            mig: None,
         });
         assert!(stranded(&st).is_empty(), "its daemon is in the ledger");
     }

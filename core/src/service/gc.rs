@@ -600,12 +600,26 @@ pub fn run_on(
     };
     for c in node.gpu_containers(&roots) {
         for uuid in &c.mig_uuids {
-            let holder = st.instances.iter_mut().find(|r| {
-                r.made.as_ref().is_some_and(|m| {
-                    format!("MIG-{}", m.mig_uuid.trim_start_matches("MIG-")) == *uuid
+            let same = |m: &str| format!("MIG-{}", m.trim_start_matches("MIG-")) == *uuid;
+            // A slice serving MPS shares is its clients' (no lease names them).
+            let mps_client = |id: &str| {
+                st.mps.iter().any(|d| {
+                    d.mig.as_ref().is_some_and(|h| same(&h.mig_uuid))
+                        && d.clients.iter().any(|cl| cl.lease.container_id == id)
                 })
-            });
+            };
+            if mps_client(&c.container_id) || c.claim.as_deref().is_some_and(mps_client) {
+                continue;
+            }
+            let holder = st
+                .instances
+                .iter_mut()
+                .find(|r| r.made.as_ref().is_some_and(|m| same(&m.mig_uuid)));
             match holder {
+                Some(r) if r.mps => report.unleased.push(format!(
+                    "container {} ({}/{}) runs on {uuid}, which serves MPS shares to other containers: it is not one of its clients; stop it",
+                    c.container_id, c.runtime_root, c.container_id
+                )),
                 Some(r) => match &r.lease {
                     Some(l)
                         if l.container_id == c.container_id
@@ -645,7 +659,7 @@ pub fn run_on(
         let mut keep = Vec::with_capacity(st.instances.len());
         for r in std::mem::take(&mut st.instances) {
             let idle_s = r.idle_since.map(|t| now.saturating_sub(t));
-            let (Some(m), None, Some(idle_s)) = (&r.made, &r.lease, idle_s) else {
+            let (Some(m), None, Some(idle_s), false) = (&r.made, &r.lease, idle_s, r.mps) else {
                 keep.push(r);
                 continue;
             };
@@ -801,6 +815,7 @@ pub(crate) fn reclaim_logged(
                     runtime_root: Some(c.root.clone()),
                 }),
                 idle_since: holder.is_none().then_some(now),
+                mps: false,
             };
             let action = Action::Adopt {
                 gpu: index,
@@ -1035,6 +1050,7 @@ mod tests {
             created_at: now_unix(),
             lease: None,
             idle_since: None,
+            mps: false,
         });
         s.save(&st);
         gpu.clear_calls();

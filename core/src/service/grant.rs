@@ -10,6 +10,7 @@ use crate::inject::{self, InjectError};
 use crate::kube::{self, KubeError};
 use crate::ledger::Claimant;
 use crate::mps::{self, MpsError};
+use crate::mps_mig::{self, MpsMigError};
 use crate::request::{self, Request, RequestError};
 use crate::share::{self, ShareError};
 use crate::spec::{self, Edit, Hook, SpecError};
@@ -24,6 +25,8 @@ pub enum GrantError {
     Mig(#[from] AllocError),
     #[error(transparent)]
     Mps(#[from] MpsError),
+    #[error(transparent)]
+    MpsMig(#[from] MpsMigError),
     #[error(transparent)]
     Share(#[from] ShareError),
     #[error(transparent)]
@@ -92,6 +95,20 @@ pub fn grant(
             device,
         } => {
             let g = mps::grant(cfg, *percent, *memory, device.as_ref(), who)?;
+            Granted {
+                uuid: g.gpu_uuid.clone(),
+                warm: g.warm,
+                fresh: g.fresh,
+                edit: g.edit,
+            }
+        }
+        Request::MpsInMig {
+            profile,
+            percent,
+            memory,
+            device,
+        } => {
+            let g = mps_mig::grant(cfg, profile, *percent, *memory, device.as_ref(), who)?;
             Granted {
                 uuid: g.gpu_uuid.clone(),
                 warm: g.warm,
@@ -211,6 +228,14 @@ fn held_nodes(cfg: &Config, m: &Majors, holder: &str) -> Vec<(u32, u32)> {
                 .map(|d| d.gpu_minor),
         );
     own.extend(whole.map(|minor| (m.nvidia, minor)));
+    let slices = st
+        .mps
+        .iter()
+        .filter(|d| d.clients.iter().any(|c| c.lease.container_id == holder))
+        .filter_map(|d| d.mig.as_ref());
+    for h in slices {
+        own.extend([(m.caps, h.gi_cap_minor), (m.caps, h.ci_cap_minor)]);
+    }
     own
 }
 

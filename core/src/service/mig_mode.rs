@@ -635,6 +635,7 @@ mod tests {
             created_at: 1,
             lease: None,
             idle_since: None,
+            mps: false,
         });
         locked.save(&st).unwrap();
         drop(locked);

@@ -17,6 +17,7 @@ pub mod instance_log;
 pub mod logging;
 pub mod mig_mode;
 pub mod mps;
+pub mod mps_mig;
 pub mod node;
 pub mod nvml;
 pub mod offers;

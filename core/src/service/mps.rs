@@ -6,6 +6,10 @@
 //! the daemon bind every client, and a client can only go lower; limits carried only by the
 //! container's env are wishes it can drop. So under the strict policy the daemon carries the
 //! ceiling and every container on that GPU gets the same share.
+//!
+//! A daemon may also serve one MIG instance instead of a whole GPU (an MPS share inside a
+//! slice, granted by [`crate::mps_mig`]): its folders are then named for the MIG UUID, the
+//! MIG device is its only device, and its clients get that device's nodes.
 
 use crate::compute_mode::ComputeModeError;
 use crate::config::{Config, MpsPolicy};
@@ -13,7 +17,9 @@ use crate::driver;
 use crate::fsutil::now_unix;
 use crate::gpu::Gpu;
 use crate::gpus::{known_gpus, select, GpuError};
-use crate::ledger::{Claimant, GpuRecord, Lease, Ledger, LedgerState, MpsClient, MpsDaemon};
+use crate::ledger::{
+    Claimant, GpuRecord, Lease, Ledger, LedgerState, MigHost, MpsClient, MpsDaemon,
+};
 use crate::node::Node;
 use crate::request::DeviceSelector;
 use crate::spec::{Edit, Mount};
@@ -59,6 +65,7 @@ crate::gpus::from_gpu_errors!(MpsError);
 /// An MPS share granted to a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MpsGrant {
+    /// The device the container sees: the GPU's UUID, or the MIG UUID of a share in a slice.
     pub gpu_uuid: String,
     pub edit: Edit,
     /// The daemon was already running and the GPU list cached: no NVML, no daemon start.
@@ -112,7 +119,7 @@ pub fn grant_on(
         let edit = client_edit(cfg, &majors, d, c.percent, c.memory);
         return Ok(MpsGrant {
             fresh: false,
-            gpu_uuid: d.gpu_uuid.clone(),
+            gpu_uuid: d.device_uuid().to_string(),
             edit,
             warm: true,
         });
@@ -167,7 +174,11 @@ pub fn grant_on(
             }
             g => g?,
         };
-        let at = match st.mps.iter().position(|d| d.gpu_uuid == gpu.uuid) {
+        let at = match st
+            .mps
+            .iter()
+            .position(|d| d.gpu_uuid == gpu.uuid && d.mig.is_none())
+        {
             Some(i) if running(node, &st.mps[i]) => i,
             Some(i) => {
                 tracing::warn!(gpu = gpu.index, "the MPS daemon died; starting it again");
@@ -234,13 +245,17 @@ fn start_exclusive(
     memory: Option<u64>,
 ) -> Result<MpsDaemon, MpsError> {
     if !cfg.mps.exclusive {
-        return start(cfg, node, gpu, percent, memory);
+        return start(cfg, node, gpu, None, percent, memory);
     }
     crate::compute_mode::take(be, locked, st, gpu)?;
-    start(cfg, node, gpu, percent, memory).inspect_err(|_| {
+    start(cfg, node, gpu, None, percent, memory).inspect_err(|_| {
         // Only a GPU without a daemon entry gets its mode back: a restarted daemon's clients
         // keep theirs, and `gc` or the next grant settles it.
-        if st.mps.iter().any(|d| d.gpu_uuid == gpu.uuid) {
+        if st
+            .mps
+            .iter()
+            .any(|d| d.gpu_uuid == gpu.uuid && d.mig.is_none())
+        {
             return;
         }
         match crate::compute_mode::give_back(be, st, &gpu.uuid) {
@@ -253,7 +268,7 @@ fn start_exclusive(
 }
 
 /// The node's ceilings on what a tenant may ask for.
-fn check_policy(cfg: &Config, percent: u8, memory: Option<u64>) -> Result<(), MpsError> {
+pub(crate) fn check_policy(cfg: &Config, percent: u8, memory: Option<u64>) -> Result<(), MpsError> {
     if percent > cfg.policy.max_mps_percent {
         return Err(MpsError::OverPolicy {
             what: format!("gpu.mps={percent}"),
@@ -305,7 +320,10 @@ fn choose_gpu(
             ));
             continue;
         }
-        let daemon = st.mps.iter().find(|d| d.gpu_uuid == g.uuid);
+        let daemon = st
+            .mps
+            .iter()
+            .find(|d| d.gpu_uuid == g.uuid && d.mig.is_none());
         if let (Some(d), MpsPolicy::Strict) = (daemon, cfg.mps.policy) {
             if (d.percent, d.memory) != (percent, memory) {
                 reasons.push(format!(
@@ -345,15 +363,20 @@ fn choose_gpu(
     }
 }
 
-fn client_edit(
+pub(crate) fn client_edit(
     cfg: &Config,
     majors: &driver::Majors,
     d: &MpsDaemon,
     percent: u8,
     memory: Option<u64>,
 ) -> Edit {
+    let mut devices = driver::gpu_nodes(majors, d.gpu_minor);
+    if let Some(h) = &d.mig {
+        // Only the daemon's MIG device: the GPU's other slices stay closed to its clients.
+        devices.extend(driver::cap_nodes(majors, h.gi_cap_minor, h.ci_cap_minor));
+    }
     Edit {
-        devices: driver::gpu_nodes(majors, d.gpu_minor),
+        devices,
         env: client_env(cfg, d, percent, memory),
         mounts: vec![Mount {
             destination: cfg.mps.mount_path.clone(),
@@ -375,9 +398,10 @@ pub(crate) fn client_env(
     percent: u8,
     memory: Option<u64>,
 ) -> Vec<(String, String)> {
+    let device = d.device_uuid().to_string();
     let mut env = vec![
-        ("CUDA_VISIBLE_DEVICES".to_string(), d.gpu_uuid.clone()),
-        ("NVIDIA_VISIBLE_DEVICES".to_string(), d.gpu_uuid.clone()),
+        ("CUDA_VISIBLE_DEVICES".to_string(), device.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".to_string(), device),
         (
             "CUDA_MPS_PIPE_DIRECTORY".to_string(),
             cfg.mps.mount_path.clone(),
@@ -388,7 +412,7 @@ pub(crate) fn client_env(
         ),
     ];
     if let Some(m) = memory {
-        // Device 0: the container sees exactly one GPU.
+        // Device 0: the container sees exactly one GPU (or MIG device).
         env.push((
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".to_string(),
             format!("0={}M", m >> 20),
@@ -428,6 +452,11 @@ pub fn release_client_on(
             tracing::warn!(gpu = d.gpu_index, "stopping the MPS daemon: {e}");
             eprintln!("gpushare: {e}");
         }
+        if let Some(h) = &d.mig {
+            // The slice goes back to the idle pool; a MIG device's compute mode was never set.
+            crate::mps_mig::return_instance(st, h);
+            return true;
+        }
         // After the daemon quit: the record stays for `gc` if the mode cannot be put back.
         if let Err(e) = crate::compute_mode::give_back(be, st, &d.gpu_uuid) {
             tracing::warn!(gpu = d.gpu_index, "putting the compute mode back: {e}");
@@ -455,15 +484,21 @@ pub fn control_path(cfg: &Config) -> Option<PathBuf> {
     })
 }
 
-fn daemon_dirs(cfg: &Config, gpu: &GpuRecord) -> (PathBuf, PathBuf) {
-    let base = cfg.state_dir.join(gpushare_state::MPS_DIR).join(&gpu.uuid);
+/// The daemon's pipe and log folders, named for the device it serves (GPU or MIG UUID).
+pub(crate) fn daemon_dirs(cfg: &Config, device_uuid: &str) -> (PathBuf, PathBuf) {
+    let base = cfg
+        .state_dir
+        .join(gpushare_state::MPS_DIR)
+        .join(device_uuid);
     (base.join("pipe"), base.join("log"))
 }
 
-fn start(
+/// Start a daemon for `gpu`, or for its MIG device `mig`, whose defaults carry the share.
+pub(crate) fn start(
     cfg: &Config,
     node: &dyn Node,
     gpu: &GpuRecord,
+    mig: Option<&MigHost>,
     percent: u8,
     memory: Option<u64>,
 ) -> Result<MpsDaemon, MpsError> {
@@ -474,7 +509,8 @@ fn start(
     };
     let control =
         control_path(cfg).ok_or_else(|| fail("not found on PATH nor in inject.bin_dirs".into()))?;
-    let (pipe_dir, log_dir) = daemon_dirs(cfg, gpu);
+    let device = mig.map_or(gpu.uuid.as_str(), |h| h.mig_uuid.as_str());
+    let (pipe_dir, log_dir) = daemon_dirs(cfg, device);
     // A dead daemon leaves its sockets behind; a new one must not find them.
     let _ = std::fs::remove_dir_all(&pipe_dir);
     for d in [&pipe_dir, &log_dir] {
@@ -488,16 +524,10 @@ fn start(
         pipe_dir: &pipe_dir,
         log_dir: &log_dir,
     };
-    node.mps_start(&dirs, &gpu.uuid, cfg.mps.multi_user)
+    node.mps_start(&dirs, device, cfg.mps.multi_user)
         .map_err(fail)?;
     let deadline = Instant::now() + Duration::from_millis(cfg.mps.start_timeout_ms);
-    let pid_file = pipe_dir.join("nvidia-cuda-mps-control.pid");
-    let read_pid = || {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-    };
-    while !pipe_dir.join("control").exists() || read_pid().is_none() {
+    while !pipe_dir.join("control").exists() || read_pid(&pipe_dir).is_none() {
         if Instant::now() > deadline {
             return Err(fail(format!(
                 "no control socket after {} ms; see {}",
@@ -507,7 +537,7 @@ fn start(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pid = read_pid();
+    let pid = read_pid(&pipe_dir);
     let daemon = MpsDaemon {
         gpu_uuid: gpu.uuid.clone(),
         gpu_index: gpu.index,
@@ -519,6 +549,7 @@ fn start(
         memory,
         started_at: now_unix(),
         clients: Vec::new(),
+        mig: mig.cloned(),
     };
     if percent < 100 {
         command(
@@ -543,6 +574,13 @@ fn start(
         "started the MPS control daemon"
     );
     Ok(daemon)
+}
+
+/// The pid the daemon serving `pipe_dir` wrote there.
+fn read_pid(pipe_dir: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(pipe_dir.join("nvidia-cuda-mps-control.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
 }
 
 /// One command to the control daemon, through the control program's stdin; bounded in time.
@@ -579,7 +617,20 @@ fn running(node: &dyn Node, d: &MpsDaemon) -> bool {
     d.pid.is_some_and(|pid| node.process_running(pid)) && d.pipe_dir.join("control").exists()
 }
 
-fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
+pub(crate) fn stop(cfg: &Config, node: &dyn Node, d: &MpsDaemon) -> Result<(), MpsError> {
+    // A record saved before its daemon's pid was known (a grant killed while it started the
+    // daemon): the pid file says whether one runs there.
+    let found;
+    let d = match d.pid {
+        Some(_) => d,
+        None => {
+            found = MpsDaemon {
+                pid: read_pid(&d.pipe_dir),
+                ..d.clone()
+            };
+            &found
+        }
+    };
     if running(node, d) {
         command(cfg, node, d, "quit")?;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -650,6 +701,7 @@ mod tests {
                     memory: None,
                 })
                 .collect(),
+            mig: None,
         });
         gpu.clear_calls();
         st

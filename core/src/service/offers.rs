@@ -99,7 +99,7 @@ pub(crate) fn render(cfg: &Config, st: &mut LedgerState, generation: u64) -> Opt
     let mut idle: Vec<String> = st
         .instances
         .iter()
-        .filter(|r| r.lease.is_none() && r.made.is_some())
+        .filter(|r| r.is_idle())
         .map(|r| r.profile.clone())
         .collect();
     idle.sort_unstable();

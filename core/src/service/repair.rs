@@ -259,6 +259,7 @@ pub fn run_on(
                 }),
                 created_at: now,
                 idle_since: lease.is_none().then_some(now),
+                mps: false,
                 lease,
             });
             if !by_log && !opts.dry_run {

@@ -23,7 +23,7 @@ fn occupied(r: &InstanceRecord) -> Occupied {
 }
 
 fn is_idle(r: &InstanceRecord) -> bool {
-    r.lease.is_none() && r.made.is_some()
+    r.is_idle()
 }
 
 /// The table the cold path last chose for this GPU model, if it is still on disk. Never solves:
@@ -253,6 +253,7 @@ mod tests {
                 runtime_root: None,
             }),
             idle_since: (!busy).then_some(0),
+            mps: false,
         }
     }
 
