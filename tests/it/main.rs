@@ -21,6 +21,7 @@ mod k8s_cri;
 mod mig_mode;
 mod mig_runtime;
 mod mps_exclusive;
+mod mps_mig;
 mod mps_timeslice;
 mod ops;
 mod packaging;

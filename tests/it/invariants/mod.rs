@@ -66,6 +66,50 @@ pub fn check(node: &SimNode, runtime_root: Option<&Path>) -> Result<(), String> 
             }
         }
     }
+    // MPS inside MIG slices: a slice marked as serving MPS and a daemon bound to it go together.
+    for r in &st.instances {
+        let Some(m) = &r.made else { continue };
+        let daemons = st
+            .mps
+            .iter()
+            .filter(|d| d.mig.as_ref().is_some_and(|h| h.mig_uuid == m.mig_uuid))
+            .count();
+        match (r.mps, daemons) {
+            (true, 1) | (false, 0) => {}
+            (true, n) => errs.push(format!("{} serves MPS with {n} daemons", m.mig_uuid)),
+            (false, _) => errs.push(format!(
+                "a daemon is bound to {}, which the ledger does not mark as serving MPS",
+                m.mig_uuid
+            )),
+        }
+        if r.mps && r.lease.is_some() {
+            errs.push(format!("{} serves MPS and is leased too", m.mig_uuid));
+        }
+    }
+    for d in &st.mps {
+        if let Some(h) = &d.mig {
+            let known = st
+                .instances
+                .iter()
+                .any(|r| r.mps && r.made.as_ref().is_some_and(|m| m.mig_uuid == h.mig_uuid));
+            if !known {
+                errs.push(format!(
+                    "an MPS daemon is bound to {}, which the ledger does not record",
+                    h.mig_uuid
+                ));
+            }
+        }
+        if let Some(root) = runtime_root {
+            for c in &d.clients {
+                if !root.join(&c.lease.container_id).exists() {
+                    errs.push(format!(
+                        "container {} is gone but holds an MPS share",
+                        c.lease.container_id
+                    ));
+                }
+            }
+        }
+    }
     for key in driver.keys() {
         if !seen_slices.contains(key) {
             errs.push(format!(
