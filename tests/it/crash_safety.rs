@@ -70,6 +70,22 @@ const MPS_SCENARIOS: &[(&str, MpsSetup)] = &[
     ("mps.exclusive.before_restore", MpsSetup::Release),
 ];
 
+/// Where a crash of an MPS share inside a MIG slice happens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MpsMigSetup {
+    /// The first share of its size: the create takes a slice and starts its daemon.
+    First,
+    /// Another container holds a share of that size: the create joins its daemon.
+    Join,
+}
+
+const MPS_MIG_SCENARIOS: &[(&str, MpsMigSetup)] = &[
+    ("mps_mig.slice_granted", MpsMigSetup::First),
+    ("mps_mig.intent_saved", MpsMigSetup::First),
+    ("mps_mig.started", MpsMigSetup::First),
+    ("mps_mig.joined", MpsMigSetup::Join),
+];
+
 fn killed(status: std::process::ExitStatus) -> bool {
     status.signal() == Some(libc::SIGKILL)
 }
@@ -349,6 +365,7 @@ fn every_failpoint_in_the_code_is_exercised() {
         .map(|(n, _)| n.to_string())
         .chain(MPS_SCENARIOS.iter().map(|(n, _)| n.to_string()))
         .chain(crate::mig_mode::FAILPOINTS.iter().map(|n| n.to_string()))
+        .chain(MPS_MIG_SCENARIOS.iter().map(|(n, _)| n.to_string()))
         .collect();
     let missing: Vec<&String> = names.difference(&covered).collect();
     assert!(
@@ -484,5 +501,80 @@ fn mps_kill_at_each_failpoint_then_next_call_repairs() {
     require_root();
     for &(point, setup) in MPS_SCENARIOS {
         mps_scenario(point, setup, false);
+    }
+}
+
+const MPS_MIG_SHARE: [(&str, &str); 2] = [("gpu.profile", "3g.40gb"), ("gpu.mps", "50")];
+
+/// Every daemon the stand-in control program started has exited.
+fn no_daemon_left(node: &SimNode, label: &str) {
+    let log = mps_control_log(node);
+    let pids = |what: &str| {
+        let mut p: Vec<String> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix(what))
+            .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(pids("start pid="), pids("exit pid="), "{label}: {log}");
+}
+
+fn mps_mig_scenario(point: &str, setup: MpsMigSetup, gc_first: bool) {
+    let node = crate::mps_mig::mps_mig_node("");
+    let engine = Engine::new(&node, Runtime::Runc);
+    let label = label(point, setup, gc_first);
+    let first = (Bundle::new("true", &MPS_MIG_SHARE, &[]), unique("first"));
+    if setup == MpsMigSetup::Join {
+        let out = engine.create(&first.0, &first.1);
+        assert!(out.status.success(), "{label}: {}", text(&out.stderr));
+    }
+    let (b, id) = (Bundle::new("true", &MPS_MIG_SHARE, &[]), unique("victim"));
+    let st = create_with(&engine, &b, &id, Some(point));
+    assert!(killed(st), "{label}: create was not killed ({st:?})");
+    let next = |n: &str| {
+        let (b, id) = (Bundle::new("true", &MPS_MIG_SHARE, &[]), unique(n));
+        engine.run_to_end(&b, &id);
+    };
+    if gc_first {
+        gc_ok(&node, &label);
+        invariants::check(&node, Some(engine.root.path()))
+            .unwrap_or_else(|e| panic!("{label}: after gc:\n{e}"));
+        next("next");
+    } else {
+        next("next");
+        gc_ok(&node, &label);
+    }
+    if setup == MpsMigSetup::Join {
+        engine.start_and_wait(&first.0, &first.1);
+        let del = engine.delete(&first.1);
+        assert!(del.status.success(), "{label}: {}", text(&del.stderr));
+    }
+    invariants::check(&node, Some(engine.root.path())).unwrap_or_else(|e| panic!("{label}:\n{e}"));
+    let st = node.ledger();
+    assert!(st.mps.is_empty(), "{label}: {:?}", st.mps);
+    assert!(
+        st.instances.iter().all(|r| r.is_idle()),
+        "{label}: {:?}",
+        st.instances
+    );
+    no_daemon_left(&node, &label);
+    assert_nothing_left_to_repair(&node, &label);
+}
+
+#[test]
+fn mps_mig_kill_at_each_failpoint_then_gc_repairs() {
+    require_root();
+    for &(point, setup) in MPS_MIG_SCENARIOS {
+        mps_mig_scenario(point, setup, true);
+    }
+}
+
+#[test]
+fn mps_mig_kill_at_each_failpoint_then_next_call_repairs() {
+    require_root();
+    for &(point, setup) in MPS_MIG_SCENARIOS {
+        mps_mig_scenario(point, setup, false);
     }
 }
