@@ -143,6 +143,40 @@ fn three_shares_fill_one_3g_instance_a_fourth_size_gets_a_second_and_plain_mig_n
     assert_eq!(plain.config_bytes(), before);
     invariants::check(&node, Some(engine.root.path())).unwrap();
 
+    // `status`: the GPU, its mode, its instances, each daemon's clients.
+    let json = node.status_json();
+    let gpu = &json["gpus"][0];
+    assert_eq!(gpu["mode"], "mig");
+    let hosting: Vec<&serde_json::Value> = gpu["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "mps")
+        .collect();
+    assert_eq!(hosting.len(), 2, "{gpu:#}");
+    let first = hosting
+        .iter()
+        .find(|i| i["mig_uuid"] == mig.as_str())
+        .unwrap();
+    assert_eq!(first["mps"]["clients"].as_array().unwrap().len(), 3);
+    assert_eq!(first["mps"]["enforced_percent"], 33);
+    let leases = json["leases"].as_array().unwrap();
+    assert!(
+        leases
+            .iter()
+            .any(|l| l["profile"] == "50% of 3g.40gb" && l["mig_uuid"] == second.as_str()),
+        "{leases:?}"
+    );
+    let shown = text(&node.ctl(&["status"]).stdout);
+    assert!(
+        shown.contains("mode: MIG, 2 instance(s): 0 busy, 2 serving MPS (4 client(s)), 0 idle"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("      {}: asks 33%", small[2].1)),
+        "{shown}"
+    );
+
     let pids: Vec<u32> = node.ledger().mps.iter().filter_map(|d| d.pid).collect();
     assert_eq!(pids.len(), 2);
     engine.start_and_wait(&big, &big_id);

@@ -132,11 +132,13 @@ pub fn assess(cfg: &Config, st: &LedgerState, seen: &Seen<'_>) -> Vec<Need> {
         out.push(if seen.room {
             ready("mig", "ready (MIG mode)")
         } else {
+            // Slices serving MPS are held by their daemons' clients.
             let busy: Vec<String> = st
                 .instances
                 .iter()
                 .filter(|r| r.gpu_uuid == *uuid)
                 .filter_map(|r| r.lease.as_ref().map(|l| l.container_id.clone()))
+                .chain(mps_clients.iter().cloned())
                 .collect();
             wait(
                 "mig",

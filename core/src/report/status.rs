@@ -1,6 +1,8 @@
 //! What `gpusharectl status` shows: the GPUs as NVML sees them (compute mode included), every
-//! MIG instance (gpushare's, busy or idle, and anyone else's), the leases of every kind (MIG
-//! slices, MPS shares, time-sliced GPUs) in one list, and free capacity per profile.
+//! MIG instance (gpushare's, busy, idle or serving MPS shares, and anyone else's), the leases
+//! of every kind (MIG slices, MPS shares, time-sliced GPUs) in one list, and free capacity per
+//! profile. Read as a hierarchy: GPU, then the mode it serves in, then its MIG instances, then
+//! the MPS clients of a daemon (of the whole GPU, or of one instance).
 
 use crate::config::Config;
 use crate::ledger::{self, LedgerState, Mode};
@@ -33,6 +35,10 @@ pub struct GpuStatus {
     pub uuid: String,
     pub name: String,
     pub mig_enabled: bool,
+    /// How the GPU serves now: `mig` (MIG enabled: slices, some perhaps serving MPS),
+    /// `mps` (one MPS daemon for the whole GPU), `timeslice`, or `free` (MIG off, nothing of
+    /// gpushare's on it).
+    pub mode: &'static str,
     pub instances: Vec<InstanceStatus>,
     /// How many more instances of each profile could be made now.
     pub free: Vec<(String, u32)>,
@@ -40,7 +46,7 @@ pub struct GpuStatus {
     pub counters: crate::stats::GpuCounters,
     /// NVML's MIG profile table (answered even while MIG is disabled).
     pub profiles: Vec<placement::Profile>,
-    /// MPS daemon and time-slice users on this GPU.
+    /// The MPS daemon of the whole GPU (MIG off); a MIG instance's is under the instance.
     pub mps: Option<MpsStatus>,
     pub timeslice_containers: Vec<String>,
     /// As nvidia-smi names it (`Default`, `Exclusive_Process`, ...); None where NVML has no
@@ -78,18 +84,21 @@ pub struct InstanceStatus {
     pub ci: Option<u32>,
     pub placement: placement::Slot,
     pub mig_uuid: Option<String>,
-    /// "busy", "idle", or "foreign" (made by someone else).
+    /// "busy", "idle", "mps" (serving MPS shares), or "foreign" (made by someone else).
     pub state: &'static str,
     pub container_id: Option<String>,
+    /// The MPS daemon serving this instance, with its clients.
+    pub mps: Option<MpsStatus>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct LeaseStatus {
     pub container_id: String,
     pub gpu: u32,
-    /// MIG: the profile; MPS and time-slicing: the share (`25% + 4096 MiB`, `whole GPU`).
+    /// MIG: the profile; MPS and time-slicing: the share (`25% + 4096 MiB`, `whole GPU`,
+    /// `25% of 3g.40gb` for a share inside a MIG instance).
     pub profile: String,
-    /// None for MPS shares and time-sliced GPUs.
+    /// None for MPS shares of a whole GPU and time-sliced GPUs.
     pub mig_uuid: Option<String>,
     /// Unix time the lease was granted.
     pub since: u64,
@@ -123,19 +132,28 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
                     .iter()
                     .find(|p| p.id == gi.profile_id)
                     .map_or_else(|| format!("profile {}", gi.profile_id), |p| p.name.clone());
+                let mig_uuid = ours.and_then(|r| r.made.as_ref().map(|m| m.mig_uuid.clone()));
+                let daemon = st.mps.iter().find(|d| {
+                    d.mig
+                        .as_ref()
+                        .is_some_and(|h| Some(&h.mig_uuid) == mig_uuid.as_ref())
+                });
                 InstanceStatus {
                     profile: name,
                     gi: gi.id,
                     ci: gi.compute_instances.first().copied(),
                     placement: gi.slot,
-                    mig_uuid: ours.and_then(|r| r.made.as_ref().map(|m| m.mig_uuid.clone())),
+                    mig_uuid,
                     state: match ours {
                         Some(r) if r.lease.is_some() => "busy",
+                        Some(r) if r.mps => "mps",
                         Some(_) => "idle",
                         None => "foreign",
                     },
                     container_id: ours
                         .and_then(|r| r.lease.as_ref().map(|l| l.container_id.clone())),
+                    // A MIG device has no EXCLUSIVE_PROCESS to hold its daemon's clients.
+                    mps: daemon.map(|d| mps_status(d, false)),
                 }
             })
             .collect();
@@ -165,25 +183,8 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
         let mps = st
             .mps
             .iter()
-            .find(|d| d.gpu_uuid == g.uuid)
-            .map(|d| MpsStatus {
-                pid: d.pid,
-                running: crate::mps::alive(d),
-                enforced_percent: d.percent,
-                enforced_memory_mib: d.memory.map(|m| m >> 20),
-                clients: d
-                    .clients
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.lease.container_id.clone(),
-                            c.percent,
-                            c.memory.map(|m| m >> 20),
-                        )
-                    })
-                    .collect(),
-                exclusive,
-            });
+            .find(|d| d.gpu_uuid == g.uuid && d.mig.is_none())
+            .map(|d| mps_status(d, exclusive));
         let seen = crate::readiness::Seen {
             info: &g,
             pids: be.compute_pids(g.index).ok(),
@@ -200,13 +201,23 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
         let mig_pending = g
             .mig_mode
             .and_then(|(current, pending)| (current != pending).then_some(pending));
-        let timeslice_containers = st
+        let timeslice_containers: Vec<String> = st
             .shares
             .iter()
             .filter(|s| s.gpu_uuid == g.uuid)
             .map(|s| s.lease.container_id.clone())
             .collect();
+        let mode = if mig_enabled {
+            "mig"
+        } else if mps.is_some() {
+            "mps"
+        } else if !timeslice_containers.is_empty() {
+            "timeslice"
+        } else {
+            "free"
+        };
         gpus.push(GpuStatus {
+            mode,
             profiles: profiles.clone(),
             mps,
             timeslice_containers,
@@ -233,6 +244,27 @@ pub fn collect(cfg: &Config) -> Result<Status, StatusError> {
     })
 }
 
+fn mps_status(d: &ledger::MpsDaemon, exclusive: bool) -> MpsStatus {
+    MpsStatus {
+        pid: d.pid,
+        running: crate::mps::alive(d),
+        enforced_percent: d.percent,
+        enforced_memory_mib: d.memory.map(|m| m >> 20),
+        clients: d
+            .clients
+            .iter()
+            .map(|c| {
+                (
+                    c.lease.container_id.clone(),
+                    c.percent,
+                    c.memory.map(|m| m >> 20),
+                )
+            })
+            .collect(),
+        exclusive,
+    }
+}
+
 /// Every lease, MIG slices, MPS shares and time-sliced GPUs alike, oldest first.
 fn leases(st: &LedgerState) -> Vec<LeaseStatus> {
     let mut out: Vec<LeaseStatus> = st
@@ -257,14 +289,18 @@ fn leases(st: &LedgerState) -> Vec<LeaseStatus> {
         .collect();
     for d in &st.mps {
         for c in &d.clients {
+            let share = match c.memory {
+                Some(m) => format!("{}% + {} MiB", c.percent, m >> 20),
+                None => format!("{}%", c.percent),
+            };
             out.push(LeaseStatus {
                 container_id: c.lease.container_id.clone(),
                 gpu: d.gpu_index,
-                profile: match c.memory {
-                    Some(m) => format!("{}% + {} MiB", c.percent, m >> 20),
-                    None => format!("{}%", c.percent),
+                profile: match &d.mig {
+                    Some(h) => format!("{share} of {}", h.profile),
+                    None => share,
                 },
-                mig_uuid: None,
+                mig_uuid: d.mig.as_ref().map(|h| h.mig_uuid.clone()),
                 since: c.lease.since,
                 mode: "mps",
                 gpu_uuid: d.gpu_uuid.clone(),
@@ -329,132 +365,7 @@ pub fn render(s: &Status) -> String {
         s.driver_version.as_deref().unwrap_or("unknown")
     );
     for g in &s.gpus {
-        let mig = if g.mig_enabled {
-            "MIG enabled"
-        } else {
-            "MIG disabled"
-        };
-        let mode = g
-            .compute_mode
-            .as_deref()
-            .map_or(String::new(), |m| format!("  compute mode {m}"));
-        let _ = writeln!(
-            out,
-            "\nGPU {}  {}  {}  {mig}{mode}",
-            g.index, g.name, g.uuid
-        );
-        if let Some(found) = &g.compute_mode_found {
-            if g.mps.is_none() {
-                let _ = writeln!(
-                    out,
-                    "  compute mode changed by gpushare for an MPS daemon that is gone (a crash): the next grant or `gpusharectl gc` puts {found} back"
-                );
-            }
-        }
-        if let Some(on) = g.mig_pending {
-            let _ = writeln!(
-                out,
-                "  MIG mode pending {}: the driver applies it only at a GPU reset (`nvidia-smi -i {} -r`); gpushare never resets a GPU",
-                if on { "enable" } else { "disable" },
-                g.index
-            );
-        }
-        if let Some(found) = g.mig_switch_found {
-            let _ = writeln!(
-                out,
-                "  MIG mode switched by gpushare for a grant that died (a crash): the next grant or `gpusharectl gc` puts MIG {} back",
-                crate::mig_mode::on_off(found)
-            );
-        }
-        for n in &g.needs {
-            let _ = writeln!(out, "  {}: {}", n.label(), n.line);
-        }
-        if g.instances.is_empty() {
-            let _ = writeln!(out, "  no MIG instances");
-        } else {
-            let _ = writeln!(
-                out,
-                "  {:<12} {:>3} {:>3} {:<9} {:<8} {:<42} CONTAINER",
-                "PROFILE", "GI", "CI", "SLOTS", "STATE", "MIG UUID"
-            );
-            for i in &g.instances {
-                let slots = format!(
-                    "{}-{}",
-                    i.placement.start,
-                    i.placement.start + i.placement.size - 1
-                );
-                let _ = writeln!(
-                    out,
-                    "  {:<12} {:>3} {:>3} {:<9} {:<8} {:<42} {}",
-                    i.profile,
-                    i.gi,
-                    i.ci.map_or("-".into(), |c| c.to_string()),
-                    slots,
-                    i.state,
-                    i.mig_uuid.as_deref().unwrap_or("-"),
-                    i.container_id.as_deref().unwrap_or("-")
-                );
-            }
-        }
-        if g.mig_enabled {
-            let free: Vec<String> = g.free.iter().map(|(p, n)| format!("{p} x{n}")).collect();
-            let _ = writeln!(out, "  free: {}", free.join(", "));
-        } else if !g.profiles.is_empty() {
-            let names: Vec<&str> = g.profiles.iter().map(|p| p.name.as_str()).collect();
-            let _ = writeln!(
-                out,
-                "  MIG profiles (once MIG is enabled): {}",
-                names.join(", ")
-            );
-        }
-        if let Some(m) = &g.mps {
-            let _ = writeln!(
-                out,
-                "  MPS daemon pid {} {}: enforced on every client: {}% of SMs, {} pinned memory per process",
-                m.pid.map_or("-".into(), |p| p.to_string()),
-                if m.running { "running" } else { "NOT RUNNING" },
-                m.enforced_percent,
-                m.enforced_memory_mib.map_or("no limit on".into(), |v| format!("{v} MiB"))
-            );
-            if m.exclusive {
-                let _ = writeln!(
-                    out,
-                    "  compute mode Exclusive_Process: the MPS server is the GPU's one context; no client can leave its share"
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "  WARNING: compute mode {}: a client that points CUDA_MPS_PIPE_DIRECTORY elsewhere leaves its share (every SM, all memory){}",
-                    g.compute_mode.as_deref().unwrap_or("unknown"),
-                    if s.mps_exclusive {
-                        "; gpushare expected Exclusive_Process: see `gpusharectl doctor`"
-                    } else {
-                        " (mps.exclusive = false)"
-                    }
-                );
-            }
-            for (id, pct, mem) in &m.clients {
-                let mem = mem.map_or(String::new(), |v| format!(", {v} MiB"));
-                let _ = writeln!(out, "    {id}: asks {pct}%{mem} (its own env: cooperative below the enforced ceiling)");
-            }
-        }
-        if !g.timeslice_containers.is_empty() {
-            let _ = writeln!(
-                out,
-                "  time-sliced (no isolation): {}",
-                g.timeslice_containers.join(", ")
-            );
-        }
-        let c = &g.counters;
-        let _ = writeln!(
-            out,
-            "  grants: {} warm, {} cold (warm-pool hit rate {}); refused for lack of room: {}",
-            c.grants_warm,
-            c.grants_cold,
-            c.warm_hit_rate()
-                .map_or_else(|| "-".to_string(), |r| format!("{:.0}%", r * 100.0)),
-            c.refused_no_room
-        );
+        render_gpu(&mut out, g, s.mps_exclusive);
     }
     let _ = writeln!(out, "\nleases: {}", s.leases.len());
     let now = crate::fsutil::now_unix();
@@ -465,7 +376,10 @@ pub fn render(s: &Status) -> String {
                 l.profile,
                 l.mig_uuid.as_deref().unwrap_or("-")
             ),
-            "mps" => format!("MPS {}", l.profile),
+            "mps" => match &l.mig_uuid {
+                Some(u) => format!("MPS {}  {u}", l.profile),
+                None => format!("MPS {}", l.profile),
+            },
             _ => format!("time-sliced, {} (no isolation)", l.profile),
         };
         let _ = writeln!(
@@ -485,6 +399,200 @@ pub fn render(s: &Status) -> String {
         s.stats.refused_no_room
     );
     out
+}
+
+/// One GPU, top down: the GPU, the mode it serves in, its MIG instances (each with the MPS
+/// daemon it hosts and that daemon's clients), or its whole-GPU daemon and clients; then what
+/// it would need for other requests, and its counters.
+fn render_gpu(out: &mut String, g: &GpuStatus, mps_exclusive: bool) {
+    use std::fmt::Write;
+    let mig = if g.mig_enabled {
+        "MIG enabled"
+    } else {
+        "MIG disabled"
+    };
+    let mode = g
+        .compute_mode
+        .as_deref()
+        .map_or(String::new(), |m| format!("  compute mode {m}"));
+    let _ = writeln!(
+        out,
+        "\nGPU {}  {}  {}  {mig}{mode}",
+        g.index, g.name, g.uuid
+    );
+    let _ = writeln!(out, "  mode: {}", mode_line(g));
+    if let Some(found) = &g.compute_mode_found {
+        if g.mps.is_none() {
+            let _ = writeln!(
+                out,
+                "  compute mode changed by gpushare for an MPS daemon that is gone (a crash): the next grant or `gpusharectl gc` puts {found} back"
+            );
+        }
+    }
+    if let Some(on) = g.mig_pending {
+        let _ = writeln!(
+            out,
+            "  MIG mode pending {}: the driver applies it only at a GPU reset (`nvidia-smi -i {} -r`); gpushare never resets a GPU",
+            if on { "enable" } else { "disable" },
+            g.index
+        );
+    }
+    if let Some(found) = g.mig_switch_found {
+        let _ = writeln!(
+            out,
+            "  MIG mode switched by gpushare for a grant that died (a crash): the next grant or `gpusharectl gc` puts MIG {} back",
+            crate::mig_mode::on_off(found)
+        );
+    }
+    // What each kind of request would need here (the readiness report).
+    for n in &g.needs {
+        let _ = writeln!(out, "  {}: {}", n.label(), n.line);
+    }
+    if g.instances.is_empty() {
+        let _ = writeln!(out, "  no MIG instances");
+    } else {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>3} {:>3} {:<9} {:<8} {:<42} CONTAINER",
+            "PROFILE", "GI", "CI", "SLOTS", "STATE", "MIG UUID"
+        );
+        for i in &g.instances {
+            let slots = format!(
+                "{}-{}",
+                i.placement.start,
+                i.placement.start + i.placement.size - 1
+            );
+            let holder = match (&i.container_id, &i.mps) {
+                (Some(id), _) => id.clone(),
+                (None, Some(m)) => format!("{} MPS client(s)", m.clients.len()),
+                (None, None) => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>3} {:>3} {:<9} {:<8} {:<42} {holder}",
+                i.profile,
+                i.gi,
+                i.ci.map_or("-".into(), |c| c.to_string()),
+                slots,
+                i.state,
+                i.mig_uuid.as_deref().unwrap_or("-"),
+            );
+            if let Some(m) = &i.mps {
+                render_mps(out, m, "    ");
+                let _ = writeln!(
+                    out,
+                    "    compute mode: a MIG device takes no Exclusive_Process; a client that points CUDA_MPS_PIPE_DIRECTORY elsewhere leaves its share but not this instance"
+                );
+                render_clients(out, m, "      ");
+            }
+        }
+    }
+    if g.mig_enabled {
+        let free: Vec<String> = g.free.iter().map(|(p, n)| format!("{p} x{n}")).collect();
+        let _ = writeln!(out, "  free: {}", free.join(", "));
+    } else if !g.profiles.is_empty() {
+        let names: Vec<&str> = g.profiles.iter().map(|p| p.name.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  MIG profiles (once MIG is enabled): {}",
+            names.join(", ")
+        );
+    }
+    if let Some(m) = &g.mps {
+        render_mps(out, m, "  ");
+        if m.exclusive {
+            let _ = writeln!(
+                out,
+                "  compute mode Exclusive_Process: the MPS server is the GPU's one context; no client can leave its share"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  WARNING: compute mode {}: a client that points CUDA_MPS_PIPE_DIRECTORY elsewhere leaves its share (every SM, all memory){}",
+                g.compute_mode.as_deref().unwrap_or("unknown"),
+                if mps_exclusive {
+                    "; gpushare expected Exclusive_Process: see `gpusharectl doctor`"
+                } else {
+                    " (mps.exclusive = false)"
+                }
+            );
+        }
+        render_clients(out, m, "    ");
+    }
+    if !g.timeslice_containers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  time-sliced (no isolation): {}",
+            g.timeslice_containers.join(", ")
+        );
+    }
+    let c = &g.counters;
+    let _ = writeln!(
+        out,
+        "  grants: {} warm, {} cold (warm-pool hit rate {}); refused for lack of room: {}",
+        c.grants_warm,
+        c.grants_cold,
+        c.warm_hit_rate()
+            .map_or_else(|| "-".to_string(), |r| format!("{:.0}%", r * 100.0)),
+        c.refused_no_room
+    );
+}
+
+/// The GPU's mode at a glance: what serves it and how much of it is in use.
+fn mode_line(g: &GpuStatus) -> String {
+    match g.mode {
+        "mig" => {
+            let count = |state: &str| g.instances.iter().filter(|i| i.state == state).count();
+            let clients: usize = g
+                .instances
+                .iter()
+                .filter_map(|i| i.mps.as_ref())
+                .map(|m| m.clients.len())
+                .sum();
+            format!(
+                "MIG, {} instance(s): {} busy, {} serving MPS ({clients} client(s)), {} idle, {} foreign",
+                g.instances.len(),
+                count("busy"),
+                count("mps"),
+                count("idle"),
+                count("foreign")
+            )
+        }
+        "mps" => format!(
+            "MPS on the whole GPU, {} client(s)",
+            g.mps.as_ref().map_or(0, |m| m.clients.len())
+        ),
+        "timeslice" => format!(
+            "time-sliced whole GPU, {} container(s)",
+            g.timeslice_containers.len()
+        ),
+        _ => "free (MIG disabled, nothing of gpushare's on it)".into(),
+    }
+}
+
+/// A daemon's line: its process and what it enforces on every client.
+fn render_mps(out: &mut String, m: &MpsStatus, indent: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "{indent}MPS daemon pid {} {}: enforced on every client: {}% of SMs, {} pinned memory per process",
+        m.pid.map_or("-".into(), |p| p.to_string()),
+        if m.running { "running" } else { "NOT RUNNING" },
+        m.enforced_percent,
+        m.enforced_memory_mib
+            .map_or("no limit on".into(), |v| format!("{v} MiB"))
+    );
+}
+
+fn render_clients(out: &mut String, m: &MpsStatus, indent: &str) {
+    use std::fmt::Write;
+    for (id, pct, mem) in &m.clients {
+        let mem = mem.map_or(String::new(), |v| format!(", {v} MiB"));
+        let _ = writeln!(
+            out,
+            "{indent}{id}: asks {pct}%{mem} (its own env: cooperative below the enforced ceiling)"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +617,92 @@ mod tests {
         assert_eq!(ago(59), "59s ago");
         assert_eq!(ago(3 * 3600 + 120), "3h 2m ago");
         assert!(!t.contains("1796"), "no epoch seconds");
+    }
+
+    fn instance(
+        gi: u32,
+        start: u32,
+        state: &'static str,
+        mps: Option<MpsStatus>,
+    ) -> InstanceStatus {
+        InstanceStatus {
+            profile: "3g.40gb".into(),
+            gi,
+            ci: Some(0),
+            placement: placement::Slot { start, size: 4 },
+            mig_uuid: Some(format!("MIG-{gi}")),
+            state,
+            container_id: (state == "busy").then(|| "plain".to_string()),
+            mps,
+        }
+    }
+
+    #[test]
+    fn a_gpu_reads_top_down_mode_instances_then_mps_clients() {
+        let daemon = MpsStatus {
+            pid: Some(42),
+            running: true,
+            enforced_percent: 33,
+            enforced_memory_mib: None,
+            clients: vec![("c1".into(), 33, None), ("c2".into(), 33, None)],
+            exclusive: false,
+        };
+        let s = Status {
+            driver_version: None,
+            mps_exclusive: true,
+            gpus: vec![GpuStatus {
+                index: 0,
+                uuid: "GPU-a".into(),
+                name: "NVIDIA H100 80GB HBM3".into(),
+                mig_enabled: true,
+                mode: "mig",
+                instances: vec![
+                    instance(1, 0, "mps", Some(daemon)),
+                    instance(2, 4, "busy", None),
+                ],
+                free: vec![("1g.10gb".into(), 0)],
+                counters: Default::default(),
+                profiles: Vec::new(),
+                mps: None,
+                timeslice_containers: Vec::new(),
+                compute_mode: None,
+                compute_mode_found: None,
+                mig_pending: None,
+                mig_switch_found: None,
+                needs: vec![crate::readiness::Need {
+                    kind: "whole",
+                    ready: false,
+                    line: "after plain, c1 and c2 exit".into(),
+                }],
+            }],
+            leases: Vec::new(),
+            stats: Default::default(),
+        };
+        let text = render(&s);
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} in:\n{text}"))
+        };
+        let order = [
+            at("GPU 0  NVIDIA H100"),
+            at("  mode: MIG, 2 instance(s): 1 busy, 1 serving MPS (2 client(s)), 0 idle"),
+            at("  whole GPU: after plain, c1 and c2 exit"),
+            at("  3g.40gb        1   0 0-3       mps      MIG-1"),
+            at("2 MPS client(s)"),
+            at("    MPS daemon pid 42 running: enforced on every client: 33% of SMs"),
+            at("a MIG device takes no Exclusive_Process"),
+            at("      c1: asks 33%"),
+            at("      c2: asks 33%"),
+            at("  3g.40gb        2   0 4-7       busy     MIG-2"),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(!text.contains("WARNING"), "no whole-GPU daemon: {text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["gpus"][0]["mode"], "mig");
+        assert_eq!(
+            json["gpus"][0]["instances"][0]["mps"]["clients"][1][0],
+            "c2"
+        );
     }
 
     #[test]

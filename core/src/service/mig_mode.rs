@@ -150,7 +150,7 @@ fn idle_instances(
     for gi in be.gpu_instances(gpu.index, &profiles)? {
         let idle = st.instances.iter().any(|r| {
             r.gpu_uuid == gpu.uuid
-                && r.lease.is_none()
+                && r.is_idle()
                 && r.slot == gi.slot
                 && r.made.as_ref().is_some_and(|m| m.gi == gi.id)
         });
