@@ -14,7 +14,7 @@
 //!   instances.log              every MIG instance made (JSON lines, core's)   INSTANCE_LOG
 //!   history.log                request history (core's)         HISTORY_LOG
 //!   placement-<model>-<hash>.json  solved placement tables (core's)  PLACEMENT_PREFIX
-//!   mps/<GPU UUID>/{pipe,log}  MPS daemons' folders             MPS_DIR
+//!   mps/<GPU or MIG UUID>/{pipe,log}  MPS daemons' folders  MPS_DIR
 //!   ledger.json.corrupt-<unix s>   a ledger `gpusharectl repair` moved aside  ledger
 //!   .<name>.gpushare-tmp.<pid>.<random>  a write in progress    temp
 //! ```
@@ -56,5 +56,6 @@ pub const HISTORY_LOG: &str = "history.log";
 pub const PLACEMENT_PREFIX: &str = "placement-";
 pub const PLACEMENT_SUFFIX: &str = ".json";
 
-/// MPS control daemons' folders: `mps/<GPU UUID>/pipe` and `mps/<GPU UUID>/log`.
+/// MPS control daemons' folders: `mps/<UUID>/pipe` and `mps/<UUID>/log`, the UUID of the GPU or
+/// of the MIG device the daemon serves.
 pub const MPS_DIR: &str = "mps";
