@@ -176,6 +176,14 @@ fn three_shares_fill_one_3g_instance_a_fourth_size_gets_a_second_and_plain_mig_n
         shown.contains(&format!("      {}: asks 33%", small[2].1)),
         "{shown}"
     );
+    // mps.exclusive is on, and cannot hold inside a slice: doctor says so, and fails nothing.
+    let doctor = node.ctl(&["doctor"]);
+    let said = text(&doctor.stdout);
+    assert!(
+        said.contains("GPU 0 MPS  serves MPS shares inside 2 MIG instance(s)"),
+        "{said}"
+    );
+    assert!(!said.contains("FAIL  GPU 0 MPS"), "{said}");
 
     let pids: Vec<u32> = node.ledger().mps.iter().filter_map(|d| d.pid).collect();
     assert_eq!(pids.len(), 2);

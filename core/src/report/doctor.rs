@@ -267,6 +267,12 @@ fn mps_checks(cfg: &Config, g: &crate::status::GpuStatus, out: &mut Vec<Check>) 
     let name = format!("GPU {} MPS", g.index);
     let mode = g.compute_mode.as_deref().unwrap_or("unknown");
     let exclusive = mode == crate::ledger::Mode::ExclusiveProcess.name();
+    let in_slices = g.instances.iter().filter(|i| i.mps.is_some()).count();
+    if in_slices > 0 {
+        // Not a setting to fix: NVML takes no EXCLUSIVE_PROCESS on a MIG device.
+        check(out, &name, Level::Warn, format!(
+            "serves MPS shares inside {in_slices} MIG instance(s): a MIG device takes no Exclusive_Process, so a client that points CUDA_MPS_PIPE_DIRECTORY elsewhere leaves its share, though not its slice (docs/mps.md, MPS inside a MIG slice)"));
+    }
     if g.mps.is_none() {
         if let Some(found) = &g.compute_mode_found {
             check(out, &name, Level::Warn, format!(
