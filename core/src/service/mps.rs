@@ -454,7 +454,7 @@ pub fn release_client_on(
         }
         if let Some(h) = &d.mig {
             // The slice goes back to the idle pool; a MIG device's compute mode was never set.
-            crate::mps_mig::return_instance(st, h);
+            return_instance(st, h);
             return true;
         }
         // After the daemon quit: the record stays for `gc` if the mode cannot be put back.
@@ -467,6 +467,19 @@ pub fn release_client_on(
         }
     }
     true
+}
+
+/// The instance daemon `h` served goes back to the idle pool (its daemon is gone).
+pub(crate) fn return_instance(st: &mut LedgerState, h: &MigHost) {
+    let now = now_unix();
+    for r in st
+        .instances
+        .iter_mut()
+        .filter(|r| r.mps && r.made.as_ref().is_some_and(|m| m.mig_uuid == h.mig_uuid))
+    {
+        r.mps = false;
+        r.idle_since = Some(now);
+    }
 }
 
 /// The control program's absolute path.

@@ -193,7 +193,7 @@ pub fn grant_on(
             // idle pool (the container's request failed, so it holds nothing).
             let d = st.mps.remove(at);
             let _ = mps::stop(cfg, node, &d);
-            return_instance(&mut st, &host);
+            mps::return_instance(&mut st, &host);
             locked.save(&st)?;
             return Err(e.into());
         }
@@ -316,19 +316,6 @@ fn restart(cfg: &Config, node: &dyn Node, st: &mut LedgerState, at: usize) -> Re
         ..fresh
     };
     Ok(())
-}
-
-/// The instance daemon `h` served goes back to the idle pool (its daemon is gone).
-pub(crate) fn return_instance(st: &mut LedgerState, h: &MigHost) {
-    let now = now_unix();
-    for r in st
-        .instances
-        .iter_mut()
-        .filter(|r| r.mps && r.made.as_ref().is_some_and(|m| m.mig_uuid == h.mig_uuid))
-    {
-        r.mps = false;
-        r.idle_since = Some(now);
-    }
 }
 
 #[cfg(test)]
