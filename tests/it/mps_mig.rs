@@ -231,3 +231,36 @@ fn mps_exclusive_does_not_refuse_a_share_in_a_slice() {
     let st = node.ledger();
     assert!(st.compute_modes.is_empty() && st.mps.is_empty(), "{st:?}");
 }
+
+/// A process exec'd into a share inside a slice gets the slice (its MIG UUID), not the GPU,
+/// and cannot raise the share.
+#[test]
+fn exec_into_a_share_in_a_slice_sees_the_slice_and_its_ceiling() {
+    require_root();
+    let node = mps_mig_node("");
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new("sleep 60", &SHARE_50, &[]);
+    let id = unique("exec-in-slice");
+    engine.start_detached(&b, &id);
+    let mig = host_of(&node, &id);
+    let show = "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; echo CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
+    let out = run(&mut engine.cmd(&[
+        "exec",
+        "-e",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100",
+        &id,
+        "/bin/sh",
+        "-c",
+        show,
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seen = text(&out.stdout);
+    assert_eq!(env_seen(&seen, "CUDA_VISIBLE_DEVICES"), mig, "{seen}");
+    assert_eq!(env_seen(&seen, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"), "50");
+    assert!(engine.delete(&id).status.success());
+    let st = node.ledger();
+    assert!(
+        st.mps.is_empty() && st.instances.iter().all(|r| r.is_idle()),
+        "{st:?}"
+    );
+}

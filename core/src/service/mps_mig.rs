@@ -490,6 +490,29 @@ mod tests {
     }
 
     #[test]
+    fn under_the_cooperative_policy_sizes_mix_within_the_whole_instance() {
+        let mut s = scratch("mpsmig-coop");
+        s.cfg.mps.policy = MpsPolicy::Cooperative;
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let a = share(&s, &gpu, &node, 33, "a");
+        let b = share(&s, &gpu, &node, 50, "b");
+        assert_eq!(a.gpu_uuid, b.gpu_uuid, "one daemon, no ceiling of its own");
+        let c = share(&s, &gpu, &node, 25, "c");
+        assert_ne!(c.gpu_uuid, a.gpu_uuid, "108% of one instance");
+        let st = s.ledger();
+        assert_eq!(st.mps[0].percent, 100);
+        assert!(!node
+            .mps_log()
+            .iter()
+            .any(|l| l.starts_with("set_default_active_thread_percentage")));
+        assert!(b
+            .edit
+            .env
+            .contains(&("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), "50".into())));
+    }
+
+    #[test]
     fn pinned_memory_beyond_the_instance_goes_elsewhere() {
         let s = scratch("mpsmig-memory");
         let gpu = FakeGpu::h100(1);
