@@ -94,6 +94,19 @@ pub enum Action {
         mig_uuid: String,
         runtime_root: String,
     },
+    /// An MPS daemon bound to a MIG instance the ledger no longer records (the driver lost it):
+    /// stopped, and its clients' shares with it.
+    StopMpsDaemon {
+        gpu: u32,
+        mig_uuid: String,
+        clients: Vec<String>,
+    },
+    /// A MIG instance marked as serving MPS that no daemon serves: back to the idle pool.
+    ReturnMpsSlice {
+        gpu: u32,
+        profile: String,
+        mig_uuid: String,
+    },
     /// An idle instance older than `pool.idle_timeout_s`.
     DestroyIdle {
         gpu: u32,
@@ -203,6 +216,27 @@ impl std::fmt::Display for Action {
                 f,
                 "lease {mig_uuid} (GPU {gpu}) to container {container_id} again: it runs on it ({runtime_root}/{container_id}) but its lease was gone"
             ),
+            Action::StopMpsDaemon {
+                gpu,
+                mig_uuid,
+                clients,
+            } => write!(
+                f,
+                "stop the MPS daemon of {mig_uuid} (GPU {gpu}) and drop the shares of {}: the instance is gone",
+                if clients.is_empty() {
+                    "no container".to_string()
+                } else {
+                    clients.join(", ")
+                }
+            ),
+            Action::ReturnMpsSlice {
+                gpu,
+                profile,
+                mig_uuid,
+            } => write!(
+                f,
+                "return {profile} {mig_uuid} (GPU {gpu}) to the idle pool: marked as serving MPS, but no daemon serves it"
+            ),
             Action::DestroyIdle {
                 gpu,
                 profile,
@@ -240,6 +274,71 @@ impl Report {
             let _ = writeln!(out, "failed: {e}");
         }
         out
+    }
+}
+
+/// A daemon whose instance record is gone (dropped above: the driver lost it) is stopped; an
+/// instance marked as serving MPS that no daemon serves goes back to the idle pool.
+fn mps_slices(
+    cfg: &Config,
+    node: &dyn Node,
+    st: &mut LedgerState,
+    dry_run: bool,
+    report: &mut Report,
+) {
+    let hosted = |st: &LedgerState, uuid: &str| {
+        st.instances
+            .iter()
+            .any(|r| r.mps && r.made.as_ref().is_some_and(|m| m.mig_uuid == uuid))
+    };
+    let mut i = 0;
+    while i < st.mps.len() {
+        let d = &st.mps[i];
+        let Some(h) = d.mig.as_ref().filter(|h| !hosted(st, &h.mig_uuid)) else {
+            i += 1;
+            continue;
+        };
+        report.actions.push(Action::StopMpsDaemon {
+            gpu: d.gpu_index,
+            mig_uuid: h.mig_uuid.clone(),
+            clients: d
+                .clients
+                .iter()
+                .map(|c| c.lease.container_id.clone())
+                .collect(),
+        });
+        if dry_run {
+            i += 1;
+            continue;
+        }
+        let d = st.mps.remove(i);
+        if let Err(e) = crate::mps::stop(cfg, node, &d) {
+            report.failed.push(format!(
+                "stopping the MPS daemon of {}: {e}",
+                d.device_uuid()
+            ));
+        }
+    }
+    let served: Vec<String> = st
+        .mps
+        .iter()
+        .filter_map(|d| d.mig.as_ref().map(|h| h.mig_uuid.clone()))
+        .collect();
+    let now = now_unix();
+    for r in st.instances.iter_mut().filter(|r| r.mps) {
+        let Some(m) = &r.made else { continue };
+        if served.contains(&m.mig_uuid) {
+            continue;
+        }
+        report.actions.push(Action::ReturnMpsSlice {
+            gpu: r.gpu_index,
+            profile: r.profile.clone(),
+            mig_uuid: m.mig_uuid.clone(),
+        });
+        if !dry_run {
+            r.mps = false;
+            r.idle_since = Some(now);
+        }
     }
 }
 
@@ -535,7 +634,10 @@ pub fn run_on(
         }
     }
 
-    // 2b. Compute modes set for MPS daemons that are gone.
+    // 2b. A MIG instance and the MPS daemon bound to it go together.
+    mps_slices(cfg, node, &mut st, opts.dry_run, &mut report);
+
+    // 2b'. Compute modes set for MPS daemons that are gone.
     if opts.dry_run {
         for r in crate::compute_mode::stranded(&st) {
             report.actions.push(Action::RestoreComputeMode {
@@ -1144,5 +1246,68 @@ mod tests {
         let st = s.ledger();
         assert_eq!(st.instances[0].lease.as_ref().unwrap().container_id, "c");
         assert!(report.unleased.is_empty());
+    }
+
+    #[test]
+    fn a_slice_and_its_mps_daemon_go_together() {
+        let mut s = Scratch::new("gc-mps-slices");
+        s.cfg.mps.control = std::path::PathBuf::from("/bin/sh");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let share = |id: &str, pct: u8| {
+            let who = Claimant {
+                container_id: id,
+                runtime_root: Some(ROOT),
+            };
+            crate::mps_mig::grant_on(&s.cfg, &gpu, &node, "3g.40gb", pct, None, None, &who)
+                .unwrap()
+                .gpu_uuid
+        };
+        let (lost, kept) = (share("a", 50), share("b", 25));
+        for id in ["a", "b"] {
+            node.add_container(ROOT, id);
+        }
+        // The driver loses a's instance (an operator's destroy); b's daemon record is lost.
+        let lost_gi = s
+            .ledger()
+            .instances
+            .iter()
+            .find(|r| r.made.as_ref().unwrap().mig_uuid == lost)
+            .unwrap()
+            .made
+            .as_ref()
+            .unwrap()
+            .gi;
+        gpu.vanish(0, lost_gi);
+        let mut st = s.ledger();
+        let lost_pid = st
+            .mps
+            .iter()
+            .find(|d| d.device_uuid() == lost)
+            .unwrap()
+            .pid
+            .unwrap();
+        st.mps.retain(|d| d.device_uuid() != kept);
+        s.save(&st);
+
+        let report = gc(&s, &gpu, &node);
+        let text = report.render();
+        assert!(
+            report.actions.iter().any(|a| matches!(a, Action::StopMpsDaemon { mig_uuid, clients, .. } if *mig_uuid == lost && clients == &["a"])),
+            "{text}"
+        );
+        assert!(
+            report
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::ReturnMpsSlice { mig_uuid, .. } if *mig_uuid == kept)),
+            "{text}"
+        );
+        assert!(!node.process_running(lost_pid), "told to quit");
+        let st = s.ledger();
+        assert!(st.mps.is_empty(), "{:?}", st.mps);
+        assert_eq!(st.instances.len(), 1);
+        assert!(st.instances[0].is_idle());
+        assert!(gc(&s, &gpu, &node).actions.is_empty());
     }
 }
