@@ -174,9 +174,16 @@ pub fn run_on(
             let by_log = owned
                 .iter()
                 .any(|o| o.gpu == g.uuid && o.matches(gi.id, gi.profile_id, gi.slot));
+            // A slice whose MPS daemon the kept ledger records serves its clients, whose specs
+            // all name it: it is no container's lease.
+            let serving = st.mps.iter().any(|d| {
+                d.mig
+                    .as_ref()
+                    .is_some_and(|h| Some(&h.mig_uuid) == mig.as_ref())
+            });
             let named: Vec<&Container> = match &mig {
-                Some(m) => containers.iter().filter(|c| c.migs.contains(m)).collect(),
-                None => Vec::new(),
+                Some(m) if !serving => containers.iter().filter(|c| c.migs.contains(m)).collect(),
+                _ => Vec::new(),
             };
             let by_request = named.iter().any(|c| c.requested);
             if !(by_ledger || by_log || by_request) {
@@ -241,6 +248,7 @@ pub fn run_on(
                     "{label}: leased to container {}, kept: the runtime has no such container yet and the lease is younger than {} s",
                     l.container_id, cfg.pool.gc_grace_s
                 ),
+                (None, _) if serving => format!("{label}: serves MPS shares (its daemon's record is kept)"),
                 (None, _) => format!("{label}: idle"),
             });
             st.instances.push(InstanceRecord {
@@ -258,8 +266,8 @@ pub fn run_on(
                     ci_cap_minor,
                 }),
                 created_at: now,
-                idle_since: lease.is_none().then_some(now),
-                mps: false,
+                idle_since: (lease.is_none() && !serving).then_some(now),
+                mps: serving,
                 lease,
             });
             if !by_log && !opts.dry_run {
@@ -360,6 +368,38 @@ mod tests {
         assert_eq!(
             report.foreign.iter().map(|f| f.gi).collect::<Vec<_>>(),
             vec![theirs.gi]
+        );
+    }
+
+    #[test]
+    fn a_slice_serving_mps_stays_so_when_its_daemon_is_kept() {
+        let mut s = Scratch::new("repair-mps-slice");
+        s.cfg.mps.control = std::path::PathBuf::from("/bin/sh");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let who = Claimant {
+            container_id: "a",
+            runtime_root: None,
+        };
+        let g =
+            crate::mps_mig::grant_on(&s.cfg, &gpu, &node, "3g.40gb", 50, None, None, &who).unwrap();
+        let opts = RepairOptions {
+            dry_run: false,
+            roots: Vec::new(),
+        };
+        let report = run_on(&s.cfg, &gpu, &node, &opts).unwrap();
+        let st = s.ledger();
+        assert_eq!(st.mps.len(), 1);
+        let r = &st.instances[0];
+        assert_eq!(r.made.as_ref().unwrap().mig_uuid, g.gpu_uuid);
+        assert!(r.mps && r.lease.is_none() && !r.is_idle(), "{r:?}");
+        assert!(
+            report
+                .recorded
+                .iter()
+                .any(|l| l.contains("serves MPS shares")),
+            "{:?}",
+            report.recorded
         );
     }
 }
