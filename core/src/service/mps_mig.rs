@@ -107,7 +107,7 @@ pub fn grant_on(
             fresh: false,
         });
     }
-    if let Some(at) = joinable(cfg, &st, profile, share, device) {
+    if let Some(at) = joinable(cfg, node, &st, profile, share, device) {
         let mut warm = true;
         if st.mps[at].pid.is_none_or(|pid| !node.process_running(pid))
             || !st.mps[at].pipe_dir.join("control").exists()
@@ -222,9 +222,11 @@ fn daemon_limits(cfg: &Config, share: Share) -> (u8, Option<u64>) {
 /// The daemon (index into `st.mps`) a new share of `profile` joins: one serving a live
 /// instance of that profile on a selected GPU, enforcing this share (strict policy), whose
 /// clients' shares leave room for it. The fullest first, so that shares pack and whole
-/// instances stay free for other requests.
+/// instances stay free for other requests. An instance the driver no longer has (its
+/// capability file is gone) is passed over: `gc` stops its daemon.
 fn joinable(
     cfg: &Config,
+    node: &dyn Node,
     st: &LedgerState,
     profile: &str,
     share: Share,
@@ -244,6 +246,13 @@ fn joinable(
         let Some(r) = instance_of(st, h) else {
             continue;
         };
+        if !r
+            .made
+            .as_ref()
+            .is_some_and(|m| node.has_instance(r.gpu_minor, m.gi, Some(m.ci)))
+        {
+            continue;
+        }
         let used: u32 = d.clients.iter().map(|c| u32::from(c.percent)).sum();
         if used + u32::from(share.percent) > 100 {
             continue;
@@ -510,6 +519,18 @@ mod tests {
             .edit
             .env
             .contains(&("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), "50".into())));
+    }
+
+    #[test]
+    fn a_share_never_joins_a_daemon_whose_instance_the_driver_lost() {
+        let s = scratch("mpsmig-lost");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let a = share(&s, &gpu, &node, 50, "a");
+        let gi = s.ledger().instances[0].made.as_ref().unwrap().gi;
+        gpu.vanish(0, gi);
+        let b = share(&s, &gpu, &node, 50, "b");
+        assert_ne!(b.gpu_uuid, a.gpu_uuid);
     }
 
     #[test]
