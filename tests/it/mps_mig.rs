@@ -91,6 +91,10 @@ fn three_shares_fill_one_3g_instance_a_fourth_size_gets_a_second_and_plain_mig_n
         .find(|r| r.made.as_ref().is_some_and(|m| m.mig_uuid == mig))
         .unwrap();
     assert!(slice.mps && slice.lease.is_none(), "{slice:?}");
+    // The entry binary's warm offers never name it (they list idle instances only).
+    let offers = std::fs::read_to_string(node.cfg().state_dir.join(gpushare_state::offers::NAME))
+        .unwrap_or_default();
+    assert!(!offers.contains(&mig), "{offers}");
     let (gi_cap, ci_cap) = {
         let m = slice.made.as_ref().unwrap();
         (m.gi_cap_minor, m.ci_cap_minor)
