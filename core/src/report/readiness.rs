@@ -278,4 +278,45 @@ mod tests {
         );
         assert!(line(&assess(&cfg, &st, &seen(&gpu(None))), "mig").contains("no MIG"));
     }
+
+    #[test]
+    fn a_full_gpu_waits_for_the_mps_clients_of_its_slices_too() {
+        let cfg = Config::default();
+        let mut st = LedgerState::default();
+        st.mps.push(crate::ledger::MpsDaemon {
+            gpu_uuid: "GPU-a".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            pid: None,
+            pipe_dir: "/p".into(),
+            log_dir: "/l".into(),
+            percent: 50,
+            memory: None,
+            started_at: 1,
+            clients: ["m1", "m2"]
+                .map(|id| crate::ledger::MpsClient {
+                    lease: Lease {
+                        container_id: id.into(),
+                        since: 1,
+                        runtime_root: None,
+                    },
+                    percent: 50,
+                    memory: None,
+                })
+                .to_vec(),
+            mig: Some(crate::ledger::MigHost {
+                mig_uuid: "MIG-x".into(),
+                profile: "7g.80gb".into(),
+                gi_cap_minor: 1,
+                ci_cap_minor: 2,
+            }),
+        });
+        let on = gpu(Some((true, true)));
+        let mut s = seen(&on);
+        s.room = false;
+        assert_eq!(
+            line(&assess(&cfg, &st, &s), "mig"),
+            "no room: after some of m1 and m2 exit"
+        );
+    }
 }
