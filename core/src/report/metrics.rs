@@ -43,7 +43,7 @@ pub fn render(st: &LedgerState, live: Option<&Status>) -> String {
         &mut out,
         "slices",
         "gauge",
-        "MIG instances by GPU, profile and state (busy, idle, foreign, or being made).",
+        "MIG instances by GPU, profile and state (busy, idle, mps: serving MPS shares, foreign, or being made).",
     );
     let mut slices: std::collections::BTreeMap<(String, String, String, &str), u64> =
         Default::default();
@@ -67,6 +67,7 @@ pub fn render(st: &LedgerState, live: Option<&Status>) -> String {
                 let state = match (&r.made, &r.lease) {
                     (None, _) => "making",
                     (Some(_), Some(_)) => "busy",
+                    (Some(_), None) if r.mps => "mps",
                     (Some(_), None) => "idle",
                 };
                 let (i, u) = gpu_label(&r.gpu_uuid);
@@ -238,6 +239,37 @@ mod tests {
             let (_, value) = line.rsplit_once(' ').expect("name value");
             value.parse::<f64>().expect("a number");
         }
+    }
+
+    #[test]
+    fn a_slice_serving_mps_is_neither_busy_nor_idle() {
+        let mut st = LedgerState::default();
+        st.instances.push(crate::ledger::InstanceRecord {
+            gpu_uuid: "GPU-a".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            profile: "3g.40gb".into(),
+            profile_id: 9,
+            slot: crate::placement::Slot { start: 0, size: 4 },
+            made: Some(crate::ledger::Made {
+                gi: 1,
+                ci: 0,
+                mig_uuid: "MIG-x".into(),
+                gi_cap_minor: 1,
+                ci_cap_minor: 2,
+            }),
+            created_at: 1,
+            lease: None,
+            idle_since: None,
+            mps: true,
+        });
+        let text = render(&st, None);
+        assert!(
+            text.contains(
+                "gpushare_slices{gpu=\"?\",uuid=\"GPU-a\",profile=\"3g.40gb\",state=\"mps\"} 1"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
