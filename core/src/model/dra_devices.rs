@@ -257,7 +257,7 @@ fn offered(
     for (g, gpu) in mig_gpus.iter().enumerate() {
         let on_gpu = st.instances.iter().filter(|r| r.gpu_uuid == gpu.uuid);
         let (idle, busy): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
-            on_gpu.partition(|r| r.lease.is_none() && r.made.is_some());
+            on_gpu.partition(|r| r.is_idle());
         let occ = |v: &[&InstanceRecord]| {
             v.iter()
                 .map(|r| Occupied {
@@ -616,6 +616,43 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), n.len());
+    }
+
+    #[test]
+    fn an_instance_serving_mps_is_never_offered_warm() {
+        let g0 = gpu(0, true);
+        let mut serving = instance(&g0, "3g.40gb", 4, false);
+        serving.mps = true;
+        serving.idle_since = None;
+        let st = LedgerState {
+            instances: vec![serving],
+            gpus: vec![g0],
+            ..Default::default()
+        };
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap();
+        assert!(
+            out.iter().all(|d| !matches!(
+                d.kind,
+                Kind::Mig {
+                    offer: Offer::Warm(_),
+                    ..
+                }
+            )),
+            "{:?}",
+            names(&out)
+        );
+        assert!(
+            out.iter().any(|d| d.name.to_string() == "gpu0-3g-40gb-at4"
+                && matches!(
+                    d.kind,
+                    Kind::Mig {
+                        offer: Offer::Leased(_),
+                        ..
+                    }
+                )),
+            "its memory slices stay consumed: {:?}",
+            names(&out)
+        );
     }
 
     #[test]
