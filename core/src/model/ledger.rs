@@ -261,6 +261,56 @@ pub struct Lease {
     pub runtime_root: Option<String>,
 }
 
+impl Lease {
+    /// Whose lease this is: a container's, or a DRA claim's (see [`Owner`]).
+    pub fn owner(&self) -> Owner<'_> {
+        Owner::of(&self.container_id)
+    }
+}
+
+/// What holds a lease. A container's lease ends when the runtime no longer has the container
+/// (gc reaps it); a claim's lease (granted by the kubelet plugin `gpushare-dra` for a
+/// Kubernetes ResourceClaim) ends only when the kubelet unprepares the claim, whatever
+/// containers come and go on it. A claim's lease id is [`CLAIM_LEASE_PREFIX`] and the claim
+/// device's CDI name (`<claim-uid>-<n>`): runc refuses `:` in container ids, so no container's
+/// id reads as a claim's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    Container(&'a str),
+    /// The claim's device, `<claim-uid>-<n>`.
+    Claim(&'a str),
+}
+
+pub const CLAIM_LEASE_PREFIX: &str = "dra:";
+
+impl<'a> Owner<'a> {
+    /// The owner a lease id names.
+    pub fn of(id: &'a str) -> Owner<'a> {
+        match id.strip_prefix(CLAIM_LEASE_PREFIX) {
+            Some(device) => Owner::Claim(device),
+            None => Owner::Container(id),
+        }
+    }
+
+    /// The lease id of a claim's device (`<claim-uid>-<n>`).
+    pub fn claim_lease_id(device: &str) -> String {
+        format!("{CLAIM_LEASE_PREFIX}{device}")
+    }
+
+    pub fn is_claim(&self) -> bool {
+        matches!(self, Owner::Claim(_))
+    }
+}
+
+impl std::fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Container(id) => write!(f, "container {id}"),
+            Owner::Claim(device) => write!(f, "claim device {device}"),
+        }
+    }
+}
+
 /// Who asks for a grant: the container a [`Lease`] will name.
 #[derive(Debug, Clone)]
 pub struct Claimant<'a> {
@@ -656,6 +706,21 @@ mod tests {
         let d = std::env::temp_dir().join(format!("gpushare-ledger-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn a_claims_lease_id_reads_as_the_claim_and_a_containers_as_the_container() {
+        let id = Owner::claim_lease_id("0b6c0d2e-1f1e-4c55-9c39-6f0e1a1b2c3d-0");
+        assert_eq!(
+            Owner::of(&id),
+            Owner::Claim("0b6c0d2e-1f1e-4c55-9c39-6f0e1a1b2c3d-0")
+        );
+        // A container id may be a UUID too; only the prefix makes a claim's.
+        assert_eq!(
+            Owner::of("0b6c0d2e-1f1e-4c55-9c39-6f0e1a1b2c3d"),
+            Owner::Container("0b6c0d2e-1f1e-4c55-9c39-6f0e1a1b2c3d")
+        );
+        assert_eq!(Owner::of(&id).to_string(), format!("claim device {}", &id[4..]));
     }
 
     #[test]

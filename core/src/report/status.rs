@@ -382,10 +382,14 @@ pub fn render(s: &Status) -> String {
             },
             _ => format!("time-sliced, {} (no isolation)", l.profile),
         };
+        // A claim's lease reads as the claim's device (the containers on it come and go).
+        let owner = match ledger::Owner::of(&l.container_id) {
+            claim @ ledger::Owner::Claim(_) => claim.to_string(),
+            ledger::Owner::Container(id) => id.to_string(),
+        };
         let _ = writeln!(
             out,
-            "  {}  GPU {}  {what}  {}",
-            l.container_id,
+            "  {owner}  GPU {}  {what}  {}",
             l.gpu,
             since_text(l.since, now)
         );

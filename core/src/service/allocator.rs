@@ -88,6 +88,48 @@ pub fn allocate_on(
     device: Option<&DeviceSelector>,
     who: &Claimant<'_>,
 ) -> Result<Grant, AllocError> {
+    allocate_where(cfg, be, node, profile, device, None, who)
+}
+
+/// A slice of `profile` at exactly the placement starting at memory slot `start` of GPU
+/// `gpu`: the DRA path, where the scheduler has already chosen among the placements this
+/// node published. The idle instance there is granted warm; else one is made there, after
+/// destroying gpushare's idle instances in the way. Never another placement: a refusal says
+/// what holds it.
+pub fn allocate_at(
+    cfg: &Config,
+    profile: &str,
+    gpu: u32,
+    start: u32,
+    who: &Claimant<'_>,
+) -> Result<Grant, AllocError> {
+    let be = crate::nvml::OnDemand::new(cfg);
+    allocate_at_on(cfg, &be, &crate::node::Host::new(cfg), profile, gpu, start, who)
+}
+
+/// [`allocate_at`] on `be`'s GPUs and `node`'s driver files.
+pub fn allocate_at_on(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    profile: &str,
+    gpu: u32,
+    start: u32,
+    who: &Claimant<'_>,
+) -> Result<Grant, AllocError> {
+    let device = DeviceSelector::Index(gpu);
+    allocate_where(cfg, be, node, profile, Some(&device), Some(start), who)
+}
+
+fn allocate_where(
+    cfg: &Config,
+    be: &dyn Gpu,
+    node: &dyn Node,
+    profile: &str,
+    device: Option<&DeviceSelector>,
+    at: Option<u32>,
+    who: &Claimant<'_>,
+) -> Result<Grant, AllocError> {
     if !cfg.profile_allowed(profile) {
         return Err(AllocError::NotAllowed {
             profile: profile.into(),
@@ -119,7 +161,17 @@ pub fn allocate_on(
     // Only the instance about to be handed out is checked against the driver's files here (a
     // warm grant stays one short read-modify-write); the cold path prunes every record.
     let picked = loop {
-        let Some(i) = pick_idle(cfg, &st, profile, device) else {
+        let idle = match at {
+            Some(start) => st.instances.iter().position(|r| {
+                r.lease.is_none()
+                    && r.made.is_some()
+                    && r.profile == profile
+                    && r.slot.start == start
+                    && crate::gpus::selects(device, r.gpu_index, &r.gpu_uuid)
+            }),
+            None => pick_idle(cfg, &st, profile, device),
+        };
+        let Some(i) = idle else {
             break None;
         };
         if crate::gc::check_vanished(node, &mut st.instances[i]) {
@@ -153,7 +205,7 @@ pub fn allocate_on(
 
     crate::gc::prune_vanished(&mut st, node);
     reap_gone(&mut st, node, cfg.pool.gc_grace_s);
-    let result = cold(cfg, be, node, &locked, &mut st, profile, device, lease);
+    let result = cold(cfg, be, node, &locked, &mut st, profile, device, at, lease);
     if matches!(result, Err(AllocError::NoRoom { .. })) {
         st.stats.refused_no_room += 1;
     }
@@ -255,6 +307,7 @@ fn cold(
     st: &mut LedgerState,
     profile: &str,
     device: Option<&DeviceSelector>,
+    at: Option<u32>,
     lease: Lease,
 ) -> Result<Grant, AllocError> {
     // Only the cold path places instances, so only it reads the request history it learns from.
@@ -309,8 +362,12 @@ fn cold(
         let mut existing = be.gpu_instances(gpu.index, &profiles)?;
         destroy_logged_leftovers(cfg, be, st, gpu, &mut owned, &mut existing)?;
         let occupied = gpu::occupancy(&existing);
-        let choice = crate::policy::node::cold_place(cfg, st, &gpu.uuid, p, &profiles, &existing)
-            .or_else(|| reclaim(st, gpu, p, &existing));
+        let choice = match at {
+            // The scheduler chose the placement: the policy has nothing left to decide.
+            Some(start) => reclaim(st, gpu, p, &existing, |s| s.start == start),
+            None => crate::policy::node::cold_place(cfg, st, &gpu.uuid, p, &profiles, &existing)
+                .or_else(|| reclaim(st, gpu, p, &existing, |_| true)),
+        };
         let slot = match choice {
             Some((slot, victims)) => {
                 destroy_idle(cfg, be, st, gpu, victims)?;
@@ -499,13 +556,15 @@ fn refusal(profile: &str, misses: Vec<Miss>) -> AllocError {
     }
 }
 
-/// Make room by destroying idle instances gpushare made: the placement needing the fewest
-/// destroyed (ties: lowest start). Foreign and busy instances are never touched.
+/// Make room by destroying idle instances gpushare made: the placement (of those `wanted`)
+/// needing the fewest destroyed (ties: lowest start). Foreign and busy instances are never
+/// touched.
 fn reclaim(
     st: &LedgerState,
     gpu: &GpuInfo,
     p: &Profile,
     existing: &[GpuInstance],
+    wanted: impl Fn(&Slot) -> bool,
 ) -> Option<(Slot, Victims)> {
     let idle_ours = |gi: &GpuInstance| {
         st.instances.iter().any(|r| {
@@ -516,7 +575,7 @@ fn reclaim(
         })
     };
     let mut best: Option<(usize, Slot, Victims)> = None;
-    for &slot in &p.placements {
+    for &slot in p.placements.iter().filter(|s| wanted(s)) {
         let overlapping: Vec<&GpuInstance> =
             existing.iter().filter(|g| g.slot.overlaps(&slot)).collect();
         if !overlapping.iter().all(|g| idle_ours(g)) {
@@ -681,6 +740,56 @@ mod tests {
             .into_iter()
             .filter(|c| matches!(c, Call::Create { .. }))
             .collect()
+    }
+
+    #[test]
+    fn a_grant_at_a_placement_takes_exactly_that_one() {
+        let s = Scratch::new("alloc-at");
+        let gpu = FakeGpu::h100(2);
+        let node = FakeNode::new(&gpu);
+        // Not where the policy would put a first 1g.10gb on an empty GPU.
+        let g = allocate_at_on(&s.cfg, &gpu, &node, "1g.10gb", 1, 5, &who("a")).unwrap();
+        assert_eq!((g.gpu_index, g.fresh, g.warm), (1, true, false));
+        assert_eq!(
+            creates(&gpu),
+            [Call::Create {
+                gpu: 1,
+                profile: "1g.10gb".into(),
+                slot: slot(5, 1)
+            }]
+        );
+        // Asked again for the same holder: the same slice, nothing made.
+        let again = allocate_at_on(&s.cfg, &gpu, &node, "1g.10gb", 1, 5, &who("a")).unwrap();
+        assert_eq!((again.mig_uuid.as_str(), again.fresh), (g.mig_uuid.as_str(), false));
+        // Released, then asked for by another: warm, at that placement.
+        assert!(release(&s.cfg, "a", Duration::from_secs(5)).unwrap());
+        gpu.clear_calls();
+        let warm = allocate_at_on(&s.cfg, &gpu, &node, "1g.10gb", 1, 5, &who("b")).unwrap();
+        assert_eq!((warm.mig_uuid.as_str(), warm.warm), (g.mig_uuid.as_str(), true));
+        assert_eq!(creates(&gpu), []);
+        // A busy placement is refused, never swapped for another one.
+        let err = allocate_at_on(&s.cfg, &gpu, &node, "2g.20gb", 1, 4, &who("c")).unwrap_err();
+        assert!(matches!(err, AllocError::NoRoom { .. }), "{err:?}");
+        assert_eq!(creates(&gpu), []);
+    }
+
+    #[test]
+    fn a_grant_at_a_placement_destroys_the_idle_instances_in_its_way() {
+        let s = Scratch::new("alloc-at-reclaim");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let small = allocate_at_on(&s.cfg, &gpu, &node, "1g.10gb", 0, 4, &who("a")).unwrap();
+        assert!(release(&s.cfg, "a", Duration::from_secs(5)).unwrap());
+        gpu.clear_calls();
+        let big = allocate_at_on(&s.cfg, &gpu, &node, "2g.20gb", 0, 4, &who("b")).unwrap();
+        assert!(gpu
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Destroy { gpu: 0, gi, .. } if *gi == small.gi)));
+        assert_eq!(big.profile, "2g.20gb");
+        let st = s.ledger();
+        assert_eq!(st.instances.len(), 1, "{:?}", st.instances);
+        assert_eq!(st.instances[0].slot, slot(4, 2));
     }
 
     #[test]

@@ -601,6 +601,10 @@ pub fn run_on(
     }
     let mut roots: Vec<String> = opts.runtime_roots.clone();
     for (id, gpu, what, since, root) in leases {
+        // A claim's lease outlives its containers: only the kubelet's unprepare ends it.
+        if crate::ledger::Owner::of(&id).is_claim() {
+            continue;
+        }
         let Some(root) = root else { continue };
         if !roots.contains(&root) {
             roots.push(root.clone());

@@ -73,9 +73,40 @@ pub fn grant(
     who: &Claimant<'_>,
     poststop: Hook,
 ) -> Result<Granted, GrantError> {
+    let mut granted = take(cfg, req, None, who)?;
+    granted.edit.poststop = Some(poststop);
+    Ok(granted)
+}
+
+/// Take `req` for a DRA claim's device (`who` a claim's lease id, see
+/// [`crate::ledger::Owner`]) and build the edit its CDI spec carries: the same device nodes,
+/// env and driver mounts a container's spec gets, without the release hook (the kubelet's
+/// unprepare releases a claim). `mig_start`: the MIG placement the scheduler allocated (the
+/// request then names the GPU by index). Asked again for the same holder, it grants nothing
+/// and returns the same edit. On an error nothing stays held.
+pub fn for_claim(
+    cfg: &Config,
+    req: &Request,
+    mig_start: Option<u32>,
+    who: &Claimant<'_>,
+) -> Result<Granted, GrantError> {
+    take(cfg, req, mig_start, who)
+}
+
+fn take(
+    cfg: &Config,
+    req: &Request,
+    mig_start: Option<u32>,
+    who: &Claimant<'_>,
+) -> Result<Granted, GrantError> {
     let mut granted = match req {
         Request::Mig { profile, device } => {
-            let g = allocator::allocate(cfg, profile, device.as_ref(), who)?;
+            let g = match (mig_start, device) {
+                (Some(start), Some(crate::request::DeviceSelector::Index(gpu))) => {
+                    allocator::allocate_at(cfg, profile, *gpu, start, who)?
+                }
+                _ => allocator::allocate(cfg, profile, device.as_ref(), who)?,
+            };
             let majors = Driver::new(cfg).majors();
             let majors = match majors {
                 Ok(m) => m,
@@ -131,7 +162,6 @@ pub fn grant(
         Err(e) if granted.fresh => return Err(release_after(cfg, who, e.into())),
         Err(e) => return Err(e.into()),
     }
-    granted.edit.poststop = Some(poststop);
     Ok(granted)
 }
 

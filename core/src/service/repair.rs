@@ -227,13 +227,16 @@ pub fn run_on(
             let now = now_unix();
             // A lease the old ledger still holds for a container the runtime does not have yet
             // may be a `create` still running (granted, its state not yet written): kept while
-            // younger than the grace period, as `gc` keeps it.
+            // younger than the grace period, as `gc` keeps it. A claim's lease is kept whatever
+            // its age: it ends when the kubelet unprepares the claim, not with a container.
             let young = old
                 .instances
                 .iter()
                 .filter(|r| r.made.as_ref().is_some_and(|m| m.mig_uuid == mig))
                 .filter_map(|r| r.lease.clone())
-                .find(|l| now.saturating_sub(l.since) < cfg.pool.gc_grace_s);
+                .find(|l| {
+                    l.owner().is_claim() || now.saturating_sub(l.since) < cfg.pool.gc_grace_s
+                });
             let lease = match (holder, young) {
                 (Some(c), _) => Some(Lease {
                     container_id: c.id.clone(),
@@ -244,6 +247,9 @@ pub fn run_on(
             };
             report.recorded.push(match (&lease, holder) {
                 (Some(l), Some(c)) => format!("{label}: leased to container {} ({})", l.container_id, c.root),
+                (Some(l), None) if l.owner().is_claim() => {
+                    format!("{label}: leased to {}, kept until the kubelet unprepares it", l.owner())
+                }
                 (Some(l), None) => format!(
                     "{label}: leased to container {}, kept: the runtime has no such container yet and the lease is younger than {} s",
                     l.container_id, cfg.pool.gc_grace_s
@@ -325,6 +331,37 @@ mod tests {
     use crate::ledger::Claimant;
     use crate::placement::Slot;
     use crate::testing::{Call, FakeGpu, FakeNode, Scratch};
+
+    #[test]
+    fn a_claims_lease_survives_a_rebuild_whatever_its_age() {
+        let s = Scratch::new("repair-claim");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        let claim = crate::ledger::Owner::claim_lease_id("c0ffee00-0000-4000-8000-000000000001-0");
+        let who = Claimant {
+            container_id: &claim,
+            runtime_root: None,
+        };
+        let g = allocate_on(&s.cfg, &gpu, &node, "1g.10gb", None, &who).unwrap();
+        // Older than gc's grace: a container's lease this old, with no container, would go.
+        let ledger = Ledger::new(&s.cfg.state_dir);
+        let locked = ledger.lock(Duration::from_secs(5)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.instances[0].lease.as_mut().unwrap().since -= s.cfg.pool.gc_grace_s + 60;
+        locked.save(&st).unwrap();
+        drop(locked);
+
+        let report = run_on(&s.cfg, &gpu, &node, &RepairOptions::default()).unwrap();
+        let st = s.ledger();
+        let r = &st.instances[0];
+        assert_eq!(r.made.as_ref().unwrap().mig_uuid, g.mig_uuid);
+        assert_eq!(r.lease.as_ref().map(|l| l.container_id.as_str()), Some(claim.as_str()));
+        assert!(
+            report.recorded[0].ends_with("kept until the kubelet unprepares it"),
+            "{:?}",
+            report.recorded
+        );
+    }
 
     #[test]
     fn a_lost_ledger_is_rebuilt_from_the_driver_and_the_instance_log() {
