@@ -12,6 +12,7 @@ mod claims;
 mod crash_safety;
 mod docs;
 mod dra_cri;
+mod dra_plugin;
 mod engine_containerd;
 mod engine_crio;
 mod engine_docker;

@@ -720,7 +720,10 @@ mod tests {
             Owner::of("0b6c0d2e-1f1e-4c55-9c39-6f0e1a1b2c3d"),
             Owner::Container("0b6c0d2e-1f1e-4c55-9c39-6f0e1a1b2c3d")
         );
-        assert_eq!(Owner::of(&id).to_string(), format!("claim device {}", &id[4..]));
+        assert_eq!(
+            Owner::of(&id).to_string(),
+            format!("claim device {}", &id[4..])
+        );
     }
 
     #[test]

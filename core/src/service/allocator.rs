@@ -104,7 +104,15 @@ pub fn allocate_at(
     who: &Claimant<'_>,
 ) -> Result<Grant, AllocError> {
     let be = crate::nvml::OnDemand::new(cfg);
-    allocate_at_on(cfg, &be, &crate::node::Host::new(cfg), profile, gpu, start, who)
+    allocate_at_on(
+        cfg,
+        &be,
+        &crate::node::Host::new(cfg),
+        profile,
+        gpu,
+        start,
+        who,
+    )
 }
 
 /// [`allocate_at`] on `be`'s GPUs and `node`'s driver files.
@@ -760,12 +768,18 @@ mod tests {
         );
         // Asked again for the same holder: the same slice, nothing made.
         let again = allocate_at_on(&s.cfg, &gpu, &node, "1g.10gb", 1, 5, &who("a")).unwrap();
-        assert_eq!((again.mig_uuid.as_str(), again.fresh), (g.mig_uuid.as_str(), false));
+        assert_eq!(
+            (again.mig_uuid.as_str(), again.fresh),
+            (g.mig_uuid.as_str(), false)
+        );
         // Released, then asked for by another: warm, at that placement.
         assert!(release(&s.cfg, "a", Duration::from_secs(5)).unwrap());
         gpu.clear_calls();
         let warm = allocate_at_on(&s.cfg, &gpu, &node, "1g.10gb", 1, 5, &who("b")).unwrap();
-        assert_eq!((warm.mig_uuid.as_str(), warm.warm), (g.mig_uuid.as_str(), true));
+        assert_eq!(
+            (warm.mig_uuid.as_str(), warm.warm),
+            (g.mig_uuid.as_str(), true)
+        );
         assert_eq!(creates(&gpu), []);
         // A busy placement is refused, never swapped for another one.
         let err = allocate_at_on(&s.cfg, &gpu, &node, "2g.20gb", 1, 4, &who("c")).unwrap_err();

@@ -355,7 +355,10 @@ mod tests {
         let st = s.ledger();
         let r = &st.instances[0];
         assert_eq!(r.made.as_ref().unwrap().mig_uuid, g.mig_uuid);
-        assert_eq!(r.lease.as_ref().map(|l| l.container_id.as_str()), Some(claim.as_str()));
+        assert_eq!(
+            r.lease.as_ref().map(|l| l.container_id.as_str()),
+            Some(claim.as_str())
+        );
         assert!(
             report.recorded[0].ends_with("kept until the kubelet unprepares it"),
             "{:?}",

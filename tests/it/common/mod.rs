@@ -5,6 +5,7 @@
 pub mod ctr;
 pub mod docker;
 pub mod engines;
+pub mod kubelet;
 pub mod podman;
 pub mod trixie;
 

@@ -1,0 +1,385 @@
+//! The DRA kubelet plugin (`gpushare-dra`) on a simulated node, driven as the kubelet drives
+//! it: registration, then NodePrepareResources / NodeUnprepareResources over its sockets with
+//! claims shaped as the scheduler writes them. What the container runtime then does with the
+//! CDI specs is tests/it/dra_cri.rs's.
+
+use crate::common::kubelet::{DraDirs, Kubelet, Plugin, Version, NODE_NAME};
+use crate::common::{text, SimNode};
+use gpushare_core::ledger::{LedgerState, Owner};
+use serde_json::Value;
+use std::path::PathBuf;
+
+const NS: &str = "team-a";
+
+fn endpoint(dirs: &DraDirs) -> PathBuf {
+    gpushare_dra::sockets::dra_socket(&dirs.plugin_dir())
+}
+
+/// The device paths a CDI spec's first device gives the container.
+fn node_paths(spec: &Value) -> Vec<String> {
+    let mut p: Vec<String> = spec["devices"][0]["containerEdits"]["deviceNodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["path"].as_str().unwrap().to_string())
+        .collect();
+    p.sort();
+    p
+}
+
+fn env_of(spec: &Value, key: &str) -> Option<String> {
+    spec["devices"][0]["containerEdits"]["env"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| e.as_str()?.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+        .next()
+}
+
+/// The MIG record the claim device's lease names.
+fn leased(st: &LedgerState, device: &str) -> Option<usize> {
+    st.lease_of(&Owner::claim_lease_id(device))
+}
+
+#[test]
+fn a_mig_claim_is_prepared_at_its_placement_once_and_released_to_the_warm_pool() {
+    let node = SimNode::new("h100-80gb", 2, true);
+    let dirs = DraDirs::new();
+    let uid = "3d1c6a52-0f5e-4a8e-9b7e-111111111111";
+    // Placement 3 of GPU 1: not where gpushare's own policy would put a first 1g.10gb.
+    dirs.write_claim(NS, "mig", uid, NODE_NAME, &[("gpu", "gpu1-1g-10gb-at3")]);
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+
+    let info = kubelet.register(&dirs.registration_socket());
+    assert_eq!(info.r#type, "DRAPlugin");
+    assert_eq!(info.name, "gpu.gpushare.dev");
+    assert_eq!(PathBuf::from(&info.endpoint), endpoint(&dirs));
+    assert_eq!(
+        info.supported_versions,
+        ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+    );
+
+    let claims = [(NS, "mig", uid)];
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    let r = &out[uid];
+    assert_eq!(r.error, "");
+    assert_eq!(r.devices.len(), 1);
+    let d = &r.devices[0];
+    assert_eq!(
+        (
+            d.pool_name.as_str(),
+            d.device_name.as_str(),
+            d.request_names.as_slice()
+        ),
+        (
+            NODE_NAME,
+            "gpu1-1g-10gb-at3",
+            ["gpu".to_string()].as_slice()
+        )
+    );
+    assert_eq!(d.cdi_device_ids, [format!("gpushare.dev/gpu={uid}-0")]);
+
+    // The ledger leases exactly that placement to the claim; the driver has that one instance.
+    let st = node.ledger();
+    let i = leased(&st, &format!("{uid}-0")).expect("the claim holds a lease");
+    let rec = &st.instances[i];
+    assert_eq!(
+        (rec.gpu_index, rec.profile.as_str(), rec.slot.start),
+        (1, "1g.10gb", 3)
+    );
+    let made = rec.made.clone().unwrap();
+    assert_eq!(st.instances.len(), 1);
+
+    // The CDI spec names exactly the slice: GPU 1's node, its two capability nodes, the
+    // shared control nodes, and its MIG UUID.
+    let spec = dirs.cdi_spec(uid).expect("the claim's CDI spec");
+    assert_eq!(spec["kind"], "gpushare.dev/gpu");
+    assert_eq!(spec["devices"][0]["name"], format!("{uid}-0"));
+    let mut want = vec![
+        "/dev/nvidia-uvm".to_string(),
+        "/dev/nvidia-uvm-tools".into(),
+        "/dev/nvidia1".into(),
+        "/dev/nvidiactl".into(),
+        format!("/dev/nvidia-caps/nvidia-cap{}", made.gi_cap_minor),
+        format!("/dev/nvidia-caps/nvidia-cap{}", made.ci_cap_minor),
+    ];
+    want.sort();
+    assert_eq!(node_paths(&spec), want);
+    assert_eq!(
+        env_of(&spec, "CUDA_VISIBLE_DEVICES").as_deref(),
+        Some(made.mig_uuid.as_str())
+    );
+
+    // gc does not take a claim's lease for a container's that is gone.
+    let gc = node.ctl(&["gc"]);
+    assert!(gc.status.success(), "gpusharectl gc: {}", text(&gc.stderr));
+    assert!(
+        leased(&node.ledger(), &format!("{uid}-0")).is_some(),
+        "gc kept the claim's lease"
+    );
+    let status = node.ctl(&["status"]);
+    assert!(
+        text(&status.stdout).contains(&format!("claim device {uid}-0  GPU 1  MIG 1g.10gb")),
+        "{}",
+        text(&status.stdout)
+    );
+
+    // A second prepare of the same claim: the same answer, nothing granted or rewritten.
+    let spec_file = gpushare_dra::cdi::spec_path(&dirs.cdi_dir(), uid);
+    let written = std::fs::metadata(&spec_file).unwrap().modified().unwrap();
+    let before = node.ledger();
+    let sim_before = node.sim_state();
+    let again = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(again[uid], out[uid]);
+    let after = node.ledger();
+    assert_eq!(after.instances, before.instances);
+    assert_eq!(
+        (after.stats.grants_warm, after.stats.grants_cold),
+        (before.stats.grants_warm, before.stats.grants_cold)
+    );
+    assert_eq!(node.sim_state(), sim_before);
+    assert_eq!(
+        std::fs::metadata(&spec_file).unwrap().modified().unwrap(),
+        written
+    );
+
+    // Unprepare: the spec goes, the instance stays made and goes idle (the warm pool).
+    let un = kubelet
+        .unprepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(un[uid], "");
+    assert!(dirs.cdi_spec(uid).is_none(), "the spec is removed");
+    let st = node.ledger();
+    assert_eq!(st.instances.len(), 1);
+    assert!(st.instances[0].lease.is_none() && st.instances[0].idle_since.is_some());
+    assert_eq!(
+        st.instances[0].made.as_ref().unwrap().mig_uuid,
+        made.mig_uuid
+    );
+    // Twice is fine.
+    let un = kubelet
+        .unprepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(un[uid], "");
+
+    // Another claim of that placement is served warm, from the same instance.
+    let uid2 = "3d1c6a52-0f5e-4a8e-9b7e-222222222222";
+    dirs.write_claim(NS, "mig2", uid2, NODE_NAME, &[("gpu", "gpu1-1g-10gb-at3")]);
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &[(NS, "mig2", uid2)])
+        .unwrap();
+    assert_eq!(out[uid2].error, "");
+    let st = node.ledger();
+    let i = leased(&st, &format!("{uid2}-0")).unwrap();
+    assert_eq!(
+        st.instances[i].made.as_ref().unwrap().mig_uuid,
+        made.mig_uuid
+    );
+    assert_eq!(st.stats.grants_warm, before.stats.grants_warm + 1);
+}
+
+#[test]
+fn a_plugin_killed_between_grant_and_cdi_spec_is_repaired_when_it_starts_again() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let uid = "9a0b7f3e-5c1d-4e2f-8a9b-333333333333";
+    dirs.write_claim(NS, "crash", uid, NODE_NAME, &[("gpu", "gpu0-2g-20gb-at2")]);
+    let claims = [(NS, "crash", uid)];
+    let kubelet = Kubelet::new();
+
+    let mut plugin = Plugin::start(
+        &node,
+        &dirs,
+        &[("GPUSHARE_FAILPOINT", "dra.prepare.granted:kill")],
+    );
+    kubelet.register(&dirs.registration_socket());
+    let died = kubelet.prepare(&endpoint(&dirs), Version::V1, &claims);
+    assert!(died.is_err(), "the plugin died mid-call: {died:?}");
+    let st = plugin.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "{}",
+        plugin.log()
+    );
+    // What the crash left: a lease no kubelet was told of, and no spec.
+    let st = node.ledger();
+    let i = leased(&st, &format!("{uid}-0")).expect("granted before the kill");
+    let mig = st.instances[i].made.clone().unwrap().mig_uuid;
+    assert!(dirs.cdi_spec(uid).is_none());
+
+    // Started again, the plugin releases it before it serves.
+    let plugin = Plugin::start(&node, &dirs, &[]);
+    let st = node.ledger();
+    assert!(
+        leased(&st, &format!("{uid}-0")).is_none(),
+        "released at start: {}",
+        plugin.log()
+    );
+    assert!(st.instances[0].lease.is_none());
+    assert!(
+        plugin.log().contains(&format!("{uid}-0")),
+        "{}",
+        plugin.log()
+    );
+
+    // The kubelet's retry prepares the claim on that same instance, now warm.
+    kubelet.register(&dirs.registration_socket());
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(out[uid].error, "");
+    let st = node.ledger();
+    let i = leased(&st, &format!("{uid}-0")).unwrap();
+    assert_eq!(st.instances[i].made.as_ref().unwrap().mig_uuid, mig);
+    assert_eq!(st.instances.len(), 1);
+    let spec = dirs.cdi_spec(uid).unwrap();
+    assert_eq!(
+        env_of(&spec, "CUDA_VISIBLE_DEVICES").as_deref(),
+        Some(mig.as_str())
+    );
+}
+
+#[test]
+fn a_plugin_killed_between_removing_the_spec_and_the_release_is_repaired() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let uid = "9a0b7f3e-5c1d-4e2f-8a9b-444444444444";
+    dirs.write_claim(NS, "crash", uid, NODE_NAME, &[("gpu", "gpu0-1g-10gb-at0")]);
+    let claims = [(NS, "crash", uid)];
+    let kubelet = Kubelet::new();
+    let mut plugin = Plugin::start(
+        &node,
+        &dirs,
+        &[("GPUSHARE_FAILPOINT", "dra.unprepare.removed:kill")],
+    );
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(out[uid].error, "");
+    assert!(kubelet
+        .unprepare(&endpoint(&dirs), Version::V1, &claims)
+        .is_err());
+    plugin.wait_exit();
+    assert!(dirs.cdi_spec(uid).is_none(), "the spec went first");
+    assert!(leased(&node.ledger(), &format!("{uid}-0")).is_some());
+
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let st = node.ledger();
+    assert!(leased(&st, &format!("{uid}-0")).is_none());
+    assert!(
+        st.instances[0].idle_since.is_some(),
+        "back in the warm pool"
+    );
+    // The kubelet's retried unprepare finds nothing left to do.
+    let un = kubelet
+        .unprepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(un[uid], "");
+}
+
+#[test]
+fn the_v1beta1_service_prepares_a_whole_gpu_claim() {
+    let node = SimNode::new("h100-80gb", 2, false);
+    let dirs = DraDirs::new();
+    let uid = "5e6f7a8b-9c0d-4e1f-a2b3-555555555555";
+    dirs.write_claim(NS, "whole", uid, NODE_NAME, &[("gpu", "gpu0-whole")]);
+    let claims = [(NS, "whole", uid)];
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+    kubelet.register(&dirs.registration_socket());
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1beta1, &claims)
+        .unwrap();
+    assert_eq!(out[uid].error, "");
+    assert_eq!(
+        out[uid].devices[0].cdi_device_ids,
+        [format!("gpushare.dev/gpu={uid}-0")]
+    );
+    let st = node.ledger();
+    let share = st
+        .shares
+        .iter()
+        .find(|s| s.lease.container_id == Owner::claim_lease_id(&format!("{uid}-0")))
+        .expect("a time-slice lease owned by the claim");
+    assert_eq!(share.gpu_index, 0);
+    let spec = dirs.cdi_spec(uid).unwrap();
+    let paths = node_paths(&spec);
+    assert!(paths.contains(&"/dev/nvidia0".to_string()), "{paths:?}");
+    assert!(!paths.contains(&"/dev/nvidia1".to_string()), "{paths:?}");
+    assert_eq!(
+        env_of(&spec, "CUDA_VISIBLE_DEVICES").as_deref(),
+        Some(share.gpu_uuid.as_str())
+    );
+
+    let un = kubelet
+        .unprepare(&endpoint(&dirs), Version::V1beta1, &claims)
+        .unwrap();
+    assert_eq!(un[uid], "");
+    assert!(node.ledger().shares.is_empty());
+    assert!(dirs.cdi_spec(uid).is_none());
+}
+
+#[test]
+fn claims_the_plugin_cannot_prepare_are_answered_with_the_reason_and_hold_nothing() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+    // Another node's pool; a placement this GPU does not have; a claim never written.
+    dirs.write_claim(
+        NS,
+        "other",
+        "u-other",
+        "node-b",
+        &[("gpu", "gpu0-1g-10gb-at0")],
+    );
+    dirs.write_claim(
+        NS,
+        "bad",
+        "u-bad",
+        NODE_NAME,
+        &[("a", "gpu0-1g-10gb-at0"), ("b", "gpu0-7g-80gb-at1")],
+    );
+    let out = kubelet
+        .prepare(
+            &endpoint(&dirs),
+            Version::V1,
+            &[
+                (NS, "other", "u-other"),
+                (NS, "bad", "u-bad"),
+                (NS, "missing", "u-missing"),
+            ],
+        )
+        .unwrap();
+    assert!(
+        out["u-other"].error.contains("allocated from pool node-b"),
+        "{}",
+        out["u-other"].error
+    );
+    assert!(
+        out["u-bad"]
+            .error
+            .contains("cannot grant device gpu0-7g-80gb-at1"),
+        "{}",
+        out["u-bad"].error
+    );
+    assert!(
+        out["u-missing"].error.contains("team-a_missing.json"),
+        "{}",
+        out["u-missing"].error
+    );
+    // The bad claim's first device was granted, then given back with the refusal.
+    let st = node.ledger();
+    assert!(
+        st.instances.iter().all(|r| r.lease.is_none()),
+        "{:?}",
+        st.instances
+    );
+    assert!(gpushare_dra::cdi::claims(&dirs.cdi_dir()).is_empty());
+}
