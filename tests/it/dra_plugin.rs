@@ -383,3 +383,82 @@ fn claims_the_plugin_cannot_prepare_are_answered_with_the_reason_and_hold_nothin
     );
     assert!(gpushare_dra::cdi::claims(&dirs.cdi_dir()).is_empty());
 }
+
+#[test]
+fn mps_claims_get_their_share_of_the_gpu() {
+    let node = SimNode::new("h100-80gb", 2, false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}\n",
+        crate::common::fake_mps_control().display().to_string()
+    ));
+    let dirs = DraDirs::new();
+    let (counted, consumable) = (
+        "7c8d9e0f-1a2b-4c3d-8e4f-666666666666",
+        "7c8d9e0f-1a2b-4c3d-8e4f-777777777777",
+    );
+    dirs.write_claim(NS, "counted", counted, NODE_NAME, &[("gpu", "gpu0-mps-1")]);
+    dirs.write_claim(
+        NS,
+        "consumable",
+        consumable,
+        NODE_NAME,
+        &[("gpu", "gpu1-mps")],
+    );
+    // The scheduler records what a consumable-capacity allocation takes.
+    let path = dirs.claims_dir().join(format!("{NS}_consumable.json"));
+    let mut claim: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    claim["status"]["allocation"]["devices"]["results"][0]["consumedCapacity"] =
+        serde_json::json!({"percent": "30"});
+    claim["status"]["allocation"]["devices"]["results"][0]["shareID"] =
+        serde_json::json!("0d8e3a54-8f2c-4b7a-9a53-0123456789ab");
+    std::fs::write(&path, serde_json::to_vec(&claim).unwrap()).unwrap();
+
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+    let claims = [(NS, "counted", counted), (NS, "consumable", consumable)];
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(
+        (out[counted].error.as_str(), out[consumable].error.as_str()),
+        ("", "")
+    );
+    let st = node.ledger();
+    // gpushare serves one share size per GPU (its MPS daemon enforces it): the claims are on
+    // a GPU each.
+    let share = |uid: &str| {
+        st.mps
+            .iter()
+            .flat_map(|d| d.clients.iter().map(move |c| (d.gpu_index, c)))
+            .find(|(_, c)| c.lease.container_id == Owner::claim_lease_id(&format!("{uid}-0")))
+            .map(|(gpu, c)| (gpu, c.percent))
+    };
+    // --mps-shares 4 (the default): a counted share is a quarter of the SMs.
+    assert_eq!(
+        (share(counted), share(consumable)),
+        (Some((0, 25)), Some((1, 30)))
+    );
+    for (uid, pct, dev) in [
+        (counted, "25", "/dev/nvidia0"),
+        (consumable, "30", "/dev/nvidia1"),
+    ] {
+        let spec = dirs.cdi_spec(uid).unwrap();
+        assert_eq!(
+            env_of(&spec, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE").as_deref(),
+            Some(pct)
+        );
+        assert!(env_of(&spec, "CUDA_MPS_PIPE_DIRECTORY").is_some(), "{spec}");
+        assert!(node_paths(&spec).contains(&dev.to_string()), "{spec}");
+    }
+
+    let un = kubelet
+        .unprepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!((un[counted].as_str(), un[consumable].as_str()), ("", ""));
+    let st = node.ledger();
+    assert!(
+        st.mps.is_empty(),
+        "the daemons stop with their last client: {:?}",
+        st.mps
+    );
+}
