@@ -288,6 +288,8 @@ fn the_v1beta1_service_prepares_a_whole_gpu_claim() {
     let node = SimNode::new("h100-80gb", 2, false);
     let dirs = DraDirs::new();
     let uid = "5e6f7a8b-9c0d-4e1f-a2b3-555555555555";
+    // The host's driver files reach the claim's containers as they reach a RuntimeClass pod's.
+    crate::common::host_driver_files(&node);
     dirs.write_claim(NS, "whole", uid, NODE_NAME, &[("gpu", "gpu0-whole")]);
     let claims = [(NS, "whole", uid)];
     let _plugin = Plugin::start(&node, &dirs, &[]);
@@ -315,6 +317,25 @@ fn the_v1beta1_service_prepares_a_whole_gpu_claim() {
     assert_eq!(
         env_of(&spec, "CUDA_VISIBLE_DEVICES").as_deref(),
         Some(share.gpu_uuid.as_str())
+    );
+    let mounts = spec["devices"][0]["containerEdits"]["mounts"]
+        .as_array()
+        .unwrap();
+    let libcuda = mounts
+        .iter()
+        .find(|m| m["containerPath"] == "/usr/local/gpushare/lib/libcuda.so.1")
+        .unwrap_or_else(|| panic!("the host's libcuda is mounted: {spec}"));
+    assert!(libcuda["hostPath"]
+        .as_str()
+        .unwrap()
+        .ends_with("libcuda.so.580.159.04"));
+    assert!(libcuda["options"]
+        .as_array()
+        .unwrap()
+        .contains(&"ro".into()));
+    assert_eq!(
+        env_of(&spec, "LD_LIBRARY_PATH").as_deref(),
+        Some("/usr/local/gpushare/lib")
     );
 
     let un = kubelet
