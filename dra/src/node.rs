@@ -125,7 +125,9 @@ impl Node {
     }
 
     /// Prepare `claim`: its devices of this driver, with their CDI ids. A claim already
-    /// prepared (its spec written) is answered from its allocation, granting nothing.
+    /// prepared (its spec written, its leases held) is answered from its allocation, granting
+    /// nothing. One whose spec outlived its leases (a ledger rebuilt without them, a lease
+    /// released by hand) is granted again, at the same placements.
     pub fn prepare(&self, claim: &ClaimRef) -> Result<Vec<Prepared>, NodeError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let results = self.allocation(claim)?;
@@ -146,18 +148,32 @@ impl Node {
             claim: claim.to_string(),
             source,
         };
-        if cdi::read(&self.opts.cdi_dir, &claim.uid)
+        let stale = cdi::read(&self.opts.cdi_dir, &claim.uid)
             .map_err(cdi_err)?
-            .is_some()
-        {
-            return Ok(prepared);
+            .is_some();
+        if stale {
+            let held = claim_leases(&ledger::snapshot(&self.cfg.state_dir)?, Some(&claim.uid));
+            let all_held = (0..results.len())
+                .all(|n| held.contains(&Owner::claim_lease_id(&cdi::device_name(&claim.uid, n))));
+            if all_held {
+                return Ok(prepared);
+            }
+            tracing::warn!(
+                "{claim}: its CDI spec names devices the ledger no longer leases to it; granting them again"
+            );
         }
         let mut edits = Vec::with_capacity(results.len());
         for (n, r) in results.iter().enumerate() {
             match self.grant(claim, n, r) {
                 Ok(edit) => edits.push((cdi::device_name(&claim.uid, n), edit)),
                 Err(e) => {
-                    // Nothing of this claim was handed out (it has no spec): undo it all.
+                    // Nothing of this claim is handed out any more: undo it all, and take a
+                    // spec that outlived its leases away from the containers still to come.
+                    if stale {
+                        if let Err(e) = cdi::remove(&self.opts.cdi_dir, &claim.uid) {
+                            tracing::warn!("{claim}: {e}");
+                        }
+                    }
                     self.release_claim(claim);
                     return Err(e);
                 }

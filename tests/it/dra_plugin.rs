@@ -184,6 +184,41 @@ fn a_mig_claim_is_prepared_at_its_placement_once_and_released_to_the_warm_pool()
 }
 
 #[test]
+fn a_prepared_claim_whose_lease_is_gone_is_granted_again_on_the_next_prepare() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let uid = "2b3c4d5e-6f70-4812-9a3b-888888888888";
+    dirs.write_claim(NS, "lost", uid, NODE_NAME, &[("gpu", "gpu0-3g-40gb-at4")]);
+    let claims = [(NS, "lost", uid)];
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(out[uid].error, "");
+    let mig = {
+        let st = node.ledger();
+        let i = leased(&st, &format!("{uid}-0")).unwrap();
+        st.instances[i].made.clone().unwrap().mig_uuid
+    };
+    // The lease goes (an operator's release), the spec stays: the slice could be granted to
+    // another while the claim's containers still use it.
+    let id = Owner::claim_lease_id(&format!("{uid}-0"));
+    let r = node.ctl(&["release", &id]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(leased(&node.ledger(), &format!("{uid}-0")).is_none());
+
+    let again = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(again[uid], out[uid]);
+    let st = node.ledger();
+    let i = leased(&st, &format!("{uid}-0")).expect("leased to the claim again");
+    assert_eq!(st.instances[i].made.as_ref().unwrap().mig_uuid, mig);
+    assert_eq!(st.instances.len(), 1);
+}
+
+#[test]
 fn a_plugin_killed_between_grant_and_cdi_spec_is_repaired_when_it_starts_again() {
     let node = SimNode::new("h100-80gb", 1, true);
     let dirs = DraDirs::new();
