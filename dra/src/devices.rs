@@ -9,8 +9,10 @@ use gpushare_core::request::{DeviceSelector, Request};
 use k8s_openapi::api::resource::v1::DeviceRequestAllocationResult;
 
 /// The consumable capacity (KEP-5075) an MPS device's allocation consumes: percent of the
-/// GPU's SMs. Must match the capacity the ResourceSlices publish for `gpu<i>-mps`.
-pub const MPS_CAPACITY: &str = "percent";
+/// GPU's SMs, as the ResourceSlices publish it for `gpu<i>-mps` (dra/src/slices.rs). The
+/// scheduler records it under the device's own capacity name; the qualified form
+/// (`gpu.gpushare.dev/smPercent`, as a claim's request names it) is read too.
+pub const MPS_CAPACITY: &str = "smPercent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -42,7 +44,7 @@ pub struct Wanted {
 
 /// The grant for `result` (a result of this driver). `mps_shares`: how many counted MPS shares
 /// each GPU is published as, where the cluster has no consumable capacity (each is
-/// `100 / mps_shares` percent of the SMs).
+/// `100 / mps_shares` percent of the SMs, at most `policy.max_mps_percent`).
 pub fn wanted(
     cfg: &Config,
     result: &DeviceRequestAllocationResult,
@@ -83,7 +85,10 @@ pub fn wanted(
             device,
         },
         DeviceName::MpsShare { .. } => Request::Mps {
-            percent: u8::try_from(100 / mps_shares.clamp(1, 100)).expect("at most 100"),
+            // As the slices publish it: never above the node's MPS ceiling.
+            percent: u8::try_from(100 / mps_shares.clamp(1, 100))
+                .expect("at most 100")
+                .min(cfg.policy.max_mps_percent),
             memory: None,
             device,
         },
@@ -96,10 +101,11 @@ pub fn wanted(
 
 /// The share of SMs an allocation of a consumable MPS device takes.
 fn consumed_percent(result: &DeviceRequestAllocationResult) -> Result<u8, DeviceError> {
+    let qualified = format!("{}/{MPS_CAPACITY}", crate::DRIVER);
     let q = result
         .consumed_capacity
         .as_ref()
-        .and_then(|c| c.get(MPS_CAPACITY));
+        .and_then(|c| c.get(MPS_CAPACITY).or_else(|| c.get(&qualified)));
     let found = q.map_or_else(|| "none".to_string(), |q| q.0.clone());
     q.and_then(|q| q.0.parse::<u8>().ok())
         .filter(|p| (1..=100).contains(p))

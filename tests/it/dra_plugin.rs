@@ -464,7 +464,7 @@ fn mps_claims_get_their_share_of_the_gpu() {
     let path = dirs.claims_dir().join(format!("{NS}_consumable.json"));
     let mut claim: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     claim["status"]["allocation"]["devices"]["results"][0]["consumedCapacity"] =
-        serde_json::json!({"percent": "30"});
+        serde_json::json!({"smPercent": "30"});
     claim["status"]["allocation"]["devices"]["results"][0]["shareID"] =
         serde_json::json!("0d8e3a54-8f2c-4b7a-9a53-0123456789ab");
     std::fs::write(&path, serde_json::to_vec(&claim).unwrap()).unwrap();
