@@ -132,3 +132,76 @@ fn profiles(
     }
     gpushare_core::nvml::OnDemand::new(cfg).profiles(gpu)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn result(device: &str, consumed: &[(&str, &str)]) -> DeviceRequestAllocationResult {
+        DeviceRequestAllocationResult {
+            request: "gpu".into(),
+            driver: crate::DRIVER.into(),
+            pool: "node-a".into(),
+            device: device.into(),
+            consumed_capacity: (!consumed.is_empty()).then(|| {
+                consumed
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .collect()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn whole_gpus_and_mps_shares_read_from_their_names_and_capacity() {
+        let cfg = Config::default();
+        let on = |gpu| Some(DeviceSelector::Index(gpu));
+        assert_eq!(
+            wanted(&cfg, &result("gpu2-whole", &[]), 4).unwrap().request,
+            Request::TimeSlice { device: on(2) }
+        );
+        let counted = wanted(&cfg, &result("gpu1-mps-3", &[]), 3).unwrap();
+        assert_eq!(
+            counted.request,
+            Request::Mps {
+                percent: 33,
+                memory: None,
+                device: on(1)
+            }
+        );
+        let capped = Config {
+            policy: gpushare_core::config::PolicyConfig {
+                max_mps_percent: 20,
+                ..Config::default().policy
+            },
+            ..Config::default()
+        };
+        let Request::Mps { percent, .. } = wanted(&capped, &result("gpu1-mps-0", &[]), 2)
+            .unwrap()
+            .request
+        else {
+            panic!("an MPS share")
+        };
+        assert_eq!(percent, 20);
+        for key in [MPS_CAPACITY, "gpu.gpushare.dev/smPercent"] {
+            let w = wanted(&cfg, &result("gpu0-mps", &[(key, "40")]), 4).unwrap();
+            assert!(
+                matches!(w.request, Request::Mps { percent: 40, .. }),
+                "{w:?}"
+            );
+        }
+        for bad in [&[][..], &[("smPercent", "0")], &[("smPercent", "1Gi")]] {
+            let err = wanted(&cfg, &result("gpu0-mps", bad), 4).unwrap_err();
+            assert!(
+                err.to_string().starts_with(
+                    "device gpu0-mps: the allocation consumes no \"smPercent\" capacity"
+                ),
+                "{err}"
+            );
+        }
+        let err = wanted(&cfg, &result("gpu0-7g", &[]), 4).unwrap_err();
+        assert!(matches!(err, DeviceError::Name(_)), "{err:?}");
+    }
+}
