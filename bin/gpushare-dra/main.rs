@@ -77,9 +77,11 @@ fn run(cli: Cli) -> Result<(), Error> {
         .node_name
         .filter(|n| !n.is_empty())
         .ok_or(Error::NoNodeName)?;
-    // One thread serves both sockets; prepares run on the runtime's blocking threads.
+    // One thread serves both sockets; prepares run on the runtime's blocking threads, one at a
+    // time (the node serializes them), so a few suffice.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(4)
         .build()
         .map_err(Error::Runtime)?;
     rt.block_on(async {
