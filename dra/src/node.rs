@@ -337,6 +337,8 @@ impl Node {
                 tracing::warn!("{claim}: cannot release {id} after a failed prepare: {e}");
             }
         }
+        // What was made for it stays, idle: a device the node now offers warm.
+        self.publish.republish();
     }
 }
 
