@@ -344,9 +344,13 @@ fn scenario(point: &str, setup: Setup, gc_first: bool) {
 #[test]
 fn every_failpoint_in_the_code_is_exercised() {
     let mut names = std::collections::BTreeSet::new();
-    // The library's, and the binaries' own (the wrapper's create and delete).
+    // The library's, the binaries' own (the wrapper's create and delete) and the DRA plugin's.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = vec![root.join("core/src"), root.join("bin")];
+    let mut dirs = vec![
+        root.join("core/src"),
+        root.join("bin"),
+        root.join("dra/src"),
+    ];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(d).unwrap().flatten() {
             let p = e.path();
@@ -366,6 +370,7 @@ fn every_failpoint_in_the_code_is_exercised() {
         .chain(MPS_SCENARIOS.iter().map(|(n, _)| n.to_string()))
         .chain(crate::mig_mode::FAILPOINTS.iter().map(|n| n.to_string()))
         .chain(MPS_MIG_SCENARIOS.iter().map(|(n, _)| n.to_string()))
+        .chain(crate::dra_plugin::FAILPOINTS.iter().map(|n| n.to_string()))
         .collect();
     let missing: Vec<&String> = names.difference(&covered).collect();
     assert!(

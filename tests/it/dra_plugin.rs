@@ -11,6 +11,13 @@ use std::path::PathBuf;
 
 const NS: &str = "team-a";
 
+/// The plugin's failpoints, each killed at by a test here (crash_safety checks none is missed).
+pub const FAILPOINTS: &[&str] = &[
+    "dra.prepare.granted",
+    "dra.prepare.written",
+    "dra.unprepare.removed",
+];
+
 fn endpoint(dirs: &DraDirs) -> PathBuf {
     gpushare_dra::sockets::dra_socket(&dirs.plugin_dir())
 }
@@ -278,6 +285,42 @@ fn a_plugin_killed_between_grant_and_cdi_spec_is_repaired_when_it_starts_again()
         env_of(&spec, "CUDA_VISIBLE_DEVICES").as_deref(),
         Some(mig.as_str())
     );
+}
+
+#[test]
+fn a_plugin_killed_after_the_spec_keeps_the_claim_prepared() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let uid = "9a0b7f3e-5c1d-4e2f-8a9b-999999999999";
+    dirs.write_claim(NS, "crash", uid, NODE_NAME, &[("gpu", "gpu0-1g-10gb-at6")]);
+    let claims = [(NS, "crash", uid)];
+    let kubelet = Kubelet::new();
+    let mut plugin = Plugin::start(
+        &node,
+        &dirs,
+        &[("GPUSHARE_FAILPOINT", "dra.prepare.written:kill")],
+    );
+    assert!(kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .is_err());
+    plugin.wait_exit();
+    let spec = dirs.cdi_spec(uid).expect("written before the kill");
+    let before = node.ledger();
+    assert!(leased(&before, &format!("{uid}-0")).is_some());
+
+    // The claim was whole: a restart keeps it, and the kubelet's retry grants nothing.
+    let plugin = Plugin::start(&node, &dirs, &[]);
+    assert!(
+        leased(&node.ledger(), &format!("{uid}-0")).is_some(),
+        "{}",
+        plugin.log()
+    );
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &claims)
+        .unwrap();
+    assert_eq!(out[uid].error, "");
+    assert_eq!(node.ledger().instances, before.instances);
+    assert_eq!(dirs.cdi_spec(uid), Some(spec));
 }
 
 #[test]
