@@ -15,6 +15,7 @@ pub mod devices;
 pub mod node;
 pub mod proto;
 pub mod publish;
+pub mod republish;
 pub mod server;
 pub mod slices;
 pub mod sockets;

@@ -218,9 +218,17 @@ impl Node {
         Ok(())
     }
 
-    /// At start, before serving: release every claim lease whose claim has no spec (a plugin
-    /// killed between a grant and its spec, or between removing a spec and the release). The
-    /// kubelet retries a prepare it got no answer for. Returns the devices released.
+    /// Publish the pool as it is now: at start, and from time to time, since grants of the
+    /// RuntimeClass path change the same ledger without telling the plugin.
+    pub fn republish(&self) {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        self.publish.republish();
+    }
+
+    /// At start, before serving (and publishing): release every claim lease whose claim has no
+    /// spec (a plugin killed between a grant and its spec, or between removing a spec and the
+    /// release). The kubelet retries a prepare it got no answer for. Returns the devices
+    /// released.
     pub fn repair(&self) -> Result<Vec<String>, NodeError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let swept = gpushare_core::fsutil::sweep_temp(&self.opts.cdi_dir, Duration::ZERO);
@@ -251,9 +259,6 @@ impl Node {
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot release claim device {device}: {e}"),
             }
-        }
-        if !released.is_empty() {
-            self.publish.republish();
         }
         Ok(released)
     }

@@ -67,6 +67,13 @@ fn a_mig_claim_is_prepared_at_its_placement_once_and_released_to_the_warm_pool()
         ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
     );
 
+    // Published at start: an empty node offers a first placement of each profile per GPU.
+    let (gen0, devices) = dirs.published();
+    assert!(
+        gen0 >= 1 && devices.iter().any(|d| d.starts_with("gpu1-1g-10gb-at")),
+        "{devices:?}"
+    );
+
     let claims = [(NS, "mig", uid)];
     let out = kubelet
         .prepare(&endpoint(&dirs), Version::V1, &claims)
@@ -119,6 +126,14 @@ fn a_mig_claim_is_prepared_at_its_placement_once_and_released_to_the_warm_pool()
         env_of(&spec, "CUDA_VISIBLE_DEVICES").as_deref(),
         Some(made.mig_uuid.as_str())
     );
+    // Published again after the grant: the leased instance stays a device (its counters stay
+    // consumed).
+    let (gen1, devices) = dirs.published();
+    assert!(gen1 > gen0, "republished after the grant");
+    assert!(
+        devices.contains(&"gpu1-1g-10gb-at3".to_string()),
+        "{devices:?}"
+    );
 
     // gc does not take a claim's lease for a container's that is gone.
     let gc = node.ctl(&["gc"]);
@@ -167,6 +182,12 @@ fn a_mig_claim_is_prepared_at_its_placement_once_and_released_to_the_warm_pool()
     assert_eq!(
         st.instances[0].made.as_ref().unwrap().mig_uuid,
         made.mig_uuid
+    );
+    let (gen2, devices) = dirs.published();
+    assert!(gen2 > gen1, "republished after the release");
+    assert!(
+        devices.contains(&"gpu1-1g-10gb-at3".to_string()),
+        "the warm instance: {devices:?}"
     );
     // Twice is fine.
     let un = kubelet

@@ -233,6 +233,29 @@ fn allocate_where(
     result
 }
 
+/// Record the node's GPUs in the ledger's cache through NVML, under the lock, if NVML says
+/// anything the cache does not. What a DRA node publishes is decided from the ledger alone, and
+/// a node that has granted nothing yet has no GPU in it: the kubelet plugin learns them at start.
+pub fn learn_gpus(cfg: &Config) -> Result<(), AllocError> {
+    learn_gpus_on(cfg, &crate::nvml::OnDemand::new(cfg))
+}
+
+/// [`learn_gpus`] on `be`'s GPUs.
+pub fn learn_gpus_on(cfg: &Config, be: &dyn Gpu) -> Result<(), AllocError> {
+    let ledger = Ledger::new(&cfg.state_dir);
+    let locked = ledger.lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
+    let mut st = locked.load()?;
+    let before = st.gpus.clone();
+    let gpus = be.gpus()?;
+    refresh_gpus(be, &mut st, &gpus)?;
+    if st.gpus == before && !locked.folded() {
+        return Ok(());
+    }
+    locked.save(&st)?;
+    offer_after(cfg, locked, st);
+    Ok(())
+}
+
 /// Write the offers for the ledger this call left, once its lock is released (offers name
 /// their generation, so one written late by a slower process is merely unused).
 pub(crate) fn offer_after(cfg: &Config, locked: crate::ledger::Locked, mut st: LedgerState) {
@@ -748,6 +771,19 @@ mod tests {
             .into_iter()
             .filter(|c| matches!(c, Call::Create { .. }))
             .collect()
+    }
+
+    #[test]
+    fn learning_the_gpus_fills_the_ledgers_cache_once() {
+        let s = Scratch::new("alloc-learn");
+        let gpu = FakeGpu::h100(2);
+        learn_gpus_on(&s.cfg, &gpu).unwrap();
+        let st = s.ledger();
+        assert_eq!(st.gpus.len(), 2);
+        assert!(!st.gpus[1].profiles.is_empty());
+        let generation = st.generation;
+        learn_gpus_on(&s.cfg, &gpu).unwrap();
+        assert_eq!(s.ledger().generation, generation, "nothing new: not saved");
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct DraDirs {
 impl DraDirs {
     pub fn new() -> DraDirs {
         let base = TempDir::new("dra");
-        for d in ["plugins", "registry", "cdi", "claims"] {
+        for d in ["plugins", "registry", "cdi", "claims", "slices"] {
             std::fs::create_dir_all(base.path().join(d)).unwrap();
         }
         DraDirs { base }
@@ -51,6 +51,27 @@ impl DraDirs {
     }
     pub fn claims_dir(&self) -> PathBuf {
         self.base.path().join("claims")
+    }
+    /// Where the plugin publishes the node's ResourceSlices (`--publish-to`).
+    pub fn slices_dir(&self) -> PathBuf {
+        self.base.path().join("slices")
+    }
+    /// The pool's newest publication: its generation and its devices' names, in slice order.
+    pub fn published(&self) -> (i64, Vec<String>) {
+        let slices = gpushare_dra::publish::DirSink::new(&self.slices_dir())
+            .read(NODE_NAME)
+            .expect("the published slices read as resource.k8s.io/v1 ResourceSlices");
+        let generation = slices
+            .iter()
+            .map(|(_, s)| s.spec.pool.generation)
+            .max()
+            .unwrap_or(0);
+        let devices = slices
+            .iter()
+            .filter(|(_, s)| s.spec.pool.generation == generation)
+            .flat_map(|(_, s)| s.spec.devices.iter().flatten().map(|d| d.name.clone()))
+            .collect();
+        (generation, devices)
     }
     pub fn registration_socket(&self) -> PathBuf {
         gpushare_dra::sockets::registration_socket(&self.registry_dir())
@@ -129,6 +150,8 @@ impl Plugin {
             .arg(dirs.cdi_dir())
             .arg("--claims-dir")
             .arg(dirs.claims_dir())
+            .arg("--publish-to")
+            .arg(dirs.slices_dir())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
