@@ -26,8 +26,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
-/// The DRA driver name (team contract; also the attribute and capacity domain).
-pub const DRIVER: &str = "gpu.gpushare.dev";
+/// The DRA driver name (team contract; also the attribute and capacity domain): the crate's
+/// one definition, which the kubelet plugin registers under.
+pub use crate::DRIVER;
 
 /// Labels every slice gpushare publishes, so that its own are found again (and only those).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "gpushare-dra");
