@@ -34,6 +34,9 @@ pub enum ServerError {
     },
 }
 
+/// How long a stopping plugin waits for the calls in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The registration service: tells the kubelet the driver's name and where its DRA service is.
 pub struct Registration {
     endpoint: String,
@@ -256,27 +259,37 @@ pub async fn serve(
         dra_path.display(),
         reg_path.display()
     );
-    let signal = async {
-        stop.await;
-        let _ = tx.send(true);
-        Ok::<(), ServerError>(())
+    let servers = async {
+        tokio::try_join!(
+            async {
+                dra_server.await.map_err(|source| ServerError::Serve {
+                    path: dra_path.clone(),
+                    source,
+                })
+            },
+            async {
+                reg_server.await.map_err(|source| ServerError::Serve {
+                    path: reg_path.clone(),
+                    source,
+                })
+            },
+        )
+        .map(|_| ())
     };
-    let result = tokio::try_join!(
-        async {
-            dra_server.await.map_err(|source| ServerError::Serve {
-                path: dra_path.clone(),
-                source,
-            })
-        },
-        async {
-            reg_server.await.map_err(|source| ServerError::Serve {
-                path: reg_path.clone(),
-                source,
-            })
-        },
-        signal,
-    );
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        r = &mut servers => r,
+        () = stop => {
+            let _ = tx.send(true);
+            // The kubelet keeps its connections open: calls in flight get a moment to finish,
+            // then the plugin goes (a prepare cut short is repaired at the next start).
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
     let _ = std::fs::remove_file(&reg_path);
     let _ = std::fs::remove_file(&dra_path);
-    result.map(|_| ())
+    result
 }

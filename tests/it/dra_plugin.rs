@@ -582,3 +582,25 @@ fn mps_claims_get_their_share_of_the_gpu() {
         st.mps
     );
 }
+
+#[test]
+fn sigterm_deregisters_the_plugin_and_keeps_what_it_prepared() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let uid = "1f2e3d4c-5b6a-4978-8695-aaaaaaaaaaaa";
+    dirs.write_claim(NS, "kept", uid, NODE_NAME, &[("gpu", "gpu0-1g-10gb-at0")]);
+    let mut plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &[(NS, "kept", uid)])
+        .unwrap();
+    assert_eq!(out[uid].error, "");
+    let st = plugin.stop();
+    assert!(st.success(), "{st}: {}", plugin.log());
+    // The kubelet's plugin watcher takes the registration socket's removal as deregistration.
+    assert!(!dirs.registration_socket().exists());
+    assert!(!endpoint(&dirs).exists());
+    // Pods keep running on what was prepared: a restart is no unprepare.
+    assert!(dirs.cdi_spec(uid).is_some());
+    assert!(leased(&node.ledger(), &format!("{uid}-0")).is_some());
+}
