@@ -30,15 +30,28 @@ pub fn dra_bin() -> PathBuf {
 /// The folders a kubelet and a container runtime share with the plugin.
 pub struct DraDirs {
     pub base: TempDir,
+    cdi: PathBuf,
 }
 
 impl DraDirs {
     pub fn new() -> DraDirs {
         let base = TempDir::new("dra");
-        for d in ["plugins", "registry", "cdi", "claims", "slices"] {
+        let cdi = base.path().join("cdi");
+        DraDirs::make(base, cdi)
+    }
+
+    /// With the CDI specs in `cdi_dir` (a folder a container runtime reads), the rest in a
+    /// temp folder.
+    pub fn with_cdi_dir(cdi_dir: &Path) -> DraDirs {
+        DraDirs::make(TempDir::new("dra"), cdi_dir.to_path_buf())
+    }
+
+    fn make(base: TempDir, cdi: PathBuf) -> DraDirs {
+        for d in ["plugins", "registry", "claims", "slices"] {
             std::fs::create_dir_all(base.path().join(d)).unwrap();
         }
-        DraDirs { base }
+        std::fs::create_dir_all(&cdi).unwrap();
+        DraDirs { base, cdi }
     }
     pub fn plugin_dir(&self) -> PathBuf {
         self.base.path().join("plugins")
@@ -47,7 +60,7 @@ impl DraDirs {
         self.base.path().join("registry")
     }
     pub fn cdi_dir(&self) -> PathBuf {
-        self.base.path().join("cdi")
+        self.cdi.clone()
     }
     pub fn claims_dir(&self) -> PathBuf {
         self.base.path().join("claims")
