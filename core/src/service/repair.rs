@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::fsutil::now_unix;
 use crate::gc::Foreign;
 use crate::gpu::{BackendError, Gpu};
-use crate::ledger::{InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
+use crate::ledger::{InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made, MigModeRecord};
 use crate::node::Node;
 use crate::running::{roots, scan, Container};
 use serde::Serialize;
@@ -57,6 +57,8 @@ pub struct RepairReport {
     /// person to resolve (one of those containers must go).
     pub conflicts: Vec<String>,
     pub failed: Vec<String>,
+    /// MIG mode switches a dead grant left unsettled: "MIG mode <found> on GPU <n>", put back.
+    pub mig_modes: Vec<String>,
 }
 
 impl RepairReport {
@@ -83,6 +85,9 @@ impl RepairReport {
         }
         for c in &self.conflicts {
             let _ = writeln!(out, "CONFLICT: {c}");
+        }
+        for m in &self.mig_modes {
+            let _ = writeln!(out, "{verb}put {m} back");
         }
         for e in &self.failed {
             let _ = writeln!(out, "failed: {e}");
@@ -135,11 +140,16 @@ pub fn run_on(
     let containers = scan(&report.roots);
     let owned = crate::instance_log::owned(&cfg.state_dir);
     let gpus = be.gpus()?;
-    // Everything but the MIG records is kept from a readable ledger (empty from a corrupt one).
+    // Everything but the MIG records is kept from a readable ledger (empty from a corrupt one,
+    // but for the switch records its text still holds: a GPU whose mode a dead grant changed
+    // must not be left so with nothing to say what it was).
     let mut st = LedgerState {
         instances: Vec::new(),
         ..old.clone()
     };
+    if let Some(raw) = &salvage {
+        st.mig_modes = salvage_mig_modes(raw);
+    }
     crate::gpus::refresh_gpus(be, &mut st, &gpus)?;
     let mut gone = Vec::new();
     let mut held: std::collections::BTreeSet<String> = Default::default();
@@ -195,8 +205,17 @@ pub fn run_on(
                 });
                 continue;
             }
-            let (Some(ci), Some(mig), Some(profile)) = (ci, mig, profile) else {
-                // Half made (or half destroyed): no container can use it.
+            // On a GPU a dead grant turned MIG on for, gpushare's instances are that grant's
+            // (the switch is settled in the save that records the grant, under one lock): no
+            // container got one, and the mode cannot be put back while they are there.
+            let dead_grants = named.is_empty()
+                && st
+                    .mig_modes
+                    .iter()
+                    .any(|r| r.gpu_uuid == g.uuid && !r.found);
+            let (Some(ci), Some(mig), Some(profile), false) = (ci, mig, profile, dead_grants)
+            else {
+                // Half made (or half destroyed), or a dead switch's: no container can use it.
                 if !opts.dry_run {
                     if let Err(e) = be.destroy(g.index, gi.id, &gi.compute_instances) {
                         report.failed.push(format!("destroy {label}: {e}"));
@@ -292,8 +311,19 @@ pub fn run_on(
         }
     }
     if opts.dry_run {
+        report.mig_modes = st
+            .mig_modes
+            .iter()
+            .map(|r| mig_mode_label(r.found, r.gpu_index))
+            .collect();
         return Ok(report);
     }
+    let (done, failed) = crate::mig_mode::repair(be, node, &mut st);
+    report.mig_modes = done
+        .iter()
+        .map(|r| mig_mode_label(r.found, r.gpu_index))
+        .collect();
+    report.failed.extend(failed);
     if let Some(to) = &report.moved_aside {
         let path = ledger.path();
         std::fs::rename(&path, to).map_err(|source| RepairError::MoveAside {
@@ -322,6 +352,24 @@ pub fn run_on(
     drop(locked);
     crate::offers::write(cfg, &mut st, generation);
     Ok(report)
+}
+
+fn mig_mode_label(found: bool, gpu: u32) -> String {
+    format!("MIG mode {} on GPU {gpu}", crate::mig_mode::on_off(found))
+}
+
+/// The MIG mode switch records a ledger too damaged to parse still holds whole: the array
+/// after its `"mig_modes":` key, read up to its end whatever follows.
+fn salvage_mig_modes(raw: &[u8]) -> Vec<MigModeRecord> {
+    let key = b"\"mig_modes\":";
+    let Some(at) = raw.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    serde_json::Deserializer::from_slice(&raw[at + key.len()..])
+        .into_iter::<Vec<MigModeRecord>>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -441,5 +489,136 @@ mod tests {
             "{:?}",
             report.recorded
         );
+    }
+
+    /// A grant that turned MIG on and died after making its instance (alloc.cold.made): the
+    /// ledger holds the switch record and the instance's intent, the instance log its make.
+    fn crashed_mig_switch(s: &Scratch, gpu: &FakeGpu) -> crate::gpu::Created {
+        let locked = Ledger::new(&s.cfg.state_dir)
+            .lock(Duration::from_secs(5))
+            .unwrap();
+        let mut st = locked.load().unwrap();
+        crate::mig_mode::switch(&s.cfg, gpu, &locked, &mut st, &gpu.info(0), true).unwrap();
+        let slot = Slot { start: 0, size: 2 };
+        let uuid = gpu.info(0).uuid;
+        crate::instance_log::note(
+            &s.cfg.state_dir,
+            &[crate::instance_log::Event::Intent {
+                gpu: uuid.clone(),
+                slot,
+                profile: "2g.20gb".into(),
+                profile_id: 14,
+                t: 1,
+            }],
+        );
+        st.instances.push(InstanceRecord {
+            gpu_uuid: uuid.clone(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            profile: "2g.20gb".into(),
+            profile_id: 14,
+            slot,
+            made: None,
+            created_at: 1,
+            lease: Some(Lease {
+                container_id: "dead".into(),
+                since: 1,
+                runtime_root: None,
+            }),
+            idle_since: None,
+            mps: false,
+        });
+        locked.save(&st).unwrap();
+        let made = gpu.make(0, "2g.20gb", slot);
+        crate::instance_log::note(
+            &s.cfg.state_dir,
+            &[crate::instance_log::Event::Made {
+                gpu: uuid,
+                slot,
+                profile: "2g.20gb".into(),
+                profile_id: 14,
+                gi: made.gi,
+                ci: made.ci,
+                mig: made.mig_uuid.clone(),
+                t: 1,
+                root: None,
+            }],
+        );
+        made
+    }
+
+    /// `repair` destroys the dead grant's instance and puts the mode found back, saying so;
+    /// `gc` has nothing left to do.
+    fn assert_repair_undoes_the_switch(s: &Scratch, gpu: &FakeGpu, node: &FakeNode) {
+        let dry = RepairOptions {
+            dry_run: true,
+            ..Default::default()
+        };
+        let report = run_on(&s.cfg, gpu, node, &dry).unwrap();
+        assert!(
+            report
+                .render()
+                .contains("would put MIG mode off on GPU 0 back"),
+            "{}",
+            report.render()
+        );
+        assert_eq!(gpu.info(0).mig_mode, Some((true, true)), "a dry run");
+        let report = run_on(&s.cfg, gpu, node, &RepairOptions::default()).unwrap();
+        assert!(report.failed.is_empty(), "{}", report.render());
+        assert_eq!(report.mig_modes, vec!["MIG mode off on GPU 0".to_string()]);
+        assert_eq!(report.destroyed.len(), 1, "{}", report.render());
+        assert!(gpu.instances(0).is_empty(), "the dead grant's instance");
+        assert_eq!(gpu.info(0).mig_mode, Some((false, false)), "MIG off again");
+        let st = s.ledger();
+        assert!(st.mig_modes.is_empty() && st.instances.is_empty(), "{st:?}");
+        let gc = crate::gc::run_on(
+            &s.cfg,
+            gpu,
+            node,
+            &crate::gc::GcOptions::from_config(&s.cfg),
+        )
+        .unwrap();
+        assert!(
+            gc.actions.is_empty() && gc.failed.is_empty(),
+            "{}",
+            gc.render()
+        );
+    }
+
+    #[test]
+    fn repair_puts_back_the_mig_mode_a_dead_grant_switched() {
+        let mut s = Scratch::new("repair-migmode");
+        s.cfg.mig.manage_mode = crate::config::ManageMode::All(true);
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        gpu.set_mig(0, false);
+        crashed_mig_switch(&s, &gpu);
+        assert_repair_undoes_the_switch(&s, &gpu, &node);
+    }
+
+    #[test]
+    fn repair_of_a_corrupt_ledger_keeps_its_mig_switch_record() {
+        let mut s = Scratch::new("repair-migmode-corrupt");
+        s.cfg.mig.manage_mode = crate::config::ManageMode::All(true);
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        gpu.set_mig(0, false);
+        crashed_mig_switch(&s, &gpu);
+        // Damaged before the switch record: the ledger no longer parses, the record's text
+        // is whole.
+        let path = Ledger::new(&s.cfg.state_dir).path();
+        let mut raw = std::fs::read(&path).unwrap();
+        let at = raw
+            .windows(12)
+            .position(|w| w == b"\"instances\":")
+            .unwrap();
+        raw[at + 11] = b'#';
+        std::fs::write(&path, raw).unwrap();
+        assert!(Ledger::new(&s.cfg.state_dir)
+            .lock(Duration::from_secs(5))
+            .unwrap()
+            .load()
+            .is_err());
+        assert_repair_undoes_the_switch(&s, &gpu, &node);
     }
 }
