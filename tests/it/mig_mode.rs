@@ -1,7 +1,7 @@
 //! MIG mode switched just-in-time (`mig.manage_mode`) on a simulated node, through real runc: a
 //! MIG request turns MIG on, a whole-GPU request turns it off once the slices are idle, a GPU
 //! held by another kind of request is never switched, a kill -9 at each step of a switch is
-//! repaired by the next call or by `gpusharectl gc`, and an A100 whose driver holds the change
+//! repaired by the next call, by `gpusharectl gc` or by `gpusharectl repair` of a corrupt ledger, and an A100 whose driver holds the change
 //! until a reset is left pending with nothing granted.
 use crate::common;
 use crate::invariants;
@@ -405,5 +405,68 @@ fn kill_at_each_step_of_a_switch_then_gc_repairs() {
     require_root();
     for &(point, switch) in SCENARIOS {
         crash_scenario(point, switch, true);
+    }
+}
+
+/// A kill -9 in a switch, then the ledger found corrupt (damaged ahead of its switch record):
+/// `gpusharectl repair` reads the record back from the damaged text, destroys the dead grant's
+/// slice and puts the mode found back, instead of leaving the GPU in a mode gpushare changed
+/// with no record of it (and, switched on, a slice of nobody's in the idle pool).
+#[test]
+fn kill_in_a_switch_then_repair_of_a_corrupt_ledger_puts_the_mode_back() {
+    require_root();
+    for &(point, switch) in &[
+        ("mig_mode.set", Switch::On),
+        ("alloc.cold.made", Switch::On),
+        ("mig_mode.instances_destroyed", Switch::Off),
+        ("mig_mode.set", Switch::Off),
+    ] {
+        let label = format!("{point} ({switch:?})");
+        let node = managed_node(switch == Switch::Off);
+        let engine = Engine::new(&node, Runtime::Runc);
+        if switch == Switch::Off {
+            run_ok(&engine, &SLICE);
+            create_killed_at(&engine, &WHOLE, point);
+        } else {
+            create_killed_at(&engine, &SLICE, point);
+        }
+        assert_eq!(node.ledger().mig_modes.len(), 1, "{label}: the record");
+        let ledger = node.cfg().state_dir.join(gpushare_state::ledger::NAME);
+        let raw = std::fs::read(&ledger).unwrap();
+        let at = raw
+            .windows(8)
+            .position(|w| w == b"\"format\"")
+            .unwrap_or_else(|| panic!("{label}: {}", String::from_utf8_lossy(&raw)));
+        let mut torn = raw.clone();
+        torn[at + 8] = b'#';
+        std::fs::write(&ledger, torn).unwrap();
+
+        let out = node.ctl(&["repair"]);
+        let said = text(&out.stdout);
+        assert!(out.status.success(), "{label}: {said}{}", text(&out.stderr));
+        let found = u64::from(switch == Switch::Off);
+        assert!(
+            said.contains(&format!(
+                "put the MIG mode of GPU 0 back to {}",
+                if found == 1 { "on" } else { "off" }
+            )),
+            "{label}: {said}"
+        );
+        assert_eq!(mig(&node), (found, found), "{label}: {said}");
+        assert_eq!(driver_instances(&node), 0, "{label}: {said}");
+        let st = node.ledger();
+        assert!(
+            st.mig_modes.is_empty() && st.instances.is_empty(),
+            "{label}: {st:?}"
+        );
+        invariants::check(&node, Some(engine.root.path()))
+            .unwrap_or_else(|e| panic!("{label}: after repair:\n{e}"));
+        // The next call switches as if nothing happened.
+        let (ann, want) = match switch {
+            Switch::Off => (&WHOLE, (0, 0)),
+            _ => (&SLICE, (1, 1)),
+        };
+        run_ok(&engine, ann);
+        assert_eq!(mig(&node), want, "{label}");
     }
 }

@@ -57,7 +57,8 @@ pub struct RepairReport {
     /// person to resolve (one of those containers must go).
     pub conflicts: Vec<String>,
     pub failed: Vec<String>,
-    /// MIG mode switches a dead grant left unsettled: "MIG mode <found> on GPU <n>", put back.
+    /// MIG mode switches a dead grant left unsettled, settled: "the MIG mode of GPU <n> back
+    /// to <on|off>" (the mode found before the switch).
     pub mig_modes: Vec<String>,
 }
 
@@ -87,7 +88,7 @@ impl RepairReport {
             let _ = writeln!(out, "CONFLICT: {c}");
         }
         for m in &self.mig_modes {
-            let _ = writeln!(out, "{verb}put {m} back");
+            let _ = writeln!(out, "{verb}put {m}");
         }
         for e in &self.failed {
             let _ = writeln!(out, "failed: {e}");
@@ -355,7 +356,10 @@ pub fn run_on(
 }
 
 fn mig_mode_label(found: bool, gpu: u32) -> String {
-    format!("MIG mode {} on GPU {gpu}", crate::mig_mode::on_off(found))
+    format!(
+        "the MIG mode of GPU {gpu} back to {}",
+        crate::mig_mode::on_off(found)
+    )
 }
 
 /// The MIG mode switch records a ledger too damaged to parse still holds whole: the array
@@ -558,14 +562,17 @@ mod tests {
         assert!(
             report
                 .render()
-                .contains("would put MIG mode off on GPU 0 back"),
+                .contains("would put the MIG mode of GPU 0 back to off"),
             "{}",
             report.render()
         );
         assert_eq!(gpu.info(0).mig_mode, Some((true, true)), "a dry run");
         let report = run_on(&s.cfg, gpu, node, &RepairOptions::default()).unwrap();
         assert!(report.failed.is_empty(), "{}", report.render());
-        assert_eq!(report.mig_modes, vec!["MIG mode off on GPU 0".to_string()]);
+        assert_eq!(
+            report.mig_modes,
+            vec!["the MIG mode of GPU 0 back to off".to_string()]
+        );
         assert_eq!(report.destroyed.len(), 1, "{}", report.render());
         assert!(gpu.instances(0).is_empty(), "the dead grant's instance");
         assert_eq!(gpu.info(0).mig_mode, Some((false, false)), "MIG off again");
