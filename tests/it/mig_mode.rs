@@ -1,8 +1,9 @@
 //! MIG mode switched just-in-time (`mig.manage_mode`) on a simulated node, through real runc: a
 //! MIG request turns MIG on, a whole-GPU request turns it off once the slices are idle, a GPU
 //! held by another kind of request is never switched, a kill -9 at each step of a switch is
-//! repaired by the next call, by `gpusharectl gc` or by `gpusharectl repair` of a corrupt ledger, and an A100 whose driver holds the change
-//! until a reset is left pending with nothing granted.
+//! repaired by the next call, by `gpusharectl gc` or by `gpusharectl repair` of a corrupt
+//! ledger, and an A100 whose driver holds the change until a reset is left pending with
+//! nothing granted.
 use crate::common;
 use crate::invariants;
 
