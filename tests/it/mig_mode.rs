@@ -471,3 +471,60 @@ fn kill_in_a_switch_then_repair_of_a_corrupt_ledger_puts_the_mode_back() {
         assert_eq!(mig(&node), want, "{label}");
     }
 }
+
+/// The two halves of #19 together: a GPU whose slice hosts an MPS daemon (a share inside a
+/// MIG instance) is never switched off for a whole-GPU or an MPS request, whose refusal names
+/// the client; once the client is gone (the daemon quits and the slice is idle, `gc` leaves
+/// the mode alone) the same request switches the GPU.
+#[test]
+fn a_gpu_whose_slice_hosts_an_mps_daemon_is_never_switched_off() {
+    require_root();
+    let node = managed_node(true);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}",
+        fake_mps_control().display().to_string()
+    ));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new(
+        "true",
+        &[("gpu.profile", "3g.40gb"), ("gpu.mps", "50")],
+        &[],
+    );
+    let id = unique("mps-in-slice");
+    let out = engine.create(&b, &id);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = node.ledger().mps[0].pid.expect("the daemon runs");
+
+    for ann in [&WHOLE[..], &[("gpu.mps", "25")][..]] {
+        let err = refused(&engine, ann);
+        assert!(err.contains(&id), "{ann:?}: the client is named: {err}");
+        assert_eq!(mig(&node), (1, 1), "{ann:?}: not switched");
+        let st = node.ledger();
+        assert!(st.mig_modes.is_empty(), "{ann:?}: {st:?}");
+        assert_eq!(st.mps.len(), 1, "{ann:?}: the daemon is kept");
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{ann:?}: the daemon runs on"
+        );
+        assert_eq!(driver_instances(&node), 1, "{ann:?}");
+    }
+
+    // The client deleted: its share released, the daemon quits; gc then switches nothing.
+    let out = engine.delete(&id);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = gc(&node, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let st = node.ledger();
+    assert!(st.mps.is_empty(), "{st:?}");
+    assert!(
+        st.instances.len() == 1 && st.instances[0].is_idle(),
+        "the slice is idle: {st:?}"
+    );
+    assert_eq!(mig(&node), (1, 1), "gc switches nothing");
+
+    let out = run_ok(&engine, &WHOLE);
+    assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), gpu_uuid(&node));
+    assert_eq!(mig(&node), (0, 0), "switched off once the slice was idle");
+    assert_eq!(driver_instances(&node), 0);
+    invariants::check(&node, Some(engine.root.path())).unwrap();
+}
