@@ -528,3 +528,56 @@ fn a_gpu_whose_slice_hosts_an_mps_daemon_is_never_switched_off() {
     assert_eq!(driver_instances(&node), 0);
     invariants::check(&node, Some(engine.root.path())).unwrap();
 }
+
+/// A kill -9 while an MPS share inside a slice is being set up (slice granted, daemon intent
+/// saved, daemon started): what the dead grant left holds the GPU, so a whole-GPU request does
+/// not switch MIG off under a daemon that may be starting; `gc` releases it, and the same
+/// request then switches the GPU with no daemon left behind.
+#[test]
+fn kill_while_an_mps_daemon_in_a_slice_starts_then_no_switch_until_gc() {
+    require_root();
+    for point in [
+        "mps_mig.slice_granted",
+        "mps_mig.intent_saved",
+        "mps_mig.started",
+    ] {
+        let node = managed_node(true);
+        node.configure(&format!(
+            "[mps]\ncontrol = {:?}",
+            fake_mps_control().display().to_string()
+        ));
+        let engine = Engine::new(&node, Runtime::Runc);
+        create_killed_at(
+            &engine,
+            &[("gpu.profile", "3g.40gb"), ("gpu.mps", "50")],
+            point,
+        );
+        let err = refused(&engine, &WHOLE);
+        assert!(err.contains("hold(s) it"), "{point}: {err}");
+        assert_eq!(mig(&node), (1, 1), "{point}: not switched");
+        assert_eq!(driver_instances(&node), 1, "{point}");
+        assert!(node.ledger().mig_modes.is_empty(), "{point}");
+
+        let out = gc(&node, None);
+        assert!(
+            out.status.success(),
+            "{point}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let st = node.ledger();
+        assert!(st.mps.is_empty(), "{point}: {st:?}");
+        let out = run_ok(&engine, &WHOLE);
+        assert_eq!(env_seen(&out, "CUDA_VISIBLE_DEVICES"), gpu_uuid(&node));
+        assert_eq!(mig(&node), (0, 0), "{point}: switched off after gc");
+        assert_eq!(driver_instances(&node), 0, "{point}");
+        let log = mps_control_log(&node);
+        assert_eq!(
+            log.matches("start pid=").count(),
+            log.matches("exit pid=").count(),
+            "{point}: every daemon started has quit: {log}"
+        );
+        invariants::check(&node, Some(engine.root.path()))
+            .unwrap_or_else(|e| panic!("{point}:\n{e}"));
+    }
+}
