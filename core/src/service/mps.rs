@@ -829,6 +829,64 @@ mod tests {
     }
 
     #[test]
+    fn mig_is_turned_off_for_a_share_once_no_slice_or_mps_client_holds_the_gpu() {
+        let mut s = with_control(Scratch::new("mps-mig-switch"));
+        s.cfg.mig.manage_mode = crate::config::ManageMode::All(true);
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        crate::allocator::allocate_on(&s.cfg, &gpu, &node, "2g.20gb", None, &who("m")).unwrap();
+        crate::mps_mig::grant_on(
+            &s.cfg,
+            &gpu,
+            &node,
+            "3g.40gb",
+            50,
+            None,
+            None,
+            &who("in-slice"),
+        )
+        .unwrap();
+        gpu.clear_calls();
+        let err = grant_on(&s.cfg, &gpu, &node, 25, None, None, &who("a")).unwrap_err();
+        let said = err.to_string();
+        assert!(
+            said.contains("m, in-slice hold(s) it"),
+            "the slice's container and the client of the daemon in a slice: {said}"
+        );
+        assert_eq!(gpu.changes(), Vec::<Call>::new(), "nothing switched");
+        let mut st = s.ledger();
+        assert!(st.release("m"));
+        assert!(release_client_on(&s.cfg, &gpu, &node, &mut st, "in-slice"));
+        s.save(&st);
+        gpu.clear_calls();
+
+        let g = grant_on(&s.cfg, &gpu, &node, 25, None, None, &who("a")).unwrap();
+        assert_eq!(g.gpu_uuid, gpu.info(0).uuid, "the whole GPU");
+        let changes = gpu.changes();
+        let destroyed = changes
+            .iter()
+            .filter(|c| matches!(c, Call::Destroy { .. }))
+            .count();
+        assert_eq!(destroyed, 2, "both idle slices first: {changes:?}");
+        assert_eq!(
+            changes[2..],
+            [
+                Call::SetMigMode { gpu: 0, on: false },
+                Call::SetComputeMode {
+                    gpu: 0,
+                    mode: ComputeMode::ExclusiveProcess
+                }
+            ],
+            "{changes:?}"
+        );
+        assert_eq!(gpu.info(0).mig_mode, Some((false, false)));
+        let st = s.ledger();
+        assert!(st.instances.is_empty() && st.mig_modes.is_empty(), "{st:?}");
+        assert_eq!(st.mps.len(), 1);
+        assert!(st.mps[0].mig.is_none() && !st.gpus[0].mig_enabled);
+    }
+
+    #[test]
     fn a_dead_daemon_is_started_again_and_keeps_its_clients() {
         let s = with_control(Scratch::new("mps-restart"));
         let gpu = whole_gpu();
