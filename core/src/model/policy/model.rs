@@ -169,4 +169,33 @@ mod tests {
             ["b200-180gb", "h100-nvl-94gb", "gh200-96gb", "h20-96gb"]
         );
     }
+
+    /// Placement knows every model the simulator has: a model file added to sim/models/
+    /// without its line in [`all_models`] would go untested by every property test above.
+    #[test]
+    fn every_sim_model_file_is_a_placement_model() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/models");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .collect();
+        files.sort();
+        let mut known: Vec<String> = all_models().into_iter().map(|m| m.0.to_string()).collect();
+        known.sort();
+        assert_eq!(files, known);
+        for (key, ps) in all_models() {
+            assert!(
+                ps.iter()
+                    .all(|p| !p.placements.is_empty()
+                        && p.placements.len() >= p.instance_count as usize),
+                "{key}: every profile has its placements"
+            );
+        }
+    }
 }
