@@ -262,7 +262,7 @@ fn status_and_doctor_say_what_manage_mode_would_do() {
     let status = text(&node.ctl(&["status"]).stdout);
     assert!(
         status.contains(&format!(
-            "MIG slice: after {id} exit (then mig.manage_mode would turn MIG on)"
+            "MIG slice: after {id} exits (then mig.manage_mode would turn MIG on)"
         )),
         "{status}"
     );

@@ -26,7 +26,8 @@ impl Need {
         match self.kind {
             "mig" => "MIG slice",
             "whole" => "whole GPU",
-            _ => "MPS share",
+            // An MPS share inside a slice (gpu.profile with gpu.mps) is a MIG request.
+            _ => "MPS share of the whole GPU",
         }
     }
 }
@@ -53,6 +54,14 @@ fn and_list(items: &[String]) -> String {
     }
 }
 
+/// "a exits", "a and b exit": what a request waits for.
+fn exit(who: &[String]) -> String {
+    match who {
+        [one] => format!("{one} exits"),
+        _ => format!("{} exit", and_list(who)),
+    }
+}
+
 /// What a request needing MIG mode `on` needs on a GPU in the other mode.
 fn switch_line(cfg: &Config, st: &LedgerState, seen: &Seen<'_>, on: bool) -> String {
     let index = seen.info.index;
@@ -64,14 +73,11 @@ fn switch_line(cfg: &Config, st: &LedgerState, seen: &Seen<'_>, on: bool) -> Str
             format!("needs {manual} (mig.manage_mode is off)")
         }
         Some(Hold::NotManaged) => format!(
-            "after {} exit, then needs {manual} (mig.manage_mode is off)",
-            and_list(&who)
+            "after {}, then needs {manual} (mig.manage_mode is off)",
+            exit(&who)
         ),
         Some(Hold::Holders(who)) => {
-            format!(
-                "after {} exit (then mig.manage_mode would {turn})",
-                and_list(&who)
-            )
+            format!("after {} (then mig.manage_mode would {turn})", exit(&who))
         }
         Some(h) => h.to_string(),
         None => {
@@ -158,11 +164,11 @@ pub fn assess(cfg: &Config, st: &LedgerState, seen: &Seen<'_>) -> Vec<Need> {
             wait(
                 "whole",
                 format!(
-                    "after {} exit (the GPU serves MPS shares)",
+                    "after {} (the GPU serves MPS shares)",
                     if mps_clients.is_empty() {
                         "gpushare's MPS daemon quits".to_string()
                     } else {
-                        and_list(&mps_clients)
+                        exit(&mps_clients)
                     }
                 ),
             )
@@ -174,10 +180,7 @@ pub fn assess(cfg: &Config, st: &LedgerState, seen: &Seen<'_>) -> Vec<Need> {
         } else {
             wait(
                 "mps",
-                format!(
-                    "after {} exit (they hold it whole, time-sliced)",
-                    and_list(&share_holders)
-                ),
+                format!("after {} (held whole, time-sliced)", exit(&share_holders)),
             )
         });
     }
@@ -253,7 +256,17 @@ mod tests {
         );
         assert_eq!(
             line(&needs, "mps"),
-            "after llm-2 and llm-3 exit (they hold it whole, time-sliced)"
+            "after llm-2 and llm-3 exit (held whole, time-sliced)"
+        );
+        st.shares.remove(0);
+        let needs = assess(&cfg, &st, &seen(&off));
+        assert_eq!(
+            line(&needs, "mig"),
+            "after llm-3 exits (then mig.manage_mode would turn MIG on)"
+        );
+        assert_eq!(
+            line(&needs, "mps"),
+            "after llm-3 exits (held whole, time-sliced)"
         );
         st.shares.clear();
         let mut s = seen(&off);
@@ -277,6 +290,30 @@ mod tests {
             "{l}"
         );
         assert!(line(&assess(&cfg, &st, &seen(&gpu(None))), "mig").contains("no MIG"));
+    }
+
+    #[test]
+    fn a_whole_gpu_waits_for_a_daemon_that_has_no_client_left_to_quit() {
+        let cfg = Config::default();
+        let mut st = LedgerState::default();
+        st.mps.push(crate::ledger::MpsDaemon {
+            gpu_uuid: "GPU-a".into(),
+            gpu_index: 0,
+            gpu_minor: 0,
+            pid: Some(1),
+            pipe_dir: "/p".into(),
+            log_dir: "/l".into(),
+            percent: 50,
+            memory: None,
+            started_at: 1,
+            clients: Vec::new(),
+            mig: None,
+        });
+        let off = gpu(Some((false, false)));
+        assert_eq!(
+            line(&assess(&cfg, &st, &seen(&off)), "whole"),
+            "after gpushare's MPS daemon quits (the GPU serves MPS shares)"
+        );
     }
 
     #[test]

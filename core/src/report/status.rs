@@ -355,6 +355,14 @@ fn ago(s: u64) -> String {
     }
 }
 
+/// The memory slots a placement spans: `4-7`, or `6` for a one-slot profile (not `6-6`).
+fn slots(p: placement::Slot) -> String {
+    match p.size {
+        0 | 1 => p.start.to_string(),
+        n => format!("{}-{}", p.start, p.start + n - 1),
+    }
+}
+
 /// The table a person reads.
 pub fn render(s: &Status) -> String {
     use std::fmt::Write;
@@ -461,11 +469,7 @@ fn render_gpu(out: &mut String, g: &GpuStatus, mps_exclusive: bool) {
             "PROFILE", "GI", "CI", "SLOTS", "STATE", "MIG UUID"
         );
         for i in &g.instances {
-            let slots = format!(
-                "{}-{}",
-                i.placement.start,
-                i.placement.start + i.placement.size - 1
-            );
+            let slots = slots(i.placement);
             let holder = match (&i.container_id, &i.mps) {
                 (Some(id), _) => id.clone(),
                 (None, Some(m)) => format!("{} MPS client(s)", m.clients.len()),
@@ -639,6 +643,12 @@ mod tests {
             container_id: (state == "busy").then(|| "plain".to_string()),
             mps,
         }
+    }
+
+    #[test]
+    fn a_one_slot_placement_reads_as_its_slot() {
+        assert_eq!(slots(placement::Slot { start: 6, size: 1 }), "6");
+        assert_eq!(slots(placement::Slot { start: 4, size: 4 }), "4-7");
     }
 
     #[test]
