@@ -581,3 +581,30 @@ fn kill_while_an_mps_daemon_in_a_slice_starts_then_no_switch_until_gc() {
             .unwrap_or_else(|e| panic!("{point}:\n{e}"));
     }
 }
+
+/// `mig.manage_mode` as a list: the GPU it names (by UUID here) is switched for a MIG request,
+/// the one it does not name is left as the operator set it.
+#[test]
+fn a_list_switches_only_the_gpus_it_names() {
+    require_root();
+    let node = SimNode::new("h100-80gb", 2, false);
+    let state = node.sim_state();
+    let second = state["gpus"][1]["uuid"].as_str().unwrap().to_string();
+    node.configure(&format!("[mig]\nmanage_mode = [{second:?}]"));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let out = run_ok(&engine, &SLICE);
+    let mode = |i: usize| {
+        let g = &node.sim_state()["gpus"][i];
+        (
+            g["mig_current"].as_u64().unwrap(),
+            g["mig_pending"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(mode(0), (0, 0), "GPU 0 is not listed: {out}");
+    assert_eq!(mode(1), (1, 1), "GPU 1 is: {out}");
+    assert!(
+        env_seen(&out, "CUDA_VISIBLE_DEVICES").starts_with("MIG-"),
+        "{out}"
+    );
+    assert!(node.ledger().mig_modes.is_empty());
+}
