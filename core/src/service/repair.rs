@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::fsutil::now_unix;
 use crate::gc::Foreign;
 use crate::gpu::{BackendError, Gpu};
-use crate::ledger::{InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made, MigModeRecord};
+use crate::ledger::{InstanceRecord, Lease, Ledger, LedgerError, LedgerState, Made};
 use crate::node::Node;
 use crate::running::{roots, scan, Container};
 use serde::Serialize;
@@ -46,6 +46,9 @@ pub struct RepairReport {
     pub dry_run: bool,
     /// Where the corrupt ledger was moved.
     pub moved_aside: Option<PathBuf>,
+    /// What was read back from the corrupt ledger's text (empty for a readable ledger).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub salvaged: String,
     /// The runtime roots scanned.
     pub roots: Vec<String>,
     /// Instances recorded: "<profile> GI <gi> on GPU <n>: leased to <id>" or "idle".
@@ -72,6 +75,13 @@ impl RepairReport {
                 out,
                 "{verb}move the corrupt ledger aside to {}",
                 p.display()
+            );
+        }
+        if !self.salvaged.is_empty() {
+            let _ = writeln!(
+                out,
+                "{verb}keep from the corrupt ledger's text: {}",
+                self.salvaged
             );
         }
         let _ = writeln!(out, "runtime roots scanned: {}", self.roots.join(", "));
@@ -141,15 +151,26 @@ pub fn run_on(
     let containers = scan(&report.roots);
     let owned = crate::instance_log::owned(&cfg.state_dir);
     let gpus = be.gpus()?;
-    // Everything but the MIG records is kept from a readable ledger (empty from a corrupt one,
-    // but for the switch records its text still holds: a GPU whose mode a dead grant changed
-    // must not be left so with nothing to say what it was).
+    // Everything but the MIG records is kept from a readable ledger. From a corrupt one, what
+    // its text still holds whole of what nothing else can tell: MPS daemons (their processes
+    // run on, their compute modes to put back), time-sliced leases, and MIG mode switches a
+    // dead grant left (a GPU must not stay in a mode gpushare changed with no record of it).
     let mut st = LedgerState {
         instances: Vec::new(),
         ..old.clone()
     };
     if let Some(raw) = &salvage {
-        st.mig_modes = salvage_mig_modes(raw);
+        st.shares = salvaged(raw, "shares");
+        st.mps = salvaged(raw, "mps");
+        st.compute_modes = salvaged(raw, "compute_modes");
+        st.mig_modes = salvaged(raw, "mig_modes");
+        report.salvaged = format!(
+            "{} MPS daemon(s), {} time-sliced lease(s), {} compute mode record(s), {} MIG mode switch record(s)",
+            st.mps.len(),
+            st.shares.len(),
+            st.compute_modes.len(),
+            st.mig_modes.len()
+        );
     }
     crate::gpus::refresh_gpus(be, &mut st, &gpus)?;
     let mut gone = Vec::new();
@@ -362,17 +383,20 @@ fn mig_mode_label(found: bool, gpu: u32) -> String {
     )
 }
 
-/// The MIG mode switch records a ledger too damaged to parse still holds whole: the array
-/// after its `"mig_modes":` key, read up to its end whatever follows.
-fn salvage_mig_modes(raw: &[u8]) -> Vec<MigModeRecord> {
-    let key = b"\"mig_modes\":";
-    let Some(at) = raw.windows(key.len()).position(|w| w == key) else {
-        return Vec::new();
-    };
-    serde_json::Deserializer::from_slice(&raw[at + key.len()..])
-        .into_iter::<Vec<MigModeRecord>>()
-        .next()
-        .and_then(Result::ok)
+/// The records of the ledger's top-level array `key` that a ledger too damaged to parse still
+/// holds whole: the first array after a `"key":` that reads as such, whatever follows it.
+fn salvaged<T: serde::de::DeserializeOwned>(raw: &[u8], key: &str) -> Vec<T> {
+    let key = format!("\"{key}\":");
+    let key = key.as_bytes();
+    raw.windows(key.len())
+        .enumerate()
+        .filter(|(_, w)| *w == key)
+        .find_map(|(at, _)| {
+            serde_json::Deserializer::from_slice(&raw[at + key.len()..])
+                .into_iter::<Vec<T>>()
+                .next()
+                .and_then(Result::ok)
+        })
         .unwrap_or_default()
 }
 
@@ -493,6 +517,78 @@ mod tests {
             "{:?}",
             report.recorded
         );
+    }
+
+    /// A corrupt ledger's MPS daemons (in a slice and on a whole GPU, with the compute mode
+    /// to put back) and time-sliced leases are read back from its text: the daemons' processes
+    /// run on, and without their records nothing would stop them or put the mode back.
+    #[test]
+    fn a_corrupt_ledgers_mps_daemons_and_shares_are_kept_from_its_text() {
+        use crate::request::DeviceSelector;
+        let mut s = Scratch::new("repair-salvage");
+        s.cfg.mps.control = std::path::PathBuf::from("/bin/sh");
+        let gpu = FakeGpu::h100(3);
+        gpu.set_mig(1, false);
+        gpu.set_mig(2, false);
+        let node = FakeNode::new(&gpu);
+        let who = |id| Claimant {
+            container_id: id,
+            runtime_root: None,
+        };
+        let g = crate::mps_mig::grant_on(&s.cfg, &gpu, &node, "3g.40gb", 50, None, None, &who("a"))
+            .unwrap();
+        crate::mps::grant_on(
+            &s.cfg,
+            &gpu,
+            &node,
+            25,
+            None,
+            Some(&DeviceSelector::Index(1)),
+            &who("b"),
+        )
+        .unwrap();
+        crate::share::grant_on(
+            &s.cfg,
+            &gpu,
+            &node,
+            Some(&DeviceSelector::Index(2)),
+            &who("c"),
+        )
+        .unwrap();
+        let before = s.ledger();
+        assert_eq!(
+            (
+                before.mps.len(),
+                before.compute_modes.len(),
+                before.shares.len()
+            ),
+            (2, 1, 1)
+        );
+        let path = Ledger::new(&s.cfg.state_dir).path();
+        let mut raw = std::fs::read(&path).unwrap();
+        let at = raw
+            .windows(12)
+            .position(|w| w == b"\"instances\":")
+            .unwrap();
+        raw[at + 11] = b'#';
+        std::fs::write(&path, raw).unwrap();
+
+        let report = run_on(&s.cfg, &gpu, &node, &RepairOptions::default()).unwrap();
+        assert!(report.moved_aside.is_some());
+        assert!(
+            report.render().contains(
+                "keep from the corrupt ledger's text: 2 MPS daemon(s), 1 time-sliced lease(s), 1 compute mode record(s), 0 MIG mode switch record(s)"
+            ),
+            "{}",
+            report.render()
+        );
+        let st = s.ledger();
+        assert_eq!(st.mps, before.mps);
+        assert_eq!(st.compute_modes, before.compute_modes);
+        assert_eq!(st.shares, before.shares);
+        let r = &st.instances[0];
+        assert_eq!(r.made.as_ref().unwrap().mig_uuid, g.gpu_uuid);
+        assert!(r.mps && r.lease.is_none() && !r.is_idle(), "{r:?}");
     }
 
     /// A grant that turned MIG on and died after making its instance (alloc.cold.made): the
