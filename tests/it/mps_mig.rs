@@ -125,8 +125,8 @@ fn three_shares_fill_one_3g_instance_a_fourth_size_gets_a_second_and_plain_mig_n
         );
     }
 
-    // A fourth share of another size: the strict policy gives it a daemon of its own, in the
-    // second 3g.40gb.
+    // A fourth share of another size: a daemon of its own, in the second 3g.40gb (99% is
+    // taken here; the strict rule itself, where room would allow a join, is tested below).
     let (big, big_id) = (Bundle::new(SHOW, &SHARE_50, &[]), unique("s50"));
     let out = engine.create(&big, &big_id);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -267,4 +267,34 @@ fn exec_into_a_share_in_a_slice_sees_the_slice_and_its_ceiling() {
         st.mps.is_empty() && st.instances.iter().all(|r| r.is_idle()),
         "{st:?}"
     );
+}
+
+/// The strict policy's rule itself, where room alone would not decide: a 50% share beside one
+/// 33% client (83% in all) gets an instance and a daemon of its own; under the cooperative
+/// policy it joins the first daemon.
+#[test]
+fn under_the_strict_policy_another_size_never_joins_a_daemon_with_room() {
+    require_root();
+    for (extra, joins) in [("", false), ("policy = \"cooperative\"", true)] {
+        let node = mps_mig_node(extra);
+        let engine = Engine::new(&node, Runtime::Runc);
+        let (a, b) = (unique("s33"), unique("s50"));
+        for (ann, id) in [(&SHARE_33, &a), (&SHARE_50, &b)] {
+            let out = engine.create(&Bundle::new("true", ann, &[]), id);
+            assert!(out.status.success(), "{extra}: {}", text(&out.stderr));
+        }
+        let (first, second) = (host_of(&node, &a), host_of(&node, &b));
+        assert_eq!(first == second, joins, "{extra:?}: {first} {second}");
+        let daemons = if joins { 1 } else { 2 };
+        assert_eq!(node.ledger().mps.len(), daemons, "{extra:?}");
+        assert_eq!(
+            mps_control_log(&node).matches("start pid=").count(),
+            daemons,
+            "{extra:?}"
+        );
+        for id in [&a, &b] {
+            assert!(engine.delete(id).status.success());
+        }
+        invariants::check(&node, Some(engine.root.path())).unwrap();
+    }
 }
