@@ -608,3 +608,37 @@ fn a_list_switches_only_the_gpus_it_names() {
     );
     assert!(node.ledger().mig_modes.is_empty());
 }
+
+/// An MPS share inside a slice on a GPU with MIG off: MIG is turned on for its slice (it is a
+/// MIG request first), and the daemon is bound to the new MIG device.
+#[test]
+fn mig_is_turned_on_for_an_mps_share_inside_a_slice() {
+    require_root();
+    let node = managed_node(false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}",
+        fake_mps_control().display().to_string()
+    ));
+    let engine = Engine::new(&node, Runtime::Runc);
+    let b = Bundle::new(
+        SHOW_GPU,
+        &[("gpu.profile", "3g.40gb"), ("gpu.mps", "50")],
+        &[],
+    );
+    let id = unique("mps-in-slice");
+    let out = engine.create(&b, &id);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mig(&node), (1, 1), "MIG was turned on");
+    let st = node.ledger();
+    assert!(st.mig_modes.is_empty(), "settled with the grant: {st:?}");
+    let host = st.mps[0].mig.as_ref().expect("a daemon in a slice");
+    let log = mps_control_log(&node);
+    assert!(
+        log.contains(&format!("visible={}\n", host.mig_uuid)),
+        "bound to the new MIG device: {log}"
+    );
+    let printed = engine.start_and_wait(&b, &id);
+    assert_eq!(env_seen(&printed, "CUDA_VISIBLE_DEVICES"), host.mig_uuid);
+    assert!(engine.delete(&id).status.success());
+    invariants::check(&node, Some(engine.root.path())).unwrap();
+}
