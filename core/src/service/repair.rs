@@ -229,8 +229,10 @@ pub fn run_on(
             }
             // On a GPU a dead grant turned MIG on for, gpushare's instances are that grant's
             // (the switch is settled in the save that records the grant, under one lock): no
-            // container got one, and the mode cannot be put back while they are there.
+            // container got one, and the mode cannot be put back while they are there. (A slice
+            // a kept daemon serves is not one of them, whatever a record says.)
             let dead_grants = named.is_empty()
+                && !serving
                 && st
                     .mig_modes
                     .iter()
