@@ -11,8 +11,11 @@ use crate::common;
 use crate::cri;
 
 use common::engines::*;
+use common::kubelet::{DraDirs, Kubelet, Plugin, Version, NODE_NAME};
 use common::*;
 use cri::*;
+use gpushare_core::ledger::{InstanceRecord, Owner};
+use gpushare_dra::sockets::dra_socket;
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -154,5 +157,145 @@ fn containerd17_cri_cdi_devices_of_a_written_spec_reach_only_their_container() {
     );
 
     cri.delete_pod(&pod.id);
+    assert!(cri.pod_ids().is_empty(), "pods left: {:?}", cri.pod_ids());
+}
+
+/// Prepare `claim` (one result: `device`) through the plugin as the kubelet does; its CDI ids.
+fn prepare(kubelet: &Kubelet, dirs: &DraDirs, claim: (&str, &str, &str)) -> Vec<String> {
+    let out = kubelet
+        .prepare(&dra_socket(&dirs.plugin_dir()), Version::V1, &[claim])
+        .unwrap_or_else(|e| panic!("NodePrepareResources {claim:?}: {e}"));
+    let r = &out[claim.2];
+    assert_eq!(r.error, "", "NodePrepareResources {claim:?}");
+    r.devices
+        .iter()
+        .flat_map(|d| d.cdi_device_ids.iter().cloned())
+        .collect()
+}
+
+fn unprepare(kubelet: &Kubelet, dirs: &DraDirs, claim: (&str, &str, &str)) {
+    let out = kubelet
+        .unprepare(&dra_socket(&dirs.plugin_dir()), Version::V1, &[claim])
+        .unwrap_or_else(|e| panic!("NodeUnprepareResources {claim:?}: {e}"));
+    assert_eq!(out[claim.2], "", "NodeUnprepareResources {claim:?}");
+}
+
+/// The ledger's record leased to a claim's `n`th device.
+fn claim_record(node: &SimNode, uid: &str, n: usize) -> Option<InstanceRecord> {
+    let st = node.ledger();
+    let i = st.lease_of(&Owner::claim_lease_id(&format!("{uid}-{n}")))?;
+    Some(st.instances[i].clone())
+}
+
+/// The node half of DRA with a real runtime: two claims prepared by `gpushare-dra` at the
+/// placements the scheduler allocated (a 3g.40gb and a 1g.10gb on one simulated H100), each
+/// pod run through CRI with its claim's CDI ids sees exactly its own slice (its MIG UUID, that
+/// instance's capability nodes and the GPU's shared nodes, all allowed; none of the other
+/// claim's); a second prepare of a claim while its pod runs changes nothing; once its pod is
+/// gone, unprepare releases the instance to the warm pool and removes the spec, so the
+/// runtime refuses the id; the other claim's pod keeps its slice throughout.
+#[test]
+fn containerd17_dra_pods_see_exactly_their_claims_slices_and_unprepare_releases_them() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let cri = Cri::start_cdi(&node, &dirs.cdi_dir());
+    let big = ("team-a", "trainer", "6a1f0c2e-3b4d-4e5f-8a7b-000000000001");
+    let small = ("team-a", "notebook", "6a1f0c2e-3b4d-4e5f-8a7b-000000000002");
+    dirs.write_claim(
+        big.0,
+        big.1,
+        big.2,
+        NODE_NAME,
+        &[("gpu", "gpu0-3g-40gb-at4")],
+    );
+    dirs.write_claim(
+        small.0,
+        small.1,
+        small.2,
+        NODE_NAME,
+        &[("gpu", "gpu0-1g-10gb-at0")],
+    );
+    let plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+    kubelet.register(&dirs.registration_socket());
+
+    let big_ids = prepare(&kubelet, &dirs, big);
+    assert_eq!(big_ids, [cdi_id(big.2, 0)], "{}", plugin.log());
+    let small_ids = prepare(&kubelet, &dirs, small);
+    assert_eq!(small_ids, [cdi_id(small.2, 0)]);
+    let big_rec = claim_record(&node, big.2, 0).expect("the trainer claim's lease");
+    let small_rec = claim_record(&node, small.2, 0).expect("the notebook claim's lease");
+    assert_eq!(
+        (big_rec.profile.as_str(), big_rec.slot.start),
+        ("3g.40gb", 4)
+    );
+    assert_eq!(
+        (small_rec.profile.as_str(), small_rec.slot.start),
+        ("1g.10gb", 0)
+    );
+
+    // kubelet runs each pod on its ordinary handler, each container with its claims' ids.
+    let script = show_and_hold();
+    let big_pod = cri.run_pod("trainer", RUNC, &[]).unwrap();
+    let ids: Vec<&str> = big_ids.iter().map(String::as_str).collect();
+    cri.run_container_cdi(&big_pod, "app", &script, &ids)
+        .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", cri.daemon_log()));
+    let small_pod = cri.run_pod("notebook", RUNC, &[]).unwrap();
+    let ids: Vec<&str> = small_ids.iter().map(String::as_str).collect();
+    cri.run_container_cdi(&small_pod, "app", &script, &ids)
+        .unwrap_or_else(|e| panic!("Create/StartContainer: {e}\n{}", cri.daemon_log()));
+    let big_mig = assert_sees_one_slice(&node, &cri.wait_log(&big_pod, "app", "READY"));
+    let small_mig = assert_sees_one_slice(&node, &cri.wait_log(&small_pod, "app", "READY"));
+    assert_eq!(big_mig, big_rec.made.as_ref().unwrap().mig_uuid);
+    assert_eq!(small_mig, small_rec.made.as_ref().unwrap().mig_uuid);
+
+    // A second prepare of a claim whose pod runs (a kubelet restart does this): the same ids,
+    // nothing granted, made or rewritten.
+    let spec_file = dirs
+        .cdi_dir()
+        .join(format!("gpushare.dev-claim_{}.json", big.2));
+    let spec_before = std::fs::read(&spec_file).unwrap();
+    let (ledger_before, sim_before) = (node.ledger(), node.sim_state());
+    assert_eq!(prepare(&kubelet, &dirs, big), big_ids);
+    assert_eq!(node.ledger().instances, ledger_before.instances);
+    assert_eq!(node.sim_state(), sim_before);
+    assert_eq!(std::fs::read(&spec_file).unwrap(), spec_before);
+
+    // The trainer pod goes, then kubelet unprepares its claim: the instance stays made, idle
+    // in the warm pool; the spec is gone, so the runtime no longer resolves the id.
+    cri.delete_pod(&big_pod.id);
+    unprepare(&kubelet, &dirs, big);
+    assert!(!spec_file.exists(), "the claim's CDI spec is removed");
+    assert!(
+        claim_record(&node, big.2, 0).is_none(),
+        "the claim's lease is released"
+    );
+    let st = node.ledger();
+    let idle = st
+        .instances
+        .iter()
+        .find(|r| r.made.as_ref().is_some_and(|m| m.mig_uuid == big_mig))
+        .expect("the instance stays made (warm)");
+    assert!(
+        idle.lease.is_none() && idle.idle_since.is_some(),
+        "{idle:?}"
+    );
+    let late = cri.run_pod("late", RUNC, &[]).unwrap();
+    let err = cri
+        .create_container_cdi(&late, "app", &script, &[&big_ids[0]])
+        .expect_err("an unprepared claim's id must not resolve");
+    assert!(err.message().contains("unresolvable CDI devices"), "{err}");
+    cri.delete_pod(&late.id);
+
+    // The notebook pod kept its slice through all of it.
+    assert_eq!(
+        claim_record(&node, small.2, 0)
+            .and_then(|r| r.made)
+            .map(|m| m.mig_uuid),
+        Some(small_mig.clone())
+    );
+    cri.delete_pod(&small_pod.id);
+    unprepare(&kubelet, &dirs, small);
+    assert_all_free(&node, Some(&small_mig));
     assert!(cri.pod_ids().is_empty(), "pods left: {:?}", cri.pod_ids());
 }
