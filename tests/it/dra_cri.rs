@@ -3,9 +3,10 @@
 //! with `/var/run/cdi`, where the test's CDI folder is seen), driven over CRI as kubelet drives
 //! it, pods on the plain runc handler (under DRA the devices come from CDI, not
 //! from gpushare's runtime), each container given the CDI ids of its pod's claims in
-//! ContainerConfig's `CDI_devices` (kubelet's way since 1.28). The CDI names follow the DRA
-//! driver's contract (docs/kubernetes.md): kind `gpushare.dev/gpu`, one spec file per claim,
-//! `gpushare.dev-claim_<claim uid>.json`, devices `<claim uid>-<n>`.
+//! ContainerConfig's `CDI_devices`, as kubelet passes a DRA driver's CDI ids. The CDI names
+//! are the DRA driver's contract (docs/kubernetes.md), spelt out here rather than taken from
+//! the plugin crate so that the test checks the contract: kind `gpushare.dev/gpu`, one spec
+//! file per claim, `gpushare.dev-claim_<claim uid>.json`, devices `<claim uid>-<n>`.
 use crate::common;
 
 use crate::cri;
@@ -160,7 +161,7 @@ fn containerd17_cri_cdi_devices_of_a_written_spec_reach_only_their_container() {
     assert!(cri.pod_ids().is_empty(), "pods left: {:?}", cri.pod_ids());
 }
 
-/// Prepare `claim` (one result: `device`) through the plugin as the kubelet does; its CDI ids.
+/// NodePrepareResources of `claim` (namespace, name, uid) as the kubelet calls it; its CDI ids.
 fn prepare(kubelet: &Kubelet, dirs: &DraDirs, claim: (&str, &str, &str)) -> Vec<String> {
     let out = kubelet
         .prepare(&dra_socket(&dirs.plugin_dir()), Version::V1, &[claim])
@@ -251,9 +252,7 @@ fn containerd17_dra_pods_see_exactly_their_claims_slices_and_unprepare_releases_
 
     // A second prepare of a claim whose pod runs (a kubelet restart does this): the same ids,
     // nothing granted, made or rewritten.
-    let spec_file = dirs
-        .cdi_dir()
-        .join(format!("gpushare.dev-claim_{}.json", big.2));
+    let spec_file = spec_path(&dirs.cdi_dir(), big.2);
     let spec_before = std::fs::read(&spec_file).unwrap();
     let (ledger_before, sim_before) = (node.ledger(), node.sim_state());
     assert_eq!(prepare(&kubelet, &dirs, big), big_ids);
