@@ -32,7 +32,7 @@ mod entry {
     use super::sys::{self, Errno, Map, Path};
     use gpushare_fastpath::runc_log::{self, Level};
     use gpushare_fastpath::{args, config, scan, splice, state};
-    use gpushare_state::{claim, decimal, journal, ledger, lock, offers};
+    use gpushare_state::{claim, decimal, journal, lease, ledger, lock, offers};
 
     /// The full wrapper's file name; it lives next to this binary.
     const FULL: &[u8] = b"gpushare-runtime";
@@ -323,17 +323,24 @@ mod entry {
             let spec_path = Path::new(&[self.bundle, b"/config.json"]);
             let mode = sys::mode_of(&spec_path).quietly()?;
 
-            let ledger_path = Path::new(&[dir, b"/", ledger::NAME.as_bytes()]);
             let journal_path = Path::new(&[dir, b"/", journal::NAME.as_bytes()]);
+            let leases = Path::new(&[dir, b"/", lease::DIR.as_bytes()]);
+            let marker = Path::new(&[dir, b"/", lease::DIR.as_bytes(), b"/", id]);
             // Which offer applies, read from the ledger and its journal. When the lock is busy
             // it is looked at once without the lock first: when many creates come at once, most
             // find the offers spent and should not queue for the lock to learn it. A free lock
             // is taken at once, and the look made only under it.
             let applies = || {
-                let ledger = Map::open_state(&ledger_path)
-                    .telling(Level::Warning, b"cannot read the ledger")?;
-                let generation = ledger::generation(ledger.bytes())
-                    .telling(Level::Warning, b"cannot read the ledger's generation")?;
+                // The header alone: the id's lease marker stands for the rest of the ledger.
+                let header = ledger_header(dir)
+                    .telling(Level::Warning, b"cannot read the ledger")?
+                    .telling(Level::Warning, b"cannot read the ledger's header")?;
+                // An older gpushare's ledger (no flags, no markers): the full wrapper's next
+                // save writes this version's.
+                if !header.marked() {
+                    return Err(None);
+                }
+                let generation = header.generation;
                 if generation != offers.generation {
                     return Err(Some(Why::new(Level::Info, STALE_LEDGER, None)));
                 }
@@ -345,7 +352,7 @@ mod entry {
                 // The same container asking again keeps what it holds, and a long journal is
                 // folded into the ledger: the full wrapper's ordinary work.
                 if bytes.len() > journal::MAX_GRANT_BYTES
-                    || journal::may_hold(ledger.bytes(), bytes, id)
+                    || journal::may_hold_after(bytes, generation, id, sys::is_there(&marker))
                 {
                     return Err(None);
                 }
@@ -392,6 +399,11 @@ mod entry {
                     return Err(Some(Why::new(Level::Info, INSTANCE_GONE, None)));
                 }
                 let plan = splice::plan(self.spec, &offers, &offer).ok().quietly()?;
+                // The marker before the line that makes the lease visible (docs/state.md): a
+                // crash between the two leaves a marker that costs a ledger read, never a lease
+                // that a `delete` or the hook would skip.
+                sys::make_marker(&leases, &marker)
+                    .telling(Level::Warning, b"cannot make the lease marker")?;
                 let mut line = [0u8; journal::MAX_GRANT_LINE];
                 let n = journal::grant_line(
                     offer.instance,
@@ -553,6 +565,9 @@ mod entry {
             Err(Errno::NOENT) => return false,
             Err(_) => return true,
         }
+        if marked_free(dir, id) {
+            return false;
+        }
         // The journal first: a fold between the two reads then shows in the ledger read after
         // it (and the journal's lines, of the older generation, no longer apply). The other
         // order could miss a grant folded in between.
@@ -567,6 +582,30 @@ mod entry {
             Err(_) => return false,
         };
         journal::may_hold(ledger.bytes(), journal, id)
+    }
+
+    /// The ledger's header, read alone (at most [`ledger::HEADER_MAX`] bytes of the file): None
+    /// for a ledger that does not start with one.
+    fn ledger_header(dir: &[u8]) -> Result<Option<ledger::Header>, Errno> {
+        let mut buf = [0u8; ledger::HEADER_MAX];
+        let path = Path::new(&[dir, b"/", ledger::NAME.as_bytes()]);
+        Ok(ledger::header(sys::read_head(&path, &mut buf)?))
+    }
+
+    /// Whether `id` surely holds nothing because it has no lease marker
+    /// (`gpushare_state::lease`): one stat, and the ledger's header to know that its writer
+    /// keeps markers. No ledger at all holds nothing either. False is a "maybe".
+    fn marked_free(dir: &[u8], id: &[u8]) -> bool {
+        if !lease::is_nameable(id)
+            || sys::is_there(&Path::new(&[dir, b"/", lease::DIR.as_bytes(), b"/", id]))
+        {
+            return false;
+        }
+        match ledger_header(dir) {
+            Ok(Some(h)) => h.marked(),
+            Err(Errno::NOENT) => true,
+            _ => false,
+        }
     }
 
     /// `gpushare-hook poststop [--config PATH]`: release the stopped container's slice with one
@@ -611,6 +650,10 @@ mod entry {
             Err(Errno::NOENT) => sys::exit(0), // nothing was ever granted here
             Err(_) => delegate_hook(p, Some(state)), // the full hook refuses and says why
         }
+        // Most containers hold nothing: a missing marker says so with no lock and no ledger.
+        if marked_free(dir, id) {
+            sys::exit(0);
+        }
         let _lock = match sys::lock_within(
             &Path::new(&[dir, b"/", lock::NAME.as_bytes()]),
             HOOK_LOCK_MS,
@@ -620,12 +663,25 @@ mod entry {
             Err(Errno::NOENT) => sys::exit(0),
             Err(_) => delegate_hook(p, Some(state)),
         };
-        let ledger = match Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()])) {
-            Ok(m) => m,
+        // The header's flags, not the ledger: an MPS client's release may stop its daemon,
+        // and a ledger of an older gpushare (no flags, no markers) must be read whole: the
+        // full hook's work, both.
+        let header = match ledger_header(dir) {
+            Ok(Some(h)) => h,
             Err(Errno::NOENT) => sys::exit(0),
-            Err(_) => delegate_hook(p, Some(state)),
+            Ok(None) | Err(_) => delegate_hook(p, Some(state)),
         };
-        let ledger = ledger.bytes();
+        let Some(ledger::Flags {
+            mps_daemons: false, ..
+        }) = header.flags
+        else {
+            delegate_hook(p, Some(state))
+        };
+        let Some(marker) = lease::is_nameable(id)
+            .then(|| Path::new(&[dir, b"/", lease::DIR.as_bytes(), b"/", id]))
+        else {
+            delegate_hook(p, Some(state))
+        };
         let path = Path::new(&[dir, b"/", journal::NAME.as_bytes()]);
         let journal = match Map::open_state(&path) {
             Ok(m) => Some(m),
@@ -633,28 +689,26 @@ mod entry {
             Err(_) => delegate_hook(p, Some(state)),
         };
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
-        if !journal::may_hold(ledger, journal, id) {
+        // Looked at again under the lock: a release that removed it meanwhile is done.
+        if !journal::may_hold_after(journal, header.generation, id, sys::is_there(&marker)) {
             sys::exit(0); // nothing of this container's (already released, or never granted)
         }
-        // An MPS client's release may stop its daemon: the full hook's work.
-        let (Some(generation), true) = (
-            ledger::generation(ledger),
-            ledger::runs_no_mps_daemon(ledger),
-        ) else {
-            delegate_hook(p, Some(state))
-        };
         if journal.len() > journal::MAX_BYTES {
             delegate_hook(p, Some(state)); // the full hook folds the journal into the ledger
         }
         let mut line = [0u8; journal::MAX_RELEASE_LINE];
-        let Some(n) = journal::tail(journal)
-            .and_then(|tail| journal::release_line(id, sys::now(), generation, tail, &mut line))
-        else {
+        let Some(n) = journal::tail(journal).and_then(|tail| {
+            journal::release_line(id, sys::now(), header.generation, tail, &mut line)
+        }) else {
             delegate_hook(p, Some(state))
         };
         if sys::append_durably(&path, &line[..n]).is_err() {
             delegate_hook(p, Some(state));
         }
+        // The lease is gone once its release line is durable: only then its marker, still
+        // under the lock (a crash before this leaves a marker that `gc` or the next save
+        // removes).
+        sys::unlink(&marker);
         // The container is gone: its claim with it, if nobody holds it or the one holding it
         // is this hook's parent, the runtime's delete (which the entry binary ran holding it).
         if claim::is_nameable(id) {

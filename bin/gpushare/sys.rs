@@ -343,6 +343,50 @@ pub fn exists(path: &Path) -> bool {
     identity(path).is_some()
 }
 
+/// Whether a file is at `path` itself (a symlink counts, and is never followed): a lease
+/// marker's probe. An error other than NOENT is a "maybe".
+pub fn is_there(path: &Path) -> bool {
+    !matches!(lstat(path), Err(Errno::NOENT))
+}
+
+/// Make the empty file at `path` (0600, never through a symlink) if it is not there, and its
+/// folder `dir` (0700) if that is not there either: a lease marker. Ok when a file of
+/// root's (or ours) that nobody else may write is there afterwards.
+pub fn make_marker(dir: &Path, path: &Path) -> Result<(), Errno> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    let user_rw = Mode::RUSR | Mode::WUSR;
+    let fd = match open_mode(path, flags, user_rw) {
+        Err(Errno::NOENT) => {
+            match rustix::fs::mkdir(dir.c()?, Mode::RWXU) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e),
+            }
+            open_mode(path, flags, user_rw)?
+        }
+        r => r?,
+    };
+    match trusted(&rustix::fs::fstat(&fd)?, FileType::RegularFile) {
+        true => Ok(()),
+        false => Err(Errno::ACCESS),
+    }
+}
+
+/// The first bytes of a state file (as [`Map::open_state`] checks it), at most `buf.len()`:
+/// the ledger's header, read without reading the ledger.
+pub fn read_head<'a>(path: &Path, buf: &'a mut [u8]) -> Result<&'a [u8], Errno> {
+    let fd = open_state_fd(path)?;
+    let mut len = 0;
+    while len < buf.len() {
+        match rio::pread(&fd, &mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(&buf[..len])
+}
+
 /// The permission bits of the file at `path` itself (not following a symlink).
 pub fn mode_of(path: &Path) -> Result<Mode, Errno> {
     lstat(path).map(|st| Mode::from_raw_mode(st.st_mode & 0o7777))
@@ -427,14 +471,7 @@ impl Map {
     /// A file in the state folder: never through a symlink, and only when it is root's and
     /// writable by nobody else (ACCESS otherwise).
     pub fn open_state(path: &Path) -> Result<Map, Errno> {
-        let fd = match open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK) {
-            Err(Errno::LOOP) => return Err(Errno::ACCESS),
-            r => r?,
-        };
-        match trusted(&rustix::fs::fstat(&fd)?, FileType::RegularFile) {
-            true => Self::of_fd(&fd, u64::MAX),
-            false => Err(Errno::ACCESS),
-        }
+        Self::of_fd(&open_state_fd(path)?, u64::MAX)
     }
 
     fn of_fd(fd: &OwnedFd, max: u64) -> Result<Map, Errno> {
@@ -456,6 +493,19 @@ impl Map {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: len bytes of the buffer were read into and it lives until the process ends.
         unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A file in the state folder, opened for reading: never through a symlink, and only when it is
+/// root's and writable by nobody else (ACCESS otherwise).
+fn open_state_fd(path: &Path) -> Result<OwnedFd, Errno> {
+    let fd = match open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK) {
+        Err(Errno::LOOP) => return Err(Errno::ACCESS),
+        r => r?,
+    };
+    match trusted(&rustix::fs::fstat(&fd)?, FileType::RegularFile) {
+        true => Ok(fd),
+        false => Err(Errno::ACCESS),
     }
 }
 

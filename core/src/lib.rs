@@ -22,7 +22,8 @@ pub use util::{failpoint, fsutil, statedir, strict_json};
 
 // What things are: config, requests, the ledger's data, placement policy, spec edits.
 pub use model::{
-    config, dra_devices, dra_name, hook, kube, ledger, placement, policy, request, spec, stats,
+    config, dra_devices, dra_name, hook, kube, lease_marker, ledger, placement, policy, request,
+    spec, stats,
 };
 
 // What gpushare does to the GPU (NVML) and the node (driver files, procfs, runtimes' state).

@@ -184,14 +184,22 @@ fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
 /// mention it, or the journal grants it, and no later journal line releases it. A false
 /// "maybe" only costs a locked look, which a journal of another version always gets.
 pub fn may_hold(ledger: &[u8], journal: &[u8], id: &[u8]) -> bool {
+    match ledger::generation(ledger) {
+        Some(g) => may_hold_after(journal, g, id, ledger::may_mention(ledger, id)),
+        None => is_foreign(journal) || ledger::may_mention(ledger, id),
+    }
+}
+
+/// [`may_hold`] for a ledger of generation `g` that may hold `id` (`in_ledger`) as something
+/// other than its body says: its lease marker ([`crate::lease`]), which the entry binary probes
+/// instead of scanning the body.
+pub fn may_hold_after(journal: &[u8], g: u64, id: &[u8], in_ledger: bool) -> bool {
     if is_foreign(journal) {
         return true;
     }
-    let mut held = ledger::may_mention(ledger, id);
-    if let Some(g) = ledger::generation(ledger) {
-        for e in of_generation(journal, g).filter(|e| e.id() == id) {
-            held = matches!(e, Entry::Grant { .. });
-        }
+    let mut held = in_ledger;
+    for e in of_generation(journal, g).filter(|e| e.id() == id) {
+        held = matches!(e, Entry::Grant { .. });
     }
     held
 }
@@ -432,6 +440,30 @@ mod tests {
         assert!(
             may_hold(old, b"c1 9 5;\n", b"c1"),
             "no generation: no journal"
+        );
+    }
+
+    #[test]
+    fn a_marker_stands_for_the_ledger_and_the_journal_still_decides() {
+        let g = 5;
+        assert!(may_hold_after(b"", g, b"c1", true), "a marker: maybe");
+        assert!(!may_hold_after(b"", g, b"c1", false), "none: nothing");
+        assert!(
+            !may_hold_after(b"c1 9 5;\n", g, b"c1", true),
+            "released since"
+        );
+        assert!(
+            may_hold_after(b"c1 9 4;\n", g, b"c1", true),
+            "another generation"
+        );
+        let granted = written(&[L::G(b"MIG-1", b"c2", 9, g, None, 1)]);
+        assert!(
+            may_hold_after(&granted, g, b"c2", false),
+            "granted by the journal"
+        );
+        assert!(
+            may_hold_after(b"#gpushare-journal 2\n", g, b"c3", false),
+            "foreign"
         );
     }
 

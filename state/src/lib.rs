@@ -11,6 +11,7 @@
 //!   journal                    entry binary's grants, releases  journal
 //!   offers                     warm grants the entry binary may make  offers
 //!   claims/<container id>      flock: a create in flight        claim
+//!   leases/<container id>      marker: the id may hold a lease  lease
 //!   instances.log              every MIG instance made (JSON lines, core's)   INSTANCE_LOG
 //!   history.log                request history (core's)         HISTORY_LOG
 //!   placement-<model>-<hash>.json  solved placement tables (core's)  PLACEMENT_PREFIX
@@ -35,6 +36,7 @@ pub mod bytes;
 pub mod claim;
 pub mod decimal;
 pub mod journal;
+pub mod lease;
 pub mod ledger;
 pub mod lock;
 pub mod offers;

@@ -8,6 +8,7 @@ use crate::placement::{Profile, Slot};
 use crate::stats::Stats;
 use gpushare_state::{journal, ledger::FORMAT};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
@@ -48,6 +49,8 @@ pub enum LedgerError {
     Journal { path: PathBuf, found: String },
     #[error(transparent)]
     StateDir(#[from] crate::statedir::StateDirError),
+    #[error(transparent)]
+    Marker(#[from] crate::lease_marker::MarkerError),
     #[error("cannot write ledger {path}: {source}")]
     Write {
         path: PathBuf,
@@ -319,6 +322,24 @@ pub struct Claimant<'a> {
 }
 
 impl LedgerState {
+    /// Every lease: of MIG instances, of whole GPUs (time-sliced) and of MPS clients. A new
+    /// kind of lease must be added here, or its container gets no lease marker
+    /// ([`crate::lease_marker`]) and the entry binary would skip its release.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        let instances = self.instances.iter().filter_map(|r| r.lease.as_ref());
+        let shares = self.shares.iter().map(|s| &s.lease);
+        let clients = self
+            .mps
+            .iter()
+            .flat_map(|d| d.clients.iter().map(|c| &c.lease));
+        instances.chain(shares).chain(clients)
+    }
+
+    /// The ids of every lease's container.
+    pub fn lease_ids(&self) -> BTreeSet<String> {
+        self.leases().map(|l| l.container_id.clone()).collect()
+    }
+
     pub fn lease_of(&self, container_id: &str) -> Option<usize> {
         self.instances.iter().position(|i| {
             i.lease
@@ -417,12 +438,19 @@ pub struct Ledger {
 
 pub struct Locked {
     _lock: File,
+    dir: PathBuf,
     path: PathBuf,
     journal: PathBuf,
     /// The generation of the ledger file as loaded or last saved.
     generation: std::cell::Cell<u64>,
     /// The journal had lines when loaded: empty it once the ledger holds them.
     journaled: std::cell::Cell<bool>,
+    /// Ids whose lease marker is known to exist: those the ledger file as loaded (or last
+    /// saved) leases, when its writer kept markers, and that its journal did not release.
+    marked: std::cell::RefCell<BTreeSet<String>>,
+    /// Ids whose marker may exist and must go once the ledger no longer leases them: every id
+    /// the ledger file or its journal leased as loaded (or last saved).
+    seen: std::cell::RefCell<BTreeSet<String>>,
 }
 
 impl Ledger {
@@ -474,10 +502,13 @@ impl Ledger {
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 return Ok(Locked {
                     _lock: file,
+                    dir: self.dir.clone(),
                     path: self.path(),
                     journal: journal_path(&self.dir),
                     generation: Default::default(),
                     journaled: Default::default(),
+                    marked: Default::default(),
+                    seen: Default::default(),
                 });
             }
             let err = std::io::Error::last_os_error();
@@ -522,8 +553,12 @@ pub fn encode(state: &LedgerState, generation: u64) -> Vec<u8> {
     // Compact: the whole ledger is rewritten under the lock on every grant and release (and
     // the entry binary's scans rely on it, see `gpushare_state::ledger`).
     let body = serde_json::to_vec(&state).expect("ledger always serializes");
-    let mut out = Vec::with_capacity(body.len() + 48);
-    gpushare_state::ledger::write(generation, &body, |b| out.extend_from_slice(b))
+    let mut out = Vec::with_capacity(body.len() + gpushare_state::ledger::HEADER_MAX);
+    let flags = gpushare_state::ledger::Flags {
+        mps_daemons: !state.mps.is_empty(),
+        compute_mode_records: !state.compute_modes.is_empty(),
+    };
+    gpushare_state::ledger::write(generation, flags, &body, |b| out.extend_from_slice(b))
         .expect("a struct serializes to an object");
     out
 }
@@ -575,6 +610,12 @@ impl Locked {
         if !journal.is_empty() {
             st.apply_journal(&journal);
             self.journaled.set(true);
+            // A journaled grant's marker is the entry binary's to make before its line; the
+            // save makes it again all the same (one open), in case a gpushare of an older
+            // version journaled it. A journaled release's marker goes with the save.
+            let ids = st.lease_ids();
+            self.marked.borrow_mut().retain(|id| ids.contains(id));
+            self.seen.borrow_mut().extend(ids);
         }
         Ok(st)
     }
@@ -582,14 +623,25 @@ impl Locked {
     /// The ledger file alone, its journal not applied (`repair`, which drops a journal it
     /// cannot read).
     pub fn load_without_journal(&self) -> Result<LedgerState, LedgerError> {
-        let st = match crate::statedir::read(&self.path)? {
-            Some(raw) => decode(&self.path, &raw)?,
-            None => LedgerState {
-                format: FORMAT,
-                ..Default::default()
-            },
+        let (st, marked) = match crate::statedir::read(&self.path)? {
+            Some(raw) => (
+                decode(&self.path, &raw)?,
+                gpushare_state::ledger::header(&raw).is_some_and(|h| h.marked()),
+            ),
+            None => (
+                LedgerState {
+                    format: FORMAT,
+                    ..Default::default()
+                },
+                true,
+            ),
         };
         self.generation.set(st.generation);
+        let ids = st.lease_ids();
+        // A ledger whose writer kept no markers (an older gpushare, a hand edit): the save makes
+        // every lease's.
+        *self.marked.borrow_mut() = if marked { ids.clone() } else { BTreeSet::new() };
+        *self.seen.borrow_mut() = ids;
         Ok(st)
     }
 
@@ -604,9 +656,24 @@ impl Locked {
         self.journaled.get()
     }
 
+    /// Write `original` as the ledger (a new generation), with its lease markers: made before
+    /// the write for leases it adds, removed after it for leases it drops (docs/state.md says
+    /// why each order is safe).
     pub fn save(&self, original: &LedgerState) -> Result<(), LedgerError> {
         let generation = self.generation.get().wrapping_add(1);
         let data = encode(original, generation);
+        let ids = original.lease_ids();
+        let new: Vec<&str> = {
+            let marked = self.marked.borrow();
+            ids.iter()
+                .filter(|id| !marked.contains(*id))
+                .map(String::as_str)
+                .collect()
+        };
+        if !new.is_empty() {
+            crate::lease_marker::make(&self.dir, new)?;
+            crate::failpoint!("ledger.save.markers_made");
+        }
         crate::failpoint!("ledger.save.before_write");
         write_atomic(&self.path, &data, Some(0o600)).map_err(|source| LedgerError::Write {
             path: self.path.clone(),
@@ -628,6 +695,21 @@ impl Locked {
                 Err(e) => tracing::warn!("cannot empty {}: {e}", self.journal.display()),
             }
         }
+        // No lease of the ids dropped is visible any more (the journal's lines, of an older
+        // generation now, no longer apply): their markers can go.
+        let gone: Vec<String> = self
+            .seen
+            .borrow()
+            .iter()
+            .filter(|id| !ids.contains(*id))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            crate::failpoint!("ledger.save.before_markers_removed");
+            crate::lease_marker::remove(&self.dir, gone.iter().map(String::as_str));
+        }
+        *self.marked.borrow_mut() = ids.clone();
+        *self.seen.borrow_mut() = ids;
         // Advisory data: appended after the ledger, without fsync; a torn line is skipped.
         let lines = original.history.take_unwritten();
         if !lines.is_empty() {
@@ -810,8 +892,12 @@ mod tests {
         );
         assert_eq!(fmt::generation(&raw), Some(77));
         assert!(fmt::may_mention(&raw, b"c-1.x") && !fmt::may_mention(&raw, b"c-1"));
-        assert!(fmt::runs_no_mps_daemon(&raw));
-        assert!(!fmt::may_record_compute_modes(&raw));
+        let none = fmt::Flags {
+            mps_daemons: false,
+            compute_mode_records: false,
+        };
+        let head = fmt::header(&raw[..fmt::HEADER_MAX]).unwrap();
+        assert_eq!((head.generation, head.flags), (77, Some(none)));
         st.mps.push(MpsDaemon {
             gpu_uuid: "GPU-0".into(),
             gpu_index: 0,
@@ -833,8 +919,11 @@ mod tests {
         });
         let raw = encode(&st, 78);
         assert_eq!(fmt::generation(&raw), Some(78));
-        assert!(!fmt::runs_no_mps_daemon(&raw));
-        assert!(fmt::may_record_compute_modes(&raw));
+        let both = fmt::Flags {
+            mps_daemons: true,
+            compute_mode_records: true,
+        };
+        assert_eq!(fmt::header(&raw).unwrap().flags, Some(both));
         let back = decode(Path::new("l"), &raw).unwrap();
         assert_eq!((back.format, back.generation), (FORMAT, 78));
         assert_eq!(back.mps, st.mps);
@@ -904,6 +993,75 @@ mod tests {
         let g = locked.generation();
         std::fs::write(journal_path(&dir), format!("a 150 {g};\n")).unwrap();
         assert_eq!(locked.load().unwrap().lease_of("a"), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn share(id: &str) -> ShareLease {
+        ShareLease {
+            gpu_uuid: "GPU-1".into(),
+            gpu_index: 1,
+            gpu_minor: 1,
+            lease: Lease {
+                container_id: id.into(),
+                since: 1,
+                runtime_root: None,
+            },
+        }
+    }
+
+    /// Every save leaves a marker for each lease and for nothing else (one a crashed hook
+    /// left with its journaled release included), and a ledger an older gpushare wrote gets
+    /// a marker for each of its leases at the first save.
+    #[test]
+    fn saves_keep_a_marker_for_every_lease_and_drop_the_rest() {
+        use crate::lease_marker::list;
+        let dir = tmp("markers");
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.instances = vec![leased("a", 100)];
+        locked.save(&st).unwrap();
+        assert_eq!(list(&dir), ids(&["a"]));
+        st.release("a");
+        st.shares.push(share("b"));
+        locked.save(&st).unwrap();
+        assert_eq!(list(&dir), ids(&["b"]), "made before, removed after");
+        drop(locked);
+
+        // The hook journaled b's release and died before removing b's marker: the fold
+        // removes it.
+        journal_release(&dir, "b", 5);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        assert!(st.shares.is_empty() && locked.folded());
+        assert_eq!(list(&dir), ids(&["b"]));
+        locked.save(&st).unwrap();
+        assert!(list(&dir).is_empty());
+        // A lease given back to the same id after its journaled release: marked again.
+        st.shares.push(share("b"));
+        locked.save(&st).unwrap();
+        drop(locked);
+        journal_release(&dir, "b", 6);
+        std::fs::remove_file(crate::lease_marker::dir(&dir).join("b")).unwrap();
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        st.shares.push(share("b"));
+        locked.save(&st).unwrap();
+        assert_eq!(list(&dir), ids(&["b"]));
+        drop(locked);
+
+        // An older gpushare's ledger (no flags in its header) leasing c with no marker.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(LEDGER_FILE)).unwrap()).unwrap();
+        v["instances"] = serde_json::to_value(vec![leased("c", 1)]).unwrap();
+        std::fs::write(dir.join(LEDGER_FILE), serde_json::to_vec(&v).unwrap()).unwrap();
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let st = locked.load().unwrap();
+        locked.save(&st).unwrap();
+        assert_eq!(list(&dir), ids(&["b", "c"]));
+        let raw = std::fs::read(dir.join(LEDGER_FILE)).unwrap();
+        assert!(gpushare_state::ledger::header(&raw).unwrap().marked());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -7,6 +7,7 @@ pub mod dra_devices;
 pub mod dra_name;
 pub mod hook;
 pub mod kube;
+pub mod lease_marker;
 pub mod ledger;
 pub mod placement;
 pub mod policy;

@@ -131,11 +131,24 @@ pub fn give_back(
 }
 
 /// Whether a release may have a compute mode to put back: the ledger in `state_dir` records
-/// one. A byte scan of the file, no lock and no parse (the key is written only when a record
-/// exists), so releases on a node without MPS daemons pay nothing for it.
+/// one. Only the ledger's header is read (its flags), with no lock and no parse, so releases on
+/// a node without MPS daemons pay nothing for it; a ledger whose header has no flags (an older
+/// gpushare's) may.
 pub fn may_put_back(state_dir: &std::path::Path) -> bool {
-    std::fs::read(crate::ledger::Ledger::new(state_dir).path())
-        .is_ok_and(|b| gpushare_state::ledger::may_record_compute_modes(&b))
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(crate::ledger::Ledger::new(state_dir).path()) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(gpushare_state::ledger::HEADER_MAX);
+    if f.take(gpushare_state::ledger::HEADER_MAX as u64)
+        .read_to_end(&mut head)
+        .is_err()
+    {
+        return true;
+    }
+    gpushare_state::ledger::header(&head)
+        .and_then(|h| h.flags)
+        .is_none_or(|f| f.compute_mode_records)
 }
 
 /// Records whose GPU has no MPS daemon in the ledger: a crash left the mode changed.

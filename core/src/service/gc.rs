@@ -868,7 +868,13 @@ pub fn run_on(
                     .iter()
                     .any(|d| d.clients.iter().any(|c| c.lease.container_id == id))
         };
-        crate::claim::sweep(&cfg.state_dir, leased);
+        crate::claim::sweep(&cfg.state_dir, &leased);
+        // Markers of ids that hold nothing (a crash between a marker and its lease, or between
+        // a release and its marker's removal): the ledger was loaded under the lock still held,
+        // and no lease becomes visible without it.
+        for id in crate::lease_marker::sweep(&cfg.state_dir, &leased) {
+            tracing::info!("removed the lease marker of {id}, which holds nothing");
+        }
     }
     Ok(report)
 }
@@ -1110,6 +1116,28 @@ mod tests {
             .collect();
         assert_eq!(leased, vec!["here"]);
         assert_eq!(st.instances.len(), 2);
+    }
+
+    /// A marker whose id holds nothing (a crash between making it and saving the lease, or
+    /// between a release and its removal) is swept; a lease's marker never is.
+    #[test]
+    fn lease_markers_of_ids_that_hold_nothing_are_swept() {
+        use crate::lease_marker::{list, make};
+        let s = Scratch::new("gc-markers");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        node.add_container(ROOT, "here");
+        grant(&s, &gpu, &node, "1g.10gb", "here");
+        assert_eq!(list(&s.cfg.state_dir), ["here".to_string()].into());
+        make(&s.cfg.state_dir, ["stale"]).unwrap();
+        let dry = GcOptions {
+            dry_run: true,
+            ..GcOptions::from_config(&s.cfg)
+        };
+        run_on(&s.cfg, &gpu, &node, &dry).unwrap();
+        assert_eq!(list(&s.cfg.state_dir).len(), 2, "a dry run removes nothing");
+        gc(&s, &gpu, &node);
+        assert_eq!(list(&s.cfg.state_dir), ["here".to_string()].into());
     }
 
     #[test]

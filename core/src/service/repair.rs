@@ -371,6 +371,10 @@ pub fn run_on(
         }
     }
     locked.save(&st)?;
+    // Markers of leases the rebuilt ledger no longer holds (the dropped journal's grants, a
+    // crash's leftovers) go, still under the lock.
+    let ids = st.lease_ids();
+    crate::lease_marker::sweep(&cfg.state_dir, |id| ids.contains(id));
     crate::instance_log::note(&cfg.state_dir, &gone);
     let generation = locked.generation();
     drop(locked);
