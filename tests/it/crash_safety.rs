@@ -52,6 +52,10 @@ const SCENARIOS: &[(&str, Setup)] = &[
     ("gc.leftover.before_destroy", Setup::Gc),
     ("gc.before_release", Setup::GcRelease),
     ("alloc.cold.logged", Setup::Cold),
+    // A lease's marker is made before the save that adds the lease, and removed after the
+    // save that drops it: killed between the two steps, a stale marker, never a lease without.
+    ("ledger.save.markers_made", Setup::Cold),
+    ("ledger.save.before_markers_removed", Setup::Release),
     ("gc.logged.before_destroy", Setup::GcLogged),
 ];
 
@@ -324,6 +328,8 @@ fn scenario(point: &str, setup: Setup, gc_first: bool) {
     set_up(&engine, setup);
     let victim = crash(&node, &engine, point, setup);
     let label = label(point, setup, gc_first);
+    invariants::markers_cover(&node)
+        .unwrap_or_else(|e| panic!("{label}: right after the crash:\n{e}"));
     if gc_first {
         gc_ok(&node, &label);
         invariants::check(&node, Some(engine.root.path()))
@@ -334,6 +340,7 @@ fn scenario(point: &str, setup: Setup, gc_first: bool) {
         gc_ok(&node, &label);
     }
     invariants::check(&node, Some(engine.root.path())).unwrap_or_else(|e| panic!("{label}:\n{e}"));
+    invariants::markers_match_leases(&node).unwrap_or_else(|e| panic!("{label}: after gc:\n{e}"));
     assert!(
         node.ledger().lease_of(&victim).is_none(),
         "{label}: the killed container keeps a slice"

@@ -19,6 +19,7 @@ mod engine_docker;
 mod engine_podman;
 mod exec_env;
 mod k8s_cri;
+mod lease_markers;
 mod mig_mode;
 mod mig_runtime;
 mod mps_exclusive;

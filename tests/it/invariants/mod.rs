@@ -8,12 +8,13 @@ use std::path::Path;
 
 /// Every instance the driver has is one the ledger records as made (these tests make no
 /// foreign ones), every record is of an instance the driver has, no record is a leftover
-/// intent, no slice is recorded twice, no container holds two slices, and (with `runtime_root`)
-/// every lease belongs to a container the runtime has.
+/// intent, no slice is recorded twice, no container holds two slices, (with `runtime_root`)
+/// every lease belongs to a container the runtime has, and every lease's container has its
+/// lease marker (the entry binary skips the release of an id without one).
 pub fn check(node: &SimNode, runtime_root: Option<&Path>) -> Result<(), String> {
     let st = node.ledger();
     let sim = node.sim_state();
-    let mut errs = Vec::new();
+    let mut errs = markers_cover_leases(node, &st);
     let mut driver: BTreeMap<(String, u64), String> = BTreeMap::new();
     for g in sim["gpus"].as_array().unwrap() {
         let uuid = g["uuid"].as_str().unwrap().to_string();
@@ -123,4 +124,48 @@ pub fn check(node: &SimNode, runtime_root: Option<&Path>) -> Result<(), String> 
     } else {
         Err(errs.join("\n"))
     }
+}
+
+/// The state directory's lease markers, by id.
+pub fn markers(node: &SimNode) -> BTreeSet<String> {
+    gpushare_core::lease_marker::list(&node.cfg().state_dir)
+}
+
+/// A marker for every lease of `st` (the ledger with its journal applied), whenever the
+/// ledger's header says its writer keeps them.
+fn markers_cover_leases(node: &SimNode, st: &gpushare_core::ledger::LedgerState) -> Vec<String> {
+    let raw =
+        std::fs::read(node.cfg().state_dir.join(gpushare_state::ledger::NAME)).unwrap_or_default();
+    if !gpushare_state::ledger::header(&raw).is_some_and(|h| h.marked()) {
+        return Vec::new();
+    }
+    let have = markers(node);
+    st.lease_ids()
+        .into_iter()
+        .filter(|id| !have.contains(id))
+        .map(|id| format!("container {id} holds a lease and has no lease marker"))
+        .collect()
+}
+
+/// [`check`]'s marker part alone: what must hold at every moment, right after a crash too.
+pub fn markers_cover(node: &SimNode) -> Result<(), String> {
+    let errs = markers_cover_leases(node, &node.ledger());
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("\n"))
+    }
+}
+
+/// Once gc has run with nothing in flight: a marker for every lease and for nothing else.
+pub fn markers_match_leases(node: &SimNode) -> Result<(), String> {
+    let (have, want) = (markers(node), node.ledger().lease_ids());
+    if have == want {
+        return Ok(());
+    }
+    Err(format!(
+        "stale lease markers {:?}, leases without a marker {:?}",
+        have.difference(&want).collect::<Vec<_>>(),
+        want.difference(&have).collect::<Vec<_>>()
+    ))
 }
