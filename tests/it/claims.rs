@@ -485,4 +485,6 @@ fn twenty_loops_sharing_six_ids_never_put_two_containers_on_one_slice() {
         "nothing leased once every id is deleted: {:#?}",
         st.instances
     );
+    // Every grant's marker went with its release, whoever granted and released it.
+    crate::invariants::markers_match_leases(&node).unwrap();
 }

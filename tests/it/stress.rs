@@ -298,6 +298,10 @@ fn check_after_kills(node: &SimNode, engine: &Engine) -> Result<(), String> {
     if let Err(e) = invariants::check(node, Some(engine.root.path())) {
         errs.push(e);
     }
+    // Killed between a marker and its save, or a release and its marker: gc swept the rest.
+    if let Err(e) = invariants::markers_match_leases(node) {
+        errs.push(e);
+    }
     let st = node.ledger();
     let seen = containers(engine);
     let mut on: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -470,6 +474,7 @@ fn loops_with_random_sigkills(runtime: Runtime) {
     assert!(out.status.success(), "gc: {}", text(&out.stderr));
     invariants::check(&node, Some(engine.root.path()))
         .unwrap_or_else(|e| panic!("at the end:\n{e}"));
+    invariants::markers_match_leases(&node).unwrap_or_else(|e| panic!("at the end:\n{e}"));
     let st = node.ledger();
     assert!(
         st.instances.iter().all(|r| r.lease.is_none()),
