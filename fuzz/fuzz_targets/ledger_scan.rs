@@ -1,10 +1,13 @@
-//! The entry binary's reading of the ledger and its journal (fastpath/src/journal.rs), which
-//! decides with no parser whether `delete`, `exec` and the poststop hook may skip the full
-//! wrapper, against core's reading of the same files (`ledger::snapshot`: serde, then the
+//! The entry binary's reading of the ledger and its journal (state/src/{ledger,journal}.rs),
+//! which decides with no parser whether `delete`, `exec` and the poststop hook may skip the
+//! full wrapper, against core's reading of the same files (`ledger::snapshot`: serde, then the
 //! journal applied). Input: ledger, journal and a container id, separated by NUL bytes.
 //! For every ledger core accepts, written back as core writes it: the entry binary reads its
-//! generation, and whenever core's view of it (journal applied) holds anything of the id, the
-//! entry binary's `may_hold` says it may (a false "maybe" only costs a locked look).
+//! header (generation and flags, which must say what core's ledger holds), and whenever core's
+//! view of it (journal applied) holds anything of the id, both of the entry binary's answers
+//! say it may: `may_hold` (the body scan) and `may_hold_after` given the id's lease marker,
+//! which exists for every lease of the file and every journaled grant (a false "maybe" only
+//! costs a locked look).
 #![no_main]
 use gpushare_core::ledger::{self, LedgerState};
 use gpushare_state::{journal, ledger as ledger_file};
@@ -53,6 +56,17 @@ fuzz_target!(|data: &[u8]| {
         Some(st.generation),
         "the entry binary reads another generation"
     );
+    let header = ledger_file::header(&written[..written.len().min(ledger_file::HEADER_MAX)])
+        .expect("the entry binary reads the header core writes");
+    let flags = ledger_file::Flags {
+        mps_daemons: !st.mps.is_empty(),
+        compute_mode_records: !st.compute_modes.is_empty(),
+    };
+    assert_eq!(
+        (header.generation, header.flags),
+        (st.generation, Some(flags)),
+        "the header says another thing than the ledger holds"
+    );
     let Ok(id) = std::str::from_utf8(id) else {
         return;
     };
@@ -79,6 +93,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             journal::may_hold(&written, journal_bytes, id.as_bytes()),
             "core's ledger holds {id:?}, the entry binary would skip it"
+        );
+        // The markers the invariant promises: the file's leases (core made them before its
+        // save) and the journal's grants (the entry binary made them before its lines).
+        let granted = journal::of_generation(journal_bytes, st.generation)
+            .any(|e| matches!(e, journal::Entry::Grant { .. }) && e.id() == id.as_bytes());
+        let marker = st.lease_ids().contains(id) || granted;
+        assert!(
+            !gpushare_state::lease::is_nameable(id.as_bytes())
+                || journal::may_hold_after(journal_bytes, st.generation, id.as_bytes(), marker),
+            "core's ledger holds {id:?}, the entry binary's marker probe would skip it"
         );
     }
 });
