@@ -576,6 +576,19 @@ mod entry {
             return true;
         }
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
+        // The id has its marker (or cannot have one): the ledger's header, whose writer keeps
+        // markers, lets the marker stand for the ledger's body, and the journal decides.
+        if lease::is_nameable(id) {
+            match ledger_header(dir) {
+                Ok(Some(h)) if h.marked() => {
+                    return journal::may_hold_after(journal, h.generation, id, true)
+                }
+                Err(Errno::ACCESS) => return true,
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        // A ledger of an older gpushare's: its body is scanned for the id.
         let ledger = match Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()])) {
             Ok(m) => m,
             Err(Errno::ACCESS) => return true,
