@@ -736,12 +736,7 @@ impl Locked {
             return;
         };
         let mut h = crate::policy::history::History::replay(&text, cap);
-        if text.lines().count() > 4 * cap.max(1) {
-            let compact = h.to_log();
-            if let Err(e) = write_atomic(&log, compact.as_bytes(), Some(0o600)) {
-                tracing::warn!("cannot compact {}: {e}", log.display());
-            }
-        }
+        compact_if_long(&log, &text, &h, cap);
         // Events of this very call not yet in the log stay pending, and count.
         for ev in &st.history.pending[st.history.written.get()..] {
             match ev {
@@ -753,6 +748,41 @@ impl Locked {
         }
         // `h.pending` now holds exactly the events the log lacks.
         st.history = h;
+    }
+}
+
+impl Locked {
+    /// Compact the request history's log down to its last `cap` requests once it holds more
+    /// than four times as many lines. Warm grants and releases append to it at every fold and
+    /// only the cold path read it back (compacting it then): on a node served warm it grew
+    /// ~100 B a container, for the next cold grant to read whole. `gc` calls this, off every
+    /// request's path.
+    pub fn compact_history(&self, cap: usize) {
+        let log = self.path.with_file_name(HISTORY_FILE);
+        let Some(text) = crate::statedir::read(&log)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            return;
+        };
+        if too_long(&text, cap) {
+            let h = crate::policy::history::History::replay(&text, cap);
+            compact_if_long(&log, &text, &h, cap);
+        }
+    }
+}
+
+fn too_long(text: &str, cap: usize) -> bool {
+    text.lines().count() > 4 * cap.max(1)
+}
+
+/// Rewrite the history log `log`, whose text is `text`, as `h` (its replay) when it is long.
+fn compact_if_long(log: &Path, text: &str, h: &crate::policy::history::History, cap: usize) {
+    if too_long(text, cap) {
+        if let Err(e) = write_atomic(log, h.to_log().as_bytes(), Some(0o600)) {
+            tracing::warn!("cannot compact {}: {e}", log.display());
+        }
     }
 }
 
@@ -1212,6 +1242,32 @@ mod tests {
         assert_eq!(mode, 0o600);
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A log that only warm folds appended to is compacted without a cold grant, to the
+    /// history a cold grant would have read from it.
+    #[test]
+    fn a_long_history_log_is_compacted_off_the_cold_path() {
+        let dir = tmp("history-compact");
+        let ledger = Ledger::new(&dir);
+        let locked = ledger.lock(Duration::from_secs(1)).unwrap();
+        let mut st = locked.load().unwrap();
+        for t in 0..40 {
+            st.history.arrive("1g.10gb", t, true, usize::MAX);
+            st.history.depart("1g.10gb", t, t + 5);
+            locked.save(&st).unwrap();
+        }
+        let log = dir.join(HISTORY_FILE);
+        let long = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(long.lines().count(), 80);
+        locked.compact_history(40);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), long, "not long yet");
+        locked.compact_history(4);
+        let short = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(short.lines().count(), 8, "{short}");
+        let replayed = |text: &str| crate::policy::history::History::replay(text, 4).entries;
+        assert_eq!(replayed(&short), replayed(&long));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

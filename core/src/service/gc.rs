@@ -875,6 +875,7 @@ pub fn run_on(
         for id in crate::lease_marker::sweep(&cfg.state_dir, &leased) {
             tracing::info!("removed the lease marker of {id}, which holds nothing");
         }
+        locked.compact_history(cfg.placement.history);
     }
     Ok(report)
 }
