@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
-    #[error("container id {0:?} cannot name a create claim (one path component, not starting with `.`, at most 255 bytes)")]
-    Name(String),
+    #[error("container id {id:?} cannot name a create claim (one path component, not starting with `.`, at most 255 bytes)")]
+    Name { id: String },
     #[error("cannot use the create claim {path}: {source}")]
     Io {
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum ClaimError {
 /// The claim file of `id` under `state_dir`.
 pub fn path(state_dir: &Path, id: &str) -> Result<PathBuf, ClaimError> {
     if !gpushare_state::claim::is_nameable(id.as_bytes()) {
-        return Err(ClaimError::Name(id.into()));
+        return Err(ClaimError::Name { id: id.into() });
     }
     Ok(state_dir.join(gpushare_state::claim::DIR).join(id))
 }
@@ -438,7 +438,10 @@ mod tests {
     fn an_id_that_is_no_file_name_is_refused() {
         let d = dir("name");
         for bad in ["", "..", "a/b", ".hidden"] {
-            assert!(matches!(Claim::try_take(&d, bad), Err(ClaimError::Name(_))));
+            assert!(matches!(
+                Claim::try_take(&d, bad),
+                Err(ClaimError::Name { .. })
+            ));
         }
         std::fs::remove_dir_all(&d).unwrap();
     }

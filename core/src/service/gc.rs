@@ -24,6 +24,16 @@ pub enum GcError {
     Backend(#[from] BackendError),
 }
 
+/// An action NVML refused (a destroy of an instance a process still holds, say): reported
+/// under `failed:`, its record kept for the next run.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct ActionFailed {
+    pub action: Action,
+    #[source]
+    pub source: BackendError,
+}
+
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     /// Report only: no instance destroyed, no ledger change.
@@ -816,7 +826,7 @@ pub fn run_on(
                         continue;
                     }
                     Err(e) => {
-                        report.failed.push(e);
+                        report.failed.push(e.to_string());
                         continue;
                     }
                     // Another compute instance than the one logged: someone else's instance.
@@ -895,7 +905,7 @@ pub(crate) fn reclaim_logged(
     o: &crate::instance_log::Owned,
     holders: &[crate::running::Container],
     dry_run: bool,
-) -> Result<Option<(Action, Option<InstanceRecord>)>, String> {
+) -> Result<Option<(Action, Option<InstanceRecord>)>, ActionFailed> {
     let whole = o.made.as_ref().filter(|(_, ci, mig)| {
         gi.compute_instances.contains(ci) && be.mig_uuid(index, gi.id, *ci).is_ok_and(|u| u == *mig)
     });
@@ -949,8 +959,9 @@ pub(crate) fn reclaim_logged(
     };
     if !dry_run {
         crate::failpoint!("gc.logged.before_destroy");
-        be.destroy(index, gi.id, &gi.compute_instances)
-            .map_err(|e| format!("{action}: {e}"))?;
+        if let Err(source) = be.destroy(index, gi.id, &gi.compute_instances) {
+            return Err(ActionFailed { action, source });
+        }
     }
     Ok(Some((action, None)))
 }

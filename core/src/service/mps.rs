@@ -48,8 +48,8 @@ pub enum MpsError {
         key: &'static str,
         limit: String,
     },
-    #[error("policy.max_mps_memory = {0:?} in the config is not a size like 8G")]
-    BadPolicy(String),
+    #[error("policy.max_mps_memory = {value:?} in the config is not a size like 8G")]
+    MaxMemory { value: String },
     #[error(transparent)]
     ComputeMode(#[from] crate::compute_mode::ComputeModeError),
     #[error("MPS control daemon of GPU {gpu} refused `{command}`: {why}")]
@@ -277,8 +277,8 @@ pub(crate) fn check_policy(cfg: &Config, percent: u8, memory: Option<u64>) -> Re
         });
     }
     if let Some(max) = &cfg.policy.max_mps_memory {
-        let limit =
-            crate::request::size_bytes(max).ok_or_else(|| MpsError::BadPolicy(max.clone()))?;
+        let limit = crate::request::size_bytes(max)
+            .ok_or_else(|| MpsError::MaxMemory { value: max.clone() })?;
         // A share with no memory limit could pin the whole GPU.
         if memory.is_none_or(|m| m > limit) {
             return Err(MpsError::OverPolicy {

@@ -44,8 +44,12 @@ pub enum PolicyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("trace line {line}: {message}")]
-    Trace { line: usize, message: String },
+    #[error("trace line {line}: {problem}")]
+    Trace {
+        line: usize,
+        #[source]
+        problem: replay::TraceError,
+    },
     #[error("policy {policy} chose {slot:?} for {profile}, which cannot be created there")]
     Invalid {
         policy: String,

@@ -112,16 +112,33 @@ pub fn to_csv(events: &[Event], profiles: &[Profile]) -> String {
     s
 }
 
+/// What is wrong with a line of a request trace (`time,event,id,profile`).
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("the header must be `time,event,id,profile`")]
+    Header,
+    #[error("{0} fields, want 4")]
+    Fields(usize),
+    #[error("time {0:?}")]
+    Time(String),
+    #[error("event {0:?}: want arrive or depart")]
+    Event(String),
+    #[error("id {0:?}")]
+    Id(String),
+    #[error("profile {0:?} is not on this GPU")]
+    Profile(String),
+}
+
 pub fn parse_csv(text: &str, profiles: &[Profile]) -> Result<Vec<Event>, PolicyError> {
     let mut out = Vec::new();
     let mut lines = text.lines().enumerate();
-    let bad = |line: usize, message: String| PolicyError::Trace {
+    let bad = |line: usize, problem: TraceError| PolicyError::Trace {
         line: line + 1,
-        message,
+        problem,
     };
     match lines.next() {
         Some((_, h)) if h.trim() == "time,event,id,profile" => {}
-        _ => return Err(bad(0, "the header must be `time,event,id,profile`".into())),
+        _ => return Err(bad(0, TraceError::Header)),
     }
     for (n, line) in lines {
         if line.trim().is_empty() {
@@ -129,21 +146,23 @@ pub fn parse_csv(text: &str, profiles: &[Profile]) -> Result<Vec<Event>, PolicyE
         }
         let f: Vec<&str> = line.trim().split(',').collect();
         if f.len() != 4 {
-            return Err(bad(n, format!("{} fields, want 4", f.len())));
+            return Err(bad(n, TraceError::Fields(f.len())));
         }
         let time: f64 = f[0]
             .parse()
-            .map_err(|_| bad(n, format!("time {:?}", f[0])))?;
+            .map_err(|_| bad(n, TraceError::Time(f[0].into())))?;
         let arrive = match f[1] {
             "arrive" => true,
             "depart" => false,
-            other => return Err(bad(n, format!("event {other:?}: want arrive or depart"))),
+            other => return Err(bad(n, TraceError::Event(other.into()))),
         };
-        let id: u64 = f[2].parse().map_err(|_| bad(n, format!("id {:?}", f[2])))?;
+        let id: u64 = f[2]
+            .parse()
+            .map_err(|_| bad(n, TraceError::Id(f[2].into())))?;
         let profile = profiles
             .iter()
             .position(|p| p.name == f[3])
-            .ok_or_else(|| bad(n, format!("profile {:?} is not on this GPU", f[3])))?;
+            .ok_or_else(|| bad(n, TraceError::Profile(f[3].into())))?;
         out.push(Event {
             time,
             arrive,
@@ -427,11 +446,17 @@ mod tests {
             && (a.time - b.time).abs() < 1e-8));
         assert!(matches!(
             parse_csv("time,event\n", &ps),
-            Err(PolicyError::Trace { line: 1, .. })
+            Err(PolicyError::Trace {
+                line: 1,
+                problem: TraceError::Header
+            })
         ));
         assert!(matches!(
             parse_csv("time,event,id,profile\n1,arrive,1,9g.1tb\n", &ps),
-            Err(PolicyError::Trace { line: 2, .. })
+            Err(PolicyError::Trace {
+                line: 2,
+                problem: TraceError::Profile(_)
+            })
         ));
     }
 
