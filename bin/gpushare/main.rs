@@ -30,6 +30,7 @@ mod sys;
 #[cfg(target_arch = "x86_64")]
 mod entry {
     use super::sys::{self, Errno, Map, Path};
+    use gpushare_fastpath::lease as fastpath_lease;
     use gpushare_fastpath::runc_log::{self, Level};
     use gpushare_fastpath::{args, config, scan, splice, state};
     use gpushare_state::{claim, decimal, journal, lease, ledger, lock, offers};
@@ -556,7 +557,9 @@ mod entry {
     }
 
     /// Whether the ledger (with its release journal) may hold `id`'s slice; a ledger that
-    /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`.
+    /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`. No lock: the
+    /// id's lease marker, the journal and the ledger's header (`fastpath::lease`), and the
+    /// ledger's body only when its header has no flags (an older gpushare's).
     fn may_hold(dir: &[u8], id: &[u8]) -> bool {
         // A state folder or file that must not be used "may hold" anything: the full wrapper
         // says why it does not release.
@@ -565,30 +568,25 @@ mod entry {
             Err(Errno::NOENT) => return false,
             Err(_) => return true,
         }
-        if marked_free(dir, id) {
-            return false;
-        }
-        // The journal first: a fold between the two reads then shows in the ledger read after
-        // it (and the journal's lines, of the older generation, no longer apply). The other
-        // order could miss a grant folded in between.
+        let marker = lease::is_nameable(id)
+            && sys::is_there(&Path::new(&[dir, b"/", lease::DIR.as_bytes(), b"/", id]));
+        // The journal before the ledger: a fold between the two reads then shows in the ledger
+        // read after it (and the journal's lines, of the older generation, no longer apply).
+        // The other order could miss a grant folded in between.
         let journal = Map::open_state(&Path::new(&[dir, b"/", journal::NAME.as_bytes()]));
         if journal.as_ref().err() == Some(&Errno::ACCESS) {
             return true;
         }
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
-        // The id has its marker (or cannot have one): the ledger's header, whose writer keeps
-        // markers, lets the marker stand for the ledger's body, and the journal decides.
-        if lease::is_nameable(id) {
-            match ledger_header(dir) {
-                Ok(Some(h)) if h.marked() => {
-                    return journal::may_hold_after(journal, h.generation, id, true)
-                }
-                Err(Errno::ACCESS) => return true,
-                Err(_) => return false,
-                Ok(_) => {}
-            }
+        let head = match ledger_header(dir) {
+            Ok(h) => fastpath_lease::Head::Read(h),
+            Err(Errno::NOENT) => fastpath_lease::Head::Missing,
+            Err(Errno::ACCESS) => fastpath_lease::Head::Refused,
+            Err(_) => fastpath_lease::Head::Unreadable,
+        };
+        if let Some(answer) = fastpath_lease::may_hold(id, marker, head, journal) {
+            return answer;
         }
-        // A ledger of an older gpushare's: its body is scanned for the id.
         let ledger = match Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()])) {
             Ok(m) => m,
             Err(Errno::ACCESS) => return true,
@@ -603,22 +601,6 @@ mod entry {
         let mut buf = [0u8; ledger::HEADER_MAX];
         let path = Path::new(&[dir, b"/", ledger::NAME.as_bytes()]);
         Ok(ledger::header(sys::read_head(&path, &mut buf)?))
-    }
-
-    /// Whether `id` surely holds nothing because it has no lease marker
-    /// (`gpushare_state::lease`): one stat, and the ledger's header to know that its writer
-    /// keeps markers. No ledger at all holds nothing either. False is a "maybe".
-    fn marked_free(dir: &[u8], id: &[u8]) -> bool {
-        if !lease::is_nameable(id)
-            || sys::is_there(&Path::new(&[dir, b"/", lease::DIR.as_bytes(), b"/", id]))
-        {
-            return false;
-        }
-        match ledger_header(dir) {
-            Ok(Some(h)) => h.marked(),
-            Err(Errno::NOENT) => true,
-            _ => false,
-        }
     }
 
     /// `gpushare-hook poststop [--config PATH]`: release the stopped container's slice with one
@@ -664,7 +646,7 @@ mod entry {
             Err(_) => delegate_hook(p, Some(state)), // the full hook refuses and says why
         }
         // Most containers hold nothing: a missing marker says so with no lock and no ledger.
-        if marked_free(dir, id) {
+        if !may_hold(dir, id) {
             sys::exit(0);
         }
         let _lock = match sys::lock_within(

@@ -11,6 +11,7 @@ extern crate std;
 pub mod args;
 pub mod config;
 mod json;
+pub mod lease;
 pub mod runc_log;
 pub mod scan;
 pub mod splice;

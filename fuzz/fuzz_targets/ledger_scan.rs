@@ -5,7 +5,8 @@
 //! For every ledger core accepts, written back as core writes it: the entry binary reads its
 //! header (generation and flags, which must say what core's ledger holds), and whenever core's
 //! view of it (journal applied) holds anything of the id, both of the entry binary's answers
-//! say it may: `may_hold` (the body scan) and `may_hold_after` given the id's lease marker,
+//! say it may: `journal::may_hold` (the body scan) and `fastpath::lease::may_hold` given the
+//! id's lease marker,
 //! which exists for every lease of the file and every journaled grant (a false "maybe" only
 //! costs a locked look).
 #![no_main]
@@ -99,9 +100,10 @@ fuzz_target!(|data: &[u8]| {
         let granted = journal::of_generation(journal_bytes, st.generation)
             .any(|e| matches!(e, journal::Entry::Grant { .. }) && e.id() == id.as_bytes());
         let marker = st.lease_ids().contains(id) || granted;
-        assert!(
-            !gpushare_state::lease::is_nameable(id.as_bytes())
-                || journal::may_hold_after(journal_bytes, st.generation, id.as_bytes(), marker),
+        let head = gpushare_fastpath::lease::Head::Read(Some(header));
+        assert_ne!(
+            gpushare_fastpath::lease::may_hold(id.as_bytes(), marker, head, journal_bytes),
+            Some(false),
             "core's ledger holds {id:?}, the entry binary's marker probe would skip it"
         );
     }

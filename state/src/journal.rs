@@ -186,7 +186,13 @@ fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
 pub fn may_hold(ledger: &[u8], journal: &[u8], id: &[u8]) -> bool {
     match ledger::generation(ledger) {
         Some(g) => may_hold_after(journal, g, id, ledger::may_mention(ledger, id)),
-        None => is_foreign(journal) || ledger::may_mention(ledger, id),
+        // No header to tell which lines apply (a ledger a tool rewrote): any line of the id's
+        // may be a grant core applies (it reads the generation wherever it stands).
+        None => {
+            is_foreign(journal)
+                || ledger::may_mention(ledger, id)
+                || entries(journal).any(|e| e.id() == id)
+        }
     }
 }
 
@@ -439,8 +445,14 @@ mod tests {
         let old = br#"{"format":1,"instances":[{"lease":{"container_id":"c1"}}]}"#;
         assert!(
             may_hold(old, b"c1 9 5;\n", b"c1"),
-            "no generation: no journal"
+            "no generation: no line is known to apply"
         );
+        let reordered = br#"{"compute_mode_records":false,"format":1,"generation":5}"#;
+        assert!(
+            may_hold(reordered, &granted, b"c2"),
+            "no header: a journaled grant may apply"
+        );
+        assert!(!may_hold(reordered, &granted, b"c3"));
     }
 
     #[test]
