@@ -878,11 +878,11 @@ pub fn run_on(
                     .iter()
                     .any(|d| d.clients.iter().any(|c| c.lease.container_id == id))
         };
-        crate::claim::sweep(&cfg.state_dir, &leased);
+        crate::claim::sweep(&cfg.state_dir, leased);
         // Markers of ids that hold nothing (a crash between a marker and its lease, or between
         // a release and its marker's removal): the ledger was loaded under the lock still held,
         // and no lease becomes visible without it.
-        for id in crate::lease_marker::sweep(&cfg.state_dir, &leased) {
+        for id in crate::lease_marker::sweep(&cfg.state_dir, leased) {
             tracing::info!("removed the lease marker of {id}, which holds nothing");
         }
         locked.compact_history(cfg.placement.history);
@@ -905,7 +905,7 @@ pub(crate) fn reclaim_logged(
     o: &crate::instance_log::Owned,
     holders: &[crate::running::Container],
     dry_run: bool,
-) -> Result<Option<(Action, Option<InstanceRecord>)>, ActionFailed> {
+) -> Result<Option<(Action, Option<InstanceRecord>)>, Box<ActionFailed>> {
     let whole = o.made.as_ref().filter(|(_, ci, mig)| {
         gi.compute_instances.contains(ci) && be.mig_uuid(index, gi.id, *ci).is_ok_and(|u| u == *mig)
     });
@@ -960,7 +960,7 @@ pub(crate) fn reclaim_logged(
     if !dry_run {
         crate::failpoint!("gc.logged.before_destroy");
         if let Err(source) = be.destroy(index, gi.id, &gi.compute_instances) {
-            return Err(ActionFailed { action, source });
+            return Err(Box::new(ActionFailed { action, source }));
         }
     }
     Ok(Some((action, None)))
