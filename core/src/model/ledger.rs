@@ -736,7 +736,9 @@ impl Locked {
             return;
         };
         let mut h = crate::policy::history::History::replay(&text, cap);
-        compact_if_long(&log, &text, &h, cap);
+        if too_long(&text, cap) {
+            rewrite_history(&log, &h);
+        }
         // Events of this very call not yet in the log stay pending, and count.
         for ev in &st.history.pending[st.history.written.get()..] {
             match ev {
@@ -767,22 +769,21 @@ impl Locked {
             return;
         };
         if too_long(&text, cap) {
-            let h = crate::policy::history::History::replay(&text, cap);
-            compact_if_long(&log, &text, &h, cap);
+            rewrite_history(&log, &crate::policy::history::History::replay(&text, cap));
         }
     }
 }
 
+/// Whether a history log of `text` holds more than four times the `cap` requests kept.
 fn too_long(text: &str, cap: usize) -> bool {
     text.lines().count() > 4 * cap.max(1)
 }
 
-/// Rewrite the history log `log`, whose text is `text`, as `h` (its replay) when it is long.
-fn compact_if_long(log: &Path, text: &str, h: &crate::policy::history::History, cap: usize) {
-    if too_long(text, cap) {
-        if let Err(e) = write_atomic(log, h.to_log().as_bytes(), Some(0o600)) {
-            tracing::warn!("cannot compact {}: {e}", log.display());
-        }
+/// Rewrite the history log `log` as `h`, its replay (atomically: appends happen under the
+/// ledger's lock, which the caller holds).
+fn rewrite_history(log: &Path, h: &crate::policy::history::History) {
+    if let Err(e) = write_atomic(log, h.to_log().as_bytes(), Some(0o600)) {
+        tracing::warn!("cannot compact {}: {e}", log.display());
     }
 }
 
