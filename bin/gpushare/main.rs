@@ -557,42 +557,47 @@ mod entry {
     }
 
     /// Whether the ledger (with its release journal) may hold `id`'s slice; a ledger that
-    /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`. No lock: the
-    /// id's lease marker, the journal and the ledger's header (`fastpath::lease`), and the
-    /// ledger's body only when its header has no flags (an older gpushare's).
+    /// cannot be read holds nothing, as for the full wrapper's `gc::may_hold`.
     fn may_hold(dir: &[u8], id: &[u8]) -> bool {
-        // A state folder or file that must not be used "may hold" anything: the full wrapper
-        // says why it does not release.
+        match look(dir, id) {
+            Ok(held) => held,
+            // A state folder or file that must not be used "may hold" anything: the full
+            // wrapper says why it does not release.
+            Err(Errno::ACCESS) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `id` may hold a lease, with no lock: its lease marker, the journal and the
+    /// ledger's header (`fastpath::lease`), and the ledger's body only when its header has no
+    /// flags (an older gpushare's). ACCESS for a state folder or file that must not be used,
+    /// another error for one that cannot be read.
+    fn look(dir: &[u8], id: &[u8]) -> Result<bool, Errno> {
         match sys::check_state_dir(&Path::new(&[dir])) {
             Ok(()) => {}
-            Err(Errno::NOENT) => return false,
-            Err(_) => return true,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(_) => return Err(Errno::ACCESS),
         }
         let marker = lease::is_nameable(id)
             && sys::is_there(&Path::new(&[dir, b"/", lease::DIR.as_bytes(), b"/", id]));
         // The journal before the ledger: a fold between the two reads then shows in the ledger
         // read after it (and the journal's lines, of the older generation, no longer apply).
         // The other order could miss a grant folded in between.
-        let journal = Map::open_state(&Path::new(&[dir, b"/", journal::NAME.as_bytes()]));
-        if journal.as_ref().err() == Some(&Errno::ACCESS) {
-            return true;
-        }
+        // One that cannot be read as it stands (growing while read, say) is read as empty.
+        let journal = match Map::open_state(&Path::new(&[dir, b"/", journal::NAME.as_bytes()])) {
+            Err(Errno::ACCESS) => return Err(Errno::ACCESS),
+            r => r.ok(),
+        };
         let journal = journal.as_ref().map_or(&[][..], Map::bytes);
         let head = match ledger_header(dir) {
-            Ok(h) => fastpath_lease::Head::Read(h),
             Err(Errno::NOENT) => fastpath_lease::Head::Missing,
-            Err(Errno::ACCESS) => fastpath_lease::Head::Refused,
-            Err(_) => fastpath_lease::Head::Unreadable,
+            r => fastpath_lease::Head::Read(r?),
         };
-        if let Some(answer) = fastpath_lease::may_hold(id, marker, head, journal) {
-            return answer;
+        if let Some(held) = fastpath_lease::may_hold(id, marker, head, journal) {
+            return Ok(held);
         }
-        let ledger = match Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()])) {
-            Ok(m) => m,
-            Err(Errno::ACCESS) => return true,
-            Err(_) => return false,
-        };
-        journal::may_hold(ledger.bytes(), journal, id)
+        let ledger = Map::open_state(&Path::new(&[dir, b"/", ledger::NAME.as_bytes()]))?;
+        Ok(journal::may_hold(ledger.bytes(), journal, id))
     }
 
     /// The ledger's header, read alone (at most [`ledger::HEADER_MAX`] bytes of the file): None
@@ -645,8 +650,9 @@ mod entry {
             Err(Errno::NOENT) => sys::exit(0), // nothing was ever granted here
             Err(_) => delegate_hook(p, Some(state)), // the full hook refuses and says why
         }
-        // Most containers hold nothing: a missing marker says so with no lock and no ledger.
-        if !may_hold(dir, id) {
+        // Most containers hold nothing: a missing marker says so with no lock and no ledger
+        // (a file that cannot be read is the full hook's to report, further down).
+        if look(dir, id) == Ok(false) {
             sys::exit(0);
         }
         let _lock = match sys::lock_within(

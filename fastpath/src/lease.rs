@@ -11,16 +11,12 @@
 
 use gpushare_state::{journal, lease, ledger};
 
-/// The ledger's header as the reader found it.
+/// The ledger's header as the reader found it (a ledger that cannot be read, or must not be
+/// used, is the caller's to answer for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
     /// No ledger: nothing was ever granted here.
     Missing,
-    /// A ledger that must not be used (not root's alone, a symlink): "maybe", for the full
-    /// program to refuse and say why.
-    Refused,
-    /// A ledger that cannot be read: it holds nothing, as for the full wrapper's `may_hold`.
-    Unreadable,
     /// The header read ([`ledger::header`]); None when the file does not start with one.
     Read(Option<ledger::Header>),
 }
@@ -30,8 +26,7 @@ pub enum Head {
 /// without flags, or an id that cannot name a marker). A false "maybe" only costs a locked look.
 pub fn may_hold(id: &[u8], marker: bool, head: Head, journal: &[u8]) -> Option<bool> {
     match head {
-        Head::Missing | Head::Unreadable => Some(false),
-        Head::Refused => Some(true),
+        Head::Missing => Some(false),
         Head::Read(Some(h)) if h.marked() && lease::is_nameable(id) => {
             Some(journal::may_hold_after(journal, h.generation, id, marker))
         }
@@ -88,9 +83,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ledger_that_is_not_there_or_not_usable() {
+    fn no_ledger_holds_nothing() {
         assert_eq!(may_hold(b"c1", true, Head::Missing, b""), Some(false));
-        assert_eq!(may_hold(b"c1", true, Head::Unreadable, b""), Some(false));
-        assert_eq!(may_hold(b"c1", false, Head::Refused, b""), Some(true));
     }
 }
