@@ -228,15 +228,18 @@ mod tests {
         assert!(!may_put_back(&dir), "no ledger");
         let mut st = LedgerState::default();
         let path = crate::ledger::Ledger::new(&dir).path();
-        std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
-        assert!(!may_put_back(&dir), "no record: the key is not written");
+        std::fs::write(&path, crate::ledger::encode(&st, 1)).unwrap();
+        assert!(!may_put_back(&dir), "no record: the header's flag is clear");
         st.compute_modes.push(ComputeModeRecord {
             gpu_uuid: "GPU-a".into(),
             gpu_index: 0,
             found: Mode::Default,
             since: 1,
         });
-        std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
+        std::fs::write(&path, crate::ledger::encode(&st, 2)).unwrap();
+        assert!(may_put_back(&dir));
+        // A ledger without the header's flags (an older gpushare's) may hold one.
+        std::fs::write(&path, serde_json::to_vec(&LedgerState::default()).unwrap()).unwrap();
         assert!(may_put_back(&dir));
         let _ = std::fs::remove_dir_all(&dir);
     }
