@@ -966,21 +966,26 @@ pub(crate) fn reclaim_logged(
     Ok(Some((action, None)))
 }
 
-/// Whether the ledger on disk could hold anything of `container_id`'s: a read of the file (and
-/// of its release journal) with no lock and no parse (writes are atomic renames), so deleting
-/// a container that never asked for a GPU, or whose hook released it, costs no ledger lock. A
-/// false "maybe" only costs the locked release it saves.
+/// Whether the ledger on disk could hold anything of `container_id`'s, with no lock and no
+/// parse (writes are atomic renames), as the entry binary answers it (`fastpath::lease`): the
+/// id's lease marker, the journal and the ledger's header, and a scan of the ledger's body
+/// only when its header has no flags. Deleting a container that never asked for a GPU, or whose hook
+/// released it, costs no ledger lock. A false "maybe" only costs the locked release it saves.
 pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
-    // The journal first: see `snapshot`.
     // A state folder or file that must not be used "may hold" anything: the locked release
     // that follows refuses it and says why.
     use crate::statedir::{check_dir, read, StateDirError};
+    use gpushare_fastpath::lease::{self, Head};
     let unusable = |e: &StateDirError| matches!(e, StateDirError::Unsafe { .. });
     match check_dir(&cfg.state_dir) {
         Ok(()) => {}
         Err(e) if unusable(&e) => return true,
         Err(_) => return false,
     }
+    let id = container_id.as_bytes();
+    let marker = crate::lease_marker::dir(&cfg.state_dir).join(container_id);
+    let marked = gpushare_state::lease::is_nameable(id) && marker.symlink_metadata().is_ok();
+    // The journal before the ledger: see `snapshot`.
     let journal = match read(&Ledger::new(&cfg.state_dir).journal_path()) {
         Ok(j) => j.unwrap_or_default(),
         Err(e) if unusable(&e) => return true,
@@ -991,7 +996,9 @@ pub fn may_hold(cfg: &Config, container_id: &str) -> bool {
         Err(e) if unusable(&e) => return true,
         _ => return false,
     };
-    gpushare_state::journal::may_hold(&raw, &journal, container_id.as_bytes())
+    let head = Head::Read(gpushare_state::ledger::header(&raw));
+    lease::may_hold(id, marked, head, &journal)
+        .unwrap_or_else(|| gpushare_state::journal::may_hold(&raw, &journal, id))
 }
 
 #[cfg(test)]
@@ -1128,6 +1135,28 @@ mod tests {
             .collect();
         assert_eq!(leased, vec!["here"]);
         assert_eq!(st.instances.len(), 2);
+    }
+
+    /// The full wrapper's lock-free look is the entry binary's: a lease's marker says "maybe",
+    /// a missing one "nothing" (the ledger's body is not scanned), a stale one "maybe".
+    #[test]
+    fn may_hold_answers_from_the_markers() {
+        let s = Scratch::new("gc-may-hold");
+        let gpu = FakeGpu::h100(1);
+        let node = FakeNode::new(&gpu);
+        node.add_container(ROOT, "a");
+        grant(&s, &gpu, &node, "1g.10gb", "a");
+        assert!(may_hold(&s.cfg, "a") && !may_hold(&s.cfg, "b"));
+        crate::lease_marker::make(&s.cfg.state_dir, ["stale"]).unwrap();
+        assert!(
+            may_hold(&s.cfg, "stale"),
+            "a stale marker costs a locked look"
+        );
+        crate::lease_marker::remove(&s.cfg.state_dir, ["a"]);
+        assert!(
+            !may_hold(&s.cfg, "a"),
+            "the marker, not the ledger's body, answers"
+        );
     }
 
     /// A marker whose id holds nothing (a crash between making it and saving the lease, or
