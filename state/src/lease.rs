@@ -12,8 +12,8 @@
 //! - removed only AFTER the lease is gone: by the full program after the save that drops it,
 //!   by the entry hook after its release line is durable;
 //! - a marker whose id holds nothing (a crash between the two steps above, or a grant that was
-//!   never journaled) is stale: it costs only the ledger read it would have saved, and `gc` and
-//!   `repair` remove it under the lock.
+//!   never journaled) is stale: it costs only what a "maybe" costs (the look a GPU container's
+//!   `delete` gets), and `gc` and `repair` remove it under the lock.
 //!
 //! A missing marker is trusted only when the ledger's header says its writer keeps markers
 //! ([`crate::ledger::Header::marked`]): a ledger an older gpushare wrote (or a hand edit)
