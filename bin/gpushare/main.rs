@@ -401,7 +401,7 @@ mod entry {
                 }
                 let plan = splice::plan(self.spec, &offers, &offer).ok().quietly()?;
                 // The marker before the line that makes the lease visible (docs/state.md): a
-                // crash between the two leaves a marker that costs a ledger read, never a lease
+                // crash between the two leaves a marker that costs a look, never a lease
                 // that a `delete` or the hook would skip.
                 sys::make_marker(&leases, &marker)
                     .telling(Level::Warning, b"cannot make the lease marker")?;

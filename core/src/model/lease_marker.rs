@@ -61,7 +61,7 @@ pub fn make<'a>(
     Ok(())
 }
 
-/// Remove the markers of `ids`. Best effort: a marker left behind only costs a ledger read,
+/// Remove the markers of `ids`. Best effort: a marker left behind only costs a look (a "maybe"),
 /// and the next `gc` sweeps it.
 pub fn remove<'a>(state_dir: &Path, ids: impl IntoIterator<Item = &'a str>) {
     let dir = dir(state_dir);
