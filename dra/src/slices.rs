@@ -598,6 +598,89 @@ mod tests {
         assert!(mig > 0);
     }
 
+    /// The memory slices of its GPU a device's name says it takes (from the GPU's profiles, not
+    /// from its counters), if it is a MIG device.
+    fn memory_slices_named(name: &str, profiles: &[Profile]) -> Option<(u32, BTreeSet<u32>)> {
+        let name: DeviceName = name.parse().unwrap();
+        let DeviceName::Mig { gpu, start, .. } = &name else {
+            return None;
+        };
+        let p = name.profile(profiles).unwrap();
+        let slot = p.placements.iter().find(|s| s.start == *start).unwrap();
+        Some((*gpu, (slot.start..slot.start + slot.size).collect()))
+    }
+
+    /// Whether the scheduler may allocate `devs` together: what they consume of every counter
+    /// fits what the pool's counter sets hold (resource.k8s.io/v1 allocation rules).
+    fn counters_admit(slices: &[ResourceSlice], devs: &[&Device]) -> bool {
+        let value = |q: &Quantity| -> i64 { q.0.parse().expect("counter values are integers") };
+        let mut left: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for set in slices.iter().flat_map(|s| s.spec.shared_counters.iter().flatten()) {
+            for (name, c) in &set.counters {
+                left.insert((set.name.clone(), name.clone()), value(&c.value));
+            }
+        }
+        for d in devs {
+            for c in d.consumes_counters.iter().flatten() {
+                for (name, used) in &c.counters {
+                    let Some(n) = left.get_mut(&(c.counter_set.clone(), name.clone())) else {
+                        return false;
+                    };
+                    *n -= value(&used.value);
+                    if *n < 0 {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Issue #20's "counters never let two allocatable devices overlap on a memory slice",
+    /// checked on what the API server gets (the typed objects, read back from their JSON), in
+    /// both shapes: every MIG device fits alone, and any two the counters admit together take
+    /// disjoint memory slices by their names.
+    #[test]
+    fn counters_never_let_two_allocatable_devices_overlap_on_a_memory_slice() {
+        let profiles = profiles_from_json(H100).unwrap();
+        for st in [node_state(6), node_state(0)] {
+            for shape in [Shape::V1_34, Shape::V1_35] {
+                for sharing in [Sharing::Consumable, Sharing::Counted { shares: 3 }] {
+                    let slices: Vec<ResourceSlice> =
+                        resource_slices("n1", &published(&st, sharing), shape, 1)
+                            .unwrap()
+                            .iter()
+                            .map(|s| serde_json::from_value(serde_json::to_value(s).unwrap()))
+                            .collect::<Result<_, _>>()
+                            .unwrap();
+                    let mig: Vec<(&Device, (u32, BTreeSet<u32>))> = slices
+                        .iter()
+                        .flat_map(|s| s.spec.devices.iter().flatten())
+                        .filter_map(|d| memory_slices_named(&d.name, &profiles).map(|m| (d, m)))
+                        .collect();
+                    let mut overlapping = 0;
+                    for (i, (a, (ga, ma))) in mig.iter().enumerate() {
+                        assert!(counters_admit(&slices, &[a]), "{} alone", a.name);
+                        for (b, (gb, mb)) in &mig[i + 1..] {
+                            if ga == gb && !ma.is_disjoint(mb) {
+                                overlapping += 1;
+                                assert!(
+                                    !counters_admit(&slices, &[a, b]),
+                                    "{shape:?} {sharing:?}: {} and {} share a memory slice",
+                                    a.name,
+                                    b.name
+                                );
+                            }
+                        }
+                    }
+                    // Overlapping devices are published (new instances over idle ones, every
+                    // profile's device on an empty GPU), so the check had pairs to refuse.
+                    assert_eq!(overlapping > 0, !mig.is_empty(), "{shape:?} {sharing:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn shared_devices_allow_multiple_allocations_and_counted_ones_do_not() {
         let st = node_state(0);
