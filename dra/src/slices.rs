@@ -615,7 +615,10 @@ mod tests {
     fn counters_admit(slices: &[ResourceSlice], devs: &[&Device]) -> bool {
         let value = |q: &Quantity| -> i64 { q.0.parse().expect("counter values are integers") };
         let mut left: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for set in slices.iter().flat_map(|s| s.spec.shared_counters.iter().flatten()) {
+        for set in slices
+            .iter()
+            .flat_map(|s| s.spec.shared_counters.iter().flatten())
+        {
             for (name, c) in &set.counters {
                 left.insert((set.name.clone(), name.clone()), value(&c.value));
             }
