@@ -7,8 +7,10 @@
 //!   instance the warm path would reuse (a warm device), else a new instance at the placement
 //!   the policy prefers (overlapping idle instances are destroyed at prepare, as on the cold
 //!   path);
-//! - leased instances, so that the memory-slice counters they consume stay consumed (the
-//!   allocator counts only devices that are published and allocated);
+//! - instances claims lease, so that the memory-slice counters they consume stay consumed (the
+//!   allocator counts only devices that are published and allocated). An instance a container
+//!   leases (the RuntimeClass path) or MPS serves is no claim's: published, it would be free to
+//!   allocate in the scheduler's view, and the prepare that followed would be refused;
 //! - per GPU not in MIG mode, the whole GPU for time-slicing and its MPS shares, as devices
 //!   several claims may share (consumable capacity, KEP-5075) or, where the cluster lacks it,
 //!   as counted shares.
@@ -31,7 +33,8 @@ pub enum Offer {
     Warm(usize),
     /// Destroy these idle instances (indexes into the view's `idle`), then create the instance.
     Create { destroy: Vec<usize> },
-    /// Already granted (`busy[i]` of the view): published so its counters stay consumed.
+    /// Already granted (`busy[i]` of the view): published, if a claim holds it, so its
+    /// counters stay consumed.
     Leased(usize),
     /// Allocated to a claim by the scheduler and not prepared yet, though the node would no
     /// longer offer it: published so its counters stay consumed until prepare grants it.
@@ -254,9 +257,10 @@ fn offered(
 ) -> Result<Vec<Published>, DraNameError> {
     let mig_gpus: Vec<&GpuRecord> = st.gpus.iter().filter(|g| g.mig_enabled).collect();
     let mut per_gpu = Vec::new();
+    let mut busy_records = Vec::new();
     for (g, gpu) in mig_gpus.iter().enumerate() {
         let on_gpu = st.instances.iter().filter(|r| r.gpu_uuid == gpu.uuid);
-        let (idle, busy): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
+        let (idle, busy_of): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
             on_gpu.partition(|r| r.is_idle());
         let occ = |v: &[&InstanceRecord]| {
             v.iter()
@@ -266,7 +270,8 @@ fn offered(
                 })
                 .collect::<Vec<_>>()
         };
-        let (busy, idle) = (occ(&busy), occ(&idle));
+        let (busy, idle) = (occ(&busy_of), occ(&idle));
+        busy_records.push(busy_of);
         let table = cached_table(cfg, st, &gpu.profiles);
         let policy = Policy {
             scorer: table
@@ -288,6 +293,12 @@ fn offered(
     }
     let mut out = Vec::new();
     for d in in_order(&per_gpu) {
+        if let Offer::Leased(j) = d.offer {
+            let record: &InstanceRecord = busy_records[d.gpu][j];
+            if !record.lease.as_ref().is_some_and(|l| l.owner().is_claim()) {
+                continue;
+            }
+        }
         let gpu = mig_gpus[d.gpu];
         let profile = gpu
             .profiles
@@ -408,7 +419,7 @@ mod tests {
             }),
             created_at: 0,
             lease: leased.then(|| Lease {
-                container_id: format!("claim-{start}"),
+                container_id: crate::ledger::Owner::claim_lease_id(&format!("uid-{start}-0")),
                 since: 0,
                 runtime_root: None,
             }),
@@ -641,18 +652,49 @@ mod tests {
             "{:?}",
             names(&out)
         );
+        // Nor at all: no claim is allocated it, so the scheduler would take it as free.
         assert!(
-            out.iter().any(|d| d.name.to_string() == "gpu0-3g-40gb-at4"
-                && matches!(
-                    d.kind,
-                    Kind::Mig {
-                        offer: Offer::Leased(_),
-                        ..
-                    }
-                )),
-            "its memory slices stay consumed: {:?}",
+            out.iter().all(|d| d.name.to_string() != "gpu0-3g-40gb-at4"),
+            "{:?}",
             names(&out)
         );
+        assert!(!out.is_empty(), "the rest of the GPU is offered");
+    }
+
+    /// The RuntimeClass path beside DRA on one node: an instance a container leases is allocated
+    /// to no claim, so a published device for it would be one the scheduler could give a claim,
+    /// whose prepare the node then refuses. It is left out; no device published overlaps it.
+    #[test]
+    fn an_instance_a_container_leases_is_not_published() {
+        let g0 = gpu(0, true);
+        let mut by_container = instance(&g0, "3g.40gb", 4, true);
+        by_container.lease.as_mut().unwrap().container_id = "4f1c0ffee".into();
+        let by_claim = instance(&g0, "1g.10gb", 0, true);
+        let st = LedgerState {
+            instances: vec![by_container.clone(), by_claim],
+            gpus: vec![g0],
+            ..Default::default()
+        };
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &[]).unwrap();
+        let n = names(&out);
+        assert!(!n.contains(&"gpu0-3g-40gb-at4".to_string()), "{n:?}");
+        assert_eq!(
+            n.last().map(String::as_str),
+            Some("gpu0-1g-10gb-at0"),
+            "{n:?}"
+        );
+        for d in &out {
+            if let Kind::Mig { slot, .. } = &d.kind {
+                let end = slot.start + slot.size;
+                let taken =
+                    by_container.slot.start..by_container.slot.start + by_container.slot.size;
+                assert!(
+                    end <= taken.start || slot.start >= taken.end,
+                    "{} overlaps",
+                    d.name
+                );
+            }
+        }
     }
 
     #[test]
