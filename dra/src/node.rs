@@ -32,6 +32,8 @@ pub enum NodeError {
         "{claim} is not allocated (no status.allocation): the scheduler has not placed it yet"
     )]
     NotAllocated { claim: String },
+    #[error("{claim} is allocated no device of driver {DRIVER} (its allocation names {drivers}); nothing prepared: the kubelet sends a driver only the claims allocated its devices, so the claim read (from the API server, or --claims-dir) is not the one the kubelet saw")]
+    NoDevice { claim: String, drivers: String },
     #[error("{claim}: device {device} of this driver is allocated from pool {pool}, and this node ({node}) publishes pool {node}: the plugin's --node-name must be the node's name")]
     OtherPool {
         claim: String,
@@ -131,9 +133,6 @@ impl Node {
     pub fn prepare(&self, claim: &ClaimRef) -> Result<Vec<Prepared>, NodeError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let results = self.allocation(claim)?;
-        if results.is_empty() {
-            return Ok(Vec::new());
-        }
         let prepared: Vec<Prepared> = results
             .iter()
             .enumerate()
@@ -284,8 +283,21 @@ impl Node {
             .ok_or_else(|| NodeError::NotAllocated {
                 claim: claim.to_string(),
             })?;
+        let drivers: std::collections::BTreeSet<String> =
+            results.iter().map(|r| r.driver.clone()).collect();
         let ours: Vec<DeviceRequestAllocationResult> =
             results.into_iter().filter(|r| r.driver == DRIVER).collect();
+        if ours.is_empty() {
+            // Answered as prepared, the pod would start without the GPU it asked for.
+            return Err(NodeError::NoDevice {
+                claim: claim.to_string(),
+                drivers: if drivers.is_empty() {
+                    "no device".to_string()
+                } else {
+                    format!("only {}", drivers.into_iter().collect::<Vec<_>>().join(", "))
+                },
+            });
+        }
         if let Some(r) = ours.iter().find(|r| r.pool != self.opts.node_name) {
             return Err(NodeError::OtherPool {
                 claim: claim.to_string(),

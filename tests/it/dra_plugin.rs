@@ -466,6 +466,14 @@ fn claims_the_plugin_cannot_prepare_are_answered_with_the_reason_and_hold_nothin
         NODE_NAME,
         &[("a", "gpu0-1g-10gb-at0"), ("b", "gpu0-7g-80gb-at1")],
     );
+    // Allocated only another driver's device: the kubelet never sends such a claim here, so it
+    // was allocated again since; answered as prepared, the pod would run without its GPU.
+    dirs.write_claim(NS, "theirs", "u-theirs", NODE_NAME, &[("gpu", "gpu-0")]);
+    let theirs = dirs.claims_dir().join(format!("{NS}_theirs.json"));
+    let mut claim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&theirs).unwrap()).unwrap();
+    claim["status"]["allocation"]["devices"]["results"][0]["driver"] = "gpu.nvidia.com".into();
+    std::fs::write(&theirs, claim.to_string()).unwrap();
     let out = kubelet
         .prepare(
             &endpoint(&dirs),
@@ -474,9 +482,17 @@ fn claims_the_plugin_cannot_prepare_are_answered_with_the_reason_and_hold_nothin
                 (NS, "other", "u-other"),
                 (NS, "bad", "u-bad"),
                 (NS, "missing", "u-missing"),
+                (NS, "theirs", "u-theirs"),
             ],
         )
         .unwrap();
+    assert!(
+        out["u-theirs"].error.contains("no device of driver gpu.gpushare.dev")
+            && out["u-theirs"].error.contains("only gpu.nvidia.com"),
+        "{}: {:?}",
+        out["u-theirs"].error,
+        out["u-theirs"].devices
+    );
     assert!(
         out["u-other"].error.contains("allocated from pool node-b"),
         "{}",

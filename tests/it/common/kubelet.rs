@@ -74,6 +74,18 @@ impl DraDirs {
         let slices = gpushare_dra::publish::DirSink::new(&self.slices_dir())
             .read(NODE_NAME)
             .expect("the published slices read as resource.k8s.io/v1 ResourceSlices");
+        for (path, typed) in &slices {
+            // k8s-openapi skips fields it does not know: the typed object must give back the
+            // whole file, or the plugin wrote something the API server would refuse.
+            let raw: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            let back = serde_json::to_value(typed).unwrap();
+            assert_eq!(
+                back,
+                raw,
+                "{}: fields lost as a typed ResourceSlice",
+                path.display()
+            );
+        }
         let generation = slices
             .iter()
             .map(|(_, s)| s.spec.pool.generation)
