@@ -33,6 +33,11 @@ enum Error {
     Version(kube::Error),
     #[error("--kubernetes-version {0:?} is not a Kubernetes version such as 1.34")]
     BadVersion(String),
+    #[error("--claims-dir {}: {source}; it must be a folder holding the claims the scheduler allocated, as <namespace>_<name>.json files (create it, or leave --claims-dir out to read claims from the API server)", dir.display())]
+    ClaimsDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the node's name is needed (--node-name, or NODE_NAME from the pod's spec.nodeName): it names the pool this node publishes")]
     NoNodeName,
 }
@@ -104,6 +109,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         .node_name
         .filter(|n| !n.is_empty())
         .ok_or(Error::NoNodeName)?;
+    // Found missing only later, every publication and every prepare would fail on it.
+    if let Some(dir) = &cli.claims_dir {
+        std::fs::read_dir(dir).map_err(|source| Error::ClaimsDir {
+            dir: dir.clone(),
+            source,
+        })?;
+    }
     // One thread serves both sockets; prepares run on the runtime's blocking threads, one at a
     // time (the node serializes them), so a few suffice.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -294,7 +294,10 @@ impl Node {
                 drivers: if drivers.is_empty() {
                     "no device".to_string()
                 } else {
-                    format!("only {}", drivers.into_iter().collect::<Vec<_>>().join(", "))
+                    format!(
+                        "only {}",
+                        drivers.into_iter().collect::<Vec<_>>().join(", ")
+                    )
                 },
             });
         }

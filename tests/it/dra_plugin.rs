@@ -3,7 +3,7 @@
 //! claims shaped as the scheduler writes them. What the container runtime then does with the
 //! CDI specs is tests/it/dra_cri.rs's.
 
-use crate::common::kubelet::{DraDirs, Kubelet, Plugin, Version, NODE_NAME};
+use crate::common::kubelet::{dra_bin, DraDirs, Kubelet, Plugin, Version, NODE_NAME};
 use crate::common::{text, SimNode};
 use gpushare_core::ledger::{LedgerState, Owner};
 use serde_json::Value;
@@ -487,7 +487,9 @@ fn claims_the_plugin_cannot_prepare_are_answered_with_the_reason_and_hold_nothin
         )
         .unwrap();
     assert!(
-        out["u-theirs"].error.contains("no device of driver gpu.gpushare.dev")
+        out["u-theirs"]
+            .error
+            .contains("no device of driver gpu.gpushare.dev")
             && out["u-theirs"].error.contains("only gpu.nvidia.com"),
         "{}: {:?}",
         out["u-theirs"].error,
@@ -619,4 +621,42 @@ fn sigterm_deregisters_the_plugin_and_keeps_what_it_prepared() {
     // Pods keep running on what was prepared: a restart is no unprepare.
     assert!(dirs.cdi_spec(uid).is_some());
     assert!(leased(&node.ledger(), &format!("{uid}-0")).is_some());
+}
+
+/// An operator's typo in --claims-dir stops the plugin at start with what to do, instead of a
+/// plugin that registers and then fails every publication and every prepare on it.
+#[test]
+fn a_missing_claims_folder_stops_the_plugin_at_start_with_what_to_do() {
+    let node = SimNode::new("h100-80gb", 1, true);
+    let dirs = DraDirs::new();
+    let missing = dirs.claims_dir().join("no-such-folder");
+    // Before the fix it ran on: `timeout` turns that into a failure (124).
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(dra_bin())
+        .arg("--config")
+        .arg(node.config())
+        .args(["--node-name", NODE_NAME])
+        .arg("--plugin-dir")
+        .arg(dirs.plugin_dir())
+        .arg("--registry-dir")
+        .arg(dirs.registry_dir())
+        .arg("--cdi-dir")
+        .arg(dirs.cdi_dir())
+        .arg("--claims-dir")
+        .arg(&missing)
+        .arg("--publish-to")
+        .arg(dirs.slices_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--claims-dir {}", missing.display()))
+            && err.contains("No such file or directory")
+            && err.contains("leave --claims-dir out"),
+        "{err}"
+    );
+    assert!(!dirs.registration_socket().exists(), "not registered");
 }
