@@ -62,17 +62,32 @@ impl Containerd {
             .args(args))
     }
 
-    /// `ctr run --rm --rootfs [--runc-binary gpushare] <opts> ROOTFS ID sh -c SCRIPT`.
+    /// `ctr run --rm --rootfs [--runc-binary gpushare] <opts> ROOTFS ID sh -c SCRIPT`, with
+    /// what the container printed on stdout as the output's stdout.
+    ///
+    /// The container's stdout goes to a file in its rootfs, not through ctr: containerd 1.6's
+    /// client closes a task's output FIFOs before draining them when it deletes the task
+    /// (containerd PR 5974, undone by PR 8643 in 1.7), so `ctr run --rm` loses whatever it had
+    /// not copied yet when the container exited, silently and with exit status 0.
     pub fn run(&self, gpushare: bool, opts: &[&str], script: &str) -> Output {
         let id = unique("c");
+        let out_name = format!("stdout-{id}");
+        let script = format!("exec >/{out_name}\n{script}");
         let mut args = vec!["run", "--rm", "--rootfs"];
         if gpushare {
             args.extend_from_slice(&["--runc-binary", self.shim()]);
         }
         args.extend_from_slice(opts);
         let rootfs = self.rootfs.display().to_string();
-        args.extend_from_slice(&[&rootfs, &id, "/bin/sh", "-c", script]);
-        self.ctr(&args)
+        args.extend_from_slice(&[&rootfs, &id, "/bin/sh", "-c", &script]);
+        let mut out = self.ctr(&args);
+        let file = self.rootfs.join(&out_name);
+        // Absent when the container never started (a refused create).
+        if let Ok(printed) = std::fs::read(&file) {
+            out.stdout.extend(printed);
+            std::fs::remove_file(&file).unwrap();
+        }
+        out
     }
 }
 
