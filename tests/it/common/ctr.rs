@@ -65,10 +65,10 @@ impl Containerd {
     /// `ctr run --rm --rootfs [--runc-binary gpushare] <opts> ROOTFS ID sh -c SCRIPT`, with
     /// what the container printed on stdout as the output's stdout.
     ///
-    /// The container's stdout goes to a file in its rootfs, not through ctr: containerd 1.6's
-    /// client closes a task's output FIFOs before draining them when it deletes the task
-    /// (containerd PR 5974, undone by PR 8643 in 1.7), so `ctr run --rm` loses whatever it had
-    /// not copied yet when the container exited, silently and with exit status 0.
+    /// The container's stdout goes to a file in its rootfs, not through ctr: the containerd
+    /// 1.6 client closes a task's output FIFOs before draining them when it deletes the task
+    /// (containerd PR 5974; PR 8643 undid it later), so on a loaded machine `ctr run --rm`
+    /// drops whatever it had not copied yet when the container exited, with exit status 0.
     pub fn run(&self, gpushare: bool, opts: &[&str], script: &str) -> Output {
         let id = unique("c");
         let out_name = format!("stdout-{id}");
