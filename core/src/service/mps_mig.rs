@@ -351,7 +351,19 @@ mod tests {
     }
 
     fn share(s: &Scratch, gpu: &FakeGpu, node: &FakeNode, pct: u8, id: &str) -> MpsGrant {
-        grant_on(&s.cfg, gpu, node, "3g.40gb", pct, None, None, &who(id)).unwrap()
+        try_share(s, gpu, node, pct, None, id).unwrap()
+    }
+
+    /// A 3g.40gb share of `pct` percent, with `memory` pinned if given.
+    fn try_share(
+        s: &Scratch,
+        gpu: &FakeGpu,
+        node: &FakeNode,
+        pct: u8,
+        memory: Option<u64>,
+        id: &str,
+    ) -> Result<MpsGrant, MpsMigError> {
+        grant_on(&s.cfg, gpu, node, "3g.40gb", pct, memory, None, &who(id))
     }
 
     fn clients(d: &MpsDaemon) -> Vec<&str> {
@@ -397,7 +409,7 @@ mod tests {
         // 33 more would make 132% of the instance; 50% is another share size.
         let d = share(&s, &gpu, &node, 50, "d");
         assert_ne!(d.gpu_uuid, a.gpu_uuid);
-        let e = grant_on(&s.cfg, &gpu, &node, "3g.40gb", 33, None, None, &who("e")).unwrap_err();
+        let e = try_share(&s, &gpu, &node, 33, None, "e").unwrap_err();
         assert!(
             err_is_no_room(&e),
             "an H100 has two 3g.40gb, both serve MPS: {e}"
@@ -428,17 +440,7 @@ mod tests {
         let s = scratch("mpsmig-edit");
         let gpu = FakeGpu::h100(1);
         let node = FakeNode::new(&gpu);
-        let g = grant_on(
-            &s.cfg,
-            &gpu,
-            &node,
-            "3g.40gb",
-            25,
-            Some(8 << 30),
-            None,
-            &who("a"),
-        )
-        .unwrap();
+        let g = try_share(&s, &gpu, &node, 25, Some(8 << 30), "a").unwrap();
         let st = s.ledger();
         let h = st.mps[0].mig.clone().unwrap();
         let env = |k: &str| {
@@ -482,17 +484,7 @@ mod tests {
             st.mps[0].pipe_dir.display().to_string()
         );
         // Asked again (an engine retrying create): the same share, nothing more.
-        let again = grant_on(
-            &s.cfg,
-            &gpu,
-            &node,
-            "3g.40gb",
-            25,
-            Some(8 << 30),
-            None,
-            &who("a"),
-        )
-        .unwrap();
+        let again = try_share(&s, &gpu, &node, 25, Some(8 << 30), "a").unwrap();
         assert!(!again.fresh);
         assert_eq!(again.edit, g.edit);
         assert_eq!(s.ledger().mps[0].clients.len(), 1);
@@ -539,8 +531,8 @@ mod tests {
         let gpu = FakeGpu::h100(1);
         let node = FakeNode::new(&gpu);
         let big = Some(30 << 30);
-        let a = grant_on(&s.cfg, &gpu, &node, "3g.40gb", 10, big, None, &who("a")).unwrap();
-        let b = grant_on(&s.cfg, &gpu, &node, "3g.40gb", 10, big, None, &who("b")).unwrap();
+        let a = try_share(&s, &gpu, &node, 10, big, "a").unwrap();
+        let b = try_share(&s, &gpu, &node, 10, big, "b").unwrap();
         assert_ne!(a.gpu_uuid, b.gpu_uuid, "60 GiB pinned in a 40 GB instance");
     }
 
@@ -601,7 +593,7 @@ mod tests {
         s.cfg.mps.control = PathBuf::from("/nonexistent/nvidia-cuda-mps-control");
         let gpu = FakeGpu::h100(1);
         let node = FakeNode::new(&gpu);
-        let err = grant_on(&s.cfg, &gpu, &node, "3g.40gb", 50, None, None, &who("a")).unwrap_err();
+        let err = try_share(&s, &gpu, &node, 50, None, "a").unwrap_err();
         assert!(
             err.to_string()
                 .contains("cannot start the MPS control daemon"),
