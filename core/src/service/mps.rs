@@ -105,24 +105,8 @@ pub fn grant_on(
     let locked =
         Ledger::new(&cfg.state_dir).lock(Duration::from_millis(cfg.pool.lock_timeout_ms))?;
     let mut st = locked.load()?;
-    if let Some(d) = st.mps.iter().find(|d| {
-        d.clients
-            .iter()
-            .any(|c| c.lease.container_id == who.container_id)
-    }) {
-        // The same container asking again keeps its share.
-        let c = d
-            .clients
-            .iter()
-            .find(|c| c.lease.container_id == who.container_id)
-            .expect("found");
-        let edit = client_edit(cfg, &majors, d, c.percent, c.memory);
-        return Ok(MpsGrant {
-            fresh: false,
-            gpu_uuid: d.device_uuid().to_string(),
-            edit,
-            warm: true,
-        });
+    if let Some(held) = held_share(cfg, &majors, &st, who) {
+        return Ok(held);
     }
     let mut warm = known_gpus(be, &mut st)?;
     crate::compute_mode::repair_and_save(be, &locked, &mut st)?;
@@ -361,6 +345,28 @@ fn choose_gpu(
             reasons: reasons.join("; "),
         }),
     }
+}
+
+/// The share `who` already holds, in a whole GPU or a MIG device: the same container asking
+/// again (an engine retrying create) keeps its share, with no NVML and no daemon start.
+pub(crate) fn held_share(
+    cfg: &Config,
+    majors: &driver::Majors,
+    st: &LedgerState,
+    who: &Claimant<'_>,
+) -> Option<MpsGrant> {
+    st.mps.iter().find_map(|d| {
+        let c = d
+            .clients
+            .iter()
+            .find(|c| c.lease.container_id == who.container_id)?;
+        Some(MpsGrant {
+            gpu_uuid: d.device_uuid().to_string(),
+            edit: client_edit(cfg, majors, d, c.percent, c.memory),
+            warm: true,
+            fresh: false,
+        })
+    })
 }
 
 pub(crate) fn client_edit(

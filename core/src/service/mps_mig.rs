@@ -89,23 +89,8 @@ pub fn grant_on(
     // 1. A daemon already serving this profile and share, with room left: no NVML.
     let locked = Ledger::new(&cfg.state_dir).lock(timeout)?;
     let mut st = locked.load()?;
-    if let Some(d) = st.mps.iter().find(|d| {
-        d.clients
-            .iter()
-            .any(|c| c.lease.container_id == who.container_id)
-    }) {
-        // The same container asking again keeps its share.
-        let c = d
-            .clients
-            .iter()
-            .find(|c| c.lease.container_id == who.container_id)
-            .expect("found");
-        return Ok(MpsGrant {
-            gpu_uuid: d.device_uuid().to_string(),
-            edit: mps::client_edit(cfg, &majors, d, c.percent, c.memory),
-            warm: true,
-            fresh: false,
-        });
+    if let Some(held) = mps::held_share(cfg, &majors, &st, who) {
+        return Ok(held);
     }
     if let Some(at) = joinable(cfg, node, &st, profile, share, device) {
         let mut warm = true;
