@@ -376,51 +376,10 @@ mod tests {
     use super::*;
     use gpushare_core::dra_devices::{node_devices, Sharing};
     use gpushare_core::dra_name::DeviceName;
-    use gpushare_core::ledger::{InstanceRecord, Lease, LedgerState, Made};
-    use gpushare_core::policy::model::profiles_from_json;
+    use gpushare_core::ledger::LedgerState;
+    use gpushare_core::testing::{gpu_record as gpu, h100_profiles, instance_record as instance};
     use k8s_openapi::api::resource::v1::ResourceSlice;
     use std::collections::BTreeSet;
-
-    const H100: &str = include_str!("../../sim/models/h100-80gb.json");
-
-    fn gpu(index: u32, mig: bool) -> GpuRecord {
-        GpuRecord {
-            index,
-            uuid: format!("GPU-{index:04}"),
-            name: "NVIDIA H100 80GB HBM3".into(),
-            minor: index,
-            profiles: profiles_from_json(H100).unwrap(),
-            memory_total: 80 << 30,
-            mig_enabled: mig,
-        }
-    }
-
-    fn instance(g: &GpuRecord, profile: &str, start: u32, leased: bool) -> InstanceRecord {
-        let p = g.profiles.iter().find(|p| p.name == profile).unwrap();
-        InstanceRecord {
-            gpu_uuid: g.uuid.clone(),
-            gpu_index: g.index,
-            gpu_minor: g.minor,
-            profile: p.name.clone(),
-            profile_id: p.id,
-            slot: *p.placements.iter().find(|s| s.start == start).unwrap(),
-            made: Some(Made {
-                gi: start,
-                ci: 0,
-                mig_uuid: format!("MIG-{}-{start}", g.index),
-                gi_cap_minor: 0,
-                ci_cap_minor: 0,
-            }),
-            created_at: 0,
-            lease: leased.then(|| Lease {
-                container_id: format!("claim-{}-{start}", g.index),
-                since: 0,
-                runtime_root: None,
-            }),
-            idle_since: (!leased).then_some(1),
-            mps: false,
-        }
-    }
 
     /// A busy node: `mig` MIG GPUs with leased and idle instances, two GPUs outside MIG.
     pub(crate) fn node_state(mig: u32) -> LedgerState {
@@ -570,7 +529,7 @@ mod tests {
     #[test]
     fn counters_consumed_are_the_placement_the_name_says() {
         let st = node_state(4);
-        let profiles = profiles_from_json(H100).unwrap();
+        let profiles = h100_profiles();
         let slices =
             resource_slices("n1", &published(&st, Sharing::Consumable), Shape::V1_35, 1).unwrap();
         let mut mig = 0;
@@ -645,7 +604,7 @@ mod tests {
     /// disjoint memory slices by their names.
     #[test]
     fn counters_never_let_two_allocatable_devices_overlap_on_a_memory_slice() {
-        let profiles = profiles_from_json(H100).unwrap();
+        let profiles = h100_profiles();
         for st in [node_state(6), node_state(0)] {
             for shape in [Shape::V1_34, Shape::V1_35] {
                 for sharing in [Sharing::Consumable, Sharing::Counted { shares: 3 }] {

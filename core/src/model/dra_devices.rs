@@ -385,48 +385,10 @@ fn offered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Lease, Made, ShareLease};
+    use crate::ledger::{Lease, ShareLease};
     use crate::placement::tests::h100;
     use crate::policy::DEFAULT_REUSE_TOLERANCE;
-
-    fn gpu(index: u32, mig: bool) -> GpuRecord {
-        GpuRecord {
-            index,
-            uuid: format!("GPU-{index}"),
-            name: "NVIDIA H100 80GB HBM3".into(),
-            minor: index,
-            profiles: h100(),
-            memory_total: 80 << 30,
-            mig_enabled: mig,
-        }
-    }
-
-    fn instance(g: &GpuRecord, profile: &str, start: u32, leased: bool) -> InstanceRecord {
-        let p = g.profiles.iter().find(|p| p.name == profile).unwrap();
-        InstanceRecord {
-            gpu_uuid: g.uuid.clone(),
-            gpu_index: g.index,
-            gpu_minor: g.minor,
-            profile: p.name.clone(),
-            profile_id: p.id,
-            slot: *p.placements.iter().find(|s| s.start == start).unwrap(),
-            made: Some(Made {
-                gi: start,
-                ci: 0,
-                mig_uuid: format!("MIG-{}-{start}", g.index),
-                gi_cap_minor: 0,
-                ci_cap_minor: 0,
-            }),
-            created_at: 0,
-            lease: leased.then(|| Lease {
-                container_id: crate::ledger::Owner::claim_lease_id(&format!("uid-{start}-0")),
-                since: 0,
-                runtime_root: None,
-            }),
-            idle_since: (!leased).then_some(1),
-            mps: false,
-        }
-    }
+    use crate::testing::{gpu_record as gpu, instance_record as instance};
 
     fn cfg() -> Config {
         let mut c = Config::default();

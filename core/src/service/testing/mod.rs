@@ -7,9 +7,11 @@
 
 mod gpu;
 mod node;
+mod records;
 
-pub use gpu::{Call, FakeGpu};
+pub use gpu::{h100_profiles, Call, FakeGpu};
 pub use node::FakeNode;
+pub use records::{gpu_record, instance_record};
 
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerState};
