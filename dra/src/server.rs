@@ -4,7 +4,7 @@
 //! thread: core's grants take file locks and may call NVML.
 
 use crate::claims::ClaimRef;
-use crate::node::{Node, Prepared};
+use crate::node::{Node, NodeError};
 use crate::proto::{registration, v1, v1beta1, PLUGIN_TYPE, SERVICES};
 use crate::sockets;
 use std::collections::HashMap;
@@ -84,16 +84,20 @@ fn claim_ref(namespace: String, uid: String, name: String) -> Result<ClaimRef, S
     })
 }
 
-async fn prepare_all(
+/// `op` (prepare or unprepare, named `what` in the log) on each claim, on a blocking thread:
+/// each claim's result, by uid.
+async fn each_claim<T: Send + 'static>(
     node: Arc<Node>,
     claims: Vec<ClaimRef>,
-) -> Result<Vec<(String, Result<Vec<Prepared>, String>)>, Status> {
+    what: &'static str,
+    op: fn(&Node, &ClaimRef) -> Result<T, NodeError>,
+) -> Result<Vec<(String, Result<T, String>)>, Status> {
     tokio::task::spawn_blocking(move || {
         claims
             .into_iter()
             .map(|c| {
-                let r = node.prepare(&c).map_err(|e| {
-                    tracing::error!("prepare: {e}");
+                let r = op(&node, &c).map_err(|e| {
+                    tracing::error!("{what}: {e}");
                     e.to_string()
                 });
                 (c.uid, r)
@@ -101,27 +105,7 @@ async fn prepare_all(
             .collect()
     })
     .await
-    .map_err(|e| Status::internal(format!("the prepare thread died: {e}")))
-}
-
-async fn unprepare_all(
-    node: Arc<Node>,
-    claims: Vec<ClaimRef>,
-) -> Result<Vec<(String, Result<(), String>)>, Status> {
-    tokio::task::spawn_blocking(move || {
-        claims
-            .into_iter()
-            .map(|c| {
-                let r = node.unprepare(&c).map_err(|e| {
-                    tracing::error!("unprepare: {e}");
-                    e.to_string()
-                });
-                (c.uid, r)
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| Status::internal(format!("the unprepare thread died: {e}")))
+    .map_err(|e| Status::internal(format!("the {what} thread died: {e}")))
 }
 
 /// The DRA node service of one API version (v1 and v1beta1 carry the same messages).
@@ -143,7 +127,7 @@ macro_rules! dra_service {
                     .into_iter()
                     .map(|c| claim_ref(c.namespace, c.uid, c.name))
                     .collect::<Result<Vec<_>, _>>()?;
-                let done = prepare_all(self.node.clone(), claims).await?;
+                let done = each_claim(self.node.clone(), claims, "prepare", Node::prepare).await?;
                 let claims: HashMap<String, $v::NodePrepareResourceResponse> = done
                     .into_iter()
                     .map(|(uid, r)| {
@@ -181,7 +165,8 @@ macro_rules! dra_service {
                     .into_iter()
                     .map(|c| claim_ref(c.namespace, c.uid, c.name))
                     .collect::<Result<Vec<_>, _>>()?;
-                let done = unprepare_all(self.node.clone(), claims).await?;
+                let done =
+                    each_claim(self.node.clone(), claims, "unprepare", Node::unprepare).await?;
                 let claims = done
                     .into_iter()
                     .map(|(uid, r)| {
