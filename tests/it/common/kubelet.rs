@@ -12,6 +12,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// `(namespace, name, uid)` triples as the claims of a request of API version `$v` (v1 and
+/// v1beta1 carry the same message under two packages, so no one type serves both).
+macro_rules! claims_in {
+    ($v:ident, $claims:expr) => {
+        $claims
+            .iter()
+            .map(|(ns, name, uid)| $v::Claim {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                uid: uid.to_string(),
+            })
+            .collect()
+    };
+}
+
 /// The node name the plugin runs as: its pool's name.
 pub const NODE_NAME: &str = "node-a";
 
@@ -323,14 +338,7 @@ impl Kubelet {
             Version::V1 => {
                 let mut c = v1::dra_plugin_client::DraPluginClient::new(ch);
                 let req = v1::NodePrepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|(ns, name, uid)| v1::Claim {
-                            namespace: ns.to_string(),
-                            name: name.to_string(),
-                            uid: uid.to_string(),
-                        })
-                        .collect(),
+                    claims: claims_in!(v1, claims),
                 };
                 Ok(self
                     .rt
@@ -341,14 +349,7 @@ impl Kubelet {
             Version::V1beta1 => {
                 let mut c = v1beta1::dra_plugin_client::DraPluginClient::new(ch);
                 let req = v1beta1::NodePrepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|(ns, name, uid)| v1beta1::Claim {
-                            namespace: ns.to_string(),
-                            name: name.to_string(),
-                            uid: uid.to_string(),
-                        })
-                        .collect(),
+                    claims: claims_in!(v1beta1, claims),
                 };
                 let resp = self
                     .rt
@@ -395,14 +396,7 @@ impl Kubelet {
             Version::V1 => {
                 let mut c = v1::dra_plugin_client::DraPluginClient::new(ch);
                 let req = v1::NodeUnprepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|(ns, name, uid)| v1::Claim {
-                            namespace: ns.to_string(),
-                            name: name.to_string(),
-                            uid: uid.to_string(),
-                        })
-                        .collect(),
+                    claims: claims_in!(v1, claims),
                 };
                 let r = self
                     .rt
@@ -413,14 +407,7 @@ impl Kubelet {
             Version::V1beta1 => {
                 let mut c = v1beta1::dra_plugin_client::DraPluginClient::new(ch);
                 let req = v1beta1::NodeUnprepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|(ns, name, uid)| v1beta1::Claim {
-                            namespace: ns.to_string(),
-                            name: name.to_string(),
-                            uid: uid.to_string(),
-                        })
-                        .collect(),
+                    claims: claims_in!(v1beta1, claims),
                 };
                 let r = self
                     .rt
