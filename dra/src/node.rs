@@ -364,17 +364,8 @@ impl Node {
 
 /// The lease ids of claim devices in `st` (of claim `uid` only, when given).
 fn claim_leases(st: &LedgerState, uid: Option<&str>) -> Vec<String> {
-    let leases = st
-        .instances
-        .iter()
-        .filter_map(|r| r.lease.as_ref())
-        .chain(st.shares.iter().map(|s| &s.lease))
-        .chain(
-            st.mps
-                .iter()
-                .flat_map(|d| d.clients.iter().map(|c| &c.lease)),
-        );
-    let mut out: Vec<String> = leases
+    let mut out: Vec<String> = st
+        .leases()
         .filter(|l| match l.owner() {
             Owner::Claim(device) => uid.is_none_or(|u| claim_of(device) == Some(u)),
             Owner::Container(_) => false,

@@ -200,17 +200,7 @@ pub fn roots(
     out.extend(crate::instance_log::roots(&crate::instance_log::owned(
         &cfg.state_dir,
     )));
-    let leases = st
-        .instances
-        .iter()
-        .filter_map(|r| r.lease.as_ref())
-        .chain(st.shares.iter().map(|s| &s.lease))
-        .chain(
-            st.mps
-                .iter()
-                .flat_map(|d| d.clients.iter().map(|c| &c.lease)),
-        );
-    out.extend(leases.filter_map(|l| l.runtime_root.clone()));
+    out.extend(st.leases().filter_map(|l| l.runtime_root.clone()));
     if let Some(raw) = salvage {
         out.extend(quoted_after(
             &String::from_utf8_lossy(raw),
