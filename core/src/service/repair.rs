@@ -570,14 +570,7 @@ mod tests {
             ),
             (2, 1, 1)
         );
-        let path = Ledger::new(&s.cfg.state_dir).path();
-        let mut raw = std::fs::read(&path).unwrap();
-        let at = raw
-            .windows(12)
-            .position(|w| w == b"\"instances\":")
-            .unwrap();
-        raw[at + 11] = b'#';
-        std::fs::write(&path, raw).unwrap();
+        damage_ledger(&s);
 
         let report = run_on(&s.cfg, &gpu, &node, &RepairOptions::default()).unwrap();
         assert!(report.moved_aside.is_some());
@@ -599,6 +592,19 @@ mod tests {
 
     /// A grant that turned MIG on and died after making its instance (alloc.cold.made): the
     /// ledger holds the switch record and the instance's intent, the instance log its make.
+    /// Breaks the ledger's JSON at its `"instances":` key: it no longer parses, and the rest of
+    /// its text stays whole for repair to salvage.
+    fn damage_ledger(s: &Scratch) {
+        let path = Ledger::new(&s.cfg.state_dir).path();
+        let mut raw = std::fs::read(&path).unwrap();
+        let at = raw
+            .windows(12)
+            .position(|w| w == b"\"instances\":")
+            .unwrap();
+        raw[at + 11] = b'#';
+        std::fs::write(&path, raw).unwrap();
+    }
+
     fn crashed_mig_switch(s: &Scratch, gpu: &FakeGpu) -> crate::gpu::Created {
         let locked = Ledger::new(&s.cfg.state_dir)
             .lock(Duration::from_secs(5))
@@ -715,14 +721,7 @@ mod tests {
         crashed_mig_switch(&s, &gpu);
         // Damaged before the switch record: the ledger no longer parses, the record's text
         // is whole.
-        let path = Ledger::new(&s.cfg.state_dir).path();
-        let mut raw = std::fs::read(&path).unwrap();
-        let at = raw
-            .windows(12)
-            .position(|w| w == b"\"instances\":")
-            .unwrap();
-        raw[at + 11] = b'#';
-        std::fs::write(&path, raw).unwrap();
+        damage_ledger(&s);
         assert!(Ledger::new(&s.cfg.state_dir)
             .lock(Duration::from_secs(5))
             .unwrap()
