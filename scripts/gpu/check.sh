@@ -39,6 +39,9 @@ hook_path = "$GPUSHARE_BIN/gpushare-hook"
 control = "$DRV/bin/nvidia-cuda-mps-control"
 # The lent GPU's settings are never changed, compute mode included.
 exclusive = false
+[mig]
+# The lent GPU's MIG mode is never changed: gpushare never calls the MIG mode setter here.
+manage_mode = false
 [inject]
 lib_dirs = ["$DRV/lib64"]
 bin_dirs = ["$DRV/bin"]

@@ -335,6 +335,13 @@ fn gpu_check_script_never_changes_the_compute_mode() {
         !cfg.mig.manage_mode.any(),
         "check.sh must keep mig.manage_mode off"
     );
+    // Off by its own line, not by the default: a later default must not reach the lent GPU.
+    let raw: toml::Value = toml::from_str(&toml).unwrap();
+    assert_eq!(
+        raw.get("mig").and_then(|m| m.get("manage_mode")),
+        Some(&toml::Value::Boolean(false)),
+        "check.sh must set mig.manage_mode = false itself"
+    );
     for setter in [
         "-c ",
         "--compute-mode",
