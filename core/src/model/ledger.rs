@@ -728,11 +728,7 @@ impl Locked {
     /// it), keeping the last `cap` requests; a log grown well past that is compacted.
     pub fn load_history(&self, st: &mut LedgerState, cap: usize) {
         let log = self.path.with_file_name(HISTORY_FILE);
-        let Some(text) = crate::statedir::read(&log)
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-        else {
+        let Some(text) = read_history(&log) else {
             return;
         };
         let mut h = crate::policy::history::History::replay(&text, cap);
@@ -761,11 +757,7 @@ impl Locked {
     /// request's path.
     pub fn compact_history(&self, cap: usize) {
         let log = self.path.with_file_name(HISTORY_FILE);
-        let Some(text) = crate::statedir::read(&log)
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-        else {
+        let Some(text) = read_history(&log) else {
             return;
         };
         if too_long(&text, cap) {
@@ -775,6 +767,15 @@ impl Locked {
 }
 
 /// Whether a history log of `text` holds more than four times the `cap` requests kept.
+/// The history log's text; none when it is missing, unreadable or not UTF-8 (a history is a
+/// hint for the policy, never a reason to fail a grant).
+fn read_history(log: &Path) -> Option<String> {
+    crate::statedir::read(log)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
 fn too_long(text: &str, cap: usize) -> bool {
     text.lines().count() > 4 * cap.max(1)
 }
