@@ -49,6 +49,22 @@ pub struct DraDirs {
 }
 
 impl DraDirs {
+    /// The plugin's command line on this node with these folders, claims read from `claims`.
+    pub fn plugin_args(&self, node: &SimNode, claims: &Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), node.config().into()];
+        args.extend(["--node-name".into(), NODE_NAME.into()]);
+        for (flag, dir) in [
+            ("--plugin-dir", self.plugin_dir()),
+            ("--registry-dir", self.registry_dir()),
+            ("--cdi-dir", self.cdi_dir()),
+            ("--claims-dir", claims.to_path_buf()),
+            ("--publish-to", self.slices_dir()),
+        ] {
+            args.extend([flag.into(), dir.into()]);
+        }
+        args
+    }
+
     pub fn new() -> DraDirs {
         let base = TempDir::new("dra");
         let cdi = base.path().join("cdi");
@@ -179,19 +195,7 @@ impl Plugin {
         let reg = dirs.registration_socket();
         let _ = std::fs::remove_file(&reg);
         let child = Command::new(dra_bin())
-            .arg("--config")
-            .arg(node.config())
-            .args(["--node-name", NODE_NAME])
-            .arg("--plugin-dir")
-            .arg(dirs.plugin_dir())
-            .arg("--registry-dir")
-            .arg(dirs.registry_dir())
-            .arg("--cdi-dir")
-            .arg(dirs.cdi_dir())
-            .arg("--claims-dir")
-            .arg(dirs.claims_dir())
-            .arg("--publish-to")
-            .arg(dirs.slices_dir())
+            .args(dirs.plugin_args(node, &dirs.claims_dir()))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
