@@ -13,7 +13,8 @@
 //!   allocate in the scheduler's view, and the prepare that followed would be refused;
 //! - per GPU not in MIG mode, the whole GPU for time-slicing and its MPS shares, as devices
 //!   several claims may share (consumable capacity, KEP-5075) or, where the cluster lacks it,
-//!   as counted shares.
+//!   as counted shares, tied by a counter of the GPU's ([`SharingCounter`]) so that the
+//!   scheduler never allocates the whole GPU beside an MPS share.
 //!
 //! Order: warm devices of every GPU, then new instances, then leased ones, each GPU by GPU: the
 //! order the allocator tries them (warm path first, then the cold path GPU by GPU).
@@ -171,12 +172,49 @@ pub enum Kind {
     Mps { percent: u32, shared: bool },
 }
 
+/// What a counted device outside MIG consumes of its GPU's sharing counter: a counter of value
+/// `shares` (the GPU's counted MPS shares), of which the whole GPU consumes all and each MPS
+/// share one. gpushare refuses an MPS share on a GPU that time-slices and the reverse; on an
+/// idle GPU both are published, and this counter is what keeps the scheduler from allocating
+/// the whole GPU to one claim and a share to another before the node publishes again.
+///
+/// Counted devices only: the scheduler charges a device's counters once per allocated device,
+/// which for a device one claim holds is once per claim. A device several claims share
+/// (consumable capacity) is charged in later scheduling cycles only by schedulers that count
+/// shared allocations as allocated (kubernetes/kubernetes#139034, #140433), so consumable
+/// devices stay untied (docs/kubernetes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharingCounter {
+    /// The counter's value: the GPU's counted MPS shares.
+    pub shares: u32,
+    /// How much of it this device consumes.
+    pub consumes: u32,
+}
+
+impl SharingCounter {
+    fn whole(shares: u32) -> SharingCounter {
+        SharingCounter {
+            shares,
+            consumes: shares,
+        }
+    }
+
+    fn mps_share(shares: u32) -> SharingCounter {
+        SharingCounter {
+            shares,
+            consumes: 1,
+        }
+    }
+}
+
 /// A device the node publishes, with what the ResourceSlice says of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
     pub name: DeviceName,
     pub gpu: GpuRecord,
     pub kind: Kind,
+    /// Counted whole-GPU and MPS devices: what they consume of their GPU's sharing counter.
+    pub sharing_counter: Option<SharingCounter>,
 }
 
 /// Everything the node publishes, in order: MIG devices as above, then whole-GPU and MPS
@@ -201,7 +239,8 @@ pub fn node_devices(
         let Some(gpu) = st.gpus.iter().find(|g| g.index == name.gpu()) else {
             continue;
         };
-        let kind = match name {
+        let counted = counted_shares(sharing);
+        let (kind, sharing_counter) = match name {
             DeviceName::Mig { start, .. } if gpu.mig_enabled => {
                 let Some(profile) = name.profile(&gpu.profiles) else {
                     continue;
@@ -209,27 +248,35 @@ pub fn node_devices(
                 let Some(slot) = profile.placements.iter().find(|s| s.start == *start) else {
                     continue;
                 };
-                Kind::Mig {
+                let kind = Kind::Mig {
                     slot: *slot,
                     profile: profile.clone(),
                     offer: Offer::Allocated,
-                }
+                };
+                (kind, None)
             }
-            DeviceName::Whole { .. } if !gpu.mig_enabled => Kind::Whole {
-                shared: sharing == Sharing::Consumable,
-            },
-            DeviceName::Mps { .. } if !gpu.mig_enabled && sharing == Sharing::Consumable => {
-                Kind::Mps {
+            DeviceName::Whole { .. } if !gpu.mig_enabled => (
+                Kind::Whole {
+                    shared: counted.is_none(),
+                },
+                counted.map(SharingCounter::whole),
+            ),
+            DeviceName::Mps { .. } if !gpu.mig_enabled && counted.is_none() => {
+                let kind = Kind::Mps {
                     percent: 100,
                     shared: true,
-                }
+                };
+                (kind, None)
             }
-            DeviceName::MpsShare { .. } if !gpu.mig_enabled => match sharing {
-                Sharing::Counted { shares } => Kind::Mps {
-                    percent: counted_percent(cfg, shares),
-                    shared: false,
-                },
-                Sharing::Consumable => continue,
+            DeviceName::MpsShare { .. } if !gpu.mig_enabled => match counted {
+                Some(n) => {
+                    let kind = Kind::Mps {
+                        percent: counted_percent(cfg, n),
+                        shared: false,
+                    };
+                    (kind, Some(SharingCounter::mps_share(n)))
+                }
+                None => continue,
             },
             // A device of another mode than the GPU's now: nothing left to count.
             _ => continue,
@@ -238,9 +285,18 @@ pub fn node_devices(
             name: name.clone(),
             gpu: gpu.clone(),
             kind,
+            sharing_counter,
         });
     }
     Ok(out)
+}
+
+/// How many counted MPS shares each GPU outside MIG has; `None` with consumable capacity.
+fn counted_shares(sharing: Sharing) -> Option<u32> {
+    match sharing {
+        Sharing::Consumable => None,
+        Sharing::Counted { shares } => Some(shares.max(1)),
+    }
 }
 
 /// Each counted MPS share's percent of the SMs.
@@ -314,6 +370,7 @@ fn offered(
                 slot: d.slot,
                 offer: d.offer.clone(),
             },
+            sharing_counter: None,
         });
     }
     for gpu in st.gpus.iter().filter(|g| !g.mig_enabled) {
@@ -322,10 +379,7 @@ fn offered(
             .mps
             .iter()
             .any(|m| m.gpu_uuid == gpu.uuid && !m.clients.is_empty());
-        let (whole_shared, counted) = match sharing {
-            Sharing::Consumable => (true, None),
-            Sharing::Counted { shares } => (false, Some(shares.max(1))),
-        };
+        let counted = counted_shares(sharing);
         // Counted, a time-slice lease takes the one whole device; consumable, the scheduler
         // counts the claims itself.
         let whole_taken = time_sliced && counted.is_some();
@@ -334,8 +388,9 @@ fn offered(
                 name: DeviceName::Whole { gpu: gpu.index },
                 gpu: gpu.clone(),
                 kind: Kind::Whole {
-                    shared: whole_shared,
+                    shared: counted.is_none(),
                 },
+                sharing_counter: counted.map(SharingCounter::whole),
             });
         }
         if time_sliced {
@@ -349,6 +404,7 @@ fn offered(
                     percent: 100,
                     shared: true,
                 },
+                sharing_counter: None,
             }),
             Some(n) => {
                 // MPS clients gpushare granted hold shares the scheduler cannot see as
@@ -374,6 +430,7 @@ fn offered(
                             percent: each,
                             shared: false,
                         },
+                        sharing_counter: Some(SharingCounter::mps_share(n)),
                     });
                 }
             }
@@ -528,6 +585,154 @@ mod tests {
                     idle.push(o);
                 }
             }
+        }
+    }
+
+    /// Whether the sharing counters admit these devices at once, as the scheduler counts them:
+    /// per GPU, what the devices consume together fits the counter's value. Devices without a
+    /// sharing counter are tied by nothing.
+    fn sharing_counters_admit(set: &[&Published]) -> bool {
+        let mut used: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
+        for p in set {
+            if let Some(c) = p.sharing_counter {
+                let e = used.entry(p.gpu.index).or_insert((c.shares, 0));
+                assert_eq!(e.0, c.shares, "one value per GPU's counter");
+                e.1 += c.consumes;
+            }
+        }
+        used.values().all(|&(value, consumed)| consumed <= value)
+    }
+
+    fn mps_daemon(gpu: &GpuRecord, clients: &[u8]) -> crate::ledger::MpsDaemon {
+        crate::ledger::MpsDaemon {
+            gpu_uuid: gpu.uuid.clone(),
+            gpu_index: gpu.index,
+            gpu_minor: gpu.minor,
+            pid: Some(1),
+            pipe_dir: "/run/mps/pipe".into(),
+            log_dir: "/run/mps/log".into(),
+            percent: 100,
+            memory: None,
+            started_at: 0,
+            clients: clients
+                .iter()
+                .enumerate()
+                .map(|(i, &percent)| crate::ledger::MpsClient {
+                    lease: Lease {
+                        container_id: format!("c{i}"),
+                        since: 0,
+                        runtime_root: None,
+                    },
+                    percent,
+                    memory: None,
+                })
+                .collect(),
+            mig: None,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Counted whole-GPU and MPS devices of a GPU outside MIG, whatever the GPU serves and
+        /// whatever claims hold from earlier publications: any set of them the sharing counter
+        /// lets the scheduler allocate at once, gpushare can grant together (never the whole
+        /// GPU beside an MPS share, never more shares than the SMs hold). And the counter takes
+        /// nothing from what each mode alone may have: the whole GPU alone, every share at once.
+        #[test]
+        fn sharing_counters_never_admit_time_slicing_beside_mps(
+            shares in 1u32..9,
+            max_percent in 1u8..=100,
+            time_sliced in proptest::bool::ANY,
+            clients in proptest::collection::vec(1u8..=50, 0..3),
+            held in proptest::collection::vec(0u32..10, 0..4),
+            whole_held in proptest::bool::ANY,
+        ) {
+            let g0 = gpu(0, false);
+            let mut c = cfg();
+            c.policy.max_mps_percent = max_percent;
+            let mut st = LedgerState { gpus: vec![g0.clone()], ..Default::default() };
+            if time_sliced {
+                st.shares.push(ShareLease {
+                    gpu_uuid: g0.uuid.clone(),
+                    gpu_index: 0,
+                    gpu_minor: 0,
+                    lease: Lease { container_id: "t".into(), since: 0, runtime_root: None },
+                });
+            } else if !clients.is_empty() {
+                st.mps.push(mps_daemon(&g0, &clients));
+            }
+            let mut allocated: Vec<DeviceName> = held
+                .iter()
+                .map(|&k| DeviceName::MpsShare { gpu: 0, share: k })
+                .collect();
+            if whole_held {
+                allocated.push(DeviceName::Whole { gpu: 0 });
+            }
+            let sharing = Sharing::Counted { shares };
+            let out = node_devices(&c, &st, sharing, &allocated).unwrap();
+            let devs: Vec<&Published> = out.iter().collect();
+            proptest::prop_assert!(devs.iter().all(|p| p.sharing_counter.is_some()));
+            for mask in 0u32..(1 << devs.len()) {
+                let set: Vec<&Published> = (0..devs.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| devs[i])
+                    .collect();
+                if !sharing_counters_admit(&set) {
+                    continue;
+                }
+                let whole = set.iter().any(|p| matches!(p.kind, Kind::Whole { .. }));
+                let mps: Vec<u32> = set
+                    .iter()
+                    .filter_map(|p| match p.kind {
+                        Kind::Mps { percent, .. } => Some(percent),
+                        _ => None,
+                    })
+                    .collect();
+                proptest::prop_assert!(
+                    !(whole && !mps.is_empty()),
+                    "{:?} admitted together",
+                    names(&out)
+                );
+                proptest::prop_assert!(mps.iter().sum::<u32>() <= 100, "{:?}", mps);
+            }
+            let idle = !time_sliced && clients.is_empty() && held.is_empty() && !whole_held;
+            if idle {
+                let (whole, mps): (Vec<&Published>, Vec<&Published>) =
+                    devs.iter().partition(|p| matches!(p.kind, Kind::Whole { .. }));
+                proptest::prop_assert_eq!(whole.len(), 1);
+                proptest::prop_assert_eq!(mps.len() as u32, shares.min(100 / counted_percent(&c, shares)));
+                proptest::prop_assert!(sharing_counters_admit(&whole));
+                proptest::prop_assert!(sharing_counters_admit(&mps));
+            }
+        }
+    }
+
+    #[test]
+    fn consumable_devices_and_mig_devices_have_no_sharing_counter() {
+        let st = LedgerState {
+            gpus: vec![gpu(0, true), gpu(1, false)],
+            ..Default::default()
+        };
+        let held: Vec<DeviceName> = ["gpu1-whole", "gpu1-mps"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let out = node_devices(&cfg(), &st, Sharing::Consumable, &held).unwrap();
+        assert!(out.iter().any(|p| p.name.to_string() == "gpu1-mps"));
+        assert!(out.iter().all(|p| p.sharing_counter.is_none()));
+        let out = node_devices(&cfg(), &st, Sharing::Counted { shares: 3 }, &[]).unwrap();
+        for p in &out {
+            let want = match p.kind {
+                Kind::Mig { .. } => None,
+                Kind::Whole { .. } => Some((3, 3)),
+                Kind::Mps { .. } => Some((3, 1)),
+            };
+            assert_eq!(
+                p.sharing_counter.map(|c| (c.shares, c.consumes)),
+                want,
+                "{}",
+                p.name
+            );
         }
     }
 
