@@ -315,16 +315,32 @@ impl KubePublisher {
     }
 }
 
-/// Whether the API server kept the counters a slice was applied with: an API server without
-/// `DRAPartitionableDevices` drops `sharedCounters` and `consumesCounters` and stores the rest.
+/// Whether the API server kept the memory-slice counters a slice was applied with: an API
+/// server without `DRAPartitionableDevices` drops `sharedCounters` and `consumesCounters` and
+/// stores the rest. Only MIG's counters count: without them the scheduler could allocate
+/// overlapping placements. Dropped sharing counters leave a GPU's whole device and MPS shares
+/// untied, as they were before the ties: the second of two prepares is refused, the pool
+/// stays up (docs/kubernetes.md).
 pub fn counters_kept(sent: &ResourceSlice, stored: &ResourceSlice) -> bool {
-    let sets = |s: &ResourceSlice| s.spec.shared_counters.as_ref().map_or(0, Vec::len);
+    let sets = |s: &ResourceSlice| {
+        s.spec
+            .shared_counters
+            .iter()
+            .flatten()
+            .filter(|c| slices::is_memory_slices_set(&c.name))
+            .count()
+    };
     let consuming = |s: &ResourceSlice| {
         s.spec
             .devices
             .iter()
             .flatten()
-            .filter(|d| d.consumes_counters.is_some())
+            .filter(|d| {
+                d.consumes_counters
+                    .iter()
+                    .flatten()
+                    .any(|c| slices::is_memory_slices_set(&c.counter_set))
+            })
             .count()
     };
     sets(stored) == sets(sent) && consuming(stored) == consuming(sent)
@@ -467,6 +483,16 @@ mod tests {
         assert!(names(&allocated_devices(&claims, "node-a")).contains(&want));
     }
 
+    /// What an API server without DRAPartitionableDevices stores.
+    fn without_counters(sent: &ResourceSlice) -> ResourceSlice {
+        let mut stored = sent.clone();
+        stored.spec.shared_counters = None;
+        for d in stored.spec.devices.iter_mut().flatten() {
+            d.consumes_counters = None;
+        }
+        stored
+    }
+
     #[test]
     fn a_slice_stored_without_its_counters_is_noticed() {
         let cfg = Config::default();
@@ -475,13 +501,24 @@ mod tests {
             n.shape = shape;
             for sent in n.slices(&cfg, &state(true), &[]).unwrap() {
                 assert!(counters_kept(&sent, &sent.clone()));
-                // What an API server without DRAPartitionableDevices stores.
-                let mut stored = sent.clone();
-                stored.spec.shared_counters = None;
-                for d in stored.spec.devices.iter_mut().flatten() {
-                    d.consumes_counters = None;
-                }
-                assert!(!counters_kept(&sent, &stored));
+                assert!(!counters_kept(&sent, &without_counters(&sent)));
+            }
+        }
+    }
+
+    /// Counted whole-GPU and MPS devices lose only their tie where the cluster has no
+    /// partitionable devices: their slices stay published, as before the ties.
+    #[test]
+    fn sharing_counters_dropped_keep_the_pool_up() {
+        let cfg = Config::default();
+        let mut n = node();
+        n.sharing = Sharing::Counted { shares: 4 };
+        for shape in [Shape::V1_34, Shape::V1_35] {
+            n.shape = shape;
+            let sent = n.slices(&cfg, &state(false), &[]).unwrap();
+            assert!(sent.iter().any(|s| s.spec.shared_counters.is_some()));
+            for s in &sent {
+                assert!(counters_kept(s, &without_counters(s)), "{shape:?}");
             }
         }
     }

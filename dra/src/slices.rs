@@ -4,7 +4,10 @@
 //!
 //! One pool per node, named after the node. MIG GPUs get a counter set each, a counter of value
 //! 1 per memory slice, and every MIG device consumes the counters of its placement's slices:
-//! the scheduler never allocates two devices that share a slice. Two shapes:
+//! the scheduler never allocates two devices that share a slice. GPUs outside MIG whose whole
+//! GPU and MPS shares are counted devices get a counter set each too, one counter of value N
+//! (the GPU's MPS shares), of which the whole GPU consumes N and each share 1: the scheduler
+//! never allocates the whole GPU beside a share ([`SharingCounter`]). Two shapes:
 //!
 //! - 1.35 and later: counter sets in slices of their own (at most 8 sets each), devices in
 //!   others; a device may consume counters of any slice of the pool.
@@ -14,7 +17,7 @@
 //! The allocator walks slices by name and devices as listed, taking the first that fits, so
 //! slices are named `<node>-gpushare-<nnnn>` in preference order and devices keep core's order.
 
-use gpushare_core::dra_devices::{Kind, Offer, Published};
+use gpushare_core::dra_devices::{Kind, Offer, Published, SharingCounter};
 use gpushare_core::ledger::GpuRecord;
 use gpushare_core::placement::{Profile, Slot};
 use k8s_openapi::api::resource::v1::{
@@ -55,6 +58,8 @@ pub enum SlicesError {
     NodeName { node: String },
     #[error("GPU {gpu} has {slices} memory slices; a 1.34 ResourceSlice holds at most {MAX_COUNTERS_1_34} counters: publish the 1.35 shape (--slice-shape 1.35) on this node")]
     TooManySlices { gpu: u32, slices: u32 },
+    #[error("GPU {gpu} publishes {devices} devices tied by its sharing counter; a 1.34 ResourceSlice holds at most {MAX_DEVICES_WITH_COUNTERS} devices that consume counters: lower --mps-shares or publish the 1.35 shape (--kubernetes-version 1.35) on this node")]
+    TooManyShares { gpu: u32, devices: usize },
 }
 
 /// Which slices a publication makes, in the order the allocator walks them.
@@ -80,11 +85,26 @@ pub fn resource_slices(
         }
     }
     mig_gpus.sort_by_key(|g| g.index);
+    // GPUs outside MIG whose devices a sharing counter ties, with the counter's value.
+    let mut tied: Vec<(u32, u32)> = Vec::new();
+    for d in devices {
+        if let Some(c) = d.sharing_counter {
+            if !tied.iter().any(|&(g, _)| g == d.gpu.index) {
+                tied.push((d.gpu.index, c.shares));
+            }
+        }
+    }
+    tied.sort_by_key(|&(g, _)| g);
     let mut specs: Vec<(Vec<CounterSet>, Vec<Device>)> = Vec::new();
     match shape {
         Shape::V1_35 => {
-            for chunk in mig_gpus.chunks(MAX_COUNTER_SETS_1_35) {
-                specs.push((chunk.iter().map(|g| counter_set(g)).collect(), Vec::new()));
+            let sets: Vec<CounterSet> = mig_gpus
+                .iter()
+                .map(|g| counter_set(g))
+                .chain(tied.iter().map(|&(g, n)| sharing_counter_set(g, n)))
+                .collect();
+            for chunk in sets.chunks(MAX_COUNTER_SETS_1_35) {
+                specs.push((chunk.to_vec(), Vec::new()));
             }
             let mut current: Vec<Device> = Vec::new();
             for d in devices {
@@ -138,9 +158,47 @@ pub fn resource_slices(
                     .collect();
                 specs.push((sets, devs));
             }
+            // GPUs outside MIG: those a sharing counter ties in groups with their sets (one
+            // counter each), as MIG GPUs; the rest without counters.
+            let of_gpu = |g: u32| {
+                devices.iter().filter(move |d| {
+                    !matches!(d.kind, Kind::Mig { .. })
+                        && d.gpu.index == g
+                        && d.sharing_counter.is_some()
+                })
+            };
+            let mut groups: Vec<Vec<(u32, u32)>> = Vec::new();
+            let mut devs = 0;
+            for &(g, n) in &tied {
+                let m = of_gpu(g).count();
+                if m > MAX_DEVICES_WITH_COUNTERS {
+                    return Err(SlicesError::TooManyShares { gpu: g, devices: m });
+                }
+                match groups.last_mut() {
+                    Some(last)
+                        if last.len() < MAX_COUNTERS_1_34 as usize
+                            && devs + m <= MAX_DEVICES_WITH_COUNTERS =>
+                    {
+                        last.push((g, n));
+                        devs += m;
+                    }
+                    _ => {
+                        groups.push(vec![(g, n)]);
+                        devs = m;
+                    }
+                }
+            }
+            for group in &groups {
+                let sets = group
+                    .iter()
+                    .map(|&(g, n)| sharing_counter_set(g, n))
+                    .collect();
+                let devs = group.iter().flat_map(|&(g, _)| of_gpu(g)).map(device);
+                specs.push((sets, devs.collect()));
+            }
             let others: Vec<Device> = devices
                 .iter()
-                .filter(|d| !matches!(d.kind, Kind::Mig { .. }))
+                .filter(|d| !matches!(d.kind, Kind::Mig { .. }) && d.sharing_counter.is_none())
                 .map(device)
                 .collect();
             for chunk in others.chunks(MAX_DEVICES) {
@@ -213,6 +271,41 @@ fn counter_set(g: &GpuRecord) -> CounterSet {
         counters: (0..slices_of(g))
             .map(|s| (counter_name(s), one()))
             .collect(),
+    }
+}
+
+/// The name of the counter set that ties the whole-GPU device of a GPU outside MIG to its MPS
+/// shares.
+pub fn sharing_set_name(gpu_index: u32) -> String {
+    format!("gpu{gpu_index}-sharing")
+}
+
+/// The one counter of a sharing set: the GPU's MPS shares.
+pub const SHARES_COUNTER: &str = "shares";
+
+/// Whether a counter set is a MIG GPU's memory slices (the counters without which the
+/// scheduler could allocate overlapping placements), not a sharing set.
+pub fn is_memory_slices_set(name: &str) -> bool {
+    name.ends_with("-memory-slices")
+}
+
+fn sharing_counter_set(gpu_index: u32, shares: u32) -> CounterSet {
+    CounterSet {
+        name: sharing_set_name(gpu_index),
+        counters: BTreeMap::from([(SHARES_COUNTER.to_string(), count(shares))]),
+    }
+}
+
+fn consumes_shares(gpu_index: u32, c: SharingCounter) -> Vec<DeviceCounterConsumption> {
+    vec![DeviceCounterConsumption {
+        counter_set: sharing_set_name(gpu_index),
+        counters: BTreeMap::from([(SHARES_COUNTER.to_string(), count(c.consumes))]),
+    }]
+}
+
+fn count(n: u32) -> Counter {
+    Counter {
+        value: Quantity(n.to_string()),
     }
 }
 
@@ -320,6 +413,9 @@ fn device(p: &Published) -> Device {
             caps.insert("smPercent".into(), c);
             out.allow_multiple_allocations = shared.then_some(true);
         }
+    }
+    if let Some(c) = p.sharing_counter {
+        out.consumes_counters = Some(consumes_shares(gpu.index, c));
     }
     out.attributes = Some(attributes);
     out.capacity = (!caps.is_empty()).then_some(caps);
@@ -641,6 +737,102 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A node of `n` GPUs outside MIG, idle.
+    fn outside_mig(n: u32) -> LedgerState {
+        LedgerState {
+            gpus: (0..n).map(|i| gpu(i, false)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The gap of issue #20 closed for counted devices: on an idle GPU both its whole device
+    /// and its MPS shares are published, and the sharing counter is what keeps the scheduler
+    /// from allocating the whole GPU to one claim and a share to another (gpushare would refuse
+    /// the second prepare). Checked on what the API server gets, in both shapes, with enough
+    /// GPUs that the counter sets span several slices; the whole GPU alone and every share at
+    /// once stay allocatable.
+    #[test]
+    fn sharing_counters_never_let_the_whole_gpu_beside_an_mps_share() {
+        for st in [outside_mig(1), node_state(3), outside_mig(40)] {
+            for shape in [Shape::V1_34, Shape::V1_35] {
+                let slices: Vec<ResourceSlice> = resource_slices(
+                    "n1",
+                    &published(&st, Sharing::Counted { shares: 4 }),
+                    shape,
+                    1,
+                )
+                .unwrap()
+                .iter()
+                .map(|s| serde_json::from_value(serde_json::to_value(s).unwrap()))
+                .collect::<Result<_, _>>()
+                .unwrap();
+                check_limits(&slices, shape);
+                let devs: Vec<&Device> = slices
+                    .iter()
+                    .flat_map(|s| s.spec.devices.iter().flatten())
+                    .collect();
+                let outside = st.gpus.iter().filter(|g| !g.mig_enabled);
+                let mut tied = 0;
+                for g in outside {
+                    let of = |suffix: &str| -> Vec<&Device> {
+                        devs.iter()
+                            .copied()
+                            .filter(|d| d.name.starts_with(&format!("gpu{}-{suffix}", g.index)))
+                            .collect()
+                    };
+                    let (whole, shares) = (of("whole"), of("mps-"));
+                    assert_eq!((whole.len(), shares.len()), (1, 4), "gpu{}", g.index);
+                    assert!(counters_admit(&slices, &whole), "{shape:?}: whole alone");
+                    assert!(counters_admit(&slices, &shares), "{shape:?}: every share");
+                    for s in &shares {
+                        assert!(
+                            !counters_admit(&slices, &[whole[0], s]),
+                            "{shape:?}: {} beside {}",
+                            whole[0].name,
+                            s.name
+                        );
+                    }
+                    tied += 1;
+                }
+                assert!(tied > 0);
+                let sets = slices
+                    .iter()
+                    .flat_map(|s| s.spec.shared_counters.iter().flatten())
+                    .filter(|c| !is_memory_slices_set(&c.name))
+                    .count();
+                assert_eq!(sets, tied, "one sharing set per GPU outside MIG");
+            }
+        }
+        // Devices several claims share are not tied (docs/kubernetes.md says why).
+        let slices = resource_slices(
+            "n1",
+            &published(&outside_mig(2), Sharing::Consumable),
+            Shape::V1_35,
+            1,
+        )
+        .unwrap();
+        assert!(slices.iter().all(|s| s.spec.shared_counters.is_none()));
+        assert!(slices
+            .iter()
+            .flat_map(|s| s.spec.devices.iter().flatten())
+            .all(|d| d.consumes_counters.is_none()));
+    }
+
+    #[test]
+    fn the_1_34_shape_refuses_more_tied_devices_than_a_slice_holds() {
+        let st = outside_mig(1);
+        let many = published(&st, Sharing::Counted { shares: 100 });
+        assert!(matches!(
+            resource_slices("n1", &many, Shape::V1_34, 1),
+            Err(SlicesError::TooManyShares {
+                gpu: 0,
+                devices: 101
+            })
+        ));
+        let slices = resource_slices("n1", &many, Shape::V1_35, 1).unwrap();
+        check_limits(&slices, Shape::V1_35);
     }
 
     #[test]
