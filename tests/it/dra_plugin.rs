@@ -601,6 +601,122 @@ fn mps_claims_get_their_share_of_the_gpu() {
     );
 }
 
+/// The pool's newest publication: its ResourceSlices (read as resource.k8s.io/v1 objects), as
+/// JSON.
+fn newest_slices(dirs: &DraDirs) -> Vec<Value> {
+    let slices = gpushare_dra::publish::DirSink::new(&dirs.slices_dir())
+        .read(NODE_NAME)
+        .unwrap();
+    let newest = slices.iter().map(|(_, s)| s.spec.pool.generation).max();
+    slices
+        .iter()
+        .filter(|(_, s)| Some(s.spec.pool.generation) == newest)
+        .map(|(_, s)| serde_json::to_value(s).unwrap())
+        .collect()
+}
+
+/// Whether the scheduler's counter rule lets these devices of the pool be allocated at once:
+/// what they consume of every counter fits the value the pool's counter sets give it.
+fn counters_admit(slices: &[Value], devices: &[&str]) -> bool {
+    let value = |q: &Value| -> i64 { q.as_str().unwrap().parse().expect("integer counters") };
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let mut left = std::collections::BTreeMap::new();
+    for set in slices
+        .iter()
+        .flat_map(|s| list(&s["spec"]["sharedCounters"]))
+    {
+        for (name, c) in set["counters"].as_object().unwrap() {
+            let key = (set["name"].as_str().unwrap().to_string(), name.clone());
+            left.insert(key, value(&c["value"]));
+        }
+    }
+    let all: Vec<Value> = slices
+        .iter()
+        .flat_map(|s| list(&s["spec"]["devices"]))
+        .collect();
+    for name in devices {
+        let d = all
+            .iter()
+            .find(|d| d["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} is not published"));
+        for c in list(&d["consumesCounters"]) {
+            let set = c["counterSet"].as_str().unwrap();
+            for (counter, used) in c["counters"].as_object().unwrap() {
+                let n = left
+                    .get_mut(&(set.to_string(), counter.clone()))
+                    .unwrap_or_else(|| panic!("{name}: no counter {set}/{counter}"));
+                *n -= value(&used["value"]);
+                if *n < 0 {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Issue #20's gap on an idle GPU outside MIG: its whole device and its MPS shares are both
+/// published, and gpushare refuses an MPS share on a GPU that time-slices. Counted (the
+/// plugin's default, no consumable capacity), the GPU's sharing counter lets a scheduler
+/// allocate the whole GPU or shares, never one beside the other; so the prepare that would
+/// be refused is never asked for. Once a claim time-slices the GPU, only its whole device is
+/// published, still consuming the counter.
+#[test]
+fn an_idle_gpu_outside_mig_ties_its_whole_device_to_its_mps_shares() {
+    let node = SimNode::new("h100-80gb", 1, false);
+    node.configure(&format!(
+        "[mps]\ncontrol = {:?}\n",
+        crate::common::fake_mps_control().display().to_string()
+    ));
+    let dirs = DraDirs::new();
+    let _plugin = Plugin::start(&node, &dirs, &[]);
+    let kubelet = Kubelet::new();
+
+    let slices = newest_slices(&dirs);
+    let shares = ["gpu0-mps-0", "gpu0-mps-1", "gpu0-mps-2", "gpu0-mps-3"];
+    let (_, devices) = dirs.published();
+    assert_eq!(devices[0], "gpu0-whole", "{devices:?}");
+    assert_eq!(devices[1..], shares, "{devices:?}");
+    assert!(counters_admit(&slices, &["gpu0-whole"]));
+    assert!(counters_admit(&slices, &shares), "every share at once");
+    for share in shares {
+        assert!(
+            !counters_admit(&slices, &["gpu0-whole", share]),
+            "gpu0-whole beside {share}"
+        );
+    }
+
+    // The scheduler takes the whole GPU for one claim.
+    let whole = "8a1b2c3d-4e5f-4a6b-8c7d-888888888888";
+    dirs.write_claim(NS, "whole", whole, NODE_NAME, &[("gpu", "gpu0-whole")]);
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &[(NS, "whole", whole)])
+        .unwrap();
+    assert_eq!(out[whole].error, "");
+    let (_, devices) = dirs.published();
+    assert_eq!(
+        devices,
+        ["gpu0-whole"],
+        "time-slicing: no MPS share offered"
+    );
+    let slices = newest_slices(&dirs);
+    assert!(counters_admit(&slices, &["gpu0-whole"]));
+
+    // What the counter spares the cluster: a share allocated beside the whole GPU (as an
+    // untied publication would have let the scheduler do) is refused by the node.
+    let mps = "8a1b2c3d-4e5f-4a6b-8c7d-999999999999";
+    dirs.write_claim(NS, "mps", mps, NODE_NAME, &[("gpu", "gpu0-mps-0")]);
+    let out = kubelet
+        .prepare(&endpoint(&dirs), Version::V1, &[(NS, "mps", mps)])
+        .unwrap();
+    assert!(
+        out[mps].error.contains("time-sliced whole"),
+        "{}",
+        out[mps].error
+    );
+    assert!(node.ledger().mps.is_empty());
+}
+
 #[test]
 fn sigterm_deregisters_the_plugin_and_keeps_what_it_prepared() {
     let node = SimNode::new("h100-80gb", 1, true);
