@@ -69,7 +69,8 @@ struct Cli {
     #[arg(long)]
     claims_dir: Option<PathBuf>,
     /// Counted MPS shares per GPU, as the node's ResourceSlices publish them where the cluster
-    /// has no consumable capacity (each is 100/N percent of the SMs).
+    /// has no consumable capacity (each is 100/N percent of the SMs; the GPU's sharing counter
+    /// has value N, of which the whole GPU consumes N and each share 1).
     #[arg(long, default_value_t = 4)]
     mps_shares: u32,
     /// Write the node's ResourceSlices as JSON files here instead of applying them through the
