@@ -56,7 +56,7 @@ const MAX_COUNTER_SETS_1_35: usize = 8;
 pub enum SlicesError {
     #[error("node name {node:?} cannot name a DRA pool and its ResourceSlices: it must be a lowercase DNS subdomain of at most 230 characters (Kubernetes node names are)")]
     NodeName { node: String },
-    #[error("GPU {gpu} has {slices} memory slices; a 1.34 ResourceSlice holds at most {MAX_COUNTERS_1_34} counters: publish the 1.35 shape (--slice-shape 1.35) on this node")]
+    #[error("GPU {gpu} has {slices} memory slices; a 1.34 ResourceSlice holds at most {MAX_COUNTERS_1_34} counters: publish the 1.35 shape (--kubernetes-version 1.35) on this node")]
     TooManySlices { gpu: u32, slices: u32 },
     #[error("GPU {gpu} publishes {devices} devices tied by its sharing counter; a 1.34 ResourceSlice holds at most {MAX_DEVICES_WITH_COUNTERS} devices that consume counters: lower --mps-shares or publish the 1.35 shape (--kubernetes-version 1.35) on this node")]
     TooManyShares { gpu: u32, devices: usize },
