@@ -525,10 +525,7 @@ fn claims_the_plugin_cannot_prepare_are_answered_with_the_reason_and_hold_nothin
 #[test]
 fn mps_claims_get_their_share_of_the_gpu() {
     let node = SimNode::new("h100-80gb", 2, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n",
-        crate::common::fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let dirs = DraDirs::new();
     let (counted, consumable) = (
         "7c8d9e0f-1a2b-4c3d-8e4f-666666666666",
@@ -664,10 +661,7 @@ fn counters_admit(slices: &[Value], devices: &[&str]) -> bool {
 #[test]
 fn an_idle_gpu_outside_mig_ties_its_whole_device_to_its_mps_shares() {
     let node = SimNode::new("h100-80gb", 1, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n",
-        crate::common::fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let dirs = DraDirs::new();
     let _plugin = Plugin::start(&node, &dirs, &[]);
     let kubelet = Kubelet::new();

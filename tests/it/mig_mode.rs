@@ -124,10 +124,7 @@ fn mig_is_turned_on_for_a_slice_and_off_for_the_whole_gpu() {
 fn mig_is_turned_off_for_an_mps_share() {
     require_root();
     let node = managed_node(true);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let engine = Engine::new(&node, Runtime::Runc);
     run_ok(&engine, &SLICE);
     let out = run_ok(&engine, &[("gpu.mps", "25")]);
@@ -480,10 +477,7 @@ fn kill_in_a_switch_then_repair_of_a_corrupt_ledger_puts_the_mode_back() {
 fn a_gpu_whose_slice_hosts_an_mps_daemon_is_never_switched_off() {
     require_root();
     let node = managed_node(true);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let engine = Engine::new(&node, Runtime::Runc);
     let b = Bundle::new(
         "true",
@@ -542,10 +536,7 @@ fn kill_while_an_mps_daemon_in_a_slice_starts_then_no_switch_until_gc() {
         "mps_mig.started",
     ] {
         let node = managed_node(true);
-        node.configure(&format!(
-            "[mps]\ncontrol = {:?}",
-            fake_mps_control().display().to_string()
-        ));
+        node.use_fake_mps_control("");
         let engine = Engine::new(&node, Runtime::Runc);
         create_killed_at(
             &engine,
@@ -615,10 +606,7 @@ fn a_list_switches_only_the_gpus_it_names() {
 fn mig_is_turned_on_for_an_mps_share_inside_a_slice() {
     require_root();
     let node = managed_node(false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let engine = Engine::new(&node, Runtime::Runc);
     let b = Bundle::new(
         SHOW_GPU,

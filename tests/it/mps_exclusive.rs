@@ -174,10 +174,7 @@ fn the_simulated_driver_refuses_a_second_context_in_exclusive_process() {
 fn status_shows_every_lease_with_readable_times_and_compute_modes() {
     require_root();
     let node = SimNode::new("h100-80gb", 2, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let engine = Engine::new(&node, Runtime::Runc);
     let (m, t) = (
         Bundle::new("true", &MPS, &[]),
@@ -384,10 +381,7 @@ fn a_daemon_that_cannot_start_leaves_the_mode_as_found() {
 fn a_busy_gpu_is_passed_over_for_a_free_one() {
     require_root();
     let node = SimNode::new("h100-80gb", 2, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control("");
     let uuid0 = gpu0_uuid(&node);
     assert!(node
         .sim(&["process", "add", "--uuid", &uuid0, "--pid", "4242"])

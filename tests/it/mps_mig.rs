@@ -25,10 +25,7 @@ const PLAIN: [(&str, &str); 1] = [("gpu.profile", "3g.40gb")];
 /// One simulated H100 with MIG on, gpushare's MPS control the stand-in.
 pub fn mps_mig_node(extra: &str) -> SimNode {
     let node = SimNode::new("h100-80gb", 1, true);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n{extra}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control(extra);
     node
 }
 

@@ -133,6 +133,15 @@ impl SimNode {
         std::fs::write(self.config(), c).unwrap();
     }
 
+    /// Makes this node's MPS daemons the stand-in control program, with `extra` lines in
+    /// its config's `[mps]` table.
+    pub fn use_fake_mps_control(&self, extra: &str) {
+        self.configure(&format!(
+            "[mps]\ncontrol = {:?}\n{extra}",
+            fake_mps_control().display().to_string()
+        ));
+    }
+
     pub fn cfg(&self) -> gpushare_core::config::Config {
         gpushare_core::config::Config::from_file(&self.config()).unwrap()
     }
@@ -525,10 +534,7 @@ pub fn mps_node() -> SimNode {
 /// [`mps_node`] with `extra` lines in its config's `[mps]` table.
 pub fn mps_node_with(extra: &str) -> SimNode {
     let node = SimNode::new("h100-80gb", 1, false);
-    node.configure(&format!(
-        "[mps]\ncontrol = {:?}\n{extra}",
-        fake_mps_control().display().to_string()
-    ));
+    node.use_fake_mps_control(extra);
     node
 }
 
