@@ -106,10 +106,7 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("gpushare-marker-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
-        d
+        crate::fsutil::test_dir("marker", name)
     }
 
     #[test]

@@ -328,10 +328,7 @@ mod tests {
     use super::*;
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("gpushare-claim-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
-        d
+        crate::fsutil::test_dir("claim", name)
     }
 
     #[test]

@@ -624,19 +624,12 @@ mod tests {
         // The grant's instance intent, and the instance, then a crash.
         let slot = crate::placement::Slot { start: 0, size: 2 };
         gpu.make(0, "2g.20gb", slot);
-        st.instances.push(crate::ledger::InstanceRecord {
-            gpu_uuid: gpu.info(0).uuid,
-            gpu_index: 0,
-            gpu_minor: 0,
-            profile: "2g.20gb".into(),
-            profile_id: 14,
+        st.instances.push(crate::testing::unmade_instance_record(
+            &gpu.info(0).uuid,
+            "2g.20gb",
             slot,
-            made: None,
-            created_at: 1,
-            lease: None,
-            idle_since: None,
-            mps: false,
-        });
+            None,
+        ));
         locked.save(&st).unwrap();
         drop(locked);
 

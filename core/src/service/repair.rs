@@ -623,23 +623,12 @@ mod tests {
                 t: 1,
             }],
         );
-        st.instances.push(InstanceRecord {
-            gpu_uuid: uuid.clone(),
-            gpu_index: 0,
-            gpu_minor: 0,
-            profile: "2g.20gb".into(),
-            profile_id: 14,
+        st.instances.push(crate::testing::unmade_instance_record(
+            &uuid,
+            "2g.20gb",
             slot,
-            made: None,
-            created_at: 1,
-            lease: Some(Lease {
-                container_id: "dead".into(),
-                since: 1,
-                runtime_root: None,
-            }),
-            idle_since: None,
-            mps: false,
-        });
+            Some("dead"),
+        ));
         locked.save(&st).unwrap();
         let made = gpu.make(0, "2g.20gb", slot);
         crate::instance_log::note(

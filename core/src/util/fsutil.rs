@@ -126,6 +126,17 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// A fresh, empty folder of mode 0700 under the system's temp folder, for a unit test:
+/// `gpushare-<what>-<name>-<pid>`.
+#[cfg(test)]
+pub fn test_dir(what: &str, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let d = std::env::temp_dir().join(format!("gpushare-{what}-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

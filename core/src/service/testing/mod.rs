@@ -11,7 +11,7 @@ mod records;
 
 pub use gpu::{h100_profiles, Call, FakeGpu};
 pub use node::FakeNode;
-pub use records::{gpu_record, instance_record};
+pub use records::{gpu_record, instance_record, unmade_instance_record};
 
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerState};

@@ -3,6 +3,7 @@
 
 use super::gpu::h100_profiles;
 use crate::ledger::{GpuRecord, InstanceRecord, Lease, Made, Owner};
+use crate::placement::Slot;
 
 /// GPU `index` of an H100 node, in MIG mode if `mig`.
 pub fn gpu_record(index: u32, mig: bool) -> GpuRecord {
@@ -41,6 +42,38 @@ pub fn instance_record(g: &GpuRecord, profile: &str, start: u32, leased: bool) -
             runtime_root: None,
         }),
         idle_since: (!leased).then_some(1),
+        mps: false,
+    }
+}
+
+/// An H100 `profile` instance at `slot` on GPU 0 (`gpu_uuid`) whose creation was never
+/// recorded as done (`made: None`), as a grant that died half-way leaves it: leased to
+/// `holder`, or to no one.
+pub fn unmade_instance_record(
+    gpu_uuid: &str,
+    profile: &str,
+    slot: Slot,
+    holder: Option<&str>,
+) -> InstanceRecord {
+    let p = h100_profiles()
+        .into_iter()
+        .find(|p| p.name == profile)
+        .unwrap();
+    InstanceRecord {
+        gpu_uuid: gpu_uuid.into(),
+        gpu_index: 0,
+        gpu_minor: 0,
+        profile: p.name,
+        profile_id: p.id,
+        slot,
+        made: None,
+        created_at: 1,
+        lease: holder.map(|id| Lease {
+            container_id: id.into(),
+            since: 1,
+            runtime_root: None,
+        }),
+        idle_since: None,
         mps: false,
     }
 }
