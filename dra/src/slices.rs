@@ -255,9 +255,12 @@ fn slices_of(g: &GpuRecord) -> u32 {
     gpushare_core::dra_devices::memory_slices(&g.profiles)
 }
 
+/// What ends the name of a MIG GPU's counter set (its memory slices).
+const MEMORY_SLICES_SET: &str = "-memory-slices";
+
 /// The name of a GPU's counter set.
 pub fn counter_set_name(gpu_index: u32) -> String {
-    format!("gpu{gpu_index}-memory-slices")
+    format!("gpu{gpu_index}{MEMORY_SLICES_SET}")
 }
 
 /// The name of a memory slice's counter.
@@ -269,7 +272,7 @@ fn counter_set(g: &GpuRecord) -> CounterSet {
     CounterSet {
         name: counter_set_name(g.index),
         counters: (0..slices_of(g))
-            .map(|s| (counter_name(s), one()))
+            .map(|s| (counter_name(s), count(1)))
             .collect(),
     }
 }
@@ -286,7 +289,7 @@ pub const SHARES_COUNTER: &str = "shares";
 /// Whether a counter set is a MIG GPU's memory slices (the counters without which the
 /// scheduler could allocate overlapping placements), not a sharing set.
 pub fn is_memory_slices_set(name: &str) -> bool {
-    name.ends_with("-memory-slices")
+    name.ends_with(MEMORY_SLICES_SET)
 }
 
 fn sharing_counter_set(gpu_index: u32, shares: u32) -> CounterSet {
@@ -309,17 +312,11 @@ fn count(n: u32) -> Counter {
     }
 }
 
-fn one() -> Counter {
-    Counter {
-        value: Quantity("1".into()),
-    }
-}
-
 fn consumes(gpu: u32, slot: Slot) -> Vec<DeviceCounterConsumption> {
     vec![DeviceCounterConsumption {
         counter_set: counter_set_name(gpu),
         counters: (slot.start..slot.start + slot.size)
-            .map(|s| (counter_name(s), one()))
+            .map(|s| (counter_name(s), count(1)))
             .collect(),
     }]
 }
